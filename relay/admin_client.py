@@ -1,0 +1,63 @@
+"""admin_client: what relayctl uses to talk to the running relay's admin API.
+
+The URL and token come from the same configuration the relay runs with, so `relayctl`
+needs no flags beyond `-c`. Failures become one-line AdminClientError messages.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from relay.admin import load_or_create_token
+from relay.config import Config, split_hostport
+from relay.errors import RelayError
+
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+class AdminClientError(RelayError):
+    pass
+
+
+class AdminClient:
+    def __init__(self, base_url: str, token: str, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+
+    @classmethod
+    def from_config(cls, config: Config) -> AdminClient:
+        host, port = split_hostport(config.admin.listen)
+        host = _WILDCARDS.get(host, host)
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return cls(f"http://{netloc}", load_or_create_token(config.admin_token_path,
+                                                            create=False))
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.base_url + path, data=data, method=method,
+            headers={"Authorization": f"Bearer {self._token}",
+                     "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise AdminClientError(_describe_http_error(exc)) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise AdminClientError(
+                f"cannot reach the relay at {self.base_url}: {reason} (is it running?)"
+            ) from exc
+
+
+def _describe_http_error(exc: urllib.error.HTTPError) -> str:
+    try:
+        error = json.loads(exc.read())["error"]
+        field = f" ({error['field']})" if error.get("field") else ""
+        return f"{error['message']}{field}"
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {exc.code} {exc.reason}"

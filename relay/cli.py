@@ -1,0 +1,196 @@
+"""cli: `relayctl`, the operator's command (serve, queue, config, hash-password).
+
+Queue commands mirror Postfix's postqueue/postsuper and talk only to the running relay's
+admin API. Every failure is one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from relay import config as config_module
+from relay.admin_client import AdminClient
+from relay.config import Config
+from relay.errors import RelayError
+from relay.passwords import hash_password
+from relay.policy import load_policies
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(command: F) -> F:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except RelayError as exc:
+            click.echo(f"relayctl: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _config(ctx: click.Context) -> Config:
+    return config_module.load(ctx.obj["config_path"])
+
+
+def _client(ctx: click.Context) -> AdminClient:
+    return AdminClient.from_config(_config(ctx))
+
+
+@click.group()
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="relay.toml to use (default: $RELAY_CONFIG, ./relay.toml, "
+                   "/etc/relay/relay.toml)")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """Manage the relay."""
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+
+
+@main.command()
+@click.pass_context
+@one_line_errors
+def serve(ctx: click.Context) -> None:
+    """Run the relay in the foreground."""
+    from relay.server import serve as run
+
+    config = _config(ctx)
+    logging.basicConfig(level=config.log.level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command lines
+    try:
+        import uvloop
+
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(run(config))
+    except OSError as exc:
+        raise RelayError(f"cannot start: {exc}") from exc
+
+
+@main.group(name="config")
+def config_group() -> None:
+    """Configuration."""
+
+
+@config_group.command()
+@click.pass_context
+@one_line_errors
+def check(ctx: click.Context) -> None:
+    """Validate relay.toml and the policies."""
+    config = _config(ctx)
+    load_policies(config.policies.path)
+    click.echo(f"{config.source}: ok (policies in {config.policies.path}: ok)")
+
+
+@main.command(name="hash-password")
+@one_line_errors
+def hash_password_command() -> None:
+    """Read a password on stdin and print its hash for policies/access.toml."""
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise RelayError("no password on standard input")
+    click.echo(hash_password(password))
+
+
+@main.group()
+def queue() -> None:
+    """Inspect and manage the queue of the running relay."""
+
+
+@queue.command(name="list")
+@click.option("--state", type=click.Choice(
+    ["queued", "active", "deferred", "held", "delivered", "bounced"]))
+@click.option("--domain")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per message")
+@click.pass_context
+@one_line_errors
+def list_command(ctx: click.Context, state: str | None, domain: str | None,
+                 as_json: bool) -> None:
+    """List queued messages, like mailq."""
+    query = "&".join(f"{k}={v}" for k, v in (("state", state), ("domain", domain)) if v)
+    messages = _client(ctx).request("GET", "/v1/queue" + (f"?{query}" if query else ""))
+    if as_json:
+        for message in messages["messages"]:
+            click.echo(json.dumps(message))
+        return
+    click.echo(format_mailq(messages["messages"]))
+
+
+@queue.command()
+@click.argument("message_id")
+@click.pass_context
+@one_line_errors
+def show(ctx: click.Context, message_id: str) -> None:
+    """Show one message and its recipients as JSON."""
+    click.echo(json.dumps(_client(ctx).request("GET", f"/v1/queue/{message_id}"), indent=2))
+
+
+@queue.command()
+@click.argument("message_ids", nargs=-1)
+@click.option("--domain")
+@click.option("--all", "everything", is_flag=True)
+@click.pass_context
+@one_line_errors
+def flush(ctx: click.Context, message_ids: tuple[str, ...], domain: str | None,
+          everything: bool) -> None:
+    """Retry deferred mail now: given messages, one domain, or --all."""
+    if not (message_ids or domain or everything):
+        raise RelayError("queue flush: give message ids, --domain D or --all")
+    body = {"ids": list(message_ids), "domain": domain, "all": everything}
+    result = _client(ctx).request("POST", "/v1/queue/flush", body)
+    click.echo(f"{result['flushed']} recipients scheduled for delivery")
+
+
+def _message_action(name: str, method: str, path: str, key: str, done: str) -> None:
+    @queue.command(name=name, help=f"{done.capitalize()} one message.")
+    @click.argument("message_id")
+    @click.pass_context
+    @one_line_errors
+    def action(ctx: click.Context, message_id: str) -> None:
+        result = _client(ctx).request(method, path.format(message_id))
+        click.echo(f"{message_id}: {done} ({key}: {result[key]})")
+
+
+_message_action("hold", "POST", "/v1/queue/{}/hold", "held", "held")
+_message_action("release", "POST", "/v1/queue/{}/release", "released", "released")
+_message_action("delete", "DELETE", "/v1/queue/{}", "deleted", "deleted")
+
+
+def format_mailq(messages: list[dict[str, Any]]) -> str:
+    """The queue as Postfix's mailq prints it: `*` active, `!` held."""
+    if not messages:
+        return "Mail queue is empty"
+    lines = ["-Queue ID-           --Size-- ----Arrival Time---- -Sender/Recipient-------"]
+    total = 0
+    for message in messages:
+        states = {r["state"] for r in message["recipients"]}
+        mark = "*" if "active" in states else "!" if states == {"held"} else " "
+        arrival = time.strftime("%a %b %d %H:%M:%S", time.localtime(message["received_at"]))
+        lines.append(f"{message['id']}{mark} {message['size']:>8} {arrival}  "
+                     f"{message['from'] or 'MAILER-DAEMON'}")
+        for rcpt in message["recipients"]:
+            if rcpt["state"] in ("delivered", "bounced"):
+                continue
+            if rcpt["last_reply"]:
+                lines.append(f"{'':51}({rcpt['last_reply']})")
+            lines.append(f"{'':51}{rcpt['address']}")
+        lines.append("")
+        total += message["size"]
+    count = len(messages)
+    lines.append(f"-- {max(total // 1024, 1)} Kbytes in {count} "
+                 f"Request{'s' if count != 1 else ''}.")
+    return "\n".join(lines)

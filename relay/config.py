@@ -1,0 +1,259 @@
+"""config: `relay.toml` plus `RELAY_<SECTION>__<KEY>` environment overrides.
+
+This is the only module that reads the environment. The configuration is validated once
+at start (and again by `relayctl config check`) and then passed explicitly to every stage.
+Durations are strings like "30s", "5m", "5d"; sizes like "25MB". Relative paths are taken
+relative to the directory of the configuration file, so a checkout runs from anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from relay.errors import ConfigError
+
+DEFAULT_LOCATIONS = (Path("relay.toml"), Path("/etc/relay/relay.toml"))
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 1000, "K": 1000, "MB": 1000**2, "M": 1000**2,
+               "GB": 1000**3, "G": 1000**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from "30s", "5m", "1h30m", "5d" or a bare number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("expected a duration such as \"30s\", \"5m\" or \"5d\"")
+    text = value.strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", text)
+    if not parts or re.sub(r"\s+", "", text) != "".join(n + u for n, u in parts):
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            return float(text)
+        raise ValueError(f"invalid duration {value!r}; use e.g. \"30s\", \"5m\", \"5d\"")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def parse_size(value: object) -> int:
+    """Bytes from "25MB", "512KB", "1GiB" or a bare number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a size such as \"25MB\"")
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+    unit = match.group(2).upper() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"invalid size {value!r}; use e.g. \"25MB\" or \"512KB\"")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def split_hostport(value: str, default_port: int = 0) -> tuple[str, int]:
+    """"host:port", "[::1]:25" or "host" into (host, port); ValueError when malformed."""
+    match = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", value.strip())
+    if not match:
+        raise ValueError(f"invalid address {value!r}; use host:port or [v6addr]:port")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4) or default_port)
+    if not 0 < port < 65536:
+        raise ValueError(f"invalid address {value!r}: a port from 1 to 65535 is needed")
+    return host, port
+
+
+def _check_listen(value: object) -> object:
+    if isinstance(value, str):
+        split_hostport(value)
+    return value
+
+
+def _check_hostport(value: object) -> object:
+    if isinstance(value, str) and value:
+        split_hostport(value, default_port=25)
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+ListenAddress = Annotated[str, BeforeValidator(_check_listen)]
+HostPort = Annotated[str, BeforeValidator(_check_hostport)]
+TlsMode = Literal["opportunistic", "required", "none"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSection(_Section):
+    hostname: str = Field(default_factory=socket.getfqdn)
+
+
+class SmtpSection(_Section):
+    listen: list[ListenAddress] = ["127.0.0.1:2525"]
+    tls_listen: list[ListenAddress] = []
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_message_size: Size = parse_size("25MB")
+    max_recipients: int = Field(1000, ge=1)
+    # Refuse new mail with 452 4.3.1 when the spool's file system has less free space.
+    min_free_space: Size = parse_size("100MB")
+    timeout: Duration = parse_duration("5m")
+
+
+class QueueSection(_Section):
+    backend: Literal["local", "postgres"] = "local"
+    path: Path = Path("spool")
+    dsn: str = ""
+
+
+class DeliverySection(_Section):
+    port: int = Field(25, ge=1, le=65535)
+    nameservers: list[HostPort] = []
+    relayhost: HostPort = ""
+    relayhost_username: str = ""
+    relayhost_password_file: str = ""
+    tls: TlsMode = "opportunistic"
+    max_connections: int = Field(100, ge=1)
+    max_connections_per_domain: int = Field(10, ge=1)
+    connect_timeout: Duration = parse_duration("30s")
+    command_timeout: Duration = parse_duration("5m")
+
+
+class RetrySection(_Section):
+    min_backoff: Duration = parse_duration("5m")
+    max_backoff: Duration = parse_duration("1h")
+    max_age: Duration = parse_duration("5d")
+
+
+class AdminSection(_Section):
+    listen: ListenAddress = "127.0.0.1:8025"
+    token_file: str = ""
+
+
+class PoliciesSection(_Section):
+    path: Path = Path("policies")
+
+
+class LogSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RELAY_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    server: ServerSection = ServerSection()
+    smtp: SmtpSection = SmtpSection()
+    queue: QueueSection = QueueSection()
+    delivery: DeliverySection = DeliverySection()
+    retry: RetrySection = RetrySection()
+    admin: AdminSection = AdminSection()
+    policies: PoliciesSection = PoliciesSection()
+    log: LogSection = LogSection()
+
+    # Where the file came from; relative paths were resolved against its directory.
+    source: str = Field("(defaults)", exclude=True)
+
+    @property
+    def admin_token_path(self) -> Path:
+        if self.admin.token_file:
+            return Path(self.admin.token_file)
+        return self.queue.path / "admin.token"
+
+
+def locate(explicit: str | Path | None) -> Path | None:
+    """`-c FILE`, else `$RELAY_CONFIG`, else ./relay.toml, else /etc/relay/relay.toml."""
+    chosen = explicit or os.environ.get("RELAY_CONFIG")
+    if chosen:
+        path = Path(chosen)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such configuration file")
+        return path
+    return next((p for p in DEFAULT_LOCATIONS if p.is_file()), None)
+
+
+def load(explicit: str | Path | None = None) -> Config:
+    """Read, merge with the environment and validate; raise ConfigError with one line."""
+    path = locate(explicit)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    source = str(path) if path else "(defaults)"
+    try:
+        config = _with_file(data)()
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from exc
+    base = path.parent if path else Path.cwd()
+    return _resolve_paths(config, base.resolve(), source)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line: `section.key: what is wrong` for every error."""
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        parts.append(f"{key}: {message}")
+    return "; ".join(parts)
+
+
+def _with_file(data: dict[str, Any]) -> type[Config]:
+    """A Config class whose lowest-priority source is the parsed file (env beats file)."""
+
+    class FileConfig(Config):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return init_settings, env_settings, InitSettingsSource(settings_cls, data)
+
+    return FileConfig
+
+
+def _resolve_paths(config: Config, base: Path, source: str) -> Config:
+    def resolve(p: str | Path) -> Path:
+        return Path(p) if Path(p).is_absolute() else base / p
+
+    update: dict[str, Any] = {
+        "queue": config.queue.model_copy(update={"path": resolve(config.queue.path)}),
+        "policies": config.policies.model_copy(update={"path": resolve(config.policies.path)}),
+        "source": source,
+    }
+    smtp = {k: str(resolve(getattr(config.smtp, k)))
+            for k in ("tls_cert", "tls_key") if getattr(config.smtp, k)}
+    if smtp:
+        update["smtp"] = config.smtp.model_copy(update=smtp)
+    delivery = {k: str(resolve(getattr(config.delivery, k)))
+                for k in ("relayhost_password_file",) if getattr(config.delivery, k)}
+    if delivery:
+        update["delivery"] = config.delivery.model_copy(update=delivery)
+    if config.admin.token_file:
+        update["admin"] = config.admin.model_copy(
+            update={"token_file": str(resolve(config.admin.token_file))})
+    return config.model_copy(update=update)
+
+

@@ -1,0 +1,136 @@
+"""delivery.agent: deliver one message to the recipients it has at one destination.
+
+A DestinationSession is what one delivery worker holds for a destination (a recipient
+domain, or the relayhost): the resolved next hops and an open connection that is reused
+for the following messages. For each message it tries the hops in order, moving to the
+next host on connection failures and 4xx before DATA (RFC 5321 section 5.1), and returns
+one Attempt per recipient with the reply that decides its fate.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from relay import reply
+from relay.config import DeliverySection
+from relay.delivery.client import Credentials, SmtpConnection
+from relay.delivery.mx import Hop, NextHops
+from relay.errors import DeliveryError, Scope
+from relay.queue import Claimed
+from relay.reply import Reply
+
+log = logging.getLogger("relay.delivery")
+
+RELAYHOST = "[relayhost]"
+MAX_TRANSACTIONS_PER_CONNECTION = 1000
+
+
+@dataclass(frozen=True)
+class Job:
+    """One message for the recipients it has at one destination."""
+
+    message_id: str
+    mail_from: str
+    received_at: float
+    smtputf8: bool
+    destination: str
+    recipients: tuple[Claimed, ...]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    recipient: Claimed
+    reply: Reply
+    relay: str  # "host[address]:port", or "none" when no connection was made
+
+
+class DeliveryAgent:
+    """What every destination session shares: settings, resolver, relayhost credentials."""
+
+    def __init__(self, settings: DeliverySection, hostname: str, hops: NextHops,
+                 credentials: Credentials | None = None) -> None:
+        self.settings = settings
+        self.hostname = hostname
+        self.hops = hops
+        self.credentials = credentials
+
+    def destination_of(self, domain: str) -> str:
+        return RELAYHOST if self.settings.relayhost else domain
+
+    def session(self, destination: str) -> DestinationSession:
+        return DestinationSession(self, destination)
+
+
+class DestinationSession:
+    def __init__(self, agent: DeliveryAgent, destination: str) -> None:
+        self._agent = agent
+        self.destination = destination
+        self._connection: SmtpConnection | None = None
+
+    async def deliver(self, job: Job, body: bytes) -> list[Attempt]:
+        addresses = [r.address for r in job.recipients]
+        try:
+            connection, replies = await self._transact(job, addresses, body)
+        except DeliveryError as exc:
+            return [Attempt(r, exc.reply, exc.remote_host or "none") for r in job.recipients]
+        relay = str(connection.hop)
+        return [Attempt(r, replies[r.address], relay) for r in job.recipients]
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.quit()
+            self._connection = None
+
+    async def _transact(self, job: Job, addresses: list[str],
+                        body: bytes) -> tuple[SmtpConnection, dict[str, Reply]]:
+        reused = self._connection
+        if reused is not None and reused.is_open:
+            try:
+                replies = await reused.send(job.mail_from, addresses, body, job.smtputf8)
+                self._keep(reused)
+                return reused, replies
+            except DeliveryError as exc:
+                if exc.scope is not Scope.SITE:
+                    raise
+                # A cached connection that went stale: start over with fresh ones.
+            await self.close()
+        last_error: DeliveryError | None = None
+        for hop in await self._next_hops():
+            try:
+                connection = await self._open(hop)
+            except DeliveryError as exc:
+                log.info("%s: %s", job.message_id, exc.reply.text)
+                last_error = exc
+                continue
+            try:
+                replies = await connection.send(job.mail_from, addresses, body, job.smtputf8)
+            except DeliveryError as exc:
+                connection.close()
+                if exc.scope is not Scope.SITE:
+                    raise
+                last_error = exc
+                continue
+            self._keep(connection)
+            return connection, replies
+        raise last_error or DeliveryError(reply.NO_ROUTE, Scope.SITE)
+
+    def _keep(self, connection: SmtpConnection) -> None:
+        if connection.transactions >= MAX_TRANSACTIONS_PER_CONNECTION:
+            connection.close()
+            self._connection = None
+        else:
+            self._connection = connection
+
+    async def _next_hops(self) -> list[Hop]:
+        settings = self._agent.settings
+        if self.destination == RELAYHOST:
+            return await self._agent.hops.for_relayhost(settings.relayhost)
+        return await self._agent.hops.for_domain(self.destination)
+
+    async def _open(self, hop: Hop) -> SmtpConnection:
+        settings = self._agent.settings
+        return await SmtpConnection.open(
+            hop, self._agent.hostname, settings.tls, settings.connect_timeout,
+            settings.command_timeout,
+            self._agent.credentials if self.destination == RELAYHOST else None)

@@ -1,0 +1,167 @@
+"""delivery.client: one SMTP client connection to a next hop, on aiosmtplib.
+
+Opens the connection (greeting, EHLO, opportunistic or required STARTTLS per RFC 3207,
+AUTH for a relayhost) and runs transactions on it: MAIL, one RCPT per recipient with its
+own reply, DATA once for the accepted ones. Failures become DeliveryError with a scope:
+SITE before DATA is sent (the caller may try the next host), MESSAGE for a whole
+transaction, and per-recipient replies for RCPT.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from relay import reply
+from relay.config import TlsMode
+from relay.delivery.mx import Hop
+from relay.errors import DeliveryError, Scope
+from relay.reply import Reply
+
+_EIGHT_BIT = re.compile(rb"[\x80-\xff]")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+def _unverified_tls() -> ssl.SSLContext:
+    """Opportunistic TLS (RFC 7435): encrypt, but do not authenticate the server."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class SmtpConnection:
+    def __init__(self, hop: Hop, client: aiosmtplib.SMTP) -> None:
+        self.hop = hop
+        self._client = client
+        self.transactions = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._client.is_connected
+
+    @property
+    def tls(self) -> bool:
+        return self._client.get_transport_info("sslcontext") is not None
+
+    @classmethod
+    async def open(cls, hop: Hop, local_hostname: str, tls_mode: TlsMode,
+                   connect_timeout: float, command_timeout: float,
+                   credentials: Credentials | None = None) -> SmtpConnection:
+        client = aiosmtplib.SMTP(hostname=hop.address, port=hop.port,
+                                 local_hostname=local_hostname, timeout=command_timeout,
+                                 start_tls=False, validate_certs=False)
+        try:
+            await client.connect(timeout=connect_timeout)
+            await client.ehlo()
+            if tls_mode != "none" and client.supports_extension("starttls"):
+                await client.starttls(tls_context=_unverified_tls(), server_hostname=hop.name)
+            elif tls_mode == "required":
+                raise DeliveryError(reply.TLS_UNAVAILABLE, Scope.SITE, str(hop))
+            if credentials is not None:
+                await client.login(credentials.username, credentials.password)
+        except DeliveryError:
+            client.close()
+            raise
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            client.close()
+            # Our credentials were refused: defer and let the operator fix them.
+            raise _site_error(Reply(454, "4.7.0", f"relayhost refused our AUTH: "
+                                    f"{exc.code} {exc.message}"), hop) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            client.close()
+            raise _site_error(Reply.parse(exc.code, exc.message), hop) from exc
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
+            client.close()
+            failure = Reply(451, "4.4.1", f"connect to {hop}: {str(exc) or type(exc).__name__}")
+            raise _site_error(failure, hop) from exc
+        return cls(hop, client)
+
+    async def send(self, mail_from: str, recipients: Sequence[str], data: bytes,
+                   smtputf8: bool) -> dict[str, Reply]:
+        """One transaction; a reply for every recipient. Raises DeliveryError."""
+        client = self._client
+        options = []
+        if smtputf8:
+            if not client.supports_extension("smtputf8"):
+                raise DeliveryError(reply.SMTPUTF8_UNSUPPORTED, Scope.MESSAGE, str(self.hop))
+            options.append("SMTPUTF8")
+        if client.supports_extension("8bitmime") and _EIGHT_BIT.search(data):
+            options.append("BODY=8BITMIME")
+        if client.supports_extension("size"):
+            options.append(f"SIZE={len(data)}")
+        encoding = "utf-8" if smtputf8 else "ascii"
+        self.transactions += 1
+        try:
+            await client.mail(mail_from, options=options, encoding=encoding)
+        except aiosmtplib.SMTPSenderRefused as exc:
+            await self._reset()
+            refused = Reply.parse(exc.code, exc.message)
+            scope = Scope.MESSAGE if refused.is_permanent else Scope.SITE
+            raise DeliveryError(refused, scope, str(self.hop)) from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            self.close()
+            raise _site_error(_connection_reply(self.hop, exc), self.hop) from exc
+        replies: dict[str, Reply] = {}
+        accepted: list[str] = []
+        for rcpt in recipients:
+            try:
+                response = await client.rcpt(rcpt, encoding=encoding)
+                accepted.append(rcpt)
+                replies[rcpt] = Reply.parse(response.code, response.message)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                replies[rcpt] = Reply.parse(exc.code, exc.message)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                self.close()
+                raise _site_error(_connection_reply(self.hop, exc), self.hop) from exc
+        if not accepted:
+            await self._reset()
+            return replies
+        try:
+            response = await client.data(data)
+            final = Reply.parse(response.code, response.message)
+        except aiosmtplib.SMTPDataError as exc:
+            final = Reply.parse(exc.code, exc.message)
+            await self._reset()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            # The message may or may not have arrived: defer (at-least-once), no next host.
+            self.close()
+            raise DeliveryError(_connection_reply(self.hop, exc, "while sending the message"),
+                                Scope.MESSAGE, str(self.hop)) from exc
+        replies.update({rcpt: final for rcpt in accepted})
+        return replies
+
+    async def _reset(self) -> None:
+        try:
+            await self._client.rset()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            self.close()
+
+    async def quit(self) -> None:
+        try:
+            await self._client.quit()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            pass
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _site_error(failure: Reply, hop: Hop) -> DeliveryError:
+    return DeliveryError(failure, Scope.SITE, str(hop))
+
+
+def _connection_reply(hop: Hop, exc: BaseException, doing: str = "") -> Reply:
+    what = str(exc) or type(exc).__name__
+    where = f"{doing} " if doing else ""
+    return Reply(451, "4.4.2", f"lost connection with {hop} {where}({what})".replace("  ", " "))

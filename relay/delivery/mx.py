@@ -1,0 +1,127 @@
+"""delivery.mx: the next hops for a destination, from DNS (RFC 5321 section 5.1).
+
+MX records sorted by preference with equal preferences shuffled; no MX means the domain's
+own A/AAAA (implicit MX); a null MX (RFC 7505: one record, preference 0, exchange ".")
+bounces at once with 5.1.10; a domain that does not exist bounces with 5.1.2; DNS trouble
+defers with 4.4.3. In relayhost mode the one upstream is the only hop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.resolver
+
+from relay import reply
+from relay.config import split_hostport
+from relay.errors import DeliveryError, Scope
+
+
+@dataclass(frozen=True)
+class Hop:
+    name: str  # the MX host name (or relayhost), for logs and Remote-MTA
+    address: str  # the IP address to connect to
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.name}[{self.address}]:{self.port}"
+
+
+class NextHops:
+    """Resolves destinations with dnspython; `nameservers` ("ip:port") or the system's."""
+
+    def __init__(self, nameservers: Sequence[str], port: int, timeout: float = 10.0,
+                 rng: random.Random | None = None) -> None:
+        if nameservers:
+            self._resolver = dns.asyncresolver.Resolver(configure=False)
+            self._resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(*split_hostport(ns, 53)) for ns in nameservers]
+        else:
+            self._resolver = dns.asyncresolver.Resolver()
+        self._resolver.lifetime = timeout
+        self._port = port
+        self._rng = rng or random.Random()
+
+    async def for_domain(self, domain: str) -> list[Hop]:
+        """Every address to try, best first; raise DeliveryError when there is none."""
+        literal = _address_literal(domain)
+        if literal is not None:
+            return [Hop(domain, literal, self._port)]
+        exchanges = await self._mx_hosts(domain)
+        if exchanges is None:  # implicit MX
+            addresses = await self._addresses(domain)
+            if not addresses:
+                raise DeliveryError(reply.NO_SUCH_DOMAIN, Scope.MESSAGE)
+            return [Hop(domain, a, self._port) for a in addresses]
+        hops = []
+        for host in exchanges:
+            hops += [Hop(host, a, self._port) for a in await self._addresses(host, soft=True)]
+        if not hops:
+            raise DeliveryError(reply.NO_MX_ADDRESS, Scope.SITE)
+        return hops
+
+    async def for_relayhost(self, relayhost: str) -> list[Hop]:
+        host, port = split_hostport(relayhost, 25)  # "[host]:port" as in Postfix: no MX
+        if _is_ip(host):
+            return [Hop(host, host, port)]
+        addresses = await self._addresses(host)
+        if not addresses:
+            raise DeliveryError(reply.DNS_TEMPFAIL, Scope.SITE)
+        return [Hop(host, a, port) for a in addresses]
+
+    async def _mx_hosts(self, domain: str) -> list[str] | None:
+        """MX exchanges in preference order, or None when the domain has no MX."""
+        try:
+            answer = await self._resolver.resolve(domain, "MX")
+        except dns.resolver.NXDOMAIN:
+            raise DeliveryError(reply.NO_SUCH_DOMAIN, Scope.MESSAGE) from None
+        except dns.resolver.NoAnswer:
+            return None
+        except dns.exception.DNSException:
+            raise DeliveryError(reply.DNS_TEMPFAIL, Scope.SITE) from None
+        records = [(r.preference, r.exchange.to_text(omit_final_dot=True)) for r in answer]
+        if any(pref == 0 and host in ("", ".") for pref, host in records) and len(records) == 1:
+            raise DeliveryError(reply.NULL_MX, Scope.MESSAGE)
+        records = [(pref, host) for pref, host in records if host not in ("", ".")]
+        self._rng.shuffle(records)  # a stable sort keeps equal preferences shuffled
+        records.sort(key=lambda record: record[0])
+        return [host for _, host in records]
+
+    async def _addresses(self, host: str, soft: bool = False) -> list[str]:
+        if _is_ip(host):
+            return [host]
+        found: list[str] = []
+        failures = 0
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = await self._resolver.resolve(host, rdtype)
+                found += [r.to_text() for r in answer]
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                pass
+            except dns.exception.DNSException:
+                failures += 1
+        if not found and failures and not soft:
+            raise DeliveryError(reply.DNS_TEMPFAIL, Scope.SITE)
+        return found
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _address_literal(domain: str) -> str | None:
+    """`user@[192.0.2.1]` (RFC 5321 section 4.1.3) names its host directly."""
+    if domain.startswith("[") and domain.endswith("]"):
+        inner = domain[1:-1].removeprefix("IPv6:").removeprefix("ipv6:")
+        return inner if _is_ip(inner) else None
+    return None

@@ -1,0 +1,96 @@
+"""outcomes: turn delivery attempts into recipient states, DSNs and log lines.
+
+2xx: delivered. 4xx and connection trouble: deferred with backoff (retry), or bounced once
+the message is older than `max_age`. 5xx: bounced at once. Bounced recipients of a
+message get one DSN (bounce), stored in the queue *before* the recipients are marked
+bounced, so a crash can duplicate a DSN but never lose one.
+
+One log line per recipient and attempt, in the style of Postfix:
+`QID: to=<rcpt>, relay=host[addr]:port, delay=1.2, attempts=1, dsn=2.0.0, status=sent (...)`
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from relay import bounce, reply, retry
+from relay.cleanup import Cleanup, Origin
+from relay.config import RetrySection
+from relay.delivery import Attempt, Job
+from relay.queue import Outcome, Queue, State
+from relay.reply import Reply
+
+log = logging.getLogger("relay.delivery")
+
+_STATUS_WORD = {State.DELIVERED: "sent", State.DEFERRED: "deferred", State.BOUNCED: "bounced"}
+
+
+class OutcomeRecorder:
+    def __init__(self, queue: Queue, cleanup: Cleanup, hostname: str, policy: RetrySection,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._queue = queue
+        self._cleanup = cleanup
+        self._hostname = hostname
+        self._policy = policy
+        self._clock = clock
+
+    async def settle(self, job: Job, attempts: Sequence[Attempt], body: bytes) -> None:
+        now = self._clock()
+        verdicts = [self._decide(job, attempt, now) for attempt in attempts]
+        bounced = [v for v in verdicts if v.outcome.state is State.BOUNCED]
+        if bounced and bounce.should_bounce(job.mail_from):
+            await self._send_dsn(job, bounced, body, now)
+        await self._queue.record([v.outcome for v in verdicts])
+        for verdict in verdicts:
+            self._log(job, verdict, now)
+
+    def _decide(self, job: Job, attempt: Attempt, now: float) -> _Verdict:
+        answer = attempt.reply
+        rid = attempt.recipient.recipient_id
+        if answer.is_success:
+            return _Verdict(attempt, answer, Outcome(rid, State.DELIVERED, str(answer)))
+        if answer.is_permanent:
+            return _Verdict(attempt, answer, Outcome(rid, State.BOUNCED, str(answer)))
+        decision = retry.after_temporary_failure(
+            attempt.recipient.attempts, job.received_at, now, self._policy)
+        if isinstance(decision, retry.GiveUp):
+            expired = Reply(reply.EXPIRED.code, reply.EXPIRED.enhanced,
+                            f"{reply.EXPIRED.text} (last reply: {answer})")
+            return _Verdict(attempt, expired, Outcome(rid, State.BOUNCED, str(expired)))
+        return _Verdict(attempt, answer, Outcome(rid, State.DEFERRED, str(answer), decision.at))
+
+    async def _send_dsn(self, job: Job, bounced: list[_Verdict], body: bytes,
+                        now: float) -> None:
+        failed = [
+            bounce.FailedRecipient(
+                address=v.attempt.recipient.address,
+                status=v.reply.enhanced,
+                diagnostic=str(v.reply),
+                remote_mta=v.attempt.relay.split("[")[0] if v.attempt.relay != "none" else "")
+            for v in bounced
+        ]
+        dsn = bounce.build_dsn(self._hostname, job.message_id, job.mail_from, job.received_at,
+                               failed, body, now)
+        dsn_id = await self._cleanup.submit("", [job.mail_from], dsn,
+                                            Origin("local", "127.0.0.1", self._hostname))
+        log.info("%s: sender non-delivery notification: %s", job.message_id, dsn_id)
+
+    def _log(self, job: Job, verdict: _Verdict, now: float) -> None:
+        outcome, attempt = verdict.outcome, verdict.attempt
+        extra = ""
+        if outcome.state is State.DEFERRED and outcome.next_attempt_at is not None:
+            extra = f", retry_in={outcome.next_attempt_at - now:.0f}s"
+        log.info("%s: to=<%s>, relay=%s, delay=%.2f, attempts=%d, dsn=%s, status=%s (%s)%s",
+                 job.message_id, attempt.recipient.address, attempt.relay,
+                 now - job.received_at, attempt.recipient.attempts, verdict.reply.enhanced,
+                 _STATUS_WORD[outcome.state], verdict.reply, extra)
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    attempt: Attempt
+    reply: Reply  # the reply that decided: the remote one, or a local one (expiry)
+    outcome: Outcome

@@ -1,0 +1,122 @@
+"""policy: the operator's rules in `policies/*.toml`, validated, reloadable with SIGHUP.
+
+`access.toml` says who may relay: clients in `trusted_networks` without AUTH, and SMTP AUTH
+users (only over TLS) restricted to their `allowed_senders`. A missing file means the
+defaults (loopback is trusted, no users). A broken file is a ConfigError naming the key;
+on reload the previous policy stays in force.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from relay.config import describe_validation_error, parse_duration
+from relay.errors import ConfigError
+from relay.passwords import is_valid_hash
+
+_M = TypeVar("_M", bound=BaseModel)
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most `count` events per `window` seconds."""
+
+    count: int
+    window: float
+
+
+def parse_rate(value: str) -> Rate | None:
+    """"1000/h", "20000/h", "10/30s"; empty means no limit."""
+    if not value:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*\s*[a-z]+)\s*", value)
+    if not match or int(match.group(1)) < 1:
+        raise ValueError(f"invalid rate {value!r}; use e.g. \"1000/h\"")
+    window = match.group(2).strip()
+    return Rate(int(match.group(1)), parse_duration(window if window[0].isdigit() else "1" + window))
+
+
+def _check_rate(value: str) -> str:
+    parse_rate(value)
+    return value
+
+
+def _check_hash(value: str) -> str:
+    if not is_valid_hash(value):
+        raise ValueError("not a password hash; create one with `relayctl hash-password`")
+    return value
+
+
+def _check_sender_pattern(value: str) -> str:
+    if "@" not in value:
+        raise ValueError(f"{value!r}: use a full address or \"@domain\"")
+    return value.lower()
+
+
+class User(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    password_hash: Annotated[str, AfterValidator(_check_hash)]
+    allowed_senders: list[Annotated[str, AfterValidator(_check_sender_pattern)]] = []
+    rate_limit: Annotated[str, AfterValidator(_check_rate)] = ""
+
+    def may_send_as(self, address: str) -> bool:
+        address = address.lower()
+        return any(address == p or (p.startswith("@") and address.endswith(p))
+                   for p in self.allowed_senders)
+
+    @property
+    def rate(self) -> Rate | None:
+        return parse_rate(self.rate_limit)
+
+
+class AccessPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    trusted_networks: list[IpNetwork] = [ipaddress.ip_network("127.0.0.1/32"),
+                                          ipaddress.ip_network("::1/128")]
+    users: list[User] = []
+
+    def is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.trusted_networks)
+
+    def user(self, name: str) -> User | None:
+        return next((u for u in self.users if u.name == name), None)
+
+
+@dataclass(frozen=True)
+class Policies:
+    access: AccessPolicy
+
+
+def load_policies(directory: Path) -> Policies:
+    """Load every policy file in `directory`; raise ConfigError with one line."""
+    return Policies(access=_load(directory / "access.toml", AccessPolicy))
+
+
+def _load(path: Path, model: type[_M]) -> _M:
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from exc

@@ -1,0 +1,19 @@
+"""queue: the durable store. One interface (`Queue`), backends behind it."""
+
+from relay.queue.base import (
+    Claimed,
+    MessageInfo,
+    NewMessage,
+    Outcome,
+    Queue,
+    RecipientInfo,
+    Selection,
+    State,
+    domain_of,
+    new_queue_id,
+)
+
+__all__ = [
+    "Claimed", "MessageInfo", "NewMessage", "Outcome", "Queue", "RecipientInfo",
+    "Selection", "State", "domain_of", "new_queue_id",
+]

@@ -1,0 +1,144 @@
+"""queue.base: the queue interface every backend implements, and its records.
+
+Contract (DESIGN.md, "The queue contract"):
+- `store` returns only when the body and the index entry are durable; only then may the
+  caller answer 250.
+- Each recipient has its own state (`State`). `claim_due` moves due recipients to `active`
+  and records the attempt (attempt count, time) before any network I/O.
+- `record` applies delivery outcomes; a recipient becomes `delivered` only after the
+  remote 250. A message whose recipients are all final leaves the queue with its body.
+- After a crash, `open` returns in-flight recipients to the queue (at-least-once).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+
+class State(str, Enum):
+    QUEUED = "queued"
+    ACTIVE = "active"
+    DEFERRED = "deferred"
+    HELD = "held"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (State.DELIVERED, State.BOUNCED)
+
+
+def new_queue_id() -> str:
+    """Sortable by arrival (microseconds, hex) and unique (random suffix)."""
+    return f"{time.time_ns() // 1000:013X}{secrets.token_hex(3).upper()}"
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A cleaned-up message ready to be stored."""
+
+    id: str
+    mail_from: str  # "" is the null sender (bounces)
+    recipients: Sequence[str]
+    data: bytes
+    smtputf8: bool = False
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """One recipient leased for delivery, with what delivery needs of its message."""
+
+    recipient_id: int
+    message_id: str
+    address: str
+    domain: str
+    attempts: int  # including the attempt now being made
+    mail_from: str
+    received_at: float
+    smtputf8: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one claimed recipient."""
+
+    recipient_id: int
+    state: State  # DELIVERED, DEFERRED or BOUNCED
+    reply: str
+    next_attempt_at: float | None = None  # for DEFERRED
+
+
+@dataclass(frozen=True)
+class RecipientInfo:
+    address: str
+    state: State
+    attempts: int
+    next_attempt_at: float | None
+    last_reply: str
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    id: str
+    mail_from: str
+    size: int
+    received_at: float
+    recipients: list[RecipientInfo] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which messages an operator command applies to; empty means none."""
+
+    ids: Sequence[str] = ()
+    domain: str | None = None
+    all: bool = False
+
+
+class Queue(Protocol):
+    """The durable store. Backends: `local` (files + SQLite), `postgres`."""
+
+    async def open(self) -> None:
+        """Create or recover the store; in-flight recipients return to the queue."""
+
+    async def close(self) -> None: ...
+
+    async def store(self, message: NewMessage) -> None:
+        """Durably store a message; raise LocalFailure if it could not be."""
+
+    async def claim_due(self, limit: int) -> list[Claimed]:
+        """Lease up to `limit` due recipients and count the attempt."""
+
+    async def next_due_at(self) -> float | None:
+        """When the earliest queued or deferred recipient becomes due."""
+
+    async def read_body(self, message_id: str) -> bytes: ...
+
+    async def record(self, outcomes: Sequence[Outcome]) -> None:
+        """Apply outcomes; messages with only final recipients leave the queue."""
+
+    async def list_messages(
+        self, state: State | None = None, domain: str | None = None
+    ) -> list[MessageInfo]: ...
+
+    async def get_message(self, message_id: str) -> MessageInfo | None: ...
+
+    async def flush(self, selection: Selection) -> int:
+        """Make deferred (and queued) recipients due now; return how many."""
+
+    async def hold(self, message_id: str) -> int: ...
+
+    async def release(self, message_id: str) -> int: ...
+
+    async def delete(self, message_id: str) -> bool: ...
+
+    async def counts(self) -> dict[State, int]: ...

@@ -1,0 +1,371 @@
+"""queue.local: the embedded backend, message files under the spool plus a SQLite index.
+
+Write order for a new message (STYLE.md, "durable write order"): temp file, fsync, rename
+into messages/, fsync the directory, commit the index row (WAL, synchronous=FULL), and only
+then does `store` return. Index writes go through one group-committing writer.
+
+Recovery on open: partial writes in tmp/ are dropped (never acknowledged); recipients that
+were `active` when the process died go back to `queued`; finished messages are cleaned up;
+files without rows are moved to orphans/ and rows without files to the quarantine table,
+each with a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from relay.errors import LocalFailure
+from relay.queue.base import (
+    Claimed,
+    MessageInfo,
+    NewMessage,
+    Outcome,
+    RecipientInfo,
+    Selection,
+    State,
+    domain_of,
+)
+from relay.queue.groupcommit import GroupCommitter
+from relay.queue.spoolfiles import SpoolFiles, is_disk_full
+from relay.reply import SPOOL_FULL
+
+log = logging.getLogger("relay.queue")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    mail_from TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    smtputf8 INTEGER NOT NULL DEFAULT 0,
+    done INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    id INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    address TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_attempt_at REAL,
+    last_reply TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS recipients_by_message ON recipients(message_id);
+CREATE INDEX IF NOT EXISTS recipients_due ON recipients(next_attempt_at)
+    WHERE state IN ('queued', 'deferred');
+CREATE TABLE IF NOT EXISTS quarantine (
+    message_id TEXT NOT NULL,
+    mail_from TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL
+);
+"""
+
+_DUE = "state IN ('queued', 'deferred')"
+_IDS = "(SELECT value FROM json_each(?))"  # a JSON list bound as one parameter
+
+
+class LocalQueue:
+    """Queue backend for one node: `spool/messages/<id>` files and `spool/index.sqlite3`."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.files = SpoolFiles(path)
+        self._clock = clock
+        self._db_path = path / "index.sqlite3"
+        self._writer_db: aiosqlite.Connection | None = None
+        self._reader_db: aiosqlite.Connection | None = None
+        self._committer: GroupCommitter | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.files.create_dirs()
+        self._writer_db = await self._connect()
+        await self._writer_db.executescript(SCHEMA)
+        await self._recover(self._writer_db)
+        self._reader_db = await self._connect()
+        self._committer = GroupCommitter(self._writer_db, presync=self._sync_dir)
+        self._committer.start()
+
+    async def close(self) -> None:
+        if self._committer is not None:
+            await self._committer.close()
+        for db in (self._reader_db, self._writer_db):
+            if db is not None:
+                await db.close()
+        self._committer = self._reader_db = self._writer_db = None
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self._db_path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("PRAGMA busy_timeout=10000")
+        return db
+
+    async def _sync_dir(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.files.sync_messages_dir)
+
+    # -- intake ----------------------------------------------------------------------
+
+    async def store(self, message: NewMessage) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self.files.write, message.id, message.data)
+        except OSError as exc:
+            raise _local_failure(exc, f"writing message file {message.id}") from exc
+        try:
+            await self._write(partial(_insert_message, message, self._clock()), presync=True)
+        except asyncio.CancelledError:
+            # The client went away; the commit may still land, so the file stays.
+            raise
+        except Exception as exc:
+            # The row was not committed: no acknowledgement, and no orphan file left behind.
+            self.files.remove(message.id)
+            raise _local_failure(exc, f"indexing message {message.id}") from exc
+
+    # -- delivery --------------------------------------------------------------------
+
+    async def claim_due(self, limit: int) -> list[Claimed]:
+        return list(await self._write(partial(_claim_due, limit, self._clock())))
+
+    async def next_due_at(self) -> float | None:
+        row = await self._read_one(f"SELECT MIN(next_attempt_at) FROM recipients WHERE {_DUE}")
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def read_body(self, message_id: str) -> bytes:
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self.files.read, message_id)
+
+    async def record(self, outcomes: Sequence[Outcome]) -> None:
+        if not outcomes:
+            return
+        finished = await self._write(partial(_record, outcomes))
+        await self._remove_finished(finished)
+
+    async def _remove_finished(self, message_ids: list[str]) -> None:
+        """Body first, rows after: a crash in between is cleaned up by recovery."""
+        if not message_ids:
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: [self.files.remove(m) for m in message_ids])
+        await self._write(partial(_delete_messages, message_ids))
+
+    # -- operator commands -----------------------------------------------------------
+
+    async def list_messages(
+        self, state: State | None = None, domain: str | None = None
+    ) -> list[MessageInfo]:
+        conditions, params = ["done = 0"], []
+        if state is not None:
+            conditions.append("id IN (SELECT message_id FROM recipients WHERE state = ?)")
+            params.append(state.value)
+        if domain is not None:
+            conditions.append("id IN (SELECT message_id FROM recipients WHERE domain = ?)")
+            params.append(domain.lower())
+        rows = await self._read_all(
+            "SELECT id, mail_from, size, received_at FROM messages "
+            f"WHERE {' AND '.join(conditions)} ORDER BY received_at", params)
+        return await self._with_recipients(rows)
+
+    async def get_message(self, message_id: str) -> MessageInfo | None:
+        rows = await self._read_all(
+            "SELECT id, mail_from, size, received_at FROM messages WHERE id = ? AND done = 0",
+            [message_id])
+        found = await self._with_recipients(rows)
+        return found[0] if found else None
+
+    async def _with_recipients(self, rows: Iterable[sqlite3.Row]) -> list[MessageInfo]:
+        messages = {r[0]: MessageInfo(r[0], r[1], r[2], r[3]) for r in rows}
+        if not messages:
+            return []
+        for row in await self._read_all(
+            "SELECT message_id, address, state, attempts, next_attempt_at, last_reply "
+            f"FROM recipients WHERE message_id IN {_IDS} ORDER BY id",
+            [json.dumps(list(messages))],
+        ):
+            next_at = row[4] if row[2] in (State.QUEUED.value, State.DEFERRED.value) else None
+            messages[row[0]].recipients.append(
+                RecipientInfo(row[1], State(row[2]), row[3], next_at, row[5]))
+        return list(messages.values())
+
+    async def flush(self, selection: Selection) -> int:
+        where, params = _selection_sql(selection)
+        if where is None:
+            return 0
+        return int(await self._write(partial(
+            _update_count,
+            f"UPDATE recipients SET state = 'queued', next_attempt_at = ? "
+            f"WHERE {_DUE} AND ({where})", [self._clock(), *params])))
+
+    async def hold(self, message_id: str) -> int:
+        return int(await self._write(partial(
+            _update_count,
+            f"UPDATE recipients SET state = 'held' WHERE message_id = ? AND {_DUE}",
+            [message_id])))
+
+    async def release(self, message_id: str) -> int:
+        return int(await self._write(partial(
+            _update_count,
+            "UPDATE recipients SET state = 'queued', next_attempt_at = ? "
+            "WHERE message_id = ? AND state = 'held'", [self._clock(), message_id])))
+
+    async def delete(self, message_id: str) -> bool:
+        deleted = await self._write(partial(_delete_messages, [message_id]))
+        if deleted:
+            self.files.remove(message_id)
+        return bool(deleted)
+
+    async def counts(self) -> dict[State, int]:
+        rows = await self._read_all("SELECT state, COUNT(*) FROM recipients GROUP BY state", [])
+        found = {State(r[0]): int(r[1]) for r in rows}
+        return {state: found.get(state, 0) for state in State}
+
+    # -- plumbing --------------------------------------------------------------------
+
+    async def _write(self, op: Any, presync: bool = False) -> Any:
+        if self._committer is None:
+            raise LocalFailure("queue is not open")
+        return await self._committer.submit(op, presync=presync)
+
+    async def _read_all(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        if self._reader_db is None:
+            raise LocalFailure("queue is not open")
+        async with self._reader_db.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def _read_one(self, sql: str) -> sqlite3.Row | None:
+        rows = await self._read_all(sql, [])
+        return rows[0] if rows else None
+
+    async def _recover(self, db: aiosqlite.Connection) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.files.clear_tmp)
+        cursor = await db.execute(
+            "UPDATE recipients SET state = 'queued' WHERE state = 'active'")
+        if cursor.rowcount:
+            log.warning("recovery: %d in-flight recipients returned to the queue",
+                        cursor.rowcount)
+        await db.execute(
+            "UPDATE messages SET done = 1 WHERE NOT EXISTS (SELECT 1 FROM recipients r "
+            "WHERE r.message_id = messages.id AND r.state NOT IN ('delivered', 'bounced'))")
+        finished = [r[0] for r in await db.execute_fetchall(
+            "SELECT id FROM messages WHERE done = 1")]
+        for message_id in finished:
+            self.files.remove(message_id)
+        await _delete_messages(finished, db)
+        indexed = {r[0] for r in await db.execute_fetchall("SELECT id FROM messages")}
+        on_disk = await loop.run_in_executor(None, self.files.message_ids)
+        for message_id in sorted(on_disk - indexed):
+            target = self.files.move_to_orphans(message_id)
+            log.error("recovery: message file without index entry moved to %s", target)
+        for message_id in sorted(indexed - on_disk):
+            await _quarantine(db, message_id, "message file missing", self._clock())
+            log.error("recovery: %s: index entry without message file moved to quarantine",
+                      message_id)
+
+
+def _local_failure(exc: BaseException, doing: str) -> LocalFailure:
+    log.error("queue: %s failed: %s", doing, exc)
+    failure = LocalFailure(f"{doing}: {exc}")
+    if is_disk_full(exc) or "full" in str(exc).lower():
+        failure.reply = SPOOL_FULL
+    return failure
+
+
+# Write operations, run by the group committer inside its transaction.
+
+async def _insert_message(message: NewMessage, now: float, db: aiosqlite.Connection) -> None:
+    await db.execute(
+        "INSERT INTO messages (id, mail_from, size, received_at, smtputf8) VALUES (?,?,?,?,?)",
+        (message.id, message.mail_from, len(message.data), now, int(message.smtputf8)))
+    await db.executemany(
+        "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at) "
+        "VALUES (?, ?, ?, 'queued', ?)",
+        [(message.id, rcpt, domain_of(rcpt), now) for rcpt in message.recipients])
+
+
+async def _claim_due(limit: int, now: float, db: aiosqlite.Connection) -> list[Claimed]:
+    rows = await db.execute_fetchall(
+        "UPDATE recipients SET state = 'active', attempts = attempts + 1, last_attempt_at = ? "
+        f"WHERE id IN (SELECT id FROM recipients WHERE {_DUE} AND next_attempt_at <= ? "
+        "ORDER BY next_attempt_at LIMIT ?) "
+        "RETURNING id, message_id, address, domain, attempts", (now, now, limit))
+    if not rows:
+        return []
+    ids = sorted({r[1] for r in rows})
+    messages = {m[0]: m for m in await db.execute_fetchall(
+        f"SELECT id, mail_from, received_at, smtputf8 FROM messages WHERE id IN {_IDS}",
+        (json.dumps(ids),))}
+    return [
+        Claimed(r[0], r[1], r[2], r[3], r[4], messages[r[1]][1], messages[r[1]][2],
+                bool(messages[r[1]][3]))
+        for r in sorted(rows, key=lambda r: r[0])
+    ]
+
+
+async def _record(outcomes: Sequence[Outcome], db: aiosqlite.Connection) -> list[str]:
+    # `state = 'active'` fences the update: a recipient deleted or changed by an operator
+    # meanwhile is left alone.
+    await db.executemany(
+        "UPDATE recipients SET state = ?, last_reply = ?, "
+        "next_attempt_at = COALESCE(?, next_attempt_at) WHERE id = ? AND state = 'active'",
+        [(o.state.value, o.reply, o.next_attempt_at, o.recipient_id) for o in outcomes])
+    recipient_ids = json.dumps([o.recipient_id for o in outcomes])
+    finished = [r[0] for r in await db.execute_fetchall(
+        f"SELECT id FROM messages m WHERE id IN (SELECT DISTINCT message_id FROM recipients "
+        f"WHERE id IN {_IDS}) AND NOT EXISTS (SELECT 1 FROM recipients r "
+        "WHERE r.message_id = m.id AND r.state NOT IN ('delivered', 'bounced'))",
+        (recipient_ids,))]
+    if finished:
+        await db.execute(f"UPDATE messages SET done = 1 WHERE id IN {_IDS}",
+                         (json.dumps(finished),))
+    return finished
+
+
+async def _delete_messages(message_ids: list[str], db: aiosqlite.Connection) -> int:
+    ids = json.dumps(message_ids)
+    await db.execute(f"DELETE FROM recipients WHERE message_id IN {_IDS}", (ids,))
+    cursor = await db.execute(f"DELETE FROM messages WHERE id IN {_IDS}", (ids,))
+    return cursor.rowcount
+
+
+async def _update_count(sql: str, params: Sequence[Any], db: aiosqlite.Connection) -> int:
+    cursor = await db.execute(sql, params)
+    return cursor.rowcount
+
+
+async def _quarantine(db: aiosqlite.Connection, message_id: str, reason: str,
+                      now: float) -> None:
+    rows = await db.execute_fetchall(
+        "SELECT address FROM recipients WHERE message_id = ? "
+        "AND state NOT IN ('delivered', 'bounced')", (message_id,))
+    sender = await db.execute_fetchall(
+        "SELECT mail_from FROM messages WHERE id = ?", (message_id,))
+    await db.execute(
+        "INSERT INTO quarantine (message_id, mail_from, recipients, reason, at) "
+        "VALUES (?,?,?,?,?)",
+        (message_id, sender[0][0] if sender else "", json.dumps([r[0] for r in rows]),
+         reason, now))
+    await _delete_messages([message_id], db)
+
+
+def _selection_sql(selection: Selection) -> tuple[str | None, list[Any]]:
+    if selection.all:
+        return "1 = 1", []
+    if selection.domain:
+        return "domain = ?", [selection.domain.lower()]
+    if selection.ids:
+        return f"message_id IN {_IDS}", [json.dumps(list(selection.ids))]
+    return None, []

@@ -1,0 +1,89 @@
+"""queue.spoolfiles: the local backend's message files and their durable write order.
+
+A message file counts only once it is complete and on disk: it is written under `tmp/`,
+fsynced, renamed into `messages/`, and the directory is fsynced (by the index writer, once
+for a whole group of messages) before the index row is committed. Files are never
+silently deleted on recovery: anything unexpected is moved to `orphans/` and logged.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger("relay.queue")
+
+
+class SpoolFiles:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.messages = root / "messages"
+        self.tmp = root / "tmp"
+        self.orphans = root / "orphans"
+
+    def create_dirs(self) -> None:
+        for directory in (self.root, self.messages, self.tmp, self.orphans):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, message_id: str) -> Path:
+        return self.messages / message_id
+
+    def write(self, message_id: str, data: bytes) -> None:
+        """Write, fsync and rename into place. The caller fsyncs the directory afterwards."""
+        temp = self.tmp / message_id
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(temp)
+            raise
+        os.close(fd)
+        os.rename(temp, self.path(message_id))
+
+    def sync_messages_dir(self) -> None:
+        fd = os.open(self.messages, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self, message_id: str) -> bytes:
+        return self.path(message_id).read_bytes()
+
+    def remove(self, message_id: str) -> None:
+        _unlink_quietly(self.path(message_id))
+
+    def message_ids(self) -> set[str]:
+        return {entry.name for entry in os.scandir(self.messages) if entry.is_file()}
+
+    def clear_tmp(self) -> None:
+        """Partial writes from before a crash: never acknowledged, so safe to drop."""
+        for entry in os.scandir(self.tmp):
+            log.warning("recovery: removing unacknowledged partial write tmp/%s", entry.name)
+            _unlink_quietly(Path(entry.path))
+
+    def move_to_orphans(self, message_id: str) -> Path:
+        target = self.orphans / message_id
+        os.replace(self.path(message_id), target)
+        return target
+
+    def free_bytes(self) -> int:
+        stats = os.statvfs(self.root)
+        return stats.f_bavail * stats.f_frsize
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

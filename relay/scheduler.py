@@ -1,0 +1,199 @@
+"""scheduler: picks due recipients and hands them to delivery workers, per destination.
+
+Like Postfix's queue manager it keeps a bounded active set (`max_active` recipients
+claimed at once), so a large queue never sits in memory. Claimed recipients are grouped
+into jobs (one message, one destination), queued on their destination, and served by up
+to `max_connections_per_domain` workers per destination and `max_connections` in all.
+Each worker holds one connection and reuses it for the destination's next jobs; it quits
+after `idle_timeout` with nothing to do.
+
+Stopping: no new claims; workers finish the job in hand (up to a timeout); whatever was
+claimed but not finished stays `active` in the queue and is recovered at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from relay.delivery import DeliveryAgent, DestinationSession, Job
+from relay.outcomes import OutcomeRecorder
+from relay.queue import Claimed, Queue
+
+log = logging.getLogger("relay.scheduler")
+
+CLAIM_BATCH = 500
+MAX_SLEEP = 30.0
+
+
+@dataclass
+class _Destination:
+    name: str
+    limit: int
+    jobs: deque[Job] = field(default_factory=deque)
+    workers: set[asyncio.Task[None]] = field(default_factory=set)
+    idle: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def group_into_jobs(claimed: Iterable[Claimed], destination_of: Callable[[str], str]
+                    ) -> list[Job]:
+    """One job per (message, destination), recipients in claim order."""
+    groups: dict[tuple[str, str], list[Claimed]] = {}
+    for recipient in claimed:
+        key = (recipient.message_id, destination_of(recipient.domain))
+        groups.setdefault(key, []).append(recipient)
+    return [
+        Job(message_id, rcpts[0].mail_from, rcpts[0].received_at, rcpts[0].smtputf8,
+            destination, tuple(rcpts))
+        for (message_id, destination), rcpts in groups.items()
+    ]
+
+
+class Scheduler:
+    def __init__(self, queue: Queue, agent: DeliveryAgent, recorder: OutcomeRecorder, *,
+                 max_connections: int, max_connections_per_domain: int,
+                 max_active: int = 10_000, idle_timeout: float = 2.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._queue = queue
+        self._agent = agent
+        self._recorder = recorder
+        self._per_destination = max_connections_per_domain
+        self._connections = asyncio.Semaphore(max_connections)
+        self._max_active = max_active
+        self._idle_timeout = idle_timeout
+        self._clock = clock
+        self._active = 0
+        self._destinations: dict[str, _Destination] = {}
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    def wake(self) -> None:
+        """New or released mail: look for due work now."""
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="scheduler")
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Claim nothing more; let workers finish their job in hand for `timeout` seconds."""
+        self._stopping = True
+        self._wakeup.set()
+        for destination in self._destinations.values():
+            destination.arrived.set()
+        if self._task is not None:
+            await self._task
+        workers = [t for d in self._destinations.values() for t in d.workers]
+        if workers:
+            _, pending = await asyncio.wait(workers, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wakeup.clear()
+            room = min(self._max_active - self._active, CLAIM_BATCH)
+            claimed: list[Claimed] = []
+            if room > 0:
+                try:
+                    claimed = await self._queue.claim_due(room)
+                except Exception:  # noqa: BLE001 - keep scheduling; the queue may recover
+                    log.exception("scheduler: claiming due recipients failed")
+            for job in group_into_jobs(claimed, self._agent.destination_of):
+                self._dispatch(job)
+            if claimed and len(claimed) == room:
+                continue  # there may be more due right now
+            await self._sleep(room > 0)
+
+    async def _sleep(self, has_room: bool) -> None:
+        timeout: float | None = None
+        if has_room:
+            try:
+                due = await self._queue.next_due_at()
+            except Exception:  # noqa: BLE001
+                due = None
+            timeout = MAX_SLEEP if due is None else min(max(due - self._clock(), 0.01),
+                                                        MAX_SLEEP)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    def _dispatch(self, job: Job) -> None:
+        destination = self._destinations.get(job.destination)
+        if destination is None:
+            destination = _Destination(job.destination, self._per_destination)
+            self._destinations[job.destination] = destination
+        destination.jobs.append(job)
+        self._active += len(job.recipients)
+        destination.arrived.set()
+        if len(destination.jobs) > destination.idle and len(destination.workers) < destination.limit:
+            task = asyncio.create_task(self._work(destination),
+                                       name=f"delivery {destination.name}")
+            destination.workers.add(task)
+            task.add_done_callback(lambda t: self._worker_done(destination, t))
+
+    def _worker_done(self, destination: _Destination, task: asyncio.Task[None]) -> None:
+        destination.workers.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery worker for %s failed", destination.name,
+                      exc_info=task.exception())
+        if not destination.workers and not destination.jobs:
+            self._destinations.pop(destination.name, None)
+        elif destination.jobs and not self._stopping and not destination.workers:
+            # Jobs left behind by a failed worker: put a new worker on them.
+            job = destination.jobs.popleft()
+            self._active -= len(job.recipients)
+            self._dispatch(job)
+
+    async def _work(self, destination: _Destination) -> None:
+        async with self._connections:
+            session = self._agent.session(destination.name)
+            try:
+                while (job := await self._next_job(destination)) is not None:
+                    try:
+                        await self._deliver(session, job)
+                    except Exception:  # noqa: BLE001 - the recipients stay active and are
+                        # recovered at the next start; this worker goes on with the next job
+                        log.exception("%s: delivery failed locally", job.message_id)
+                    finally:
+                        self._active -= len(job.recipients)
+                        self._wakeup.set()
+            finally:
+                await session.close()
+
+    async def _next_job(self, destination: _Destination) -> Job | None:
+        deadline = time.monotonic() + self._idle_timeout
+        while not destination.jobs:
+            if self._stopping:
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            destination.arrived.clear()
+            destination.idle += 1
+            try:
+                await asyncio.wait_for(destination.arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+            finally:
+                destination.idle -= 1
+        return destination.jobs.popleft()
+
+    async def _deliver(self, session: DestinationSession, job: Job) -> None:
+        try:
+            body = await self._queue.read_body(job.message_id)
+        except FileNotFoundError:
+            log.info("%s: deleted while queued for delivery", job.message_id)
+            return
+        attempts = await session.deliver(job, body)
+        await self._recorder.settle(job, attempts, body)

@@ -1,0 +1,128 @@
+"""server: the composition root. Builds every stage from the configuration and owns
+start-up, shutdown and signals.
+
+Start order: policies, queue (with recovery), admin token, delivery, SMTP listeners,
+admin API, scheduler. SIGTERM/SIGINT stop gracefully: listeners close, SMTP sessions get
+`shutdown_timeout` to finish, deliveries in hand finish (or stay queued), then the queue
+closes. SIGHUP reloads the policies; a broken file keeps the old ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from relay.admin import AdminServer, create_app, load_or_create_token
+from relay.cleanup import Cleanup
+from relay.config import Config
+from relay.delivery import Credentials, DeliveryAgent, NextHops
+from relay.errors import ConfigError
+from relay.outcomes import OutcomeRecorder
+from relay.policy import Policies, load_policies
+from relay.queue import Queue
+from relay.queue.local import LocalQueue
+from relay.scheduler import Scheduler
+from relay.smtpd import SessionRegistry, SubmissionHandler, start_listeners
+
+log = logging.getLogger("relay")
+
+
+def build_queue(config: Config) -> Queue:
+    if config.queue.backend == "local":
+        return LocalQueue(config.queue.path)
+    raise ConfigError("queue.backend: the postgres backend is not available in this version")
+
+
+def read_relayhost_credentials(config: Config) -> Credentials | None:
+    delivery = config.delivery
+    if not delivery.relayhost_username:
+        return None
+    if not delivery.relayhost_password_file:
+        raise ConfigError("delivery.relayhost_password_file: needed with relayhost_username")
+    path = Path(delivery.relayhost_password_file)
+    try:
+        password = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"delivery.relayhost_password_file: {path}: {exc.strerror}") from exc
+    return Credentials(delivery.relayhost_username, password)
+
+
+class Relay:
+    def __init__(self, config: Config, shutdown_timeout: float = 10.0) -> None:
+        self.config = config
+        self.policies: Policies = load_policies(config.policies.path)
+        self.queue = build_queue(config)
+        self._shutdown_timeout = shutdown_timeout
+        self._listeners: list[asyncio.Server] = []
+        self._sessions = SessionRegistry()
+        self._admin: AdminServer | None = None
+        self._scheduler: Scheduler | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        credentials = read_relayhost_credentials(config)
+        token = load_or_create_token(config.admin_token_path, create=not config.admin.token_file)
+        await self.queue.open()
+        hostname = config.server.hostname
+        agent = DeliveryAgent(config.delivery, hostname,
+                              NextHops(config.delivery.nameservers, config.delivery.port,
+                                       timeout=config.delivery.connect_timeout),
+                              credentials)
+        cleanup = Cleanup(self.queue, hostname, on_stored=self._wake)
+        self._scheduler = Scheduler(
+            self.queue, agent, OutcomeRecorder(self.queue, cleanup, hostname, config.retry),
+            max_connections=config.delivery.max_connections,
+            max_connections_per_domain=config.delivery.max_connections_per_domain)
+        free_space = self.queue.files.free_bytes if isinstance(self.queue, LocalQueue) else None
+        handler = SubmissionHandler(cleanup, config.smtp, lambda: self.policies.access,
+                                    free_space=free_space)
+        self._listeners = await start_listeners(handler, config.smtp, hostname, self._sessions)
+        self._admin = AdminServer(create_app(self.queue, token, self._wake), config.admin.listen)
+        self._admin.start()
+        self._scheduler.start()
+        log.info("relay started: smtp=%s admin=%s queue=%s (%s)",
+                 ",".join(config.smtp.listen + config.smtp.tls_listen), config.admin.listen,
+                 config.queue.path, config.queue.backend)
+
+    def _wake(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.wake()
+
+    def reload(self) -> None:
+        try:
+            self.policies = load_policies(self.config.policies.path)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the previous policies: %s", exc)
+            return
+        log.info("policies reloaded from %s", self.config.policies.path)
+
+    async def stop(self) -> None:
+        log.info("relay stopping")
+        for listener in self._listeners:
+            listener.close()
+        await self._sessions.drain(self._shutdown_timeout)
+        if self._scheduler is not None:
+            await self._scheduler.stop(self._shutdown_timeout)
+        if self._admin is not None:
+            await self._admin.stop()
+        await self.queue.close()
+        log.info("relay stopped")
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT."""
+    relay = Relay(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, relay.reload)
+    try:
+        await relay.start()
+    except BaseException:
+        await relay.stop()
+        raise
+    await stop.wait()
+    await relay.stop()

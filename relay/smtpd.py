@@ -1,0 +1,326 @@
+"""smtpd: SMTP submission (RFC 5321, ESMTP) on aiosmtpd, for trusted applications.
+
+Who may relay: clients in `trusted_networks`, or users authenticated with AUTH PLAIN/LOGIN
+(RFC 4954), which is offered and accepted only under TLS (STARTTLS, RFC 3207, or implicit
+TLS on `tls_listen`). Everyone else gets 554 5.7.1 at RCPT: never an open relay.
+Limits: SIZE (RFC 1870, 552 5.3.4), `max_recipients` (452 4.5.3), free spool space
+(452 4.3.1). Every reply carries an enhanced status code (RFC 2034, RFC 3463).
+A local failure answers 451 4.3.0, never 5xx: clients treat 5xx as permanent.
+`250` is sent only after the queue has the message on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from relay import reply
+from relay.cleanup import Cleanup, Origin, inspect
+from relay.config import SmtpSection, split_hostport
+from relay.errors import LocalFailure, Rejected
+from relay.passwords import verify_password
+from relay.policy import AccessPolicy
+from relay.ratelimit import SlidingWindow
+
+log = logging.getLogger("relay.smtpd")
+
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}")
+# Enhanced codes for aiosmtpd's built-in replies, which have none.
+_DEFAULT_ENHANCED = {
+    221: "2.0.0", 235: "2.7.0", 250: "2.0.0", 251: "2.1.5", 252: "2.5.0", 220: "2.0.0",
+    421: "4.3.2", 451: "4.3.0", 452: "4.3.1", 454: "4.7.0",
+    500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4", 530: "5.7.0",
+    550: "5.0.0", 552: "5.3.4", 553: "5.1.3", 554: "5.0.0", 555: "5.5.4",
+}
+
+
+def with_enhanced_code(status: str) -> str:
+    """Add a RFC 3463 code to a 2xx/4xx/5xx reply that lacks one."""
+    if len(status) < 4 or not status[:3].isdigit() or status[0] not in "245":
+        return status
+    if _HAS_ENHANCED.match(status):
+        return status
+    code = int(status[:3])
+    enhanced = _DEFAULT_ENHANCED.get(code, f"{status[0]}.0.0")
+    return f"{status[:4]}{enhanced} {status[4:]}"
+
+
+class RelaySession(Session):
+    """aiosmtpd's session plus what the per-session log line reports."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.started = time.monotonic()
+        self.accepted = 0
+        self.rejected = 0
+        self.user = ""
+
+    @property
+    def client_ip(self) -> str:
+        peer = self.peer
+        return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+    @property
+    def tls_description(self) -> str:
+        ssl_object = (self.ssl or {}).get("ssl_object")
+        if ssl_object is None:
+            return ""
+        cipher = ssl_object.cipher()
+        return f"{ssl_object.version()} with cipher {cipher[0] if cipher else 'unknown'}"
+
+
+class SessionRegistry:
+    """The open SMTP sessions, so a graceful stop can wait for them."""
+
+    def __init__(self) -> None:
+        self._open: set[RelaySMTP] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def add(self, protocol: RelaySMTP) -> None:
+        self._open.add(protocol)
+        self._empty.clear()
+
+    def discard(self, protocol: RelaySMTP) -> None:
+        self._open.discard(protocol)
+        if not self._open:
+            self._empty.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for sessions to end; then close the rest (nothing unacknowledged is lost)."""
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout)
+        except TimeoutError:
+            log.warning("closing %d SMTP sessions still open after %.0fs",
+                        len(self._open), timeout)
+            for protocol in list(self._open):
+                if protocol.transport is not None:
+                    protocol.transport.close()
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's protocol with enhanced codes on every reply, implicit TLS recognised,
+    and one log line per session."""
+
+    # Let cleanup judge long lines (5.6.0) instead of aiosmtpd's bare "500 Line too long".
+    line_length_limit = 64 * 1024
+
+    def __init__(self, handler: SubmissionHandler, registry: SessionRegistry,
+                 **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._registry = registry
+        self._plain_replies = True  # greeting, HELO/EHLO: no enhanced codes (RFC 2034)
+
+    def _create_session(self) -> Session:
+        return RelaySession(self.loop)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        implicit_tls = (self._original_transport is None
+                        and transport.get_extra_info("ssl_object") is not None)
+        super().connection_made(transport)
+        self._registry.add(self)
+        if implicit_tls and self.session is not None:
+            # aiosmtpd only knows STARTTLS; a TLS listener's sessions are encrypted from the
+            # first byte, so AUTH must be offered there too.
+            self._tls_protocol = transport  # type: ignore[assignment]
+            self.session.ssl = {"ssl_object": transport.get_extra_info("ssl_object")}
+
+    def connection_lost(self, error: Exception | None) -> None:
+        session = self.session
+        super().connection_lost(error)
+        self._registry.discard(self)
+        if isinstance(session, RelaySession):
+            log.info(
+                "session client=[%s] helo=%s tls=%s user=%s accepted=%d rejected=%d "
+                "duration=%.3fs%s", session.client_ip, session.host_name or "-",
+                session.tls_description or "none", session.user or "-", session.accepted,
+                session.rejected, time.monotonic() - session.started,
+                f" error={error}" if error else "")
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str) and not self._plain_replies:
+            status = with_enhanced_code(status)
+        await super().push(status)
+        if isinstance(status, str) and status.startswith("220 ") and self._plain_replies:
+            self._plain_replies = False  # the greeting went out
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        await self._unannotated(super().smtp_EHLO(hostname))
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        await self._unannotated(super().smtp_HELO(hostname))
+
+    async def _unannotated(self, command: Any) -> None:
+        self._plain_replies = True
+        try:
+            await command
+        finally:
+            self._plain_replies = False
+
+
+@dataclass
+class SubmissionHandler:
+    """aiosmtpd hooks: access policy, limits, and hand-off to cleanup."""
+
+    cleanup: Cleanup
+    settings: SmtpSection
+    access: Callable[[], AccessPolicy]  # the policy in force (swapped on reload)
+    free_space: Callable[[], int] | None = None
+    rates: SlidingWindow | None = None
+
+    def __post_init__(self) -> None:
+        self.rates = self.rates or SlidingWindow()
+
+    def authenticate(self, server: SMTP, session: Session, envelope: Envelope,
+                     mechanism: str, auth_data: Any) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        name = auth_data.login.decode("utf-8", "replace")
+        user = self.access().user(name)
+        password = auth_data.password.decode("utf-8", "replace")
+        if user is None or not verify_password(password, user.password_hash):
+            log.warning("auth failed client=[%s] mechanism=%s user=%s",
+                        _client_ip(session), mechanism, name)
+            return AuthResult(success=False, handled=False)
+        if isinstance(session, RelaySession):
+            session.user = name
+        return AuthResult(success=True, auth_data=name)
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return responses[:-1] + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if self.free_space is not None:
+            declared = _size_param(mail_options)
+            if self.free_space() < self.settings.min_free_space + declared:
+                log.warning("spool nearly full: refusing mail from [%s]", _client_ip(session))
+                return _refuse(session, reply.SPOOL_FULL)
+        user = self._user(session)
+        if user is not None:
+            if address != "<>" and not user.may_send_as(address):
+                return _refuse(session, reply.SENDER_NOT_ALLOWED)
+            rate = user.rate
+            assert self.rates is not None
+            if rate is not None and not self.rates.allows(user.name, rate):
+                return _refuse(session, reply.RATE_LIMITED)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if not (session.authenticated or self.access().is_trusted(_client_ip(session))):
+            log.warning("relay denied client=[%s] to=<%s>", _client_ip(session), address)
+            return _refuse(session, reply.RELAY_DENIED)
+        if "@" not in address or address.endswith("@"):
+            return "501 5.1.3 Bad recipient address syntax"
+        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
+            return str(reply.TOO_MANY_RECIPIENTS)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or b""
+        try:
+            inspected = inspect(data)
+            user = self._user(session)
+            if user is not None and not all(map(user.may_send_as, inspected.from_addresses)):
+                raise Rejected(reply.SENDER_NOT_ALLOWED)
+            mail_from = "" if envelope.mail_from == "<>" else str(envelope.mail_from)
+            queue_id = await self.cleanup.submit(
+                mail_from, list(envelope.rcpt_tos), data, self._origin(session, server),
+                inspected=inspected, smtputf8="SMTPUTF8" in envelope.mail_options)
+        except Rejected as exc:
+            return _refuse(session, exc.reply)
+        except LocalFailure as exc:
+            return _refuse(session, exc.reply)
+        if user is not None and user.rate is not None and self.rates is not None:
+            self.rates.hit(user.name, user.rate)
+        if isinstance(session, RelaySession):
+            session.accepted += 1
+        log.info("%s: client=[%s] from=<%s> size=%d nrcpt=%d", queue_id, _client_ip(session),
+                 mail_from, len(data), len(envelope.rcpt_tos))
+        return reply.QUEUED.format(queue_id)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("smtpd: local error: %r", error, exc_info=error)
+        return str(reply.LOCAL_ERROR)
+
+    def _user(self, session: Session) -> Any:
+        if not session.authenticated or not isinstance(session, RelaySession):
+            return None
+        return self.access().user(session.user)
+
+    def _origin(self, session: Session, server: SMTP) -> Origin:
+        protocol = "ESMTP" if session.extended_smtp else "SMTP"
+        if session.ssl:
+            protocol += "S"
+        if session.authenticated:
+            protocol += "A"
+        tls = session.tls_description if isinstance(session, RelaySession) else ""
+        user = session.user if isinstance(session, RelaySession) else ""
+        return Origin(protocol, _client_ip(session), session.host_name or "", tls, user)
+
+
+def _client_ip(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+def _refuse(session: Session, refusal: reply.Reply) -> str:
+    if isinstance(session, RelaySession):
+        session.rejected += 1
+    return str(refusal)
+
+
+def _size_param(mail_options: list[str]) -> int:
+    for option in mail_options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0
+
+
+def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def start_listeners(handler: SubmissionHandler, settings: SmtpSection,
+                          hostname: str, registry: SessionRegistry) -> list[asyncio.Server]:
+    """Bind every `listen` (STARTTLS when a certificate is set) and `tls_listen` address."""
+    tls = (server_tls_context(settings.tls_cert, settings.tls_key)
+           if settings.tls_cert and settings.tls_key else None)
+    loop = asyncio.get_running_loop()
+
+    def factory(starttls: ssl.SSLContext | None) -> Callable[[], RelaySMTP]:
+        return lambda: RelaySMTP(
+            handler, registry, hostname=hostname, ident="relay", tls_context=starttls,
+            data_size_limit=settings.max_message_size, enable_SMTPUTF8=True,
+            authenticator=handler.authenticate, auth_require_tls=True,
+            timeout=settings.timeout, loop=loop)
+
+    servers = []
+    for address in settings.listen:
+        host, port = split_hostport(address)
+        servers.append(await loop.create_server(factory(tls), host, port, reuse_address=True))
+    for address in settings.tls_listen:
+        if tls is None:
+            raise LocalFailure("smtp.tls_listen needs smtp.tls_cert and smtp.tls_key")
+        host, port = split_hostport(address)
+        servers.append(await loop.create_server(factory(None), host, port, ssl=tls,
+                                                reuse_address=True))
+    return servers
