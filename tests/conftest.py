@@ -1,0 +1,58 @@
+"""Shared fixtures: a real DNS server, SMTP sinks on 127.0.0.x, TLS certificates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import trustme
+
+from tests.support.dns_server import DnsServer
+from tests.support.net import free_port
+from tests.support.sink import Sink
+
+SINK_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
+
+
+@pytest.fixture
+def dns_server() -> Iterator[DnsServer]:
+    server = DnsServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mx_port() -> int:
+    """One port for every sink: the relay connects to `[delivery] port` on each MX host."""
+    return free_port(SINK_HOSTS)
+
+
+@pytest.fixture
+def make_sink(mx_port: int) -> Iterator[Callable[..., Sink]]:
+    started: list[Sink] = []
+
+    def make(host: str = "127.0.0.2", **kwargs: object) -> Sink:
+        sink = Sink(host, mx_port, **kwargs).start()  # type: ignore[arg-type]
+        started.append(sink)
+        return sink
+
+    yield make
+    for sink in started:
+        sink.stop()
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def server_cert(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(cert, key) PEM paths for relay.test / sink.test."""
+    cert = ca.issue_cert("relay.test", "sink.test", "127.0.0.1")
+    directory = tmp_path_factory.mktemp("tls")
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert.private_key_pem.write_to_path(str(key_path))
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    return str(cert_path), str(key_path)

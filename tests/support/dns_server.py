@@ -1,0 +1,93 @@
+"""A real DNS server on loopback (UDP and TCP), answering from a dict of records.
+
+Records: {"example.test": {"MX": ["10 mx1.example.test."]}, "mx1.example.test":
+{"A": ["127.0.0.2"]}}. Unknown names get NXDOMAIN; a known name without the asked type
+gets an empty NOERROR answer; names in `servfail` get SERVFAIL.
+"""
+
+from __future__ import annotations
+
+import socketserver
+import struct
+import threading
+from typing import Any
+
+import dns.message
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from tests.support.net import free_port
+
+Records = dict[str, dict[str, list[str]]]
+
+
+class DnsServer:
+    def __init__(self, records: Records | None = None, host: str = "127.0.0.1") -> None:
+        self.records: Records = {k.lower().rstrip("."): v for k, v in (records or {}).items()}
+        self.servfail: set[str] = set()
+        self.host = host
+        self.port = 0
+        self.queries: list[tuple[str, str]] = []
+        self._servers: list[socketserver.BaseServer] = []
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def add(self, name: str, rdtype: str, *values: str) -> None:
+        self.records.setdefault(name.lower().rstrip("."), {}).setdefault(rdtype, []).extend(values)
+
+    def answer(self, wire: bytes) -> bytes:
+        query = dns.message.from_wire(wire)
+        response = dns.message.make_response(query)
+        question = query.question[0]
+        name = question.name.to_text(omit_final_dot=True).lower()
+        rdtype = dns.rdatatype.to_text(question.rdtype)
+        self.queries.append((name, rdtype))
+        if name in self.servfail:
+            response.set_rcode(dns.rcode.SERVFAIL)
+        elif name not in self.records:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        elif rdtype in self.records[name]:
+            response.answer.append(dns.rrset.from_text_list(
+                question.name, 60, dns.rdataclass.IN, rdtype, self.records[name][rdtype]))
+        return response.to_wire()
+
+    def start(self) -> None:
+        self.port = free_port([self.host])
+        server = self
+
+        class Udp(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                data, sock = self.request
+                sock.sendto(server.answer(data), self.client_address)
+
+        class Tcp(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                header = self.request.recv(2)
+                if len(header) < 2:
+                    return
+                (length,) = struct.unpack("!H", header)
+                data = b""
+                while len(data) < length:
+                    chunk = self.request.recv(length - len(data))
+                    if not chunk:
+                        return
+                    data += chunk
+                reply = server.answer(data)
+                self.request.sendall(struct.pack("!H", len(reply)) + reply)
+
+        for cls, handler in ((socketserver.ThreadingUDPServer, Udp),
+                             (socketserver.ThreadingTCPServer, Tcp)):
+            instance: Any = cls((self.host, self.port), handler)
+            instance.daemon_threads = True
+            threading.Thread(target=instance.serve_forever, daemon=True).start()
+            self._servers.append(instance)
+
+    def stop(self) -> None:
+        for instance in self._servers:
+            instance.shutdown()
+            instance.server_close()
+        self._servers.clear()

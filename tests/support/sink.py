@@ -1,0 +1,85 @@
+"""An SMTP sink (aiosmtpd in a thread) on a loopback address, standing in for an MX host.
+
+Per recipient it answers 250, or what `rcpt_replies` says ("451 4.2.0 try later",
+"550 5.1.1 no such user"), or drops the connection for addresses in `drop_on_rcpt`.
+Received messages are recorded; `wait_for(n)` blocks until n have arrived (no sleeps).
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+@dataclass(frozen=True)
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    content: bytes
+    mail_options: list[str]
+    tls: bool
+
+
+class _Handler:
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        sink = self.sink
+        if address in sink.drop_on_rcpt:
+            assert server.transport is not None
+            server.transport.close()
+            return "421 4.4.2 dropping connection"
+        answer = sink.rcpt_replies.get(address, sink.default_rcpt_reply)
+        if answer.startswith("2"):
+            envelope.rcpt_tos.append(address)
+        return answer
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        sink = self.sink
+        if sink.data_reply.startswith("2"):
+            with sink.arrived:
+                null_sender = envelope.mail_from == "<>"
+                sink.messages.append(Received(
+                    "" if null_sender else str(envelope.mail_from), list(envelope.rcpt_tos),
+                    envelope.original_content or b"", list(envelope.mail_options),
+                    session.ssl is not None))
+                sink.arrived.notify_all()
+        return sink.data_reply
+
+
+class Sink:
+    def __init__(self, host: str, port: int, tls_context: ssl.SSLContext | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.rcpt_replies: dict[str, str] = {}
+        self.default_rcpt_reply = "250 2.1.5 Ok"
+        self.data_reply = "250 2.0.0 Ok: queued"
+        self.drop_on_rcpt: set[str] = set()
+        self.messages: list[Received] = []
+        self.arrived = threading.Condition()
+        kwargs: dict[str, Any] = {"enable_SMTPUTF8": True}
+        if tls_context is not None:
+            kwargs["tls_context"] = tls_context
+        self._controller = Controller(_Handler(self), hostname=host, port=port,
+                                      server_hostname="sink.test", **kwargs)
+
+    def start(self) -> Sink:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[Received]:
+        with self.arrived:
+            if not self.arrived.wait_for(lambda: len(self.messages) >= count, timeout):
+                raise AssertionError(
+                    f"sink {self.host}:{self.port} got {len(self.messages)} of {count} messages")
+            return list(self.messages)
