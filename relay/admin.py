@@ -84,7 +84,9 @@ def message_json(message: MessageInfo) -> dict[str, Any]:
 
 
 def create_app(queue: Queue, token: str, wake: Callable[[], None]) -> FastAPI:
-    app = FastAPI(title="relay admin API", version="1")
+    # The built-in docs routes would be unauthenticated; /openapi.json is served below.
+    app = FastAPI(title="relay admin API", version="1", openapi_url=None, docs_url=None,
+                  redoc_url=None)
 
     def require_token(request: Request) -> None:
         header = request.headers.get("authorization", "")
@@ -113,6 +115,10 @@ def create_app(queue: Queue, token: str, wake: Callable[[], None]) -> FastAPI:
         return {"status": "ok"}
 
     authorized = [Depends(require_token)]
+
+    @app.get("/openapi.json", dependencies=authorized, include_in_schema=False)
+    async def openapi() -> dict[str, Any]:
+        return app.openapi()
 
     @app.get("/v1/queue", dependencies=authorized)
     async def list_queue(state: State | None = None, domain: str | None = None

@@ -83,7 +83,7 @@ class DnsServer:
                              (socketserver.ThreadingTCPServer, Tcp)):
             instance: Any = cls((self.host, self.port), handler)
             instance.daemon_threads = True
-            threading.Thread(target=instance.serve_forever, daemon=True).start()
+            threading.Thread(target=instance.serve_forever, args=(0.05,), daemon=True).start()
             self._servers.append(instance)
 
     def stop(self) -> None:

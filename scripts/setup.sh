@@ -1,0 +1,38 @@
+#!/bin/sh
+# Create .venv with the relay installed. With --test, also what the test suite needs:
+# the test extras from PyPI and the Debian tools the tests drive (swaks).
+# Idempotent: a second run only checks.
+set -eu
+cd "$(dirname "$0")/.."
+
+want_tests=no
+[ "${1:-}" = "--test" ] && want_tests=yes
+
+apt_install() {
+    missing=""
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
+    done
+    [ -z "$missing" ] && return 0
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "setup: please install:$missing" >&2
+        return 1
+    fi
+    echo "setup: installing Debian packages:$missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+}
+
+# Debian's python3 needs python3-venv for `python3 -m venv` to bring pip along.
+if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
+    apt_install python3-venv
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+if [ "$want_tests" = yes ]; then
+    apt_install swaks
+    .venv/bin/python -m pip install -q -e ".[test]"
+else
+    .venv/bin/python -m pip install -q -e .
+fi
+echo "setup: ready (.venv)"
