@@ -12,11 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import os
-import secrets
 import socket
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -26,24 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, model_validator
 
 from relay.config import split_hostport
-from relay.errors import ConfigError
 from relay.queue import MessageInfo, Queue, Selection, State
-
-
-def load_or_create_token(path: Path, create: bool) -> str:
-    """Read the admin token; when `create`, make one (mode 0600) if the file is missing."""
-    if create and not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32) + "\n")
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"admin token file {path}: {exc.strerror or exc}") from exc
-    if len(token) < 16:
-        raise ConfigError(f"admin token file {path}: token too short (16 characters minimum)")
-    return token
 
 
 class ApiError(HTTPException):

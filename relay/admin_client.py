@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from relay.admin import load_or_create_token
+from relay.admin_token import load_or_create_token
 from relay.config import Config, split_hostport
 from relay.errors import RelayError
 

@@ -14,7 +14,8 @@ import logging
 import signal
 from pathlib import Path
 
-from relay.admin import AdminServer, create_app, load_or_create_token
+from relay.admin import AdminServer, create_app
+from relay.admin_token import load_or_create_token
 from relay.cleanup import Cleanup
 from relay.config import Config
 from relay.delivery import Credentials, DeliveryAgent, NextHops

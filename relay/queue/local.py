@@ -269,7 +269,8 @@ class LocalQueue:
         on_disk = await loop.run_in_executor(None, self.files.message_ids)
         for message_id in sorted(on_disk - indexed):
             target = self.files.move_to_orphans(message_id)
-            log.error("recovery: message file without index entry moved to %s", target)
+            log.warning("recovery: message file without index entry (a write cut short before "
+                        "its 250, or a lost index row) moved to %s", target)
         for message_id in sorted(indexed - on_disk):
             await _quarantine(db, message_id, "message file missing", self._clock())
             log.error("recovery: %s: index entry without message file moved to quarantine",

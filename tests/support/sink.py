@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,14 @@ class Sink:
 
     def stop(self) -> None:
         self._controller.stop()
+
+    def wait_until(self, predicate: Callable[[list[Received]], bool],
+                   timeout: float = 60.0) -> list[Received]:
+        with self.arrived:
+            if not self.arrived.wait_for(lambda: predicate(self.messages), timeout):
+                raise AssertionError(f"sink {self.host}:{self.port}: condition not met with "
+                                     f"{len(self.messages)} messages")
+            return list(self.messages)
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[Received]:
         with self.arrived:

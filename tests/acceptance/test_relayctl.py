@@ -1,0 +1,131 @@
+"""relayctl against a running relay (a subprocess): queue commands, flush, restart."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from relay import config as config_module
+from relay.config import split_hostport
+from tests.acceptance.conftest import MakeRelay
+from tests.support.client import message, send_blocking
+from tests.support.dns_server import DnsServer
+from tests.support.process import relayctl
+from tests.support.sink import Sink
+
+
+def smtp_port(config: Path) -> int:
+    return split_hostport(config_module.load(config).smtp.listen[0])[1]
+
+
+def queue_json(config: Path, *args: str) -> list[dict]:  # type: ignore[type-arg]
+    result = relayctl(config, "queue", "list", "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def until(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_4xx_then_relayctl_flush_delivers(relay_process: MakeRelay, dns_server: DnsServer,
+                                          make_sink: Callable[..., Sink]) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    sink.rcpt_replies["ann@example.test"] = "451 4.2.0 greylisted"
+    relay = relay_process().start()
+    send_blocking(smtp_port(relay.config), "app@sender.test", ["ann@example.test"], message())
+    until(lambda: [r["state"] for m in queue_json(relay.config)
+                   for r in m["recipients"]] == ["deferred"], "the deferral")
+
+    listing = relayctl(relay.config, "queue", "list")
+    assert "451 4.2.0 greylisted" in listing.stdout and "ann@example.test" in listing.stdout
+    assert "-- 1 Kbytes in 1 Request." in listing.stdout
+    assert queue_json(relay.config, "--state", "deferred")
+    assert queue_json(relay.config, "--state", "held") == []
+
+    del sink.rcpt_replies["ann@example.test"]
+    flushed = relayctl(relay.config, "queue", "flush", "--all")
+    assert flushed.returncode == 0 and flushed.stdout.startswith("1 recipients")
+    sink.wait_for(1)
+    until(lambda: queue_json(relay.config) == [], "an empty queue")
+    assert relayctl(relay.config, "queue", "list").stdout.strip() == "Mail queue is empty"
+    assert relay.stop() == 0
+
+
+def test_hold_release_delete_show(relay_process: MakeRelay, dns_server: DnsServer,
+                                  make_sink: Callable[..., Sink]) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    sink.default_rcpt_reply = "451 4.3.0 busy"
+    relay = relay_process().start()
+    port = smtp_port(relay.config)
+    ids = [send_blocking(port, "app@sender.test", [f"r{n}@example.test"], message()).split()[-1]
+           for n in range(2)]
+    until(lambda: all(r["state"] == "deferred" for m in queue_json(relay.config)
+                      for r in m["recipients"]), "deferrals")
+    held = relayctl(relay.config, "queue", "hold", ids[0])
+    assert held.returncode == 0 and "held" in held.stdout
+    assert f"{ids[0]}!" in relayctl(relay.config, "queue", "list").stdout
+    shown = json.loads(relayctl(relay.config, "queue", "show", ids[0]).stdout)
+    assert shown["recipients"][0]["state"] == "held"
+    assert relayctl(relay.config, "queue", "release", ids[0]).returncode == 0
+    assert relayctl(relay.config, "queue", "delete", ids[1]).returncode == 0
+    assert [m["id"] for m in queue_json(relay.config)] == [ids[0]]
+    missing = relayctl(relay.config, "queue", "show", ids[1])
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert "no message" in missing.stderr
+    assert relay.stop() == 0
+
+
+def test_restart_delivers_what_was_queued(relay_process: MakeRelay, dns_server: DnsServer,
+                                          make_sink: Callable[..., Sink]) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    relay = relay_process(retry={"min_backoff": "1s", "max_backoff": "1s"}).start()
+    port = smtp_port(relay.config)
+    for n in range(4):
+        send_blocking(port, "app@sender.test", [f"r{n}@example.test"],
+                      message(extra=f"X-Test-Id: {n}\r\n"))
+    swaks = subprocess.run(
+        ["swaks", "--server", f"127.0.0.1:{port}", "--from", "app@sender.test",
+         "--to", "swaks@example.test", "--header", "X-Test-Id: swaks", "--helo", "swaks.test"],
+        capture_output=True, text=True, timeout=30)
+    assert swaks.returncode == 0, swaks.stdout + swaks.stderr
+    assert "250 2.0.0 Ok: queued as" in swaks.stdout
+    until(lambda: len(queue_json(relay.config, "--state", "deferred")) == 5, "deferrals")
+    assert relay.stop() == 0  # nothing listens on the MX yet: all five stay queued
+
+    sink = make_sink("127.0.0.2")
+    relay.start()
+    received = sink.wait_for(5)
+    ids = sorted(m.content.split(b"X-Test-Id: ")[1].split(b"\r\n")[0] for m in received)
+    assert ids == [b"0", b"1", b"2", b"3", b"swaks"]
+    until(lambda: queue_json(relay.config) == [], "an empty queue")
+    assert relay.stop() == 0
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, relay_process: MakeRelay) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[delivery]\nport = "twenty-five"\n')
+    result = relayctl(bad, "config", "check")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "delivery.port" in result.stderr
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[smtp]\nlisten = ["127.0.0.1:2525"]\nmax_mesage_size = "1MB"\n')
+    result = relayctl(typo, "serve")
+    assert result.returncode == 2 and "smtp.max_mesage_size: unknown key" in result.stderr
+    relay = relay_process()  # configured, not started: queue commands cannot reach it
+    relay.config.parent.joinpath("spool").mkdir(exist_ok=True)
+    relay.config.parent.joinpath("spool", "admin.token").write_text("t" * 32)
+    result = relayctl(relay.config, "queue", "list")
+    assert result.returncode == 2 and "cannot reach the relay" in result.stderr
+    assert result.stderr.count("\n") == 1
+    hashed = relayctl(relay.config, "hash-password", stdin="pw\n")
+    assert hashed.returncode == 0 and hashed.stdout.startswith("$scrypt$")
