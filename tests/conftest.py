@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -56,3 +57,11 @@ def server_cert(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> tup
     cert.private_key_pem.write_to_path(str(key_path))
     cert.cert_chain_pems[0].write_to_path(str(cert_path))
     return str(cert_path), str(key_path)
+
+
+@pytest.fixture(scope="session")
+def sink_tls(server_cert: tuple[str, str]) -> ssl.SSLContext:
+    """A server-side context for sinks that offer STARTTLS."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*server_cert)
+    return context

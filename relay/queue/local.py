@@ -17,10 +17,11 @@ import json
 import logging
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -73,6 +74,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 """
 
+_T = TypeVar("_T")
+IO_THREADS = 8
 _DUE = "state IN ('queued', 'deferred')"
 _IDS = "(SELECT value FROM json_each(?))"  # a JSON list bound as one parameter
 
@@ -87,10 +90,14 @@ class LocalQueue:
         self._writer_db: aiosqlite.Connection | None = None
         self._reader_db: aiosqlite.Connection | None = None
         self._committer: GroupCommitter | None = None
+        # File I/O (writes, fsyncs, reads) runs on the queue's own threads, so a busy
+        # default executor can never hold up a 250.
+        self._io: ThreadPoolExecutor | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
+        self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="spool-io")
         self.files.create_dirs()
         self._writer_db = await self._connect()
         await self._writer_db.executescript(SCHEMA)
@@ -106,6 +113,9 @@ class LocalQueue:
             if db is not None:
                 await db.close()
         self._committer = self._reader_db = self._writer_db = None
+        if self._io is not None:
+            self._io.shutdown(wait=True)
+            self._io = None
 
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self._db_path, isolation_level=None)
@@ -115,14 +125,13 @@ class LocalQueue:
         return db
 
     async def _sync_dir(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.files.sync_messages_dir)
+        await self._in_io_thread(self.files.sync_messages_dir)
 
     # -- intake ----------------------------------------------------------------------
 
     async def store(self, message: NewMessage) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, self.files.write, message.id, message.data)
+            await self._in_io_thread(self.files.write, message.id, message.data)
         except OSError as exc:
             raise _local_failure(exc, f"writing message file {message.id}") from exc
         try:
@@ -145,8 +154,7 @@ class LocalQueue:
         return None if row is None or row[0] is None else float(row[0])
 
     async def read_body(self, message_id: str) -> bytes:
-        return await asyncio.get_running_loop().run_in_executor(
-            None, self.files.read, message_id)
+        return await self._in_io_thread(self.files.read, message_id)
 
     async def record(self, outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
@@ -158,8 +166,7 @@ class LocalQueue:
         """Body first, rows after: a crash in between is cleaned up by recovery."""
         if not message_ids:
             return
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, lambda: [self.files.remove(m) for m in message_ids])
+        await self._in_io_thread(lambda: [self.files.remove(m) for m in message_ids])
         await self._write(partial(_delete_messages, message_ids))
 
     # -- operator commands -----------------------------------------------------------
@@ -239,6 +246,11 @@ class LocalQueue:
             raise LocalFailure("queue is not open")
         return await self._committer.submit(op, presync=presync)
 
+    async def _in_io_thread(self, function: Callable[..., _T], *args: Any) -> _T:
+        if self._io is None:
+            raise LocalFailure("queue is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
+
     async def _read_all(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         if self._reader_db is None:
             raise LocalFailure("queue is not open")
@@ -250,8 +262,7 @@ class LocalQueue:
         return rows[0] if rows else None
 
     async def _recover(self, db: aiosqlite.Connection) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.files.clear_tmp)
+        await self._in_io_thread(self.files.clear_tmp)
         cursor = await db.execute(
             "UPDATE recipients SET state = 'queued' WHERE state = 'active'")
         if cursor.rowcount:
@@ -266,7 +277,7 @@ class LocalQueue:
             self.files.remove(message_id)
         await _delete_messages(finished, db)
         indexed = {r[0] for r in await db.execute_fetchall("SELECT id FROM messages")}
-        on_disk = await loop.run_in_executor(None, self.files.message_ids)
+        on_disk = await self._in_io_thread(self.files.message_ids)
         for message_id in sorted(on_disk - indexed):
             target = self.files.move_to_orphans(message_id)
             log.warning("recovery: message file without index entry (a write cut short before "

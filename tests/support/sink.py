@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,20 @@ class Received:
     content: bytes
     mail_options: list[str]
     tls: bool
+    login: str | None  # the AUTH user, when the sink requires AUTH
+    session_id: int  # id() of the SMTP session: equal ids mean a reused connection
+
+
+class _Authenticator:
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = users
+
+    def __call__(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                 auth_data: Any) -> AuthResult:
+        login, password = auth_data.login.decode(), auth_data.password.decode()
+        if self.users.get(login) != password:
+            return AuthResult(success=False, handled=False)
+        return AuthResult(success=True, auth_data=login)
 
 
 class _Handler:
@@ -50,13 +64,16 @@ class _Handler:
                 sink.messages.append(Received(
                     "" if null_sender else str(envelope.mail_from), list(envelope.rcpt_tos),
                     envelope.original_content or b"", list(envelope.mail_options),
-                    session.ssl is not None))
+                    session.ssl is not None,
+                    str(session.auth_data) if session.authenticated else None,
+                    id(session)))
                 sink.arrived.notify_all()
         return sink.data_reply
 
 
 class Sink:
-    def __init__(self, host: str, port: int, tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, host: str, port: int, tls_context: ssl.SSLContext | None = None,
+                 users: dict[str, str] | None = None) -> None:
         self.host = host
         self.port = port
         self.rcpt_replies: dict[str, str] = {}
@@ -68,6 +85,9 @@ class Sink:
         kwargs: dict[str, Any] = {"enable_SMTPUTF8": True}
         if tls_context is not None:
             kwargs["tls_context"] = tls_context
+        if users is not None:  # AUTH required, and only under TLS
+            kwargs.update(authenticator=_Authenticator(users), auth_required=True,
+                          auth_require_tls=True)
         self._controller = Controller(_Handler(self), hostname=host, port=port,
                                       server_hostname="sink.test", **kwargs)
 
