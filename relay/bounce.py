@@ -52,7 +52,8 @@ def build_dsn(hostname: str, queue_id: str, sender: str, received_at: float,
                                                         failed, now)),
         _part("text/rfc822-headers", original[:inspect(original).header_end], raw=True),
     ]
-    body = b"".join(f"--{boundary}\r\n".encode() + part for part in parts)
+    # The CRLF before each delimiter belongs to the delimiter (RFC 2046 section 5.1.1).
+    body = b"".join(f"--{boundary}\r\n".encode() + part + b"\r\n" for part in parts)
     body += f"--{boundary}--\r\n".encode()
     head = "\r\n".join(headers).encode("utf-8") + b"\r\n\r\n"
     preamble = b"This is a MIME-encapsulated message.\r\n\r\n"
@@ -74,7 +75,7 @@ def _human_text(hostname: str, failed: Sequence[FailedRecipient]) -> str:
         f"This is the mail system at host {hostname}.",
         "",
         "I'm sorry to have to inform you that your message could not",
-        "be delivered to one or more recipients. It's attached below.",
+        "be delivered to one or more recipients. Its headers are attached below.",
         "",
     ]
     for rcpt in failed:
