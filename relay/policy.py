@@ -41,7 +41,8 @@ def parse_rate(value: str) -> Rate | None:
     if not match or int(match.group(1)) < 1:
         raise ValueError(f"invalid rate {value!r}; use e.g. \"1000/h\"")
     window = match.group(2).strip()
-    return Rate(int(match.group(1)), parse_duration(window if window[0].isdigit() else "1" + window))
+    window = window if window[0].isdigit() else "1" + window  # "/h" means "/1h"
+    return Rate(int(match.group(1)), parse_duration(window))
 
 
 def _check_rate(value: str) -> str:

@@ -108,7 +108,7 @@ class Scheduler:
             if room > 0:
                 try:
                     claimed = await self._queue.claim_due(room)
-                except Exception:  # noqa: BLE001 - keep scheduling; the queue may recover
+                except Exception:
                     log.exception("scheduler: claiming due recipients failed")
             for job in group_into_jobs(claimed, self._agent.destination_of):
                 self._dispatch(job)
@@ -121,7 +121,7 @@ class Scheduler:
         if has_room:
             try:
                 due = await self._queue.next_due_at()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 due = None
             timeout = MAX_SLEEP if due is None else min(max(due - self._clock(), 0.01),
                                                         MAX_SLEEP)
@@ -136,7 +136,8 @@ class Scheduler:
         destination.jobs.append(job)
         self._active += len(job.recipients)
         destination.arrived.set()
-        if len(destination.jobs) > destination.idle and len(destination.workers) < destination.limit:
+        short_of_workers = len(destination.jobs) > destination.idle
+        if short_of_workers and len(destination.workers) < destination.limit:
             task = asyncio.create_task(self._work(destination),
                                        name=f"delivery {destination.name}")
             destination.workers.add(task)
@@ -162,7 +163,7 @@ class Scheduler:
                 while (job := await self._next_job(destination)) is not None:
                     try:
                         await self._deliver(session, job)
-                    except Exception:  # noqa: BLE001 - the recipients stay active and are
+                    except Exception:
                         # recovered at the next start; this worker goes on with the next job
                         log.exception("%s: delivery failed locally", job.message_id)
                     finally:

@@ -9,6 +9,7 @@ transaction, and per-recipient replies for RCPT.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import ssl
 from collections.abc import Sequence
@@ -147,10 +148,8 @@ class SmtpConnection:
             self.close()
 
     async def quit(self) -> None:
-        try:
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
             await self._client.quit()
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            pass
         self.close()
 
     def close(self) -> None:

@@ -16,11 +16,11 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 
 
-class State(str, Enum):
+class State(StrEnum):
     QUEUED = "queued"
     ACTIVE = "active"
     DEFERRED = "deferred"

@@ -10,6 +10,7 @@ fails alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,10 +57,8 @@ class GroupCommitter:
             return
         await self._pending.join()
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
 
     async def _run(self) -> None:
         while True:
@@ -77,7 +76,7 @@ class GroupCommitter:
             if any(request.presync for request in batch):
                 await self.presync()
             results = await self._transaction([r.op for r in batch])
-        except Exception as exc:  # noqa: BLE001 - isolate the failing request below
+        except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0].future, exc=exc)
                 return
@@ -86,7 +85,7 @@ class GroupCommitter:
             for request in batch:
                 await self._commit([request])
             return
-        for request, result in zip(batch, results):
+        for request, result in zip(batch, results, strict=False):
             _settle(request.future, result=result)
 
     async def _transaction(self, ops: list[WriteOp]) -> list[Any]:
@@ -95,10 +94,8 @@ class GroupCommitter:
             results = [await op(self.db) for op in ops]
             await self.db.execute("COMMIT")
         except BaseException:
-            try:
+            with contextlib.suppress(Exception):
                 await self.db.execute("ROLLBACK")
-            except Exception:  # noqa: BLE001 - the transaction may already be gone
-                pass
             raise
         return results
 

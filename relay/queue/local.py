@@ -17,8 +17,8 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -166,7 +166,7 @@ class LocalQueue:
         """Body first, rows after: a crash in between is cleaned up by recovery."""
         if not message_ids:
             return
-        await self._in_io_thread(lambda: [self.files.remove(m) for m in message_ids])
+        await self._in_io_thread(self.files.remove_all, message_ids)
         await self._write(partial(_delete_messages, message_ids))
 
     # -- operator commands -----------------------------------------------------------
@@ -193,7 +193,7 @@ class LocalQueue:
         found = await self._with_recipients(rows)
         return found[0] if found else None
 
-    async def _with_recipients(self, rows: Iterable[sqlite3.Row]) -> list[MessageInfo]:
+    async def _with_recipients(self, rows: list[sqlite3.Row]) -> list[MessageInfo]:
         messages = {r[0]: MessageInfo(r[0], r[1], r[2], r[3]) for r in rows}
         if not messages:
             return []
@@ -363,8 +363,8 @@ async def _quarantine(db: aiosqlite.Connection, message_id: str, reason: str,
     rows = await db.execute_fetchall(
         "SELECT address FROM recipients WHERE message_id = ? "
         "AND state NOT IN ('delivered', 'bounced')", (message_id,))
-    sender = await db.execute_fetchall(
-        "SELECT mail_from FROM messages WHERE id = ?", (message_id,))
+    sender = list(await db.execute_fetchall(
+        "SELECT mail_from FROM messages WHERE id = ?", (message_id,)))
     await db.execute(
         "INSERT INTO quarantine (message_id, mail_from, recipients, reason, at) "
         "VALUES (?,?,?,?,?)",

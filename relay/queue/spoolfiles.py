@@ -8,6 +8,7 @@ silently deleted on recovery: anything unexpected is moved to `orphans/` and log
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -59,6 +60,10 @@ class SpoolFiles:
     def remove(self, message_id: str) -> None:
         _unlink_quietly(self.path(message_id))
 
+    def remove_all(self, message_ids: list[str]) -> None:
+        for message_id in message_ids:
+            self.remove(message_id)
+
     def message_ids(self) -> set[str]:
         return {entry.name for entry in os.scandir(self.messages) if entry.is_file()}
 
@@ -79,10 +84,8 @@ class SpoolFiles:
 
 
 def _unlink_quietly(path: Path) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 def is_disk_full(exc: BaseException) -> bool:

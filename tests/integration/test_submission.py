@@ -89,8 +89,8 @@ async def test_authenticated_user_is_held_to_allowed_senders(
     write_access_policy(tmp_path, ACCESS_WITH_USER)
     cert, key = server_cert
     tls_port = free_port()
-    relay = await start_relay(smtp={"tls_cert": cert, "tls_key": key,
-                                    "tls_listen": [f"127.0.0.1:{tls_port}"]})
+    await start_relay(smtp={"tls_cert": cert, "tls_key": key,
+                            "tls_listen": [f"127.0.0.1:{tls_port}"]})
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
 

@@ -24,7 +24,7 @@ def relayctl_path() -> str:
 def relayctl(config: Path, *args: str, stdin: str | None = None,
              timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([relayctl_path(), "-c", str(config), *args], input=stdin,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 class RelayProcess:

@@ -43,7 +43,7 @@ def test_dsn_parses_as_a_delivery_report(utc: None) -> None:
     parsed = email.message_from_bytes(golden_dsn(), policy=email.policy.default)
     assert parsed["To"].addresses[0].addr_spec == "app@sender.test"
     assert parsed["Auto-Submitted"] == "auto-replied"
-    human, status, headers = parsed.get_payload()
+    _, status, headers = parsed.get_payload()
     per_message, *recipients = status.get_payload()
     assert per_message["Reporting-MTA"] == "dns; relay.test"
     assert [r["Status"] for r in recipients] == ["5.1.1", "5.4.7"]

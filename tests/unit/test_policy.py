@@ -39,13 +39,14 @@ def test_users_and_allowed_senders(tmp_path: Path) -> None:
     assert access.user("nobody") is None
 
 
+VALID_USER = '[[users]]\nname = "a"\npassword_hash = "$scrypt$ln=14,r=8,p=1$AA==$AA=="\n'
+
+
 @pytest.mark.parametrize("body, message", [
     ('trusted_networks = ["not-a-net"]', "trusted_networks.0"),
     ('[[users]]\nname = "a"\npassword_hash = "plain"', "users.0.password_hash: not a password"),
-    ('[[users]]\nname = "a"\npassword_hash = "$scrypt$ln=14,r=8,p=1$AA==$AA=="\n'
-     'allowed_senders = ["example.com"]', "users.0.allowed_senders.0"),
-    ('[[users]]\nname = "a"\npassword_hash = "$scrypt$ln=14,r=8,p=1$AA==$AA=="\n'
-     'rate_limit = "lots"', "users.0.rate_limit: invalid rate"),
+    (VALID_USER + 'allowed_senders = ["example.com"]', "users.0.allowed_senders.0"),
+    (VALID_USER + 'rate_limit = "lots"', "users.0.rate_limit: invalid rate"),
     ("trusted_networks = [", "access.toml"),
 ])
 def test_broken_policies_name_the_key(tmp_path: Path, body: str, message: str) -> None:

@@ -1,0 +1,5 @@
+"""`python -m relay` is `relayctl`."""
+
+from relay.cli import main
+
+main()
