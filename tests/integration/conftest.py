@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from relay import config as config_module
 from relay.admin_client import AdminClient
 from relay.config import Config, split_hostport
+from relay.queue import MessageInfo, State
 from relay.server import Relay
 from tests.support.dns_server import DnsServer
 from tests.support.relayconf import write_relay_config
@@ -34,6 +36,24 @@ class RunningRelay:
 
     async def api(self, method: str, path: str, body: Any = None) -> Any:
         return await asyncio.to_thread(self.admin.request, method, path, body)
+
+    async def until_state(self, queue_id: str, state: State, timeout: float = 20) -> MessageInfo:
+        """Poll the queue until every recipient of `queue_id` is in `state`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = await self.relay.queue.get_message(queue_id)
+            if info is not None and all(r.state is state for r in info.recipients):
+                return info
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{queue_id} never reached {state}: {info}")
+            await asyncio.sleep(0.02)
+
+    async def until_queue_empty(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while await self.relay.queue.list_messages():
+            if time.monotonic() > deadline:
+                raise AssertionError("the queue never emptied")
+            await asyncio.sleep(0.02)
 
 
 StartRelay = Callable[..., Awaitable[RunningRelay]]

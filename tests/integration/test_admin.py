@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 
 from relay.admin_client import AdminClientError
+from relay.queue import State
 from tests.integration.conftest import StartRelay
 from tests.support.client import message, send
 
@@ -52,11 +53,8 @@ async def test_hold_release_delete_and_errors(start_relay: StartRelay) -> None:
                                         "connect_timeout": "1s"})
     reply = await send(relay.smtp_port, "app@sender.test", ["a@example.test"], message())
     queue_id = reply.split()[-1]
-    for _ in range(200):
-        info = await relay.api("GET", f"/v1/queue/{queue_id}")
-        if info["recipients"][0]["state"] == "deferred":
-            break
-        await asyncio.sleep(0.05)
+    await relay.until_state(queue_id, State.DEFERRED)
+    info = await relay.api("GET", f"/v1/queue/{queue_id}")
     assert info["recipients"][0]["last_reply"].startswith("451 4.4.3")
     assert (await relay.api("POST", f"/v1/queue/{queue_id}/hold")) == {"held": 1}
     listed = await relay.api("GET", "/v1/queue?state=held")

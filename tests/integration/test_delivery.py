@@ -7,6 +7,7 @@ import email
 import email.policy
 from collections.abc import Callable
 
+from relay.queue import State
 from tests.integration.conftest import StartRelay
 from tests.support.client import message, send
 from tests.support.dns_server import DnsServer
@@ -117,7 +118,7 @@ async def test_5xx_bounces_with_a_well_formed_dsn(
     assert "550 5.1.1" in per_recipient["Diagnostic-Code"]
     assert headers.get_content_type() == "text/rfc822-headers"
     assert b"Subject: original subject" in dsn.content
-    await _until_queue_empty(relay.relay.queue)
+    await relay.until_queue_empty()
 
 
 async def test_null_mx_bounces_at_once(start_relay: StartRelay, dns_server: DnsServer,
@@ -145,7 +146,7 @@ async def test_bounce_of_a_bounce_is_dropped(start_relay: StartRelay,
     dns_server.add("nomail.test", "MX", "0 .")
     relay = await start_relay()
     await send(relay.smtp_port, "<>", ["x@nomail.test"], message())
-    await _until_queue_empty(relay.relay.queue)
+    await relay.until_queue_empty()
 
 
 async def test_4xx_defers_then_flush_delivers(start_relay: StartRelay, dns_server: DnsServer,
@@ -156,9 +157,9 @@ async def test_4xx_defers_then_flush_delivers(start_relay: StartRelay, dns_serve
     relay = await start_relay()
     reply = await send(relay.smtp_port, "app@sender.test", ["ann@example.test"], message())
     queue_id = reply.split()[-1]
-    deferred = await _until_state(relay, queue_id, "deferred")
-    assert deferred["recipients"][0]["last_reply"].startswith("451 4.2.0")
-    assert deferred["recipients"][0]["attempts"] == 1
+    deferred = await relay.until_state(queue_id, State.DEFERRED)
+    assert deferred.recipients[0].last_reply.startswith("451 4.2.0")
+    assert deferred.recipients[0].attempts == 1
     del sink.rcpt_replies["ann@example.test"]
     assert (await relay.api("POST", "/v1/queue/flush", {"ids": [queue_id]}))["flushed"] == 1
     assert (await wait(sink, 1))[0].rcpt_tos == ["ann@example.test"]
@@ -199,20 +200,3 @@ async def test_8bit_and_smtputf8_bodies_arrive_byte_exact(
     assert received.content.startswith(b"Received: from client.test")
     assert received.rcpt_tos == ["ünï@example.test"]
     assert "SMTPUTF8" in received.mail_options and "BODY=8BITMIME" in received.mail_options
-
-
-async def _until_state(relay, queue_id: str, state: str) -> dict:  # type: ignore[no-untyped-def]
-    for _ in range(500):
-        found = await relay.api("GET", f"/v1/queue/{queue_id}")
-        if all(r["state"] == state for r in found["recipients"]):
-            return found  # type: ignore[no-any-return]
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{queue_id} never reached {state}: {found}")
-
-
-async def _until_queue_empty(queue) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(500):
-        if not await queue.list_messages():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("queue never emptied")

@@ -7,6 +7,7 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+from relay.queue import State
 from tests.integration.conftest import StartRelay
 from tests.support.client import message, send
 from tests.support.dns_server import DnsServer
@@ -39,13 +40,7 @@ async def test_tls_required_defers_when_not_offered(
     sink = make_sink("127.0.0.2")
     relay = await start_relay(delivery={"tls": "required"})
     reply = await send(relay.smtp_port, "app@sender.test", ["a@example.test"], message())
-    queue_id = reply.split()[-1]
-    for _ in range(200):
-        info = await relay.relay.queue.get_message(queue_id)
-        assert info is not None
-        if info.recipients[0].state.value == "deferred":
-            break
-        await asyncio.sleep(0.05)
+    info = await relay.until_state(reply.split()[-1], State.DEFERRED)
     assert info.recipients[0].last_reply.startswith("451 4.7.5")
     assert sink.messages == []
 
@@ -76,13 +71,7 @@ async def test_wrong_relayhost_password_defers(
         "relayhost": f"[127.0.0.3]:{mx_port}", "relayhost_username": "relayuser",
         "relayhost_password_file": str(password_file)})
     reply = await send(relay.smtp_port, "app@sender.test", ["a@example.test"], message())
-    queue_id = reply.split()[-1]
-    for _ in range(200):
-        info = await relay.relay.queue.get_message(queue_id)
-        assert info is not None
-        if info.recipients[0].state.value == "deferred":
-            break
-        await asyncio.sleep(0.05)
+    info = await relay.until_state(reply.split()[-1], State.DEFERRED)
     assert info.recipients[0].last_reply.startswith("454 4.7.0")
     assert upstream.messages == []
 
