@@ -97,8 +97,9 @@ class LocalQueue:
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="spool-io")
         self.files.create_dirs()
+        self.files.lock()
+        self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="spool-io")
         self._writer_db = await self._connect()
         await self._writer_db.executescript(SCHEMA)
         await self._recover(self._writer_db)
@@ -116,6 +117,7 @@ class LocalQueue:
         if self._io is not None:
             self._io.shutdown(wait=True)
             self._io = None
+        self.files.unlock()
 
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self._db_path, isolation_level=None)

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 from pathlib import Path
 
+from relay.errors import RelayError
+
 log = logging.getLogger("relay.queue")
+
+
+class SpoolInUse(RelayError):
+    pass
 
 
 class SpoolFiles:
@@ -23,6 +30,27 @@ class SpoolFiles:
         self.messages = root / "messages"
         self.tmp = root / "tmp"
         self.orphans = root / "orphans"
+        self._lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Take the spool for this process: two relays on one spool would each "recover"
+        the other's work in progress."""
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise SpoolInUse(
+                f"spool {self.root} is in use by another relay (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
 
     def create_dirs(self) -> None:
         for directory in (self.root, self.messages, self.tmp, self.orphans):

@@ -129,3 +129,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, relay_process: MakeRel
     assert result.stderr.count("\n") == 1
     hashed = relayctl(relay.config, "hash-password", stdin="pw\n")
     assert hashed.returncode == 0 and hashed.stdout.startswith("$scrypt$")
+
+
+def test_a_second_relay_on_the_same_spool_refuses_to_start(relay_process: MakeRelay) -> None:
+    relay = relay_process().start()
+    second = relayctl(relay.config, "serve")
+    assert second.returncode == 2
+    assert "is in use by another relay (pid" in second.stderr
+    assert "recovery" not in relay.log() and "recovery" not in second.stderr
+    assert relay.stop() == 0
