@@ -17,7 +17,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -27,7 +27,7 @@ from relay.cleanup import Cleanup, Origin, inspect
 from relay.config import SmtpSection, split_hostport
 from relay.errors import LocalFailure, Rejected
 from relay.passwords import verify_password
-from relay.policy import AccessPolicy
+from relay.policy import AccessPolicy, User
 from relay.ratelimit import SlidingWindow
 
 log = logging.getLogger("relay.smtpd")
@@ -62,11 +62,6 @@ class RelaySession(Session):
         self.accepted = 0
         self.rejected = 0
         self.user = ""
-
-    @property
-    def client_ip(self) -> str:
-        peer = self.peer
-        return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
     @property
     def tls_description(self) -> str:
@@ -125,8 +120,14 @@ class RelaySMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         implicit_tls = (self._original_transport is None
                         and transport.get_extra_info("ssl_object") is not None)
+        before_starttls = self.session
         super().connection_made(transport)
         self._registry.add(self)
+        if isinstance(before_starttls, RelaySession) and isinstance(self.session, RelaySession):
+            # STARTTLS starts a new SMTP session (RFC 3207) on the same connection: the log
+            # line still covers the whole connection.
+            self.session.started = before_starttls.started
+            self.session.rejected = before_starttls.rejected
         if implicit_tls and self.session is not None:
             # aiosmtpd only knows STARTTLS; a TLS listener's sessions are encrypted from the
             # first byte, so AUTH must be offered there too.
@@ -140,7 +141,7 @@ class RelaySMTP(SMTP):
         if isinstance(session, RelaySession):
             log.info(
                 "session client=[%s] helo=%s tls=%s user=%s accepted=%d rejected=%d "
-                "duration=%.3fs%s", session.client_ip, session.host_name or "-",
+                "duration=%.3fs%s", _client_ip(session), session.host_name or "-",
                 session.tls_description or "none", session.user or "-", session.accepted,
                 session.rejected, time.monotonic() - session.started,
                 f" error={error}" if error else "")
@@ -174,10 +175,7 @@ class SubmissionHandler:
     settings: SmtpSection
     access: Callable[[], AccessPolicy]  # the policy in force (swapped on reload)
     free_space: Callable[[], int] | None = None
-    rates: SlidingWindow | None = None
-
-    def __post_init__(self) -> None:
-        self.rates = self.rates or SlidingWindow()
+    rates: SlidingWindow = field(default_factory=SlidingWindow)
 
     def authenticate(self, server: SMTP, session: Session, envelope: Envelope,
                      mechanism: str, auth_data: Any) -> AuthResult:
@@ -207,11 +205,12 @@ class SubmissionHandler:
                 log.warning("spool nearly full: refusing mail from [%s]", _client_ip(session))
                 return _refuse(session, reply.SPOOL_FULL)
         user = self._user(session)
+        if session.authenticated and user is None:
+            return _refuse(session, reply.AUTH_REVOKED)  # the user left access.toml
         if user is not None:
             if address != "<>" and not user.may_send_as(address):
                 return _refuse(session, reply.SENDER_NOT_ALLOWED)
             rate = user.rate
-            assert self.rates is not None
             if rate is not None and not self.rates.allows(user.name, rate):
                 return _refuse(session, reply.RATE_LIMITED)
         envelope.mail_from = address
@@ -240,13 +239,11 @@ class SubmissionHandler:
                 raise Rejected(reply.SENDER_NOT_ALLOWED)
             mail_from = "" if envelope.mail_from == "<>" else str(envelope.mail_from)
             queue_id = await self.cleanup.submit(
-                mail_from, list(envelope.rcpt_tos), data, self._origin(session, server),
+                mail_from, list(envelope.rcpt_tos), data, self._origin(session),
                 inspected=inspected, smtputf8="SMTPUTF8" in envelope.mail_options)
-        except Rejected as exc:
+        except (Rejected, LocalFailure) as exc:
             return _refuse(session, exc.reply)
-        except LocalFailure as exc:
-            return _refuse(session, exc.reply)
-        if user is not None and user.rate is not None and self.rates is not None:
+        if user is not None and user.rate is not None:
             self.rates.hit(user.name, user.rate)
         if isinstance(session, RelaySession):
             session.accepted += 1
@@ -258,12 +255,12 @@ class SubmissionHandler:
         log.error("smtpd: local error: %r", error, exc_info=error)
         return str(reply.LOCAL_ERROR)
 
-    def _user(self, session: Session) -> Any:
+    def _user(self, session: Session) -> User | None:
         if not session.authenticated or not isinstance(session, RelaySession):
             return None
         return self.access().user(session.user)
 
-    def _origin(self, session: Session, server: SMTP) -> Origin:
+    def _origin(self, session: Session) -> Origin:
         protocol = "ESMTP" if session.extended_smtp else "SMTP"
         if session.ssl:
             protocol += "S"

@@ -216,3 +216,21 @@ async def test_received_message_id_and_date_are_added(start_relay: StartRelay) -
     assert f"with ESMTP id {queue_id}".encode() in head
     assert f"Message-ID: <{queue_id}@relay.test>".encode() in head
     assert b"\r\nDate: " in head and body == b"body\r\n"
+
+
+async def test_reload_changes_who_may_relay_and_keeps_rules_when_broken(
+        start_relay: StartRelay, tmp_path: Path) -> None:
+    relay = await start_relay()
+
+    def rcpt_from_9() -> int:
+        with smtp_session(relay.smtp_port, source="127.0.0.9") as client:
+            client.mail("app@sender.test")
+            return client.rcpt("x@example.test")[0]
+
+    assert await in_thread(rcpt_from_9) == 554
+    write_access_policy(tmp_path, 'trusted_networks = ["127.0.0.0/8"]\n')
+    relay.relay.reload()
+    assert await in_thread(rcpt_from_9) == 250
+    write_access_policy(tmp_path, 'trusted_networks = ["not a network"]\n')
+    relay.relay.reload()
+    assert await in_thread(rcpt_from_9) == 250
