@@ -92,7 +92,9 @@ def _status_fields(hostname: str, queue_id: str, received_at: float,
     ])]
     for rcpt in failed:
         fields = [
-            f"Final-Recipient: rfc822; {rcpt.address}",
+            # RFC 6533: an internationalized address is of type utf-8, not rfc822.
+            f"Final-Recipient: {'rfc822' if rcpt.address.isascii() else 'utf-8'}; "
+            f"{rcpt.address}",
             "Action: failed",
             f"Status: {rcpt.status}",
         ]

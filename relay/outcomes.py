@@ -75,7 +75,8 @@ class OutcomeRecorder:
         dsn = bounce.build_dsn(self._hostname, job.message_id, job.mail_from, job.received_at,
                                failed, body, now)
         dsn_id = await self._cleanup.submit("", [job.mail_from], dsn,
-                                            Origin("local", "127.0.0.1", self._hostname))
+                                            Origin("local", "127.0.0.1", self._hostname),
+                                            smtputf8=not job.mail_from.isascii())
         log.info("%s: sender non-delivery notification: %s", job.message_id, dsn_id)
 
     def _log(self, job: Job, verdict: _Verdict, now: float) -> None:

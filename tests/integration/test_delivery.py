@@ -200,3 +200,37 @@ async def test_8bit_and_smtputf8_bodies_arrive_byte_exact(
     assert received.content.startswith(b"Received: from client.test")
     assert received.rcpt_tos == ["ünï@example.test"]
     assert "SMTPUTF8" in received.mail_options and "BODY=8BITMIME" in received.mail_options
+
+
+async def test_data_5xx_bounces_and_data_4xx_defers(
+        start_relay: StartRelay, dns_server: DnsServer,
+        make_sink: Callable[..., Sink]) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    dns_server.add("sender.test", "A", "127.0.0.3")
+    remote, sender = make_sink("127.0.0.2"), make_sink("127.0.0.3")
+    remote.data_reply = "554 5.7.1 message refused as spam"
+    relay = await start_relay()
+    await send(relay.smtp_port, "app@sender.test", ["a@example.test", "b@example.test"],
+               message())
+    dsn = (await wait(sender, 1))[0]
+    assert dsn.content.count(b"Diagnostic-Code: smtp; 554 5.7.1 message refused") == 2
+    remote.data_reply = "452 4.3.1 out of disk"
+    reply = await send(relay.smtp_port, "app@sender.test", ["c@example.test"], message())
+    deferred = await relay.until_state(reply.split()[-1], State.DEFERRED)
+    assert deferred.recipients[0].last_reply == "452 4.3.1 out of disk"
+
+
+async def test_smtputf8_mail_to_a_server_without_smtputf8_bounces(
+        start_relay: StartRelay, dns_server: DnsServer,
+        make_sink: Callable[..., Sink]) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    dns_server.add("sender.test", "A", "127.0.0.3")
+    remote = make_sink("127.0.0.2", smtputf8=False)
+    sender = make_sink("127.0.0.3")
+    relay = await start_relay()
+    await send(relay.smtp_port, "app@sender.test", ["ünï@example.test"],
+               "Subject: ü\r\n\r\nü\r\n".encode(), options=["SMTPUTF8"])
+    dsn = (await wait(sender, 1))[0]
+    assert b"Status: 5.6.7" in dsn.content
+    assert "Final-Recipient: utf-8; ünï@example.test".encode() in dsn.content
+    assert remote.messages == []

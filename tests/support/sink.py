@@ -73,7 +73,7 @@ class _Handler:
 
 class Sink:
     def __init__(self, host: str, port: int, tls_context: ssl.SSLContext | None = None,
-                 users: dict[str, str] | None = None) -> None:
+                 users: dict[str, str] | None = None, smtputf8: bool = True) -> None:
         self.host = host
         self.port = port
         self.rcpt_replies: dict[str, str] = {}
@@ -82,7 +82,7 @@ class Sink:
         self.drop_on_rcpt: set[str] = set()
         self.messages: list[Received] = []
         self.arrived = threading.Condition()
-        kwargs: dict[str, Any] = {"enable_SMTPUTF8": True}
+        kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
         if tls_context is not None:
             kwargs["tls_context"] = tls_context
         if users is not None:  # AUTH required, and only under TLS
