@@ -32,6 +32,7 @@ from relay.ratelimit import SlidingWindow
 
 log = logging.getLogger("relay.smtpd")
 
+_SIMPLE_PATH = re.compile(r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)>(.*)\Z")
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}")
 # Enhanced codes for aiosmtpd's built-in replies, which have none.
 _DEFAULT_ENHANCED = {
@@ -107,6 +108,24 @@ class RelaySMTP(SMTP):
 
     # Let cleanup judge long lines (5.6.0) instead of aiosmtpd's bare "500 Line too long".
     line_length_limit = 64 * 1024
+    _dir_names: list[str] | None = None
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd finds its command and AUTH methods with dir() and getattr() on every new
+        # connection; listing only those names makes that ~5x cheaper (measured in bench/).
+        cls = type(self)
+        if cls._dir_names is None:
+            cls._dir_names = [n for n in object.__dir__(self)
+                              if n.startswith(("smtp_", "auth_"))]
+        return cls._dir_names
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # Fast path for the usual `<local@domain> PARAMS`; anything else (quoted local
+        # parts, source routes, UTF-8) goes through aiosmtpd's full RFC 5322 parser.
+        match = _SIMPLE_PATH.match(arg)
+        if match is not None:
+            return match.group(1), match.group(2)
+        return super()._getaddr(arg)  # type: ignore[no-any-return]
 
     def __init__(self, handler: SubmissionHandler, registry: SessionRegistry,
                  **kwargs: Any) -> None:

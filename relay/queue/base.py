@@ -12,6 +12,7 @@ Contract (DESIGN.md, "The queue contract"):
 
 from __future__ import annotations
 
+import random
 import secrets
 import time
 from collections.abc import Sequence
@@ -33,9 +34,13 @@ class State(StrEnum):
         return self in (State.DELIVERED, State.BOUNCED)
 
 
+_ID_RANDOM = random.Random(secrets.randbits(64))  # unpredictability is not needed here
+
+
 def new_queue_id() -> str:
-    """Sortable by arrival (microseconds, hex) and unique (random suffix)."""
-    return f"{time.time_ns() // 1000:013X}{secrets.token_hex(3).upper()}"
+    """Sortable by arrival (microseconds, hex) and unique (random suffix; a collision
+    fails the exclusive file create, and the client retries)."""
+    return f"{time.time_ns() // 1000:013X}{_ID_RANDOM.getrandbits(24):06X}"
 
 
 def domain_of(address: str) -> str:

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import logging
 import os
+import time
 from pathlib import Path
 
 from relay.errors import RelayError
@@ -31,6 +32,8 @@ class SpoolFiles:
         self.tmp = root / "tmp"
         self.orphans = root / "orphans"
         self._lock_fd: int | None = None
+        self._free = 0
+        self._free_checked_at = -1e9
 
     def lock(self) -> None:
         """Take the spool for this process: two relays on one spool would each "recover"
@@ -107,8 +110,12 @@ class SpoolFiles:
         return target
 
     def free_bytes(self) -> int:
-        stats = os.statvfs(self.root)
-        return stats.f_bavail * stats.f_frsize
+        """Free space for the spool, re-read at most once a second."""
+        now = time.monotonic()
+        if now - self._free_checked_at >= 1.0:
+            stats = os.statvfs(self.root)
+            self._free, self._free_checked_at = stats.f_bavail * stats.f_frsize, now
+        return self._free
 
 
 def _unlink_quietly(path: Path) -> None:
