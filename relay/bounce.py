@@ -93,8 +93,7 @@ def _status_fields(hostname: str, queue_id: str, received_at: float,
     for rcpt in failed:
         fields = [
             # RFC 6533: an internationalized address is of type utf-8, not rfc822.
-            f"Final-Recipient: {'rfc822' if rcpt.address.isascii() else 'utf-8'}; "
-            f"{rcpt.address}",
+            f"Final-Recipient: {_address_type(rcpt.address)}; {rcpt.address}",
             "Action: failed",
             f"Status: {rcpt.status}",
         ]
@@ -106,6 +105,10 @@ def _status_fields(hostname: str, queue_id: str, received_at: float,
         ]
         blocks.append("\r\n".join(fields))
     return "\r\n\r\n".join(blocks) + "\r\n"
+
+
+def _address_type(address: str) -> str:
+    return "rfc822" if address.isascii() else "utf-8"
 
 
 def _ascii(text: str) -> str:

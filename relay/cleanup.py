@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from relay.errors import Rejected
-from relay.queue import NewMessage, Queue, new_queue_id
+from relay.queue import MessageStore, NewMessage, new_queue_id
 from relay.reply import malformed
 
 MAX_LINE = 998
@@ -108,7 +108,7 @@ def missing_headers(inspected: Inspected, hostname: str, queue_id: str, now: flo
 class Cleanup:
     """Finishes messages and stores them; `on_stored` wakes the scheduler."""
 
-    def __init__(self, queue: Queue, hostname: str,
+    def __init__(self, queue: MessageStore, hostname: str,
                  on_stored: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.time) -> None:
         self._queue = queue

@@ -6,10 +6,8 @@ admin API. Every failure is one line on stderr and exit status 2, never a traceb
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
-import logging
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +19,7 @@ from relay import config as config_module
 from relay.admin_client import AdminClient
 from relay.config import Config
 from relay.errors import RelayError
+from relay.logsetup import configure_logging, event_loop_runner
 from relay.passwords import hash_password
 from relay.policy import load_policies
 
@@ -66,17 +65,9 @@ def serve(ctx: click.Context) -> None:
     from relay.server import serve as run
 
     config = _config(ctx)
-    logging.basicConfig(level=config.log.level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command lines
+    configure_logging(config)
     try:
-        import uvloop
-
-        runner: Callable[[Any], Any] = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        runner(run(config))
+        event_loop_runner()(run(config))
     except OSError as exc:
         raise RelayError(f"cannot start: {exc}") from exc
 

@@ -15,7 +15,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -109,6 +116,16 @@ class SmtpSection(_Section):
     # Refuse new mail with 452 4.3.1 when the spool's file system has less free space.
     min_free_space: Size = parse_size("100MB")
     timeout: Duration = parse_duration("5m")
+    # Processes that accept SMTP (they share the listening sockets); 0: in the main process.
+    workers: int = Field(default_factory=lambda: min(os.cpu_count() or 1, 8), ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _tls_listen_needs_a_certificate(self) -> SmtpSection:
+        if self.tls_listen and not (self.tls_cert and self.tls_key):
+            raise ValueError("tls_listen needs tls_cert and tls_key")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
 
 
 class QueueSection(_Section):

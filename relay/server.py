@@ -20,12 +20,19 @@ from relay.cleanup import Cleanup
 from relay.config import Config
 from relay.delivery import Credentials, DeliveryAgent, NextHops
 from relay.errors import ConfigError
+from relay.ingest import IngestWorkers
 from relay.outcomes import OutcomeRecorder
 from relay.policy import Policies, load_policies
 from relay.queue import Queue
 from relay.queue.local import LocalQueue
 from relay.scheduler import Scheduler
-from relay.smtpd import SessionRegistry, SubmissionHandler, start_listeners
+from relay.smtpd import (
+    ListenSockets,
+    SessionRegistry,
+    SubmissionHandler,
+    bind_listeners,
+    serve_listeners,
+)
 
 log = logging.getLogger("relay")
 
@@ -56,7 +63,9 @@ class Relay:
         self.policies: Policies = load_policies(config.policies.path)
         self.queue = build_queue(config)
         self._shutdown_timeout = shutdown_timeout
-        self._listeners: list[asyncio.Server] = []
+        self._sockets: ListenSockets | None = None
+        self._listeners: list[asyncio.Server] = []  # SMTP served in this process
+        self._ingest: IngestWorkers | None = None  # or by worker processes
         self._sessions = SessionRegistry()
         self._admin: AdminServer | None = None
         self._scheduler: Scheduler | None = None
@@ -76,16 +85,25 @@ class Relay:
             self.queue, agent, OutcomeRecorder(self.queue, cleanup, hostname, config.retry),
             max_connections=config.delivery.max_connections,
             max_connections_per_domain=config.delivery.max_connections_per_domain)
-        free_space = self.queue.files.free_bytes if isinstance(self.queue, LocalQueue) else None
-        handler = SubmissionHandler(cleanup, config.smtp, lambda: self.policies.access,
-                                    free_space=free_space)
-        self._listeners = await start_listeners(handler, config.smtp, hostname, self._sessions)
+        self._sockets = bind_listeners(config.smtp)
+        if config.smtp.workers > 0 and isinstance(self.queue, LocalQueue):
+            self._ingest = IngestWorkers(config, self.queue, self._sockets, config.smtp.workers,
+                                         self._wake, self._shutdown_timeout)
+            await self._ingest.start()
+        else:
+            free_space = (self.queue.files.free_bytes if isinstance(self.queue, LocalQueue)
+                          else None)
+            handler = SubmissionHandler(cleanup, config.smtp, lambda: self.policies.access,
+                                        free_space=free_space)
+            self._listeners = await serve_listeners(handler, config.smtp, hostname,
+                                                    self._sessions, self._sockets)
         self._admin = AdminServer(create_app(self.queue, token, self._wake), config.admin.listen)
         self._admin.start()
         self._scheduler.start()
-        log.info("relay started: smtp=%s admin=%s queue=%s (%s)",
+        log.info("relay started: smtp=%s admin=%s queue=%s (%s) ingest=%s",
                  ",".join(config.smtp.listen + config.smtp.tls_listen), config.admin.listen,
-                 config.queue.path, config.queue.backend)
+                 config.queue.path, config.queue.backend,
+                 f"{config.smtp.workers} worker processes" if self._ingest else "in-process")
 
     def _wake(self) -> None:
         if self._scheduler is not None:
@@ -98,12 +116,18 @@ class Relay:
             log.error("reload failed, keeping the previous policies: %s", exc)
             return
         log.info("policies reloaded from %s", self.config.policies.path)
+        if self._ingest is not None:
+            self._ingest.reload()
 
     async def stop(self) -> None:
         log.info("relay stopping")
         for listener in self._listeners:
             listener.close()
+        if self._ingest is not None:
+            await self._ingest.stop()
         await self._sessions.drain(self._shutdown_timeout)
+        if self._sockets is not None:
+            self._sockets.close()
         if self._scheduler is not None:
             await self._scheduler.stop(self._shutdown_timeout)
         if self._admin is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -125,7 +126,7 @@ class RelaySMTP(SMTP):
         match = _SIMPLE_PATH.match(arg)
         if match is not None:
             return match.group(1), match.group(2)
-        return super()._getaddr(arg)  # type: ignore[no-any-return]
+        return super()._getaddr(arg)
 
     def __init__(self, handler: SubmissionHandler, registry: SessionRegistry,
                  **kwargs: Any) -> None:
@@ -315,9 +316,38 @@ def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
-async def start_listeners(handler: SubmissionHandler, settings: SmtpSection,
-                          hostname: str, registry: SessionRegistry) -> list[asyncio.Server]:
-    """Bind every `listen` (STARTTLS when a certificate is set) and `tls_listen` address."""
+@dataclass
+class ListenSockets:
+    """Bound listening sockets: `plain` offer STARTTLS (when a certificate is configured),
+    `implicit_tls` speak TLS from the first byte."""
+
+    plain: list[socket.socket]
+    implicit_tls: list[socket.socket]
+
+    def all(self) -> list[socket.socket]:
+        return self.plain + self.implicit_tls
+
+    def close(self) -> None:
+        for sock in self.all():
+            sock.close()
+
+
+def bind_listeners(settings: SmtpSection) -> ListenSockets:
+    """Bind `listen` and `tls_listen` (done once, by the process that owns the ports)."""
+
+    def bind(address: str) -> socket.socket:
+        host, port = split_hostport(address)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host, port), family=family, backlog=1024)
+
+    return ListenSockets([bind(a) for a in settings.listen],
+                         [bind(a) for a in settings.tls_listen])
+
+
+async def serve_listeners(handler: SubmissionHandler, settings: SmtpSection, hostname: str,
+                          registry: SessionRegistry, sockets: ListenSockets
+                          ) -> list[asyncio.Server]:
+    """Accept SMTP sessions on already bound sockets."""
     tls = (server_tls_context(settings.tls_cert, settings.tls_key)
            if settings.tls_cert and settings.tls_key else None)
     loop = asyncio.get_running_loop()
@@ -329,14 +359,7 @@ async def start_listeners(handler: SubmissionHandler, settings: SmtpSection,
             authenticator=handler.authenticate, auth_require_tls=True,
             timeout=settings.timeout, loop=loop)
 
-    servers = []
-    for address in settings.listen:
-        host, port = split_hostport(address)
-        servers.append(await loop.create_server(factory(tls), host, port, reuse_address=True))
-    for address in settings.tls_listen:
-        if tls is None:
-            raise LocalFailure("smtp.tls_listen needs smtp.tls_cert and smtp.tls_key")
-        host, port = split_hostport(address)
-        servers.append(await loop.create_server(factory(None), host, port, ssl=tls,
-                                                reuse_address=True))
+    servers = [await loop.create_server(factory(tls), sock=sock) for sock in sockets.plain]
+    servers += [await loop.create_server(factory(None), sock=sock, ssl=tls)
+                for sock in sockets.implicit_tls]
     return servers

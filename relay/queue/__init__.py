@@ -3,6 +3,8 @@
 from relay.queue.base import (
     Claimed,
     MessageInfo,
+    MessageMeta,
+    MessageStore,
     NewMessage,
     Outcome,
     Queue,
@@ -14,6 +16,6 @@ from relay.queue.base import (
 )
 
 __all__ = [
-    "Claimed", "MessageInfo", "NewMessage", "Outcome", "Queue", "RecipientInfo",
-    "Selection", "State", "domain_of", "new_queue_id",
+    "Claimed", "MessageInfo", "MessageMeta", "MessageStore", "NewMessage", "Outcome", "Queue",
+    "RecipientInfo", "Selection", "State", "domain_of", "new_queue_id",
 ]

@@ -48,6 +48,17 @@ def domain_of(address: str) -> str:
 
 
 @dataclass(frozen=True)
+class MessageMeta:
+    """What the index records of a new message (its body is a file, or a column)."""
+
+    id: str
+    mail_from: str  # "" is the null sender (bounces)
+    recipients: Sequence[str]
+    size: int
+    smtputf8: bool = False
+
+
+@dataclass(frozen=True)
 class NewMessage:
     """A cleaned-up message ready to be stored."""
 
@@ -56,6 +67,11 @@ class NewMessage:
     recipients: Sequence[str]
     data: bytes
     smtputf8: bool = False
+
+    @property
+    def meta(self) -> MessageMeta:
+        return MessageMeta(self.id, self.mail_from, self.recipients, len(self.data),
+                           self.smtputf8)
 
 
 @dataclass(frozen=True)
@@ -109,16 +125,20 @@ class Selection:
     all: bool = False
 
 
-class Queue(Protocol):
+class MessageStore(Protocol):
+    """The part of the queue that intake (cleanup) needs."""
+
+    async def store(self, message: NewMessage) -> None:
+        """Durably store a message; raise LocalFailure if it could not be."""
+
+
+class Queue(MessageStore, Protocol):
     """The durable store. Backends: `local` (files + SQLite), `postgres`."""
 
     async def open(self) -> None:
         """Create or recover the store; in-flight recipients return to the queue."""
 
     async def close(self) -> None: ...
-
-    async def store(self, message: NewMessage) -> None:
-        """Durably store a message; raise LocalFailure if it could not be."""
 
     async def claim_due(self, limit: int) -> list[Claimed]:
         """Lease up to `limit` due recipients and count the attempt."""

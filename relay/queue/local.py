@@ -29,6 +29,7 @@ from relay.errors import LocalFailure
 from relay.queue.base import (
     Claimed,
     MessageInfo,
+    MessageMeta,
     NewMessage,
     Outcome,
     RecipientInfo,
@@ -37,8 +38,7 @@ from relay.queue.base import (
     domain_of,
 )
 from relay.queue.groupcommit import GroupCommitter
-from relay.queue.spoolfiles import SpoolFiles, is_disk_full
-from relay.reply import SPOOL_FULL
+from relay.queue.spoolfiles import SpoolFiles, storage_failure
 
 log = logging.getLogger("relay.queue")
 
@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
 
 _T = TypeVar("_T")
 IO_THREADS = 8
+PREVIOUS_WORKERS_TIMEOUT = 60.0
 _DUE = "state IN ('queued', 'deferred')"
 _IDS = "(SELECT value FROM json_each(?))"  # a JSON list bound as one parameter
 
@@ -99,6 +100,8 @@ class LocalQueue:
     async def open(self) -> None:
         self.files.create_dirs()
         self.files.lock()
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.files.wait_for_previous_workers, PREVIOUS_WORKERS_TIMEOUT)
         self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="spool-io")
         self._writer_db = await self._connect()
         await self._writer_db.executescript(SCHEMA)
@@ -132,19 +135,28 @@ class LocalQueue:
     # -- intake ----------------------------------------------------------------------
 
     async def store(self, message: NewMessage) -> None:
+        await self.write_file(message)
+        await self.index(message.meta)
+
+    async def write_file(self, message: NewMessage) -> None:
+        """Step one of storing (any process may do it): the body, fsynced, in place."""
         try:
             await self._in_io_thread(self.files.write, message.id, message.data)
         except OSError as exc:
-            raise _local_failure(exc, f"writing message file {message.id}") from exc
+            raise storage_failure(exc, f"writing message file {message.id}") from exc
+
+    async def index(self, meta: MessageMeta) -> None:
+        """Step two (the owner only): fsync the directory and commit the index rows, both
+        shared with whatever else is waiting (group commit)."""
         try:
-            await self._write(partial(_insert_message, message, self._clock()), presync=True)
+            await self._write(partial(_insert_message, meta, self._clock()), presync=True)
         except asyncio.CancelledError:
             # The client went away; the commit may still land, so the file stays.
             raise
         except Exception as exc:
             # The row was not committed: no acknowledgement, and no orphan file left behind.
-            self.files.remove(message.id)
-            raise _local_failure(exc, f"indexing message {message.id}") from exc
+            self.files.remove(meta.id)
+            raise storage_failure(exc, f"indexing message {meta.id}") from exc
 
     # -- delivery --------------------------------------------------------------------
 
@@ -290,24 +302,16 @@ class LocalQueue:
                       message_id)
 
 
-def _local_failure(exc: BaseException, doing: str) -> LocalFailure:
-    log.error("queue: %s failed: %s", doing, exc)
-    failure = LocalFailure(f"{doing}: {exc}")
-    if is_disk_full(exc) or "full" in str(exc).lower():
-        failure.reply = SPOOL_FULL
-    return failure
-
-
 # Write operations, run by the group committer inside its transaction.
 
-async def _insert_message(message: NewMessage, now: float, db: aiosqlite.Connection) -> None:
+async def _insert_message(meta: MessageMeta, now: float, db: aiosqlite.Connection) -> None:
     await db.execute(
         "INSERT INTO messages (id, mail_from, size, received_at, smtputf8) VALUES (?,?,?,?,?)",
-        (message.id, message.mail_from, len(message.data), now, int(message.smtputf8)))
+        (meta.id, meta.mail_from, meta.size, now, int(meta.smtputf8)))
     await db.executemany(
         "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at) "
         "VALUES (?, ?, ?, 'queued', ?)",
-        [(message.id, rcpt, domain_of(rcpt), now) for rcpt in message.recipients])
+        [(meta.id, rcpt, domain_of(rcpt), now) for rcpt in meta.recipients])
 
 
 async def _claim_due(limit: int, now: float, db: aiosqlite.Connection) -> list[Claimed]:

@@ -16,7 +16,8 @@ import os
 import time
 from pathlib import Path
 
-from relay.errors import RelayError
+from relay.errors import LocalFailure, RelayError
+from relay.reply import SPOOL_FULL
 
 log = logging.getLogger("relay.queue")
 
@@ -32,6 +33,7 @@ class SpoolFiles:
         self.tmp = root / "tmp"
         self.orphans = root / "orphans"
         self._lock_fd: int | None = None
+        self._ingest_fd: int | None = None
         self._free = 0
         self._free_checked_at = -1e9
 
@@ -50,10 +52,35 @@ class SpoolFiles:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
+    def share_ingest_lock(self) -> None:
+        """Ingest workers hold `ingest.lock` shared for as long as they live, so that a new
+        owner can tell when the last worker of a previous relay is gone."""
+        self._ingest_fd = os.open(self.root / "ingest.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._ingest_fd, fcntl.LOCK_SH)
+
+    def wait_for_previous_workers(self, timeout: float) -> None:
+        """Before recovery: no ingest worker of a previous relay may still be storing mail,
+        or recovery could move aside a file whose index row is about to be committed."""
+        fd = os.open(self.root / "ingest.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise SpoolInUse(f"ingest workers of a previous relay still use "
+                                         f"spool {self.root}") from None
+                    time.sleep(0.05)
+        finally:
+            os.close(fd)  # releases the lock again
+
     def unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing releases the flock
-            self._lock_fd = None
+        for fd in (self._lock_fd, self._ingest_fd):
+            if fd is not None:
+                os.close(fd)  # closing releases the flock
+        self._lock_fd = self._ingest_fd = None
 
     def create_dirs(self) -> None:
         for directory in (self.root, self.messages, self.tmp, self.orphans):
@@ -123,5 +150,11 @@ def _unlink_quietly(path: Path) -> None:
         path.unlink()
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+def storage_failure(exc: BaseException, doing: str) -> LocalFailure:
+    """The LocalFailure for a failed write: 452 4.3.1 when the disk is full, else 451."""
+    log.error("queue: %s failed: %s", doing, exc)
+    failure = LocalFailure(f"{doing}: {exc}")
+    disk_full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if disk_full or "database or disk is full" in str(exc):
+        failure.reply = SPOOL_FULL
+    return failure

@@ -21,6 +21,8 @@ def relay_process(tmp_path: Path, dns_server: DnsServer,
     started: list[RelayProcess] = []
 
     def make(**overrides: dict[str, Any]) -> RelayProcess:
+        # The shipped default: SMTP in worker processes, one per core (at least two here).
+        overrides.setdefault("smtp", {}).setdefault("workers", 2)
         config = write_relay_config(tmp_path, dns_server.address, mx_port, overrides)
         process = RelayProcess(config, tmp_path / "relay.log")
         started.append(process)

@@ -23,7 +23,9 @@ def write_relay_config(directory: Path, dns_address: str, mx_port: int,
     """A relay.toml for `directory`: free ports, spool and policies inside it."""
     sections: dict[str, dict[str, Any]] = {
         "server": {"hostname": "relay.test"},
-        "smtp": {"listen": [f"127.0.0.1:{free_port()}"], "min_free_space": "1MB"},
+        # In-process SMTP unless a test asks for worker processes (acceptance tests do).
+        "smtp": {"listen": [f"127.0.0.1:{free_port()}"], "min_free_space": "1MB",
+                 "workers": 0},
         "queue": {"path": "spool"},
         "delivery": {"port": mx_port, "nameservers": [dns_address],
                      "connect_timeout": "5s", "command_timeout": "10s"},

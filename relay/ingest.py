@@ -1,0 +1,192 @@
+"""ingest: SMTP submission in worker processes, so that every core takes mail.
+
+One Python process cannot both accept and deliver at the rate of Postfix (bench/README.md),
+so, like Postfix's master and its smtpd processes, the main process binds the listening
+sockets once and starts `[smtp] workers` processes (`python -m relay.ingest`) that
+inherit them and accept on them. Each worker runs smtpd and cleanup, writes message files
+into the spool and has the main process index them (queue.handoff): the main process stays
+the only writer of the index, and wakes its scheduler on every new message. Delivery, the
+admin API and recovery stay in the main process.
+
+The main process restarts a worker that dies, forwards SIGHUP (policy reload), and on
+stop sends SIGTERM and waits: a worker stops accepting, lets its sessions finish and exits.
+When the main process dies, its workers see the handoff socket close and stop at once;
+they hold `ingest.lock` shared while they live, so a new main process starts only after
+they are gone. A worker killed outright loses only messages it had not acknowledged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+from relay import config as config_module
+from relay.cleanup import Cleanup
+from relay.config import Config
+from relay.errors import RelayError
+from relay.logsetup import configure_logging, event_loop_runner
+from relay.policy import Policies, load_policies
+from relay.queue.handoff import HandoffStore, serve_handoff
+from relay.queue.local import LocalQueue
+from relay.queue.spoolfiles import SpoolFiles
+from relay.smtpd import ListenSockets, SessionRegistry, SubmissionHandler, serve_listeners
+
+log = logging.getLogger("relay.ingest")
+
+RESTART_DELAY = 1.0
+
+
+class IngestWorkers:
+    """The main process's side: start, supervise, reload and stop the worker processes,
+    and index what they store (queue.handoff)."""
+
+    def __init__(self, config: Config, queue: LocalQueue, sockets: ListenSockets, count: int,
+                 on_stored: Callable[[], None], shutdown_timeout: float) -> None:
+        self._config = config
+        self._queue = queue
+        self._sockets = sockets
+        self._count = count
+        self._on_stored = on_stored
+        self._shutdown_timeout = shutdown_timeout
+        self._processes: dict[int, asyncio.subprocess.Process] = {}
+        self._supervisors: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._processes.values() if p.returncode is None]
+
+    async def start(self) -> None:
+        self._supervisors = [asyncio.create_task(self._supervise(slot), name=f"ingest-{slot}")
+                             for slot in range(self._count)]
+
+    async def _supervise(self, slot: int) -> None:
+        while not self._stopping:
+            ours, theirs = socket.socketpair()
+            try:
+                process = await self._spawn(theirs)
+            finally:
+                theirs.close()
+            self._processes[slot] = process
+            handoff = asyncio.create_task(serve_handoff(self._queue, ours, self._on_stored))
+            code = await process.wait()
+            await handoff  # the worker's socket closed with it: every request is answered
+            if self._stopping:
+                return
+            log.error("ingest worker %d (pid %d) exited with status %s; restarting",
+                      slot, process.pid, code)
+            await asyncio.sleep(RESTART_DELAY)  # no tight loop if it dies at start
+
+    async def _spawn(self, handoff: socket.socket) -> asyncio.subprocess.Process:
+        fds = [s.fileno() for s in self._sockets.all()] + [handoff.fileno()]
+        command = [sys.executable, "-m", "relay.ingest",
+                   "--plain-fds", ",".join(str(s.fileno()) for s in self._sockets.plain),
+                   "--tls-fds", ",".join(str(s.fileno()) for s in self._sockets.implicit_tls),
+                   "--handoff-fd", str(handoff.fileno()),
+                   "--shutdown-timeout", str(self._shutdown_timeout)]
+        if self._config.source != "(defaults)":
+            command += ["--config", self._config.source]
+        return await asyncio.create_subprocess_exec(*command, pass_fds=fds)
+
+    def reload(self) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
+    async def stop(self) -> None:
+        """SIGTERM to every worker; they finish their sessions and exit."""
+        self._stopping = True
+        for process in self._processes.values():
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+        _, pending = await asyncio.wait(self._supervisors,
+                                           timeout=self._shutdown_timeout + 10)
+        for process in self._processes.values():
+            if process.returncode is None:
+                log.error("ingest worker pid %d did not stop; killing it", process.pid)
+                process.kill()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+# -- the worker process ---------------------------------------------------------------
+
+class _Worker:
+    def __init__(self, config: Config, sockets: ListenSockets, shutdown_timeout: float
+                 ) -> None:
+        self.config = config
+        self.sockets = sockets
+        self.shutdown_timeout = shutdown_timeout
+        self.policies: Policies = load_policies(config.policies.path)
+
+    def reload(self) -> None:
+        try:
+            self.policies = load_policies(self.config.policies.path)
+        except RelayError as exc:
+            log.error("reload failed, keeping the previous policies: %s", exc)
+
+    async def run(self, handoff_socket: socket.socket) -> None:
+        config = self.config
+        files = SpoolFiles(config.queue.path)
+        files.share_ingest_lock()
+        store = await HandoffStore.connect(files, handoff_socket)
+        registry = SessionRegistry()
+        handler = SubmissionHandler(Cleanup(store, config.server.hostname), config.smtp,
+                                    lambda: self.policies.access, free_space=files.free_bytes)
+        servers = await serve_listeners(handler, config.smtp, config.server.hostname,
+                                        registry, self.sockets)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        owner_gone = asyncio.create_task(store.owner_gone.wait())
+        await asyncio.wait([owner_gone, asyncio.create_task(stop.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+        for server in servers:
+            server.close()
+        if store.owner_gone.is_set():
+            # Nothing can be stored any more: end the sessions now, so the port is free
+            # for the relay that replaces the main process.
+            log.error("the main relay process is gone; this ingest worker stops")
+            await registry.drain(0)
+        else:
+            await registry.drain(self.shutdown_timeout)
+        await store.close()
+
+
+def _sockets_from(fds: str) -> list[socket.socket]:
+    return [socket.socket(fileno=int(fd)) for fd in fds.split(",") if fd]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relay.ingest",
+                                     description="SMTP ingest worker (started by relayctl serve)")
+    parser.add_argument("--config")
+    parser.add_argument("--plain-fds", default="")
+    parser.add_argument("--tls-fds", default="")
+    parser.add_argument("--handoff-fd", type=int, required=True)
+    parser.add_argument("--shutdown-timeout", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    try:
+        config = config_module.load(args.config)
+    except RelayError as exc:
+        print(f"relay.ingest: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config)
+    sockets = ListenSockets(_sockets_from(args.plain_fds), _sockets_from(args.tls_fds))
+    worker = _Worker(config, sockets, args.shutdown_timeout)
+    event_loop_runner()(worker.run(socket.socket(fileno=args.handoff_fd)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

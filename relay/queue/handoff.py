@@ -1,0 +1,137 @@
+"""queue.handoff: how an ingest worker process stores mail into the queue that the main
+process owns.
+
+The worker writes the body itself (temp file, fsync, rename: SpoolFiles.write) and then
+asks the owner, over a socket, to index it. The owner's group commit fsyncs the spool
+directory and commits the rows for every worker at once, and only its "ok" lets the worker
+answer 250. One process writes the index, so processes never wait on each other's SQLite
+locks (measured: two writing processes were slower than one, bench/README.md).
+
+Wire format, one JSON object per line. Request: {"id", "from", "rcpts", "size", "utf8"}.
+Reply: {"id", "ok": true} or {"id", "ok": false, "full": bool, "error": "..."}.
+EOF on the socket tells the worker that the owner is gone: it must stop taking mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from relay.errors import LocalFailure
+from relay.queue.base import MessageMeta, NewMessage
+from relay.queue.local import LocalQueue
+from relay.queue.spoolfiles import SpoolFiles, storage_failure
+from relay.reply import SPOOL_FULL
+
+log = logging.getLogger("relay.queue")
+
+_LIMIT = 16 * 1024 * 1024  # a request line holds up to max_recipients addresses
+
+
+class HandoffStore:
+    """The worker's MessageStore: writes the file, has the owner index it."""
+
+    def __init__(self, files: SpoolFiles, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.files = files
+        self._reader = reader
+        self._writer = writer
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-io")
+        self.owner_gone = asyncio.Event()
+        self._replies = asyncio.create_task(self._read_replies(), name="handoff-replies")
+
+    @classmethod
+    async def connect(cls, files: SpoolFiles, sock: socket.socket) -> HandoffStore:
+        reader, writer = await asyncio.open_connection(sock=sock, limit=_LIMIT)
+        return cls(files, reader, writer)
+
+    async def store(self, message: NewMessage) -> None:
+        if self.owner_gone.is_set():
+            raise LocalFailure("the queue owner is gone")
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._io, self.files.write, message.id, message.data)
+        except OSError as exc:
+            raise storage_failure(exc, f"writing message file {message.id}") from exc
+        reply = loop.create_future()
+        self._pending[message.id] = reply
+        self._writer.write(_encode(_request(message.meta)))
+        answer = await reply
+        if not answer["ok"]:
+            failure = LocalFailure(str(answer.get("error", "indexing failed")))
+            if answer.get("full"):
+                failure.reply = SPOOL_FULL
+            raise failure
+
+    async def _read_replies(self) -> None:
+        try:
+            while line := await self._reader.readline():
+                answer = json.loads(line)
+                future = self._pending.pop(answer["id"], None)
+                if future is not None and not future.done():
+                    future.set_result(answer)
+        finally:
+            self.owner_gone.set()
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_result({"ok": False, "error": "the queue owner is gone"})
+            self._pending.clear()
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+        self._replies.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._replies
+        self._io.shutdown(wait=True)
+
+
+async def serve_handoff(queue: LocalQueue, sock: socket.socket,
+                        on_stored: Callable[[], None]) -> None:
+    """The owner's side for one worker connection, until the worker hangs up."""
+    reader, writer = await asyncio.open_connection(sock=sock, limit=_LIMIT)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def index(meta: MessageMeta) -> None:
+        try:
+            await queue.index(meta)
+        except LocalFailure as exc:
+            answer = {"id": meta.id, "ok": False, "error": str(exc),
+                      "full": exc.reply is SPOOL_FULL}
+        else:
+            answer = {"id": meta.id, "ok": True}
+            on_stored()
+        if not writer.is_closing():
+            writer.write(_encode(answer))
+
+    try:
+        while line := await reader.readline():
+            task = asyncio.create_task(index(_meta(json.loads(line))))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(tasks)
+    finally:
+        writer.close()
+
+
+def _request(meta: MessageMeta) -> dict[str, Any]:
+    return {"id": meta.id, "from": meta.mail_from, "rcpts": list(meta.recipients),
+            "size": meta.size, "utf8": meta.smtputf8}
+
+
+def _meta(request: dict[str, Any]) -> MessageMeta:
+    return MessageMeta(request["id"], request["from"], tuple(request["rcpts"]),
+                       int(request["size"]), bool(request["utf8"]))
+
+
+def _encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
