@@ -77,7 +77,10 @@ class IngestWorkers:
             self._processes[slot] = process
             handoff = asyncio.create_task(serve_handoff(self._queue, ours, self._on_stored))
             code = await process.wait()
-            await handoff  # the worker's socket closed with it: every request is answered
+            try:
+                await handoff  # the worker's socket closed with it: every request answered
+            except Exception:
+                log.exception("ingest worker %d: handoff failed", slot)
             if self._stopping:
                 return
             log.error("ingest worker %d (pid %d) exited with status %s; restarting",

@@ -93,6 +93,8 @@ class SessionRegistry:
 
     async def drain(self, timeout: float) -> None:
         """Wait for sessions to end; then close the rest (nothing unacknowledged is lost)."""
+        if not self._open:
+            return
         try:
             await asyncio.wait_for(self._empty.wait(), timeout)
         except TimeoutError:

@@ -72,7 +72,7 @@ class HandoffStore:
 
     async def _read_replies(self) -> None:
         try:
-            while line := await self._reader.readline():
+            while line := await _read_line(self._reader):
                 answer = json.loads(line)
                 future = self._pending.pop(answer["id"], None)
                 if future is not None and not future.done():
@@ -113,7 +113,7 @@ async def serve_handoff(queue: LocalQueue, sock: socket.socket,
             writer.write(_encode(answer))
 
     try:
-        while line := await reader.readline():
+        while line := await _read_line(reader):
             task = asyncio.create_task(index(_meta(json.loads(line))))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -121,6 +121,14 @@ async def serve_handoff(queue: LocalQueue, sock: socket.socket,
             await asyncio.wait(tasks)
     finally:
         writer.close()
+
+
+async def _read_line(reader: asyncio.StreamReader) -> bytes:
+    """The next line, or b"" once the peer is gone (closed, or reset when killed)."""
+    try:
+        return await reader.readline()
+    except ConnectionError:
+        return b""
 
 
 def _request(meta: MessageMeta) -> dict[str, Any]:

@@ -3,7 +3,9 @@ restart, and duplicates are bounded by what was in flight at the kill."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import smtplib
 import sqlite3
 import threading
@@ -22,11 +24,14 @@ _TEST_ID = re.compile(rb"X-Test-Id: (\d+)")
 
 
 class Load:
-    """CLIENTS connections, each sending its share of messages until the relay dies."""
+    """CLIENTS connections, each sending its share of messages until the relay dies, or,
+    with `reconnect`, retrying a message on a new connection when its session broke."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, reconnect: bool = False) -> None:
         self.port = port
+        self.reconnect = reconnect
         self.acked: set[int] = set()
+        self.broken_sessions = 0
         self.lock = threading.Lock()
         self.enough = threading.Event()
 
@@ -39,19 +44,26 @@ class Load:
         self.enough.set()  # all sent before the threshold: the test fails on the count
 
     def _client(self, index: int) -> None:
-        try:
-            with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
-                for number in range(index, MESSAGES, CLIENTS):
-                    data = (f"From: load@sender.test\r\nTo: sink@example.test\r\n"
-                            f"Subject: load {number}\r\nX-Test-Id: {number}\r\n\r\n"
-                            + ("x" * 76 + "\r\n") * 26).encode()
-                    client.sendmail("load@sender.test", ["sink@example.test"], data)
-                    with self.lock:
-                        self.acked.add(number)
-                        if len(self.acked) >= KILL_AFTER:
-                            self.enough.set()
-        except (smtplib.SMTPException, OSError):
-            pass  # the relay was killed: this message got no 250
+        todo = list(range(index, MESSAGES, CLIENTS))
+        while todo:
+            try:
+                with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
+                    while todo:
+                        client.sendmail("load@sender.test", ["sink@example.test"],
+                                        _message(todo[0]))
+                        self._acked(todo.pop(0))
+            except (smtplib.SMTPException, OSError):
+                # The process serving this session was killed: this message got no 250.
+                with self.lock:
+                    self.broken_sessions += 1
+                if not self.reconnect:
+                    return
+
+    def _acked(self, number: int) -> None:
+        with self.lock:
+            self.acked.add(number)
+            if len(self.acked) >= KILL_AFTER:
+                self.enough.set()
 
 
 def test_kill_9_under_load_loses_nothing(relay_process: MakeRelay, dns_server: DnsServer,
@@ -84,6 +96,59 @@ def test_kill_9_under_load_loses_nothing(relay_process: MakeRelay, dns_server: D
     duplicates = len(received) - len(set(received))
     assert duplicates <= in_flight, (duplicates, in_flight)
     assert "recovery" in relay.log() or in_flight == 0
+
+
+def test_kill_9_of_ingest_workers_loses_nothing(
+        relay_process: MakeRelay, dns_server: DnsServer, make_sink: Callable[..., Sink]) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    relay = relay_process(smtp={"workers": 2}).start()
+    load = Load(smtp_port(relay.config), reconnect=True)
+    sender = threading.Thread(target=load.run)
+    sender.start()
+    assert load.enough.wait(120)
+    assert relay.process is not None
+    workers = [pid for pid in _children(relay.process.pid) if _is_ingest_worker(pid)]
+    assert len(workers) == 2
+    for pid in workers:  # both: the kernel may have handed every session to one of them
+        os.kill(pid, signal.SIGKILL)
+    sender.join(180)
+    assert load.acked == set(range(MESSAGES))  # the clients retried what got no 250
+    assert load.broken_sessions >= 1
+
+    def every_message_arrived(messages: list[Received]) -> bool:
+        return set(range(MESSAGES)) <= {_test_id(m) for m in messages}
+
+    sink.wait_until(every_message_arrived, timeout=180)
+    assert relay.stop() == 0
+    assert "ingest worker 0 (pid" in relay.log() and "ingest worker 1 (pid" in relay.log()
+    assert "exited with status -9; restarting" in relay.log()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _is_ingest_worker(pid: int) -> bool:
+    try:
+        return b"relay.ingest" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _message(number: int) -> bytes:
+    return (f"From: load@sender.test\r\nTo: sink@example.test\r\n"
+            f"Subject: load {number}\r\nX-Test-Id: {number}\r\n\r\n"
+            + ("x" * 76 + "\r\n") * 26).encode()
 
 
 def _test_id(message: Received) -> int:
