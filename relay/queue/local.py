@@ -37,7 +37,7 @@ from relay.queue.base import (
     State,
     domain_of,
 )
-from relay.queue.groupcommit import GroupCommitter
+from relay.queue.groupcommit import GroupCommitter, connect
 from relay.queue.spoolfiles import SpoolFiles, storage_failure
 
 log = logging.getLogger("relay.queue")
@@ -88,9 +88,10 @@ class LocalQueue:
         self.files = SpoolFiles(path)
         self._clock = clock
         self._db_path = path / "index.sqlite3"
-        self._writer_db: aiosqlite.Connection | None = None
-        self._reader_db: aiosqlite.Connection | None = None
-        self._committer: GroupCommitter | None = None
+        self._reader_db: aiosqlite.Connection | None = None  # operator queries
+        self._committer: GroupCommitter | None = None  # every write
+        # Finished messages whose files are gone; their rows go with the next write.
+        self._unlinked: list[str] = []
         # File I/O (writes, fsyncs, reads) runs on the queue's own threads, so a busy
         # default executor can never hold up a 250.
         self._io: ThreadPoolExecutor | None = None
@@ -100,37 +101,29 @@ class LocalQueue:
     async def open(self) -> None:
         self.files.create_dirs()
         self.files.lock()
-        await asyncio.get_running_loop().run_in_executor(
-            None, self.files.wait_for_previous_workers, PREVIOUS_WORKERS_TIMEOUT)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.files.wait_for_previous_workers,
+                                   PREVIOUS_WORKERS_TIMEOUT)
         self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="spool-io")
-        self._writer_db = await self._connect()
-        await self._writer_db.executescript(SCHEMA)
-        await self._recover(self._writer_db)
-        self._reader_db = await self._connect()
-        self._committer = GroupCommitter(self._writer_db, presync=self._sync_dir)
+        writer = await loop.run_in_executor(None, _open_index, self._db_path)
+        self._committer = GroupCommitter(writer, presync=self.files.sync_messages_dir)
+        await self._committer.run_now(partial(_recover, self.files, self._clock()))
+        self._reader_db = await aiosqlite.connect(self._db_path, isolation_level=None)
+        await self._reader_db.execute("PRAGMA busy_timeout=10000")
         self._committer.start()
 
     async def close(self) -> None:
         if self._committer is not None:
+            if self._unlinked:
+                await self._write(partial(_delete_messages, self._take_unlinked()))
             await self._committer.close()
-        for db in (self._reader_db, self._writer_db):
-            if db is not None:
-                await db.close()
-        self._committer = self._reader_db = self._writer_db = None
+        if self._reader_db is not None:
+            await self._reader_db.close()
+        self._committer = self._reader_db = None
         if self._io is not None:
             self._io.shutdown(wait=True)
             self._io = None
         self.files.unlock()
-
-    async def _connect(self) -> aiosqlite.Connection:
-        db = await aiosqlite.connect(self._db_path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.execute("PRAGMA busy_timeout=10000")
-        return db
-
-    async def _sync_dir(self) -> None:
-        await self._in_io_thread(self.files.sync_messages_dir)
 
     # -- intake ----------------------------------------------------------------------
 
@@ -173,15 +166,16 @@ class LocalQueue:
     async def record(self, outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
             return
-        finished = await self._write(partial(_record, outcomes))
-        await self._remove_finished(finished)
+        finished = await self._write(partial(_record, outcomes, self._take_unlinked()))
+        if finished:
+            # Body after the commit, rows with a later write: a crash in between leaves
+            # `done` rows that recovery cleans up.
+            await self._in_io_thread(self.files.remove_all, finished)
+            self._unlinked += finished
 
-    async def _remove_finished(self, message_ids: list[str]) -> None:
-        """Body first, rows after: a crash in between is cleaned up by recovery."""
-        if not message_ids:
-            return
-        await self._in_io_thread(self.files.remove_all, message_ids)
-        await self._write(partial(_delete_messages, message_ids))
+    def _take_unlinked(self) -> list[str]:
+        taken, self._unlinked = self._unlinked, []
+        return taken
 
     # -- operator commands -----------------------------------------------------------
 
@@ -275,55 +269,58 @@ class LocalQueue:
         rows = await self._read_all(sql, [])
         return rows[0] if rows else None
 
-    async def _recover(self, db: aiosqlite.Connection) -> None:
-        await self._in_io_thread(self.files.clear_tmp)
-        cursor = await db.execute(
-            "UPDATE recipients SET state = 'queued' WHERE state = 'active'")
-        if cursor.rowcount:
-            log.warning("recovery: %d in-flight recipients returned to the queue",
-                        cursor.rowcount)
-        await db.execute(
-            "UPDATE messages SET done = 1 WHERE NOT EXISTS (SELECT 1 FROM recipients r "
-            "WHERE r.message_id = messages.id AND r.state NOT IN ('delivered', 'bounced'))")
-        finished = [r[0] for r in await db.execute_fetchall(
-            "SELECT id FROM messages WHERE done = 1")]
-        for message_id in finished:
-            self.files.remove(message_id)
-        await _delete_messages(finished, db)
-        indexed = {r[0] for r in await db.execute_fetchall("SELECT id FROM messages")}
-        on_disk = await self._in_io_thread(self.files.message_ids)
-        for message_id in sorted(on_disk - indexed):
-            target = self.files.move_to_orphans(message_id)
-            log.warning("recovery: message file without index entry (a write cut short before "
-                        "its 250, or a lost index row) moved to %s", target)
-        for message_id in sorted(indexed - on_disk):
-            await _quarantine(db, message_id, "message file missing", self._clock())
-            log.error("recovery: %s: index entry without message file moved to quarantine",
-                      message_id)
+def _open_index(path: Path) -> sqlite3.Connection:
+    db = connect(path)
+    db.executescript(SCHEMA)
+    return db
 
 
-# Write operations, run by the group committer inside its transaction.
+# Write operations: run in the writer thread, inside the group committer's transaction.
 
-async def _insert_message(meta: MessageMeta, now: float, db: aiosqlite.Connection) -> None:
-    await db.execute(
+def _recover(files: SpoolFiles, now: float, db: sqlite3.Connection) -> None:
+    files.clear_tmp()
+    returned = db.execute("UPDATE recipients SET state = 'queued' WHERE state = 'active'")
+    if returned.rowcount:
+        log.warning("recovery: %d in-flight recipients returned to the queue",
+                    returned.rowcount)
+    db.execute(
+        "UPDATE messages SET done = 1 WHERE NOT EXISTS (SELECT 1 FROM recipients r "
+        "WHERE r.message_id = messages.id AND r.state NOT IN ('delivered', 'bounced'))")
+    finished = [r[0] for r in db.execute("SELECT id FROM messages WHERE done = 1")]
+    files.remove_all(finished)
+    _delete_messages(finished, db)
+    indexed = {r[0] for r in db.execute("SELECT id FROM messages")}
+    on_disk = files.message_ids()
+    for message_id in sorted(on_disk - indexed):
+        target = files.move_to_orphans(message_id)
+        log.warning("recovery: message file without index entry (a write cut short before "
+                    "its 250, or a lost index row) moved to %s", target)
+    for message_id in sorted(indexed - on_disk):
+        _quarantine(db, message_id, "message file missing", now)
+        log.error("recovery: %s: index entry without message file moved to quarantine",
+                  message_id)
+
+
+def _insert_message(meta: MessageMeta, now: float, db: sqlite3.Connection) -> None:
+    db.execute(
         "INSERT INTO messages (id, mail_from, size, received_at, smtputf8) VALUES (?,?,?,?,?)",
         (meta.id, meta.mail_from, meta.size, now, int(meta.smtputf8)))
-    await db.executemany(
+    db.executemany(
         "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at) "
         "VALUES (?, ?, ?, 'queued', ?)",
         [(meta.id, rcpt, domain_of(rcpt), now) for rcpt in meta.recipients])
 
 
-async def _claim_due(limit: int, now: float, db: aiosqlite.Connection) -> list[Claimed]:
-    rows = await db.execute_fetchall(
+def _claim_due(limit: int, now: float, db: sqlite3.Connection) -> list[Claimed]:
+    rows = db.execute(
         "UPDATE recipients SET state = 'active', attempts = attempts + 1, last_attempt_at = ? "
         f"WHERE id IN (SELECT id FROM recipients WHERE {_DUE} AND next_attempt_at <= ? "
         "ORDER BY next_attempt_at LIMIT ?) "
-        "RETURNING id, message_id, address, domain, attempts", (now, now, limit))
+        "RETURNING id, message_id, address, domain, attempts", (now, now, limit)).fetchall()
     if not rows:
         return []
     ids = sorted({r[1] for r in rows})
-    messages = {m[0]: m for m in await db.execute_fetchall(
+    messages = {m[0]: m for m in db.execute(
         f"SELECT id, mail_from, received_at, smtputf8 FROM messages WHERE id IN {_IDS}",
         (json.dumps(ids),))}
     return [
@@ -333,50 +330,48 @@ async def _claim_due(limit: int, now: float, db: aiosqlite.Connection) -> list[C
     ]
 
 
-async def _record(outcomes: Sequence[Outcome], db: aiosqlite.Connection) -> list[str]:
+def _record(outcomes: Sequence[Outcome], unlinked: list[str],
+            db: sqlite3.Connection) -> list[str]:
     # `state = 'active'` fences the update: a recipient deleted or changed by an operator
     # meanwhile is left alone.
-    await db.executemany(
+    db.executemany(
         "UPDATE recipients SET state = ?, last_reply = ?, "
         "next_attempt_at = COALESCE(?, next_attempt_at) WHERE id = ? AND state = 'active'",
         [(o.state.value, o.reply, o.next_attempt_at, o.recipient_id) for o in outcomes])
     recipient_ids = json.dumps([o.recipient_id for o in outcomes])
-    finished = [r[0] for r in await db.execute_fetchall(
+    finished = [r[0] for r in db.execute(
         f"SELECT id FROM messages m WHERE id IN (SELECT DISTINCT message_id FROM recipients "
         f"WHERE id IN {_IDS}) AND NOT EXISTS (SELECT 1 FROM recipients r "
         "WHERE r.message_id = m.id AND r.state NOT IN ('delivered', 'bounced'))",
         (recipient_ids,))]
     if finished:
-        await db.execute(f"UPDATE messages SET done = 1 WHERE id IN {_IDS}",
-                         (json.dumps(finished),))
+        db.execute(f"UPDATE messages SET done = 1 WHERE id IN {_IDS}", (json.dumps(finished),))
+    if unlinked:
+        _delete_messages(unlinked, db)
     return finished
 
 
-async def _delete_messages(message_ids: list[str], db: aiosqlite.Connection) -> int:
+def _delete_messages(message_ids: list[str], db: sqlite3.Connection) -> int:
     ids = json.dumps(message_ids)
-    await db.execute(f"DELETE FROM recipients WHERE message_id IN {_IDS}", (ids,))
-    cursor = await db.execute(f"DELETE FROM messages WHERE id IN {_IDS}", (ids,))
-    return cursor.rowcount
+    db.execute(f"DELETE FROM recipients WHERE message_id IN {_IDS}", (ids,))
+    return db.execute(f"DELETE FROM messages WHERE id IN {_IDS}", (ids,)).rowcount
 
 
-async def _update_count(sql: str, params: Sequence[Any], db: aiosqlite.Connection) -> int:
-    cursor = await db.execute(sql, params)
-    return cursor.rowcount
+def _update_count(sql: str, params: Sequence[Any], db: sqlite3.Connection) -> int:
+    return db.execute(sql, params).rowcount
 
 
-async def _quarantine(db: aiosqlite.Connection, message_id: str, reason: str,
-                      now: float) -> None:
-    rows = await db.execute_fetchall(
+def _quarantine(db: sqlite3.Connection, message_id: str, reason: str, now: float) -> None:
+    rows = db.execute(
         "SELECT address FROM recipients WHERE message_id = ? "
-        "AND state NOT IN ('delivered', 'bounced')", (message_id,))
-    sender = list(await db.execute_fetchall(
-        "SELECT mail_from FROM messages WHERE id = ?", (message_id,)))
-    await db.execute(
+        "AND state NOT IN ('delivered', 'bounced')", (message_id,)).fetchall()
+    sender = db.execute("SELECT mail_from FROM messages WHERE id = ?", (message_id,)).fetchone()
+    db.execute(
         "INSERT INTO quarantine (message_id, mail_from, recipients, reason, at) "
         "VALUES (?,?,?,?,?)",
-        (message_id, sender[0][0] if sender else "", json.dumps([r[0] for r in rows]),
+        (message_id, sender[0] if sender else "", json.dumps([r[0] for r in rows]),
          reason, now))
-    await _delete_messages([message_id], db)
+    _delete_messages([message_id], db)
 
 
 def _selection_sql(selection: Selection) -> tuple[str | None, list[Any]]:
