@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from relay import reply
 from relay.cleanup import Cleanup, Origin, inspect
@@ -175,6 +175,33 @@ class RelaySMTP(SMTP):
         if isinstance(status, str) and status.startswith("220 ") and self._plain_replies:
             self._plain_replies = False  # the greeting went out
 
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading the message in large pieces instead of line by line
+        (about 4x less CPU for a 100 KB message, bench/README.md)."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content = await read_message(self._reader, self.data_size_limit)
+        except asyncio.IncompleteReadError:
+            return  # the client went away mid-message: nothing to acknowledge
+        if content is None:
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push("552 5.3.4 Message size exceeds fixed maximum message size")
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(status)
+
     async def smtp_EHLO(self, hostname: str) -> None:
         await self._unannotated(super().smtp_EHLO(hostname))
 
@@ -187,6 +214,34 @@ class RelaySMTP(SMTP):
             await command
         finally:
             self._plain_replies = False
+
+
+async def read_message(reader: asyncio.StreamReader, limit: int | None) -> bytes | None:
+    """The message after DATA's 354 up to the lone "." line, dot-unstuffed (RFC 5321
+    section 4.5.2); None when it is larger than `limit` (then it is read and dropped).
+    Memory stays bounded by `limit` whatever the client sends."""
+    buffer = bytearray(b"\r\n")  # DATA's own line end: the message starts a line
+    size = 0
+    too_big = False
+    while True:
+        try:
+            piece = await reader.readuntil(b".\r\n")
+            found = True
+        except asyncio.LimitOverrunError as error:  # no ".\r\n" in a whole buffer
+            piece = await reader.readexactly(error.consumed)
+            found = False
+        size += len(piece)
+        buffer += piece
+        if limit and size - 3 > limit:
+            too_big = True
+        if too_big:
+            del buffer[:-5]  # keep only what recognises the end
+        if found and buffer[-5:-3] == b"\r\n":  # the "." starts a line: the end
+            break
+    if too_big:
+        return None
+    content = bytes(buffer[2:-3]).replace(b"\r\n.", b"\r\n")
+    return content[1:] if content.startswith(b".") else content
 
 
 @dataclass
