@@ -29,6 +29,7 @@ log = logging.getLogger("relay.scheduler")
 
 CLAIM_BATCH = 500
 MAX_SLEEP = 30.0
+BUSY_SLEEP = 1.0
 
 
 @dataclass
@@ -114,11 +115,15 @@ class Scheduler:
                 self._dispatch(job)
             if claimed and len(claimed) == room:
                 continue  # there may be more due right now
-            await self._sleep(room > 0)
+            await self._sleep(room > 0, busy=bool(claimed))
 
-    async def _sleep(self, has_room: bool) -> None:
+    async def _sleep(self, has_room: bool, busy: bool) -> None:
+        """Until woken (new mail, a job done) or the next deferred recipient is due. While
+        mail keeps coming, wakeups come anyway: the index is not asked each time."""
         timeout: float | None = None
-        if has_room:
+        if busy:
+            timeout = BUSY_SLEEP
+        elif has_room:
             try:
                 due = await self._queue.next_due_at()
             except Exception:

@@ -12,6 +12,7 @@ A local failure answers 451 4.3.0, never 5xx: clients treat 5xx as permanent.
 from __future__ import annotations
 
 import asyncio
+import inspect as inspect_module
 import logging
 import re
 import socket
@@ -64,6 +65,7 @@ class RelaySession(Session):
         self.accepted = 0
         self.rejected = 0
         self.user = ""
+        self.trusted: bool | None = None  # the client's network, once looked up
 
     @property
     def tls_description(self) -> str:
@@ -248,6 +250,10 @@ async def read_message(reader: asyncio.StreamReader, limit: int | None) -> bytes
 class SubmissionHandler:
     """aiosmtpd hooks: access policy, limits, and hand-off to cleanup."""
 
+    def __dir__(self) -> list[str]:
+        # aiosmtpd lists the handler's hooks with dir()/getmembers() on every connection.
+        return _HANDLER_HOOKS
+
     cleanup: Cleanup
     settings: SmtpSection
     access: Callable[[], AccessPolicy]  # the policy in force (swapped on reload)
@@ -296,7 +302,7 @@ class SubmissionHandler:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
-        if not (session.authenticated or self.access().is_trusted(_client_ip(session))):
+        if not (session.authenticated or self._trusted(session)):
             log.warning("relay denied client=[%s] to=<%s>", _client_ip(session), address)
             return _refuse(session, reply.RELAY_DENIED)
         if "@" not in address or address.endswith("@"):
@@ -332,6 +338,14 @@ class SubmissionHandler:
         log.error("smtpd: local error: %r", error, exc_info=error)
         return str(reply.LOCAL_ERROR)
 
+    def _trusted(self, session: Session) -> bool:
+        """Whether the client's network is trusted, worked out once per session."""
+        if not isinstance(session, RelaySession):
+            return self.access().is_trusted(_client_ip(session))
+        if session.trusted is None:
+            session.trusted = self.access().is_trusted(_client_ip(session))
+        return session.trusted
+
     def _user(self, session: Session) -> User | None:
         if not session.authenticated or not isinstance(session, RelaySession):
             return None
@@ -346,6 +360,13 @@ class SubmissionHandler:
         tls = session.tls_description if isinstance(session, RelaySession) else ""
         user = session.user if isinstance(session, RelaySession) else ""
         return Origin(protocol, _client_ip(session), session.host_name or "", tls, user)
+
+
+_HANDLER_HOOKS = [name for name in dir(SubmissionHandler) if name.startswith("handle_")]
+# aiosmtpd inspects handle_EHLO's signature on every connection; inspect.signature() takes
+# a precomputed __signature__ as is.
+SubmissionHandler.handle_EHLO.__signature__ = (  # type: ignore[attr-defined]
+    inspect_module.signature(SubmissionHandler.handle_EHLO))
 
 
 def _client_ip(session: Session) -> str:

@@ -40,6 +40,7 @@ class _Request:
     op: WriteOp
     future: asyncio.Future[Any]
     presync: bool  # needs the spool directory fsynced before its commit
+    durable: bool  # must survive a power loss once committed (new mail: yes)
 
 
 class GroupCommitter:
@@ -52,15 +53,19 @@ class GroupCommitter:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-writer")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._durable = True  # connect() sets synchronous=FULL
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="queue-writer")
 
-    async def submit(self, op: WriteOp, presync: bool = False) -> Any:
+    async def submit(self, op: WriteOp, presync: bool = False, durable: bool = True) -> Any:
+        """Run `op` in the next group commit. `durable=False` lets the commit skip its fsync:
+        the WAL is sequential, so the next durable commit makes it durable too, and a crash
+        of the process loses nothing either way; only a power cut can forget it."""
         if self._closing:
             raise RuntimeError("queue is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.put_nowait(_Request(op, future, presync))
+        self._pending.put_nowait(_Request(op, future, presync, durable or presync))
         return await future
 
     async def run_now(self, op: WriteOp) -> Any:
@@ -101,6 +106,7 @@ class GroupCommitter:
         try:
             if any(request.presync for request in batch):
                 self._presync()
+            self._set_synchronous(any(request.durable for request in batch))
             return [(True, result) for result in self._transaction([r.op for r in batch])]
         except Exception as exc:
             if len(batch) == 1:
@@ -108,6 +114,11 @@ class GroupCommitter:
             log.warning("group commit of %d requests failed (%s); retrying singly",
                         len(batch), exc)
             return [self._commit([request])[0] for request in batch]
+
+    def _set_synchronous(self, durable: bool) -> None:
+        if durable != self._durable:
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
 
     def _transaction(self, ops: list[WriteOp]) -> list[Any]:
         self._db.execute("BEGIN IMMEDIATE")

@@ -154,7 +154,9 @@ class LocalQueue:
     # -- delivery --------------------------------------------------------------------
 
     async def claim_due(self, limit: int) -> list[Claimed]:
-        return list(await self._write(partial(_claim_due, limit, self._clock())))
+        # A claim lost to a power cut only forgets that an attempt was made.
+        return list(await self._write(partial(_claim_due, limit, self._clock()),
+                                      durable=False))
 
     async def next_due_at(self) -> float | None:
         row = await self._read_one(f"SELECT MIN(next_attempt_at) FROM recipients WHERE {_DUE}")
@@ -166,6 +168,7 @@ class LocalQueue:
     async def record(self, outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
             return
+        # Durable: a finished message's file is removed right after this commit.
         finished = await self._write(partial(_record, outcomes, self._take_unlinked()))
         if finished:
             # Body after the commit, rows with a later write: a crash in between leaves
@@ -249,10 +252,10 @@ class LocalQueue:
 
     # -- plumbing --------------------------------------------------------------------
 
-    async def _write(self, op: Any, presync: bool = False) -> Any:
+    async def _write(self, op: Any, presync: bool = False, durable: bool = True) -> Any:
         if self._committer is None:
             raise LocalFailure("queue is not open")
-        return await self._committer.submit(op, presync=presync)
+        return await self._committer.submit(op, presync=presync, durable=durable)
 
     async def _in_io_thread(self, function: Callable[..., _T], *args: Any) -> _T:
         if self._io is None:
