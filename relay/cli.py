@@ -18,10 +18,12 @@ import click
 from relay import config as config_module
 from relay.admin_client import AdminClient
 from relay.config import Config
+from relay.delivery.client import relayhost_credentials
 from relay.errors import RelayError
 from relay.logsetup import configure_logging, event_loop_runner
 from relay.passwords import hash_password
 from relay.policy import load_policies
+from relay.smtpd import check_tls_files
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,9 +83,11 @@ def config_group() -> None:
 @click.pass_context
 @one_line_errors
 def check(ctx: click.Context) -> None:
-    """Validate relay.toml and the policies."""
+    """Validate relay.toml, the policies, and the files they name."""
     config = _config(ctx)
     load_policies(config.policies.path)
+    check_tls_files(config.smtp)
+    relayhost_credentials(config.delivery)
     click.echo(f"{config.source}: ok (policies in {config.policies.path}: ok)")
 
 

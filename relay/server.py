@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from pathlib import Path
 
 from relay.admin import AdminServer, create_app
 from relay.admin_token import load_or_create_token
 from relay.cleanup import Cleanup
 from relay.config import Config
-from relay.delivery import Credentials, DeliveryAgent, NextHops
+from relay.delivery import DeliveryAgent, NextHops, relayhost_credentials
 from relay.errors import ConfigError
 from relay.ingest import IngestWorkers
 from relay.outcomes import OutcomeRecorder
@@ -31,6 +30,7 @@ from relay.smtpd import (
     SessionRegistry,
     SubmissionHandler,
     bind_listeners,
+    check_tls_files,
     serve_listeners,
 )
 
@@ -41,20 +41,6 @@ def build_queue(config: Config) -> Queue:
     if config.queue.backend == "local":
         return LocalQueue(config.queue.path)
     raise ConfigError("queue.backend: the postgres backend is not available in this version")
-
-
-def read_relayhost_credentials(config: Config) -> Credentials | None:
-    delivery = config.delivery
-    if not delivery.relayhost_username:
-        return None
-    if not delivery.relayhost_password_file:
-        raise ConfigError("delivery.relayhost_password_file: needed with relayhost_username")
-    path = Path(delivery.relayhost_password_file)
-    try:
-        password = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"delivery.relayhost_password_file: {path}: {exc.strerror}") from exc
-    return Credentials(delivery.relayhost_username, password)
 
 
 class Relay:
@@ -72,7 +58,8 @@ class Relay:
 
     async def start(self) -> None:
         config = self.config
-        credentials = read_relayhost_credentials(config)
+        credentials = relayhost_credentials(config.delivery)
+        check_tls_files(config.smtp)  # here, not only in ingest workers that would crash-loop
         token = load_or_create_token(config.admin_token_path, create=not config.admin.token_file)
         await self.queue.open()
         hostname = config.server.hostname

@@ -27,7 +27,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, sy
 from relay import reply
 from relay.cleanup import Cleanup, Origin, inspect
 from relay.config import SmtpSection, split_hostport
-from relay.errors import LocalFailure, Rejected
+from relay.errors import ConfigError, LocalFailure, Rejected
 from relay.passwords import verify_password
 from relay.policy import AccessPolicy, User
 from relay.ratelimit import SlidingWindow
@@ -389,9 +389,19 @@ def _size_param(mail_options: list[str]) -> int:
 
 
 def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The listeners' TLS context; ConfigError naming the key when the files are bad."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"smtp.tls_cert/tls_key: cannot load {cert}, {key}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from exc
     return context
+
+
+def check_tls_files(settings: SmtpSection) -> None:
+    if settings.tls_cert and settings.tls_key:
+        server_tls_context(settings.tls_cert, settings.tls_key)
 
 
 @dataclass

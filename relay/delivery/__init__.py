@@ -2,8 +2,8 @@
 results (agent). The scheduler decides what happens to each result."""
 
 from relay.delivery.agent import RELAYHOST, Attempt, DeliveryAgent, DestinationSession, Job
-from relay.delivery.client import Credentials
+from relay.delivery.client import Credentials, relayhost_credentials
 from relay.delivery.mx import Hop, NextHops
 
 __all__ = ["RELAYHOST", "Attempt", "Credentials", "DeliveryAgent", "DestinationSession",
-           "Hop", "Job", "NextHops"]
+           "Hop", "Job", "NextHops", "relayhost_credentials"]

@@ -14,13 +14,14 @@ import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiosmtplib
 
 from relay import reply
-from relay.config import TlsMode
+from relay.config import DeliverySection, TlsMode
 from relay.delivery.mx import Hop
-from relay.errors import DeliveryError, Scope
+from relay.errors import ConfigError, DeliveryError, Scope
 from relay.reply import Reply
 
 _LINE_END = re.compile(rb"\r\n|\n|\r")
@@ -30,6 +31,20 @@ _LINE_END = re.compile(rb"\r\n|\n|\r")
 class Credentials:
     username: str
     password: str
+
+
+def relayhost_credentials(settings: DeliverySection) -> Credentials | None:
+    """AUTH for the relayhost, the password read from its file (never from the config)."""
+    if not settings.relayhost_username:
+        return None
+    if not settings.relayhost_password_file:
+        raise ConfigError("delivery.relayhost_password_file: needed with relayhost_username")
+    path = Path(settings.relayhost_password_file)
+    try:
+        password = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"delivery.relayhost_password_file: {path}: {exc.strerror}") from exc
+    return Credentials(settings.relayhost_username, password)
 
 
 def _unverified_tls() -> ssl.SSLContext:

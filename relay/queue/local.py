@@ -2,7 +2,9 @@
 
 Write order for a new message (STYLE.md, "durable write order"): temp file, fsync, rename
 into messages/, fsync the directory, commit the index row (WAL, synchronous=FULL), and only
-then does `store` return. Index writes go through one group-committing writer.
+then does `store` return. Every index write goes through one group-committing writer
+thread; ingest worker processes write their files themselves and hand the rows to it
+(queue.handoff). Operator queries read through a separate aiosqlite connection.
 
 Recovery on open: partial writes in tmp/ are dropped (never acknowledged); recipients that
 were `active` when the process died go back to `queued`; finished messages are cleaned up;

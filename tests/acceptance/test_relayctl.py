@@ -138,3 +138,14 @@ def test_a_second_relay_on_the_same_spool_refuses_to_start(relay_process: MakeRe
     assert "is in use by another relay (pid" in second.stderr
     assert "recovery" not in relay.log() and "recovery" not in second.stderr
     assert relay.stop() == 0
+
+
+def test_missing_tls_files_are_a_clear_error(tmp_path: Path, relay_process: MakeRelay) -> None:
+    relay = relay_process(smtp={"tls_cert": str(tmp_path / "nope.pem"),
+                                "tls_key": str(tmp_path / "nope.key")})
+    for command in (["config", "check"], ["serve"]):
+        result = relayctl(relay.config, *command)
+        assert result.returncode == 2, command
+        last_line = result.stderr.splitlines()[-1]
+        assert last_line.startswith("relayctl: smtp.tls_cert/tls_key: cannot load")
+        assert "Traceback" not in result.stderr
