@@ -21,6 +21,7 @@ import aiosmtplib
 from relay import reply
 from relay.config import DeliverySection, TlsMode
 from relay.delivery.mx import Hop
+from relay.delivery.pipeline import ReplyReader
 from relay.errors import ConfigError, DeliveryError, Scope
 from relay.reply import Reply
 
@@ -56,18 +57,23 @@ def _unverified_tls() -> ssl.SSLContext:
 
 
 class SmtpConnection:
-    def __init__(self, hop: Hop, client: aiosmtplib.SMTP) -> None:
+    def __init__(self, hop: Hop, client: aiosmtplib.SMTP, command_timeout: float) -> None:
         self.hop = hop
         self._client = client
+        self._timeout = command_timeout
+        self._extensions = frozenset(client.esmtp_extensions)
         self.transactions = 0
+        # With PIPELINING the connection is ours from here on; aiosmtplib set it up.
+        self._pipe = (ReplyReader(client.transport)
+                      if "pipelining" in self._extensions and client.transport is not None
+                      else None)
 
     @property
     def is_open(self) -> bool:
-        return self._client.is_connected
+        return self._pipe.is_open if self._pipe is not None else self._client.is_connected
 
-    @property
-    def tls(self) -> bool:
-        return self._client.get_transport_info("sslcontext") is not None
+    def supports(self, extension: str) -> bool:
+        return extension in self._extensions
 
     @classmethod
     async def open(cls, hop: Hop, local_hostname: str, tls_mode: TlsMode,
@@ -100,14 +106,18 @@ class SmtpConnection:
             client.close()
             failure = Reply(451, "4.4.1", f"connect to {hop}: {str(exc) or type(exc).__name__}")
             raise _site_error(failure, hop) from exc
-        return cls(hop, client)
+        return cls(hop, client, command_timeout)
 
     async def send(self, mail_from: str, recipients: Sequence[str], data: bytes,
                    smtputf8: bool) -> dict[str, Reply]:
         """One transaction; a reply for every recipient. Raises DeliveryError."""
         encoding = "utf-8" if smtputf8 else "ascii"
         self.transactions += 1
-        await self._mail(mail_from, self._mail_options(data, smtputf8), encoding)
+        options = self._mail_options(data, smtputf8)
+        if self._pipe is not None:
+            return await self._send_pipelined(self._pipe, mail_from, recipients, data,
+                                              options, encoding)
+        await self._mail(mail_from, options, encoding)
         replies: dict[str, Reply] = {}
         accepted: list[str] = []
         for rcpt in recipients:
@@ -128,17 +138,66 @@ class SmtpConnection:
         return replies
 
     def _mail_options(self, data: bytes, smtputf8: bool) -> list[str]:
-        client = self._client
         options = []
         if smtputf8:
-            if not client.supports_extension("smtputf8"):
+            if not self.supports("smtputf8"):
                 raise DeliveryError(reply.SMTPUTF8_UNSUPPORTED, Scope.MESSAGE, str(self.hop))
             options.append("SMTPUTF8")
-        if client.supports_extension("8bitmime") and not data.isascii():
+        if self.supports("8bitmime") and not data.isascii():
             options.append("BODY=8BITMIME")
-        if client.supports_extension("size"):
+        if self.supports("size"):
             options.append(f"SIZE={len(data)}")
         return options
+
+    async def _send_pipelined(self, pipe: ReplyReader, mail_from: str,
+                              recipients: Sequence[str], data: bytes, options: list[str],
+                              encoding: str) -> dict[str, Reply]:
+        """MAIL, every RCPT and DATA in one write (RFC 2920), then the message."""
+        commands = [_command("MAIL FROM:", mail_from, options, encoding)]
+        commands += [_command("RCPT TO:", rcpt, [], encoding) for rcpt in recipients]
+        try:
+            pipe.write(b"".join(commands) + b"DATA\r\n")
+            mail = await pipe.next(self._timeout)
+            rcpt_replies = [await pipe.next(self._timeout) for _ in recipients]
+            go_ahead = await pipe.next(self._timeout)
+        except (OSError, TimeoutError) as exc:
+            self.close()
+            raise _site_error(_connection_reply(self.hop, exc), self.hop) from exc
+        accepted = [r for r, answer in zip(recipients, rcpt_replies, strict=True)
+                    if answer.is_success]
+        if not mail.is_success or not accepted or go_ahead.code != 354:
+            await self._abandon(pipe, go_ahead)
+            if not mail.is_success:
+                scope = Scope.MESSAGE if mail.is_permanent else Scope.SITE
+                raise DeliveryError(mail, scope, str(self.hop))
+            replies = dict(zip(recipients, rcpt_replies, strict=True))
+            replies.update({rcpt: go_ahead for rcpt in accepted})  # DATA refused
+            return replies
+        try:
+            pipe.write(wire_format(data))
+            final = await pipe.next(self._timeout)
+        except (OSError, TimeoutError) as exc:
+            # The message may or may not have arrived: defer (at-least-once), no next host.
+            self.close()
+            raise DeliveryError(_connection_reply(self.hop, exc, "while sending the message"),
+                                Scope.MESSAGE, str(self.hop)) from exc
+        if not final.is_success:
+            await self._abandon(pipe, final)
+        replies = dict(zip(recipients, rcpt_replies, strict=True))
+        replies.update({rcpt: final for rcpt in accepted})
+        return replies
+
+    async def _abandon(self, pipe: ReplyReader, last: Reply) -> None:
+        """End a failed transaction: an empty message if DATA was let through (RFC 2920
+        section 3.1), then RSET; a connection that cannot do that is closed."""
+        try:
+            if last.code == 354:
+                pipe.write(b".\r\n")
+                await pipe.next(self._timeout)
+            pipe.write(b"RSET\r\n")
+            await pipe.next(self._timeout)
+        except (OSError, TimeoutError):
+            self.close()
 
     async def _mail(self, mail_from: str, options: list[str], encoding: str) -> None:
         try:
@@ -184,11 +243,24 @@ class SmtpConnection:
 
     async def quit(self) -> None:
         with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-            await self._client.quit()
+            if self._pipe is not None:
+                self._pipe.write(b"QUIT\r\n")
+                await self._pipe.next(self._timeout)
+            else:
+                await self._client.quit()
         self.close()
 
     def close(self) -> None:
         self._client.close()
+
+
+def _command(verb: str, address: str, options: list[str], encoding: str) -> bytes:
+    if any(c in address for c in "\r\n<>"):
+        raise DeliveryError(Reply(553, "5.1.3", f"invalid address {address!r}"), Scope.MESSAGE)
+    try:
+        return " ".join([f"{verb}<{address}>", *options]).encode(encoding) + b"\r\n"
+    except UnicodeEncodeError:
+        raise DeliveryError(reply.SMTPUTF8_UNSUPPORTED, Scope.MESSAGE) from None
 
 
 def wire_format(data: bytes) -> bytes:

@@ -7,6 +7,8 @@ import email
 import email.policy
 from collections.abc import Callable
 
+import pytest
+
 from relay.queue import State
 from tests.integration.conftest import StartRelay
 from tests.support.client import message, send
@@ -67,17 +69,19 @@ async def test_implicit_mx_uses_the_domain_address(
     assert (await wait(sink, 1))[0].rcpt_tos == ["bob@plain.test"]
 
 
+@pytest.mark.parametrize("pipelining", [True, False])
 async def test_one_transaction_per_domain_and_per_recipient_results(
         start_relay: StartRelay, dns_server: DnsServer,
-        make_sink: Callable[..., Sink]) -> None:
+        make_sink: Callable[..., Sink], pipelining: bool) -> None:
     dns_server.add("example.test", "MX", "10 mx1.example.test.")
     dns_server.add("mx1.example.test", "A", "127.0.0.2")
     dns_server.add("other.test", "MX", "10 mx.other.test.")
     dns_server.add("mx.other.test", "A", "127.0.0.3")
     dns_server.add("sender.test", "MX", "10 mx.sender.test.")
     dns_server.add("mx.sender.test", "A", "127.0.0.4")
-    example, other, sender = (make_sink("127.0.0.2"), make_sink("127.0.0.3"),
-                              make_sink("127.0.0.4"))
+    example, other, sender = (make_sink("127.0.0.2", pipelining=pipelining),
+                              make_sink("127.0.0.3", pipelining=pipelining),
+                              make_sink("127.0.0.4", pipelining=pipelining))
     example.rcpt_replies["gone@example.test"] = "550 5.1.1 No such user"
     relay = await start_relay()
     rcpts = ["a@example.test", "b@example.test", "gone@example.test", "c@other.test"]
@@ -149,10 +153,12 @@ async def test_bounce_of_a_bounce_is_dropped(start_relay: StartRelay,
     await relay.until_queue_empty()
 
 
+@pytest.mark.parametrize("pipelining", [True, False])
 async def test_4xx_defers_then_flush_delivers(start_relay: StartRelay, dns_server: DnsServer,
-                                              make_sink: Callable[..., Sink]) -> None:
+                                              make_sink: Callable[..., Sink],
+                                              pipelining: bool) -> None:
     dns_server.add("example.test", "A", "127.0.0.2")
-    sink = make_sink("127.0.0.2")
+    sink = make_sink("127.0.0.2", pipelining=pipelining)
     sink.rcpt_replies["ann@example.test"] = "451 4.2.0 try again later"
     relay = await start_relay()
     reply = await send(relay.smtp_port, "app@sender.test", ["ann@example.test"], message())
@@ -202,12 +208,14 @@ async def test_8bit_and_smtputf8_bodies_arrive_byte_exact(
     assert "SMTPUTF8" in received.mail_options and "BODY=8BITMIME" in received.mail_options
 
 
+@pytest.mark.parametrize("pipelining", [True, False])
 async def test_data_5xx_bounces_and_data_4xx_defers(
         start_relay: StartRelay, dns_server: DnsServer,
-        make_sink: Callable[..., Sink]) -> None:
+        make_sink: Callable[..., Sink], pipelining: bool) -> None:
     dns_server.add("example.test", "A", "127.0.0.2")
     dns_server.add("sender.test", "A", "127.0.0.3")
-    remote, sender = make_sink("127.0.0.2"), make_sink("127.0.0.3")
+    remote = make_sink("127.0.0.2", pipelining=pipelining)
+    sender = make_sink("127.0.0.3", pipelining=pipelining)
     remote.data_reply = "554 5.7.1 message refused as spam"
     relay = await start_relay()
     await send(relay.smtp_port, "app@sender.test", ["a@example.test", "b@example.test"],

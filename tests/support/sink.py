@@ -44,6 +44,13 @@ class _Handler:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
 
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.sink.pipelining:  # aiosmtpd handles pipelined commands; it just doesn't say so
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         sink = self.sink
@@ -73,13 +80,15 @@ class _Handler:
 
 class Sink:
     def __init__(self, host: str, port: int, tls_context: ssl.SSLContext | None = None,
-                 users: dict[str, str] | None = None, smtputf8: bool = True) -> None:
+                 users: dict[str, str] | None = None, smtputf8: bool = True,
+                 pipelining: bool = True) -> None:
         self.host = host
         self.port = port
         self.rcpt_replies: dict[str, str] = {}
         self.default_rcpt_reply = "250 2.1.5 Ok"
         self.data_reply = "250 2.0.0 Ok: queued"
         self.drop_on_rcpt: set[str] = set()
+        self.pipelining = pipelining
         self.messages: list[Received] = []
         self.arrived = threading.Condition()
         kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
