@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from relay.queue import State
-from tests.integration.conftest import StartRelay
+from tests.integration.conftest import RunningRelay, StartRelay
 from tests.support.client import message, send
 from tests.support.dns_server import DnsServer
 from tests.support.sink import Sink
@@ -45,15 +45,21 @@ async def test_tls_required_defers_when_not_offered(
     assert sink.messages == []
 
 
+async def relay_via_upstream(start_relay: StartRelay, tmp_path: Path, mx_port: int,
+                             password: str) -> RunningRelay:
+    """A relay whose relayhost is 127.0.0.3, logging in as relayuser with `password`."""
+    password_file = tmp_path / "relayhost.password"
+    password_file.write_text(password + "\n")
+    return await start_relay(delivery={
+        "relayhost": f"[127.0.0.3]:{mx_port}", "relayhost_username": "relayuser",
+        "relayhost_password_file": str(password_file), "nameservers": []})
+
+
 async def test_relayhost_with_auth_takes_every_message(
         start_relay: StartRelay, make_sink: Callable[..., Sink], sink_tls: ssl.SSLContext,
         tmp_path: Path, mx_port: int) -> None:
     upstream = make_sink("127.0.0.3", tls_context=sink_tls, users={"relayuser": "pa55word"})
-    password_file = tmp_path / "relayhost.password"
-    password_file.write_text("pa55word\n")
-    relay = await start_relay(delivery={
-        "relayhost": f"[127.0.0.3]:{mx_port}", "relayhost_username": "relayuser",
-        "relayhost_password_file": str(password_file), "nameservers": []})
+    relay = await relay_via_upstream(start_relay, tmp_path, mx_port, "pa55word")
     await send(relay.smtp_port, "app@sender.test",
                ["a@example.test", "b@elsewhere.test"], message())
     received = (await asyncio.to_thread(upstream.wait_for, 1))[0]
@@ -65,11 +71,7 @@ async def test_wrong_relayhost_password_defers(
         start_relay: StartRelay, make_sink: Callable[..., Sink], sink_tls: ssl.SSLContext,
         tmp_path: Path, mx_port: int) -> None:
     upstream = make_sink("127.0.0.3", tls_context=sink_tls, users={"relayuser": "pa55word"})
-    password_file = tmp_path / "relayhost.password"
-    password_file.write_text("wrong\n")
-    relay = await start_relay(delivery={
-        "relayhost": f"[127.0.0.3]:{mx_port}", "relayhost_username": "relayuser",
-        "relayhost_password_file": str(password_file)})
+    relay = await relay_via_upstream(start_relay, tmp_path, mx_port, "wrong")
     reply = await send(relay.smtp_port, "app@sender.test", ["a@example.test"], message())
     info = await relay.until_state(reply.split()[-1], State.DEFERRED)
     assert info.recipients[0].last_reply.startswith("454 4.7.0")
