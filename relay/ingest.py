@@ -1,12 +1,15 @@
 """ingest: SMTP submission in worker processes, so that every core takes mail.
 
 One Python process cannot both accept and deliver at the rate of Postfix (bench/README.md),
-so, like Postfix's master and its smtpd processes, the main process binds the listening
-sockets once and starts `[smtp] workers` processes (`python -m relay.ingest`) that
-inherit them and accept on them. Each worker runs smtpd and cleanup, writes message files
-into the spool and has the main process index them (queue.handoff): the main process stays
-the only writer of the index, and wakes its scheduler on every new message. Delivery, the
-admin API and recovery stay in the main process.
+so, like Postfix's master and its smtpd processes, the main process starts `[smtp] workers`
+processes (`python -m relay.ingest`). Each listens on sockets of its own bound with
+SO_REUSEPORT, so the kernel spreads connections over them (one shared socket would wake
+every worker for every connection); the main process binds the same addresses first,
+without listening, so that a busy port is its error at start. Each worker runs smtpd and
+cleanup, writes message files into the spool and has the main process index them
+(queue.handoff): the main process stays the only writer of the index, and wakes its
+scheduler on every new message. Delivery, the admin API and recovery stay in the main
+process. The main process says it has started only once every worker listens.
 
 The main process restarts a worker that dies, forwards SIGHUP (policy reload), and on
 stop sends SIGTERM and waits: a worker stops accepting, lets its sessions finish and exits.
@@ -36,7 +39,13 @@ from relay.policy import Policies, load_policies
 from relay.queue.handoff import HandoffStore, serve_handoff
 from relay.queue.local import LocalQueue
 from relay.queue.spoolfiles import SpoolFiles
-from relay.smtpd import ListenSockets, SessionRegistry, SubmissionHandler, serve_listeners
+from relay.smtpd import (
+    ListenSockets,
+    SessionRegistry,
+    SubmissionHandler,
+    bind_listeners,
+    serve_listeners,
+)
 
 log = logging.getLogger("relay.ingest")
 
@@ -47,25 +56,44 @@ class IngestWorkers:
     """The main process's side: start, supervise, reload and stop the worker processes,
     and index what they store (queue.handoff)."""
 
-    def __init__(self, config: Config, queue: LocalQueue, sockets: ListenSockets, count: int,
+    def __init__(self, config: Config, queue: LocalQueue, count: int,
                  on_stored: Callable[[], None], shutdown_timeout: float) -> None:
         self._config = config
         self._queue = queue
-        self._sockets = sockets
         self._count = count
         self._on_stored = on_stored
         self._shutdown_timeout = shutdown_timeout
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._supervisors: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._ready = 0  # workers that announced they listen (restarts count again)
+        self._all_ready = asyncio.Event()
+        self._start_failed = asyncio.Event()
+        self._start_error = ""
 
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self._processes.values() if p.returncode is None]
 
-    async def start(self) -> None:
+    async def start(self, timeout: float = 60.0) -> None:
+        """Start the workers and return once every one of them listens."""
         self._supervisors = [asyncio.create_task(self._supervise(slot), name=f"ingest-{slot}")
                              for slot in range(self._count)]
+        ready = asyncio.create_task(self._all_ready.wait())
+        failed = asyncio.create_task(self._start_failed.wait())
+        await asyncio.wait([ready, failed], timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        failed.cancel()
+        if not self._all_ready.is_set():
+            await self.stop()
+            raise RelayError(self._start_error or
+                             f"ingest workers did not start within {timeout:.0f}s")
+
+    def _worker_ready(self) -> None:
+        self._ready += 1
+        if self._ready >= self._count:
+            self._all_ready.set()
 
     async def _supervise(self, slot: int) -> None:
         while not self._stopping:
@@ -75,7 +103,8 @@ class IngestWorkers:
             finally:
                 theirs.close()
             self._processes[slot] = process
-            handoff = asyncio.create_task(serve_handoff(self._queue, ours, self._on_stored))
+            handoff = asyncio.create_task(
+                serve_handoff(self._queue, ours, self._on_stored, self._worker_ready))
             code = await process.wait()
             try:
                 await handoff  # the worker's socket closed with it: every request answered
@@ -83,15 +112,17 @@ class IngestWorkers:
                 log.exception("ingest worker %d: handoff failed", slot)
             if self._stopping:
                 return
+            if not self._all_ready.is_set():  # it could not start: neither will the relay
+                self._start_error = f"ingest worker exited with status {code} before it listened"
+                self._start_failed.set()
+                return
             log.error("ingest worker %d (pid %d) exited with status %s; restarting",
                       slot, process.pid, code)
             await asyncio.sleep(RESTART_DELAY)  # no tight loop if it dies at start
 
     async def _spawn(self, handoff: socket.socket) -> asyncio.subprocess.Process:
-        fds = [s.fileno() for s in self._sockets.all()] + [handoff.fileno()]
+        fds = [handoff.fileno()]
         command = [sys.executable, "-m", "relay.ingest",
-                   "--plain-fds", ",".join(str(s.fileno()) for s in self._sockets.plain),
-                   "--tls-fds", ",".join(str(s.fileno()) for s in self._sockets.implicit_tls),
                    "--handoff-fd", str(handoff.fileno()),
                    "--shutdown-timeout", str(self._shutdown_timeout)]
         if self._config.source != "(defaults)":
@@ -145,6 +176,7 @@ class _Worker:
                                     lambda: self.policies.access, free_space=files.free_bytes)
         servers = await serve_listeners(handler, config.smtp, config.server.hostname,
                                         registry, self.sockets)
+        store.announce_ready()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -165,16 +197,10 @@ class _Worker:
         await store.close()
 
 
-def _sockets_from(fds: str) -> list[socket.socket]:
-    return [socket.socket(fileno=int(fd)) for fd in fds.split(",") if fd]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="relay.ingest",
                                      description="SMTP ingest worker (started by relayctl serve)")
     parser.add_argument("--config")
-    parser.add_argument("--plain-fds", default="")
-    parser.add_argument("--tls-fds", default="")
     parser.add_argument("--handoff-fd", type=int, required=True)
     parser.add_argument("--shutdown-timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
@@ -184,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"relay.ingest: {exc}", file=sys.stderr)
         return 2
     configure_logging(config)
-    sockets = ListenSockets(_sockets_from(args.plain_fds), _sockets_from(args.tls_fds))
+    try:
+        sockets = bind_listeners(config.smtp, shared=True)
+    except OSError as exc:
+        print(f"relay.ingest: cannot listen: {exc}", file=sys.stderr)
+        return 2
     worker = _Worker(config, sockets, args.shutdown_timeout)
     event_loop_runner()(worker.run(socket.socket(fileno=args.handoff_fd)))
     return 0

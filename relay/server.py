@@ -72,10 +72,12 @@ class Relay:
             self.queue, agent, OutcomeRecorder(self.queue, cleanup, hostname, config.retry),
             max_connections=config.delivery.max_connections,
             max_connections_per_domain=config.delivery.max_connections_per_domain)
-        self._sockets = bind_listeners(config.smtp)
-        if config.smtp.workers > 0 and isinstance(self.queue, LocalQueue):
-            self._ingest = IngestWorkers(config, self.queue, self._sockets, config.smtp.workers,
-                                         self._wake, self._shutdown_timeout)
+        workers = config.smtp.workers if isinstance(self.queue, LocalQueue) else 0
+        # With workers, these only reserve the ports; each worker listens on its own.
+        self._sockets = bind_listeners(config.smtp, shared=workers > 0, listen=workers == 0)
+        if workers > 0 and isinstance(self.queue, LocalQueue):
+            self._ingest = IngestWorkers(config, self.queue, workers, self._wake,
+                                         self._shutdown_timeout)
             await self._ingest.start()
         else:
             free_space = (self.queue.files.free_bytes if isinstance(self.queue, LocalQueue)

@@ -420,13 +420,28 @@ class ListenSockets:
             sock.close()
 
 
-def bind_listeners(settings: SmtpSection) -> ListenSockets:
-    """Bind `listen` and `tls_listen` (done once, by the process that owns the ports)."""
+def bind_listeners(settings: SmtpSection, shared: bool = False,
+                   listen: bool = True) -> ListenSockets:
+    """Bind `listen` and `tls_listen`. `shared`: with SO_REUSEPORT, so that every ingest
+    worker listens on a socket of its own and the kernel spreads connections over them
+    (one shared socket wakes every worker for every connection). The main process binds
+    the same addresses without listening: a busy port is its clean error at start."""
 
     def bind(address: str) -> socket.socket:
         host, port = split_hostport(address)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return socket.create_server((host, port), family=family, backlog=1024)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if shared:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            if listen:
+                sock.listen(1024)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     return ListenSockets([bind(a) for a in settings.listen],
                          [bind(a) for a in settings.tls_listen])

@@ -8,7 +8,8 @@ answer 250. One process writes the index, so processes never wait on each other'
 locks (measured: two writing processes were slower than one, bench/README.md).
 
 Wire format, one JSON object per line. Request: {"id", "from", "rcpts", "size", "utf8"}.
-Reply: {"id", "ok": true} or {"id", "ok": false, "full": bool, "error": "..."}.
+Reply: {"id", "ok": true} or {"id", "ok": false, "full": bool, "error": "..."}. A worker
+announces that it listens with {"ready": true} (no reply).
 EOF on the socket tells the worker that the owner is gone: it must stop taking mail.
 """
 
@@ -51,6 +52,9 @@ class HandoffStore:
     async def connect(cls, files: SpoolFiles, sock: socket.socket) -> HandoffStore:
         reader, writer = await asyncio.open_connection(sock=sock, limit=_LIMIT)
         return cls(files, reader, writer)
+
+    def announce_ready(self) -> None:
+        self._writer.write(_encode({"ready": True}))
 
     async def store(self, message: NewMessage) -> None:
         if self.owner_gone.is_set():
@@ -95,7 +99,7 @@ class HandoffStore:
 
 
 async def serve_handoff(queue: LocalQueue, sock: socket.socket,
-                        on_stored: Callable[[], None]) -> None:
+                        on_stored: Callable[[], None], on_ready: Callable[[], None]) -> None:
     """The owner's side for one worker connection, until the worker hangs up."""
     reader, writer = await asyncio.open_connection(sock=sock, limit=_LIMIT)
     tasks: set[asyncio.Task[None]] = set()
@@ -114,7 +118,11 @@ async def serve_handoff(queue: LocalQueue, sock: socket.socket,
 
     try:
         while line := await _read_line(reader):
-            task = asyncio.create_task(index(_meta(json.loads(line))))
+            request = json.loads(line)
+            if request.get("ready"):
+                on_ready()
+                continue
+            task = asyncio.create_task(index(_meta(request)))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if tasks:

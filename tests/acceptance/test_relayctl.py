@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -149,3 +150,12 @@ def test_missing_tls_files_are_a_clear_error(tmp_path: Path, relay_process: Make
         last_line = result.stderr.splitlines()[-1]
         assert last_line.startswith("relayctl: smtp.tls_cert/tls_key: cannot load")
         assert "Traceback" not in result.stderr
+
+
+def test_a_port_taken_by_another_program_is_a_clear_error(relay_process: MakeRelay) -> None:
+    relay = relay_process()
+    with socket.create_server(("127.0.0.1", smtp_port(relay.config))):
+        result = relayctl(relay.config, "serve")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith("relayctl: cannot start:")
+    assert "Traceback" not in result.stderr
