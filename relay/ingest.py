@@ -39,6 +39,7 @@ from relay.policy import Policies, load_policies
 from relay.queue.handoff import HandoffStore, serve_handoff
 from relay.queue.local import LocalQueue
 from relay.queue.spoolfiles import SpoolFiles
+from relay.ratelimit import SlidingWindow
 from relay.smtpd import (
     ListenSockets,
     SessionRegistry,
@@ -70,6 +71,7 @@ class IngestWorkers:
         self._all_ready = asyncio.Event()
         self._start_failed = asyncio.Event()
         self._start_error = ""
+        self._rates = SlidingWindow()  # users' rate limits, for every worker at once
 
     @property
     def pids(self) -> list[int]:
@@ -104,7 +106,8 @@ class IngestWorkers:
                 theirs.close()
             self._processes[slot] = process
             handoff = asyncio.create_task(
-                serve_handoff(self._queue, ours, self._on_stored, self._worker_ready))
+                serve_handoff(self._queue, ours, self._rates, self._on_stored,
+                              self._worker_ready))
             code = await process.wait()
             try:
                 await handoff  # the worker's socket closed with it: every request answered
@@ -173,7 +176,8 @@ class _Worker:
         store = await HandoffStore.connect(files, handoff_socket)
         registry = SessionRegistry()
         handler = SubmissionHandler(Cleanup(store, config.server.hostname), config.smtp,
-                                    lambda: self.policies.access, free_space=files.free_bytes)
+                                    lambda: self.policies.access, free_space=files.free_bytes,
+                                    rates=store)
         servers = await serve_listeners(handler, config.smtp, config.server.hostname,
                                         registry, self.sockets)
         store.announce_ready()

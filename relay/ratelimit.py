@@ -1,12 +1,23 @@
-"""ratelimit: a sliding-window counter for "N per window" limits (users' rate_limit)."""
+"""ratelimit: "N per window" limits (users' rate_limit), counted when MAIL FROM is accepted,
+as Postfix's anvil counts message requests.
+
+`RateLimiter` is what smtpd asks. In one process, a SlidingWindow answers; with ingest
+workers, the main process keeps the one SlidingWindow and workers ask it over the handoff
+channel, so a limit holds for the whole relay, not per process."""
 
 from __future__ import annotations
 
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from relay.policy import Rate
+
+
+class RateLimiter(Protocol):
+    async def take(self, key: str, rate: Rate) -> bool:
+        """Count one event for `key` if `rate` allows it; False when over the limit."""
 
 
 class SlidingWindow:
@@ -21,6 +32,15 @@ class SlidingWindow:
 
     def hit(self, key: str, rate: Rate) -> None:
         self._recent(key, rate).append(self._clock())
+
+    def take_now(self, key: str, rate: Rate) -> bool:
+        if not self.allows(key, rate):
+            return False
+        self.hit(key, rate)
+        return True
+
+    async def take(self, key: str, rate: Rate) -> bool:
+        return self.take_now(key, rate)
 
     def _recent(self, key: str, rate: Rate) -> deque[float]:
         events = self._events.setdefault(key, deque())

@@ -30,7 +30,7 @@ from relay.config import SmtpSection, split_hostport
 from relay.errors import ConfigError, LocalFailure, Rejected
 from relay.passwords import verify_password
 from relay.policy import AccessPolicy, User
-from relay.ratelimit import SlidingWindow
+from relay.ratelimit import RateLimiter, SlidingWindow
 
 log = logging.getLogger("relay.smtpd")
 
@@ -258,7 +258,7 @@ class SubmissionHandler:
     settings: SmtpSection
     access: Callable[[], AccessPolicy]  # the policy in force (swapped on reload)
     free_space: Callable[[], int] | None = None
-    rates: SlidingWindow = field(default_factory=SlidingWindow)
+    rates: RateLimiter = field(default_factory=SlidingWindow)
 
     def authenticate(self, server: SMTP, session: Session, envelope: Envelope,
                      mechanism: str, auth_data: Any) -> AuthResult:
@@ -294,7 +294,7 @@ class SubmissionHandler:
             if address != "<>" and not user.may_send_as(address):
                 return _refuse(session, reply.SENDER_NOT_ALLOWED)
             rate = user.rate
-            if rate is not None and not self.rates.allows(user.name, rate):
+            if rate is not None and not await self.rates.take(user.name, rate):
                 return _refuse(session, reply.RATE_LIMITED)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -326,8 +326,6 @@ class SubmissionHandler:
                 inspected=inspected, smtputf8="SMTPUTF8" in envelope.mail_options)
         except (Rejected, LocalFailure) as exc:
             return _refuse(session, exc.reply)
-        if user is not None and user.rate is not None:
-            self.rates.hit(user.name, user.rate)
         if isinstance(session, RelaySession):
             session.accepted += 1
         log.info("%s: client=[%s] from=<%s> size=%d nrcpt=%d", queue_id, _client_ip(session),

@@ -9,7 +9,9 @@ locks (measured: two writing processes were slower than one, bench/README.md).
 
 Wire format, one JSON object per line. Request: {"id", "from", "rcpts", "size", "utf8"}.
 Reply: {"id", "ok": true} or {"id", "ok": false, "full": bool, "error": "..."}. A worker
-announces that it listens with {"ready": true} (no reply).
+announces that it listens with {"ready": true} (no reply), and asks for a rate-limit slot
+with {"id", "rate_key", "count", "window"} (reply {"id", "ok"}): the main process keeps
+the one window, so a user's limit holds across workers.
 EOF on the socket tells the worker that the owner is gone: it must stop taking mail.
 """
 
@@ -25,9 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from relay.errors import LocalFailure
+from relay.policy import Rate
 from relay.queue.base import MessageMeta, NewMessage
 from relay.queue.local import LocalQueue
 from relay.queue.spoolfiles import SpoolFiles, storage_failure
+from relay.ratelimit import SlidingWindow
 from relay.reply import SPOOL_FULL
 
 log = logging.getLogger("relay.queue")
@@ -44,6 +48,7 @@ class HandoffStore:
         self._reader = reader
         self._writer = writer
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._requests = 0
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-io")
         self.owner_gone = asyncio.Event()
         self._replies = asyncio.create_task(self._read_replies(), name="handoff-replies")
@@ -52,6 +57,20 @@ class HandoffStore:
     async def connect(cls, files: SpoolFiles, sock: socket.socket) -> HandoffStore:
         reader, writer = await asyncio.open_connection(sock=sock, limit=_LIMIT)
         return cls(files, reader, writer)
+
+    async def take(self, key: str, rate: Rate) -> bool:
+        """RateLimiter: the main process counts, for every worker at once."""
+        self._requests += 1
+        request_id = f"rate-{self._requests}"
+        answer = await self._ask({"id": request_id, "rate_key": key, "count": rate.count,
+                                  "window": rate.window})
+        return bool(answer["ok"])
+
+    async def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request["id"]] = reply
+        self._writer.write(_encode(request))
+        return await reply
 
     def announce_ready(self) -> None:
         self._writer.write(_encode({"ready": True}))
@@ -64,10 +83,7 @@ class HandoffStore:
             await loop.run_in_executor(self._io, self.files.write, message.id, message.data)
         except OSError as exc:
             raise storage_failure(exc, f"writing message file {message.id}") from exc
-        reply = loop.create_future()
-        self._pending[message.id] = reply
-        self._writer.write(_encode(_request(message.meta)))
-        answer = await reply
+        answer = await self._ask(_request(message.meta))
         if not answer["ok"]:
             failure = LocalFailure(str(answer.get("error", "indexing failed")))
             if answer.get("full"):
@@ -98,7 +114,7 @@ class HandoffStore:
         self._io.shutdown(wait=True)
 
 
-async def serve_handoff(queue: LocalQueue, sock: socket.socket,
+async def serve_handoff(queue: LocalQueue, sock: socket.socket, rates: SlidingWindow,
                         on_stored: Callable[[], None], on_ready: Callable[[], None]) -> None:
     """The owner's side for one worker connection, until the worker hangs up."""
     reader, writer = await asyncio.open_connection(sock=sock, limit=_LIMIT)
@@ -121,6 +137,11 @@ async def serve_handoff(queue: LocalQueue, sock: socket.socket,
             request = json.loads(line)
             if request.get("ready"):
                 on_ready()
+                continue
+            if "rate_key" in request:
+                allowed = rates.take_now(request["rate_key"],
+                                         Rate(int(request["count"]), float(request["window"])))
+                writer.write(_encode({"id": request["id"], "ok": allowed}))
                 continue
             task = asyncio.create_task(index(_meta(request)))
             tasks.add(task)

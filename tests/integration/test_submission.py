@@ -22,7 +22,7 @@ trusted_networks = ["127.0.0.1/32"]
 name = "app1"
 password_hash = "{hash_password('s3cret-pass')}"
 allowed_senders = ["@sender.test", "alerts@other.test"]
-rate_limit = "2/h"
+rate_limit = "3/h"  # counted at MAIL FROM, like Postfix's anvil
 """
 
 
