@@ -67,6 +67,9 @@ class HandoffStore:
         return bool(answer["ok"])
 
     async def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send a request and wait for its reply; LocalFailure once the owner is gone."""
+        if self.owner_gone.is_set():
+            raise LocalFailure("the queue owner is gone")
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request["id"]] = reply
         self._writer.write(_encode(request))
@@ -77,7 +80,7 @@ class HandoffStore:
 
     async def store(self, message: NewMessage) -> None:
         if self.owner_gone.is_set():
-            raise LocalFailure("the queue owner is gone")
+            raise LocalFailure("the queue owner is gone")  # before writing a file for nobody
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._io, self.files.write, message.id, message.data)
@@ -101,7 +104,7 @@ class HandoffStore:
             self.owner_gone.set()
             for future in self._pending.values():
                 if not future.done():
-                    future.set_result({"ok": False, "error": "the queue owner is gone"})
+                    future.set_exception(LocalFailure("the queue owner is gone"))
             self._pending.clear()
 
     async def close(self) -> None:

@@ -1,0 +1,53 @@
+"""The handoff channel between an ingest worker and the queue owner, both ends real."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+
+from relay.errors import LocalFailure
+from relay.policy import Rate
+from relay.queue import NewMessage, State, new_queue_id
+from relay.queue.handoff import HandoffStore, serve_handoff
+from relay.queue.local import LocalQueue
+from relay.queue.spoolfiles import SpoolFiles
+from relay.ratelimit import SlidingWindow
+
+
+async def test_worker_stores_through_the_owner_and_shares_rate_limits(tmp_path: Path) -> None:
+    queue = LocalQueue(tmp_path / "spool")
+    await queue.open()
+    ours, theirs = socket.socketpair()
+    stored, ready = [], asyncio.Event()
+    owner = asyncio.create_task(serve_handoff(queue, ours, SlidingWindow(),
+                                              lambda: stored.append(1), ready.set))
+    store = await HandoffStore.connect(SpoolFiles(tmp_path / "spool"), theirs)
+    store.announce_ready()
+    await ready.wait()
+
+    message = NewMessage(new_queue_id(), "a@sender.test", ["b@example.test"], b"Subject: x\r\n")
+    await store.store(message)
+    info = await queue.get_message(message.id)
+    assert info is not None and info.recipients[0].state is State.QUEUED
+    assert await queue.read_body(message.id) == message.data and stored == [1]
+    assert [await store.take("app1", Rate(2, 60)) for _ in range(3)] == [True, True, False]
+
+    await store.close()
+    await owner
+    await queue.close()
+
+
+async def test_a_worker_whose_owner_is_gone_refuses_to_store(tmp_path: Path) -> None:
+    ours, theirs = socket.socketpair()
+    store = await HandoffStore.connect(SpoolFiles(tmp_path), theirs)
+    ours.close()  # the main process died
+    await asyncio.wait_for(store.owner_gone.wait(), 10)
+    with pytest.raises(LocalFailure):
+        await store.store(NewMessage(new_queue_id(), "", ["b@example.test"], b"x\r\n"))
+    with pytest.raises(LocalFailure):
+        await store.take("app1", Rate(2, 60))
+    assert not any(tmp_path.iterdir())  # no message file written for nobody
+    await store.close()
