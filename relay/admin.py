@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, model_validator
@@ -67,6 +67,7 @@ def create_app(queue: Queue, token: str, wake: Callable[[], None]) -> FastAPI:
     # The built-in docs routes would be unauthenticated; /openapi.json is served below.
     app = FastAPI(title="relay admin API", version="1", openapi_url=None, docs_url=None,
                   redoc_url=None)
+    _install_error_handlers(app)
 
     def require_token(request: Request) -> None:
         header = request.headers.get("authorization", "")
@@ -75,6 +76,21 @@ def create_app(queue: Queue, token: str, wake: Callable[[], None]) -> FastAPI:
                                                                  token.encode()):
             raise ApiError(401, "unauthorized", "missing or wrong bearer token")
 
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    authorized = [Depends(require_token)]
+
+    @app.get("/openapi.json", dependencies=authorized, include_in_schema=False)
+    async def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    app.include_router(queue_routes(queue, wake), dependencies=authorized)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = exc.code if isinstance(exc, ApiError) else "http_error"
@@ -90,51 +106,46 @@ def create_app(queue: Queue, token: str, wake: Callable[[], None]) -> FastAPI:
         message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
         return JSONResponse(error_body("invalid", message, ".".join(loc) or None), 422)
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
 
-    authorized = [Depends(require_token)]
+def queue_routes(queue: Queue, wake: Callable[[], None]) -> APIRouter:
+    """/v1/queue: what `relayctl queue` uses."""
+    router = APIRouter(prefix="/v1/queue")
 
-    @app.get("/openapi.json", dependencies=authorized, include_in_schema=False)
-    async def openapi() -> dict[str, Any]:
-        return app.openapi()
-
-    @app.get("/v1/queue", dependencies=authorized)
+    @router.get("")
     async def list_queue(state: State | None = None, domain: str | None = None
                          ) -> dict[str, Any]:
         messages = await queue.list_messages(state=state, domain=domain)
         return {"messages": [message_json(m) for m in messages]}
 
-    @app.get("/v1/queue/{message_id}", dependencies=authorized)
+    @router.get("/{message_id}")
     async def show(message_id: str) -> dict[str, Any]:
         return message_json(await _existing(queue, message_id))
 
-    @app.post("/v1/queue/flush", dependencies=authorized)
+    @router.post("/flush")
     async def flush(request: FlushRequest) -> dict[str, int]:
         count = await queue.flush(Selection(request.ids, request.domain, request.all))
         wake()
         return {"flushed": count}
 
-    @app.post("/v1/queue/{message_id}/hold", dependencies=authorized)
+    @router.post("/{message_id}/hold")
     async def hold(message_id: str) -> dict[str, int]:
         await _existing(queue, message_id)
         return {"held": await queue.hold(message_id)}
 
-    @app.post("/v1/queue/{message_id}/release", dependencies=authorized)
+    @router.post("/{message_id}/release")
     async def release(message_id: str) -> dict[str, int]:
         await _existing(queue, message_id)
         count = await queue.release(message_id)
         wake()
         return {"released": count}
 
-    @app.delete("/v1/queue/{message_id}", dependencies=authorized)
+    @router.delete("/{message_id}")
     async def delete(message_id: str) -> dict[str, bool]:
         if not await queue.delete(message_id):
             raise _not_found(message_id)
         return {"deleted": True}
 
-    return app
+    return router
 
 
 async def _existing(queue: Queue, message_id: str) -> MessageInfo:
