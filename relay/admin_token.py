@@ -22,6 +22,9 @@ def load_or_create_token(path: Path, create: bool) -> str:
             handle.write(secrets.token_urlsafe(32) + "\n")
     try:
         token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"admin token file {path} does not exist: the relay makes it at "
+                          "its first start (is it running with this configuration?)") from None
     except OSError as exc:
         raise ConfigError(f"admin token file {path}: {exc.strerror or exc}") from exc
     if len(token) < 16:

@@ -40,8 +40,22 @@ def one_line_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _remember_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:  # `relayctl -c FILE serve` and `relayctl serve -c FILE` alike
+        root = ctx.find_root()
+        root.ensure_object(dict)
+        root.obj["config_path"] = value
+
+
+config_option = click.option(
+    "-c", "--config", "config_path", type=click.Path(dir_okay=False), expose_value=False,
+    callback=_remember_config,
+    help="relay.toml to use (default: $RELAY_CONFIG, ./relay.toml, /etc/relay/relay.toml)")
+
+
 def _config(ctx: click.Context) -> Config:
-    return config_module.load(ctx.obj["config_path"])
+    root = ctx.find_root()
+    return config_module.load((root.obj or {}).get("config_path"))
 
 
 def _client(ctx: click.Context) -> AdminClient:
@@ -49,17 +63,13 @@ def _client(ctx: click.Context) -> AdminClient:
 
 
 @click.group()
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
-              help="relay.toml to use (default: $RELAY_CONFIG, ./relay.toml, "
-                   "/etc/relay/relay.toml)")
-@click.pass_context
-def main(ctx: click.Context, config_path: str | None) -> None:
+@config_option
+def main() -> None:
     """Manage the relay."""
-    ctx.ensure_object(dict)
-    ctx.obj["config_path"] = config_path
 
 
 @main.command()
+@config_option
 @click.pass_context
 @one_line_errors
 def serve(ctx: click.Context) -> None:
@@ -80,6 +90,7 @@ def config_group() -> None:
 
 
 @config_group.command()
+@config_option
 @click.pass_context
 @one_line_errors
 def check(ctx: click.Context) -> None:
@@ -111,6 +122,7 @@ def queue() -> None:
     ["queued", "active", "deferred", "held", "delivered", "bounced"]))
 @click.option("--domain")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per message")
+@config_option
 @click.pass_context
 @one_line_errors
 def list_command(ctx: click.Context, state: str | None, domain: str | None,
@@ -127,6 +139,7 @@ def list_command(ctx: click.Context, state: str | None, domain: str | None,
 
 @queue.command()
 @click.argument("message_id")
+@config_option
 @click.pass_context
 @one_line_errors
 def show(ctx: click.Context, message_id: str) -> None:
@@ -138,6 +151,7 @@ def show(ctx: click.Context, message_id: str) -> None:
 @click.argument("message_ids", nargs=-1)
 @click.option("--domain")
 @click.option("--all", "everything", is_flag=True)
+@config_option
 @click.pass_context
 @one_line_errors
 def flush(ctx: click.Context, message_ids: tuple[str, ...], domain: str | None,
@@ -153,6 +167,7 @@ def flush(ctx: click.Context, message_ids: tuple[str, ...], domain: str | None,
 def _message_action(name: str, method: str, path: str, key: str, done: str) -> None:
     @queue.command(name=name, help=f"{done.capitalize()} one message.")
     @click.argument("message_id")
+    @config_option
     @click.pass_context
     @one_line_errors
     def action(ctx: click.Context, message_id: str) -> None:

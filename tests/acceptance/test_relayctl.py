@@ -14,7 +14,7 @@ from relay.config import split_hostport
 from tests.acceptance.conftest import MakeRelay
 from tests.support.client import message, send_blocking
 from tests.support.dns_server import DnsServer
-from tests.support.process import relayctl
+from tests.support.process import relayctl, relayctl_path
 from tests.support.sink import Sink
 
 
@@ -77,6 +77,10 @@ def test_hold_release_delete_show(relay_process: MakeRelay, dns_server: DnsServe
     assert f"{ids[0]}!" in relayctl(relay.config, "queue", "list").stdout
     shown = json.loads(relayctl(relay.config, "queue", "show", ids[0]).stdout)
     assert shown["recipients"][0]["state"] == "held"
+    # -c also after the command, as in `relayctl serve -c relay.toml`
+    after = subprocess.run([relayctl_path(), "queue", "show", ids[0], "-c", str(relay.config)],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert json.loads(after.stdout) == shown
     assert relayctl(relay.config, "queue", "release", ids[0]).returncode == 0
     assert relayctl(relay.config, "queue", "delete", ids[1]).returncode == 0
     assert [m["id"] for m in queue_json(relay.config)] == [ids[0]]
@@ -122,7 +126,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, relay_process: MakeRel
     typo.write_text('[smtp]\nlisten = ["127.0.0.1:2525"]\nmax_mesage_size = "1MB"\n')
     result = relayctl(typo, "serve")
     assert result.returncode == 2 and "smtp.max_mesage_size: unknown key" in result.stderr
-    relay = relay_process()  # configured, not started: queue commands cannot reach it
+    relay = relay_process()  # configured, never started: no token yet
+    result = relayctl(relay.config, "queue", "list")
+    assert result.returncode == 2 and "makes it at its first start" in result.stderr
     relay.config.parent.joinpath("spool").mkdir(exist_ok=True)
     relay.config.parent.joinpath("spool", "admin.token").write_text("t" * 32)
     result = relayctl(relay.config, "queue", "list")

@@ -39,7 +39,7 @@ class RelayProcess:
         self._ready.clear()
         env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
         self.process = subprocess.Popen(
-            [relayctl_path(), "-c", str(self.config), "serve"], stdout=subprocess.DEVNULL,
+            [relayctl_path(), "serve", "-c", str(self.config)], stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True, env=env)
         self._reader = threading.Thread(target=self._read_log, args=(self.process,),
                                         daemon=True)
