@@ -10,6 +10,7 @@ message stays byte-exact: 8-bit and SMTPUTF8 content is never re-encoded.
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +39,13 @@ class Origin:
 class Inspected:
     header_end: int  # offset of the end of the header section
     header_names: frozenset[str]  # lower-cased
-    from_addresses: tuple[str, ...]
+    from_values: tuple[str, ...]  # the From: fields, unfolded
+
+    @property
+    def from_addresses(self) -> tuple[str, ...]:
+        """Parsed on demand: only authenticated users' messages need them."""
+        pairs = email.utils.getaddresses(list(self.from_values))
+        return tuple(address for _, address in pairs if address)
 
 
 def inspect(data: bytes) -> Inspected:
@@ -66,8 +73,17 @@ def inspect(data: bytes) -> Inspected:
         else:
             break  # the blank separator line, or a body without one: headers end here
         offset = end
-    addresses = tuple(addr for _, addr in email.utils.getaddresses(from_values) if addr)
-    return Inspected(offset, frozenset(names), addresses)
+    return Inspected(offset, frozenset(names), tuple(from_values))
+
+
+@functools.lru_cache(maxsize=4)
+def _date_of_second(second: int) -> str:
+    return email.utils.formatdate(second, localtime=True)
+
+
+def rfc5322_date(now: float) -> str:
+    """The local date and time (RFC 5322 section 3.3), formatted once per second."""
+    return _date_of_second(int(now))
 
 
 def _has_long_line(data: bytes) -> bool:
@@ -88,7 +104,7 @@ def received_header(hostname: str, origin: Origin, queue_id: str,
     if origin.user:
         lines.append(f"\t(Authenticated sender: {origin.user})")
     lines.append(f"\tby {hostname} (relay) with {origin.protocol} id {queue_id}")
-    stamp = email.utils.formatdate(now, localtime=True)
+    stamp = rfc5322_date(now)
     if len(recipients) == 1:  # like Postfix, name the recipient only when there is one
         lines.append(f"\tfor <{recipients[0]}>; {stamp}")
     else:
@@ -101,7 +117,7 @@ def missing_headers(inspected: Inspected, hostname: str, queue_id: str, now: flo
     if "message-id" not in inspected.header_names:
         added += f"Message-ID: <{queue_id}@{hostname}>\r\n".encode("ascii", "replace")
     if "date" not in inspected.header_names:
-        added += f"Date: {email.utils.formatdate(now, localtime=True)}\r\n".encode("ascii")
+        added += f"Date: {rfc5322_date(now)}\r\n".encode("ascii")
     return added
 
 

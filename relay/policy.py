@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from relay.config import describe_validation_error, parse_duration
 from relay.errors import ConfigError
@@ -86,8 +86,19 @@ class AccessPolicy(BaseModel):
     trusted_networks: list[IpNetwork] = [ipaddress.ip_network("127.0.0.1/32"),
                                           ipaddress.ip_network("::1/128")]
     users: list[User] = []
+    _trusted_cache: dict[str, bool] = PrivateAttr(default_factory=dict)
 
     def is_trusted(self, address: str) -> bool:
+        """Whether a client address is in trusted_networks (answers are remembered: the
+        policy is immutable, and a reload builds a new one)."""
+        known = self._trusted_cache.get(address)
+        if known is None:
+            known = self._trusted_cache[address] = self._in_trusted_networks(address)
+            if len(self._trusted_cache) > 4096:
+                self._trusted_cache.clear()
+        return known
+
+    def _in_trusted_networks(self, address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address.split("%")[0])
         except ValueError:

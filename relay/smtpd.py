@@ -65,7 +65,6 @@ class RelaySession(Session):
         self.accepted = 0
         self.rejected = 0
         self.user = ""
-        self.trusted: bool | None = None  # the client's network, once looked up
 
     @property
     def tls_description(self) -> str:
@@ -302,7 +301,7 @@ class SubmissionHandler:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
-        if not (session.authenticated or self._trusted(session)):
+        if not (session.authenticated or self.access().is_trusted(_client_ip(session))):
             log.warning("relay denied client=[%s] to=<%s>", _client_ip(session), address)
             return _refuse(session, reply.RELAY_DENIED)
         if "@" not in address or address.endswith("@"):
@@ -335,14 +334,6 @@ class SubmissionHandler:
     async def handle_exception(self, error: Exception) -> str:
         log.error("smtpd: local error: %r", error, exc_info=error)
         return str(reply.LOCAL_ERROR)
-
-    def _trusted(self, session: Session) -> bool:
-        """Whether the client's network is trusted, worked out once per session."""
-        if not isinstance(session, RelaySession):
-            return self.access().is_trusted(_client_ip(session))
-        if session.trusted is None:
-            session.trusted = self.access().is_trusted(_client_ip(session))
-        return session.trusted
 
     def _user(self, session: Session) -> User | None:
         if not session.authenticated or not isinstance(session, RelaySession):
