@@ -49,7 +49,3 @@ class DeliveryError(RelayError):
         self.reply = reply
         self.scope = scope
         self.remote_host = remote_host
-
-    @property
-    def permanent(self) -> bool:
-        return self.reply.is_permanent

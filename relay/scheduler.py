@@ -75,10 +75,6 @@ class Scheduler:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
-    @property
-    def active(self) -> int:
-        return self._active
-
     def wake(self) -> None:
         """New or released mail: look for due work now."""
         self._wakeup.set()

@@ -196,7 +196,7 @@ class RelaySMTP(SMTP):
             return  # the client went away mid-message: nothing to acknowledge
         if content is None:
             self._set_post_data_state()  # type: ignore[no-untyped-call]
-            await self.push("552 5.3.4 Message size exceeds fixed maximum message size")
+            await self.push(str(reply.MESSAGE_TOO_BIG))
             return
         self.envelope.content = self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")

@@ -29,10 +29,6 @@ class State(StrEnum):
     DELIVERED = "delivered"
     BOUNCED = "bounced"
 
-    @property
-    def is_final(self) -> bool:
-        return self in (State.DELIVERED, State.BOUNCED)
-
 
 _ID_RANDOM = random.Random(secrets.randbits(64))  # unpredictability is not needed here
 
@@ -165,5 +161,3 @@ class Queue(MessageStore, Protocol):
     async def release(self, message_id: str) -> int: ...
 
     async def delete(self, message_id: str) -> bool: ...
-
-    async def counts(self) -> dict[State, int]: ...

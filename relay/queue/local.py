@@ -247,11 +247,6 @@ class LocalQueue:
             self.files.remove(message_id)
         return bool(deleted)
 
-    async def counts(self) -> dict[State, int]:
-        rows = await self._read_all("SELECT state, COUNT(*) FROM recipients GROUP BY state", [])
-        found = {State(r[0]): int(r[1]) for r in rows}
-        return {state: found.get(state, 0) for state in State}
-
     # -- plumbing --------------------------------------------------------------------
 
     async def _write(self, op: Any, presync: bool = False, durable: bool = True) -> Any:
