@@ -67,7 +67,7 @@ class IngestWorkers:
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._supervisors: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._ready = 0  # workers that announced they listen (restarts count again)
+        self._ready: set[int] = set()  # slots whose worker announced that it listens
         self._all_ready = asyncio.Event()
         self._start_failed = asyncio.Event()
         self._start_error = ""
@@ -92,9 +92,9 @@ class IngestWorkers:
             raise RelayError(self._start_error or
                              f"ingest workers did not start within {timeout:.0f}s")
 
-    def _worker_ready(self) -> None:
-        self._ready += 1
-        if self._ready >= self._count:
+    def _worker_ready(self, slot: int) -> None:
+        self._ready.add(slot)
+        if len(self._ready) == self._count:
             self._all_ready.set()
 
     async def _supervise(self, slot: int) -> None:
@@ -107,7 +107,7 @@ class IngestWorkers:
             self._processes[slot] = process
             handoff = asyncio.create_task(
                 serve_handoff(self._queue, ours, self._rates, self._on_stored,
-                              self._worker_ready))
+                              lambda: self._worker_ready(slot)))
             code = await process.wait()
             try:
                 await handoff  # the worker's socket closed with it: every request answered

@@ -110,7 +110,9 @@ class RelaySMTP(SMTP):
     """aiosmtpd's protocol with enhanced codes on every reply, implicit TLS recognised,
     and one log line per session."""
 
-    # Let cleanup judge long lines (5.6.0) instead of aiosmtpd's bare "500 Line too long".
+    # The reader's buffer limit: smtp_DATA below reads the message in pieces of this size
+    # (aiosmtpd's 1001 would mean an exception every KB), and long lines reach cleanup,
+    # which answers 5.6.0, instead of aiosmtpd's bare "500 Line too long".
     line_length_limit = 64 * 1024
     _dir_names: list[str] | None = None
 
@@ -401,11 +403,8 @@ class ListenSockets:
     plain: list[socket.socket]
     implicit_tls: list[socket.socket]
 
-    def all(self) -> list[socket.socket]:
-        return self.plain + self.implicit_tls
-
     def close(self) -> None:
-        for sock in self.all():
+        for sock in self.plain + self.implicit_tls:
             sock.close()
 
 
