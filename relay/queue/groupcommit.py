@@ -4,19 +4,21 @@ Concurrent SMTP sessions each need their message committed before they answer 25
 commit (and fsync) per message would cap throughput, so requests queue here and a single
 writer thread runs whatever has accumulated as one transaction (group commit): the
 spool directory fsync first (once for every message file renamed into it), then every
-request's statements, then COMMIT. The whole batch is one hop to the writer thread; going
-through aiosqlite statement by statement cost more than the SQL itself (bench/README.md).
-A failing batch is rolled back and retried one request at a time, so one bad request
-fails alone.
+request's statements, then COMMIT. The thread takes requests straight from a thread-safe
+queue and hands the results back to the event loop in one callback per batch: going
+through aiosqlite statement by statement, or through an executor and an asyncio queue per
+batch, cost more than the SQL itself (bench/README.md). A failing batch is rolled back and
+retried one request at a time, so one bad request fails alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 log = logging.getLogger("relay.queue")
 
 WriteOp = Callable[[sqlite3.Connection], Any]
+Result = tuple[bool, Any]  # (True, value) or (False, exception)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -49,59 +52,61 @@ class GroupCommitter:
         self._db = db
         self._presync = presync
         self._max_batch = max_batch
-        self._pending: asyncio.Queue[_Request] = asyncio.Queue()
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-writer")
-        self._task: asyncio.Task[None] | None = None
+        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="queue-writer", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._durable = True  # connect() sets synchronous=FULL
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="queue-writer")
+        self._loop = asyncio.get_running_loop()
+        self._thread.start()
 
     async def submit(self, op: WriteOp, presync: bool = False, durable: bool = True) -> Any:
         """Run `op` in the next group commit. `durable=False` lets the commit skip its fsync:
         the WAL is sequential, so the next durable commit makes it durable too, and a crash
         of the process loses nothing either way; only a power cut can forget it."""
-        if self._closing:
+        if self._closing or self._loop is None:
             raise RuntimeError("queue is closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.put_nowait(_Request(op, future, presync, durable or presync))
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._requests.put(_Request(op, future, presync, durable or presync))
         return await future
 
     async def run_now(self, op: WriteOp) -> Any:
-        """Run `op` in its own transaction outside the batching (start-up, recovery)."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._thread, self._transaction, [op])
+        """Run `op` in its own transaction before start() (start-up, recovery)."""
+        return (await asyncio.to_thread(self._transaction, [op]))[0]
 
     async def close(self) -> None:
         """Commit what is pending, then stop."""
         self._closing = True
-        if self._task is not None:
-            await self._pending.join()
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._thread.shutdown(wait=True)
+        if self._thread.is_alive():
+            self._requests.put(None)
+            await asyncio.to_thread(self._thread.join)
         self._db.close()
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self._pending.get()]
-            while not self._pending.empty() and len(batch) < self._max_batch:
-                batch.append(self._pending.get_nowait())
+    def _run(self) -> None:
+        """The writer thread: block for a request, take whatever else is waiting, commit."""
+        while (first := self._requests.get()) is not None:
+            batch, stop = [first], False
+            while len(batch) < self._max_batch:
+                try:
+                    request = self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                if request is None:
+                    stop = True
+                    break
+                batch.append(request)
             try:
-                outcomes = await loop.run_in_executor(self._thread, self._commit, batch)
-                for request, (ok, value) in zip(batch, outcomes, strict=True):
-                    if not request.future.done():
-                        if ok:
-                            request.future.set_result(value)
-                        else:
-                            request.future.set_exception(value)
-            finally:
-                for _ in batch:
-                    self._pending.task_done()
+                results = self._commit(batch)
+            except BaseException as exc:  # the waiting sessions must hear of it
+                results = [(False, exc)] * len(batch)
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(_settle, batch, results)
+            if stop:
+                return
 
-    def _commit(self, batch: list[_Request]) -> list[tuple[bool, Any]]:
+    def _commit(self, batch: list[_Request]) -> list[Result]:
         """In the writer thread: the batch as one transaction, or singly if that fails."""
         try:
             if any(request.presync for request in batch):
@@ -130,3 +135,14 @@ class GroupCommitter:
                 self._db.execute("ROLLBACK")
             raise
         return results
+
+
+def _settle(batch: list[_Request], results: list[Result]) -> None:
+    """On the event loop: wake every request of a committed batch (unless it gave up)."""
+    for request, (ok, value) in zip(batch, results, strict=True):
+        if request.future.done():
+            continue
+        if ok:
+            request.future.set_result(value)
+        else:
+            request.future.set_exception(value)
