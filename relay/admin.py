@@ -4,7 +4,8 @@ Every request but `GET /healthz` needs `Authorization: Bearer <token>` (401 othe
 there is no unauthenticated mode. The token comes from `[admin] token_file`, or is made
 at first start as `<queue path>/admin.token` (mode 0600). Errors are JSON
 `{"error": {"code", "message", "field"}}` with a 4xx status, never a 500 for bad input.
-`relayctl queue ...` is a client of the /v1/queue endpoints.
+`relayctl queue ...` is a client of the /v1/queue endpoints; `GET /metrics` is Prometheus's
+(give it the token with `authorization: {credentials_file: ...}` in the scrape config).
 """
 
 from __future__ import annotations
@@ -13,17 +14,18 @@ import asyncio
 import contextlib
 import hmac
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, model_validator
 
+from relay import metrics
 from relay.config import split_hostport
-from relay.queue import MessageInfo, Queue, Selection, State
+from relay.queue import SUMMARY_AGE_BUCKETS, MessageInfo, Queue, Selection, State
 
 
 class ApiError(HTTPException):
@@ -63,7 +65,9 @@ def message_json(message: MessageInfo) -> dict[str, Any]:
     }
 
 
-def create_app(queue: Queue, token: str, wake: Callable[[], None]) -> FastAPI:
+def create_app(queue: Queue, token: str, wake: Callable[[], None],
+               scrape: Callable[[], Awaitable[bytes]]) -> FastAPI:
+    """`scrape` renders the Prometheus exposition (fresh queue figures included)."""
     # The built-in docs routes would be unauthenticated; /openapi.json is served below.
     app = FastAPI(title="relay admin API", version="1", openapi_url=None, docs_url=None,
                   redoc_url=None)
@@ -85,6 +89,11 @@ def create_app(queue: Queue, token: str, wake: Callable[[], None]) -> FastAPI:
     @app.get("/openapi.json", dependencies=authorized, include_in_schema=False)
     async def openapi() -> dict[str, Any]:
         return app.openapi()
+
+    @app.get("/metrics", dependencies=authorized, response_class=Response,
+             responses={200: {"content": {metrics.CONTENT_TYPE: {}}}})
+    async def prometheus() -> Response:
+        return Response(await scrape(), media_type=metrics.CONTENT_TYPE)
 
     app.include_router(queue_routes(queue, wake), dependencies=authorized)
     return app
@@ -110,6 +119,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 def queue_routes(queue: Queue, wake: Callable[[], None]) -> APIRouter:
     """/v1/queue: what `relayctl queue` uses."""
     router = APIRouter(prefix="/v1/queue")
+
+    @router.get("/summary")
+    async def summary(state: State | None = None) -> dict[str, Any]:
+        """Waiting recipients by destination domain and age, like Postfix's qshape."""
+        shapes = await queue.summary(state)
+        return {"age_buckets_minutes": list(SUMMARY_AGE_BUCKETS),
+                "domains": [{"domain": d.domain, "total": d.total, "by_age": d.by_age}
+                            for d in shapes]}
 
     @router.get("")
     async def list_queue(state: State | None = None, domain: str | None = None

@@ -23,7 +23,7 @@ from relay.errors import RelayError
 from relay.logsetup import configure_logging, event_loop_runner
 from relay.passwords import hash_password
 from relay.policy import load_policies
-from relay.smtpd import check_tls_files
+from relay.smtpd import ServerTls
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -97,7 +97,7 @@ def check(ctx: click.Context) -> None:
     """Validate relay.toml, the policies, and the files they name."""
     config = _config(ctx)
     load_policies(config.policies.path)
-    check_tls_files(config.smtp)
+    ServerTls(config.smtp)  # loads the certificate and key, or says why not
     relayhost_credentials(config.delivery)
     click.echo(f"{config.source}: ok (policies in {config.policies.path}: ok)")
 

@@ -36,12 +36,14 @@ from relay.config import Config
 from relay.errors import RelayError
 from relay.logsetup import configure_logging, event_loop_runner
 from relay.policy import Policies, load_policies
-from relay.queue.handoff import HandoffStore, serve_handoff
+from relay.queue.handoff import HandoffStore, WorkerEvents, serve_handoff
 from relay.queue.local import LocalQueue
 from relay.queue.spoolfiles import SpoolFiles
 from relay.ratelimit import SlidingWindow
+from relay.reload import reload
 from relay.smtpd import (
     ListenSockets,
+    ServerTls,
     SessionRegistry,
     SubmissionHandler,
     bind_listeners,
@@ -51,6 +53,7 @@ from relay.smtpd import (
 log = logging.getLogger("relay.ingest")
 
 RESTART_DELAY = 1.0
+SESSION_REPORT_INTERVAL = 2.0
 
 
 class IngestWorkers:
@@ -58,11 +61,13 @@ class IngestWorkers:
     and index what they store (queue.handoff)."""
 
     def __init__(self, config: Config, queue: LocalQueue, count: int,
-                 on_stored: Callable[[], None], shutdown_timeout: float) -> None:
+                 on_stored: Callable[[], None], on_sessions: Callable[[int, int], None],
+                 shutdown_timeout: float) -> None:
         self._config = config
         self._queue = queue
         self._count = count
         self._on_stored = on_stored
+        self._on_sessions = on_sessions
         self._shutdown_timeout = shutdown_timeout
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._supervisors: list[asyncio.Task[None]] = []
@@ -105,9 +110,9 @@ class IngestWorkers:
             finally:
                 theirs.close()
             self._processes[slot] = process
-            handoff = asyncio.create_task(
-                serve_handoff(self._queue, ours, self._rates, self._on_stored,
-                              lambda: self._worker_ready(slot)))
+            events = WorkerEvents(self._on_stored, lambda: self._worker_ready(slot),
+                                  self._on_sessions)
+            handoff = asyncio.create_task(serve_handoff(self._queue, ours, self._rates, events))
             code = await process.wait()
             try:
                 await handoff  # the worker's socket closed with it: every request answered
@@ -162,12 +167,10 @@ class _Worker:
         self.sockets = sockets
         self.shutdown_timeout = shutdown_timeout
         self.policies: Policies = load_policies(config.policies.path)
+        self.tls = ServerTls(config.smtp)
 
     def reload(self) -> None:
-        try:
-            self.policies = load_policies(self.config.policies.path)
-        except RelayError as exc:
-            log.error("reload failed, keeping the previous policies: %s", exc)
+        self.policies = reload(self.config, self.tls, self.policies)
 
     async def run(self, handoff_socket: socket.socket) -> None:
         config = self.config
@@ -179,16 +182,18 @@ class _Worker:
                                     lambda: self.policies.access, free_space=files.free_bytes,
                                     rates=store)
         servers = await serve_listeners(handler, config.smtp, config.server.hostname,
-                                        registry, self.sockets)
+                                        registry, self.sockets, self.tls)
         store.announce_ready()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        reports = asyncio.create_task(_report_sessions(registry, store))
         owner_gone = asyncio.create_task(store.owner_gone.wait())
         await asyncio.wait([owner_gone, asyncio.create_task(stop.wait())],
                            return_when=asyncio.FIRST_COMPLETED)
+        reports.cancel()
         for server in servers:
             server.close()
         if store.owner_gone.is_set():
@@ -198,7 +203,18 @@ class _Worker:
             await registry.drain(0)
         else:
             await registry.drain(self.shutdown_timeout)
+            store.report_sessions(*registry.take_ended())
         await store.close()
+
+
+async def _report_sessions(registry: SessionRegistry, store: HandoffStore) -> None:
+    """Session counts to the main process's metrics, batched: a line per session would
+    cost more than the count is worth."""
+    while True:
+        await asyncio.sleep(SESSION_REPORT_INTERVAL)
+        plain, tls = registry.take_ended()
+        if plain or tls:
+            store.report_sessions(plain, tls)
 
 
 def main(argv: list[str] | None = None) -> int:

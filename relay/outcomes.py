@@ -6,7 +6,8 @@ message get one DSN (bounce), stored in the queue *before* the recipients are ma
 bounced, so a crash can duplicate a DSN but never lose one.
 
 One log line per recipient and attempt, in the style of Postfix:
-`QID: to=<rcpt>, relay=host[addr]:port, delay=1.2, attempts=1, dsn=2.0.0, status=sent (...)`
+`QID: to=<rcpt>, relay=host[addr]:port, delay=1.2, attempts=1, dsn=2.0.0, status=sent (...)`,
+and the same outcome counted in the metrics.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from relay import bounce, reply, retry
 from relay.cleanup import Cleanup, Origin
 from relay.config import RetrySection
 from relay.delivery import Attempt, Job
+from relay.metrics import Metrics
 from relay.queue import Outcome, Queue, State
 from relay.reply import Reply
 
@@ -30,8 +32,9 @@ _STATUS_WORD = {State.DELIVERED: "sent", State.DEFERRED: "deferred", State.BOUNC
 
 class OutcomeRecorder:
     def __init__(self, queue: Queue, cleanup: Cleanup, hostname: str, policy: RetrySection,
-                 clock: Callable[[], float] = time.time) -> None:
+                 metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
         self._queue = queue
+        self._metrics = metrics
         self._cleanup = cleanup
         self._hostname = hostname
         self._policy = policy
@@ -46,6 +49,9 @@ class OutcomeRecorder:
         await self._queue.record([v.outcome for v in verdicts])
         for verdict in verdicts:
             self._log(job, verdict, now)
+            state = verdict.outcome.state
+            self._metrics.delivery(state, verdict.attempt.recipient.domain,
+                                   now - job.received_at if state is State.DELIVERED else None)
 
     def _decide(self, job: Job, attempt: Attempt, now: float) -> _Verdict:
         answer = attempt.reply

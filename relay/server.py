@@ -2,16 +2,20 @@
 start-up, shutdown and signals.
 
 Start order: policies, queue (with recovery), admin token, delivery, SMTP listeners,
-admin API, scheduler. SIGTERM/SIGINT stop gracefully: listeners close, SMTP sessions get
-`shutdown_timeout` to finish, deliveries in hand finish (or stay queued), then the queue
-closes. SIGHUP reloads the policies; a broken file keeps the old ones.
+admin API, scheduler; then systemd hears READY=1 (relay.sdnotify). SIGTERM/SIGINT stop
+gracefully: STOPPING=1, listeners close, SMTP sessions get `shutdown_timeout` to finish,
+deliveries in hand finish (or stay queued), then the queue closes. SIGHUP reloads the
+policies and the TLS certificate (relay.reload); a broken file keeps the old ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import time
 
 from relay.admin import AdminServer, create_app
 from relay.admin_token import load_or_create_token
@@ -20,21 +24,26 @@ from relay.config import Config
 from relay.delivery import DeliveryAgent, NextHops, relayhost_credentials
 from relay.errors import ConfigError
 from relay.ingest import IngestWorkers
+from relay.metrics import Metrics
 from relay.outcomes import OutcomeRecorder
 from relay.policy import Policies, load_policies
-from relay.queue import Queue
+from relay.queue import Queue, QueueStats, State
 from relay.queue.local import LocalQueue
+from relay.reload import reload
 from relay.scheduler import Scheduler
+from relay.sdnotify import Notifier
 from relay.smtpd import (
     ListenSockets,
+    ServerTls,
     SessionRegistry,
     SubmissionHandler,
     bind_listeners,
-    check_tls_files,
     serve_listeners,
 )
 
 log = logging.getLogger("relay")
+
+STATUS_INTERVAL = 10.0  # seconds between STATUS= updates to systemd
 
 
 def build_queue(config: Config) -> Queue:
@@ -48,6 +57,8 @@ class Relay:
         self.config = config
         self.policies: Policies = load_policies(config.policies.path)
         self.queue = build_queue(config)
+        self.metrics = Metrics()
+        self._tls: ServerTls | None = None
         self._shutdown_timeout = shutdown_timeout
         self._sockets: ListenSockets | None = None
         self._listeners: list[asyncio.Server] = []  # SMTP served in this process
@@ -59,7 +70,7 @@ class Relay:
     async def start(self) -> None:
         config = self.config
         credentials = relayhost_credentials(config.delivery)
-        check_tls_files(config.smtp)  # here, not only in ingest workers that would crash-loop
+        self._tls = ServerTls(config.smtp)  # here, not only in workers that would crash-loop
         token = load_or_create_token(config.admin_token_path, create=not config.admin.token_file)
         await self.queue.open()
         hostname = config.server.hostname
@@ -67,17 +78,18 @@ class Relay:
                               NextHops(config.delivery.nameservers, config.delivery.port,
                                        timeout=config.delivery.connect_timeout),
                               credentials)
-        cleanup = Cleanup(self.queue, hostname, on_stored=self._wake)
+        cleanup = Cleanup(self.queue, hostname, on_stored=self._stored)
         self._scheduler = Scheduler(
-            self.queue, agent, OutcomeRecorder(self.queue, cleanup, hostname, config.retry),
+            self.queue, agent,
+            OutcomeRecorder(self.queue, cleanup, hostname, config.retry, self.metrics),
             max_connections=config.delivery.max_connections,
             max_connections_per_domain=config.delivery.max_connections_per_domain)
         workers = config.smtp.workers if isinstance(self.queue, LocalQueue) else 0
         # With workers, these only reserve the ports; each worker listens on its own.
         self._sockets = bind_listeners(config.smtp, shared=workers > 0, listen=workers == 0)
         if workers > 0 and isinstance(self.queue, LocalQueue):
-            self._ingest = IngestWorkers(config, self.queue, workers, self._wake,
-                                         self._shutdown_timeout)
+            self._ingest = IngestWorkers(config, self.queue, workers, self._stored,
+                                         self.metrics.sessions_ended, self._shutdown_timeout)
             await self._ingest.start()
         else:
             free_space = (self.queue.files.free_bytes if isinstance(self.queue, LocalQueue)
@@ -85,8 +97,9 @@ class Relay:
             handler = SubmissionHandler(cleanup, config.smtp, lambda: self.policies.access,
                                         free_space=free_space)
             self._listeners = await serve_listeners(handler, config.smtp, hostname,
-                                                    self._sessions, self._sockets)
-        self._admin = AdminServer(create_app(self.queue, token, self._wake), config.admin.listen)
+                                                    self._sessions, self._sockets, self._tls)
+        self._admin = AdminServer(create_app(self.queue, token, self._wake, self.scrape),
+                                  config.admin.listen)
         self._admin.start()
         self._scheduler.start()
         log.info("relay started: smtp=%s admin=%s queue=%s (%s) ingest=%s",
@@ -94,17 +107,34 @@ class Relay:
                  config.queue.path, config.queue.backend,
                  f"{config.smtp.workers} worker processes" if self._ingest else "in-process")
 
+    def _stored(self) -> None:
+        self.metrics.received.inc()
+        self._wake()
+
     def _wake(self) -> None:
         if self._scheduler is not None:
             self._scheduler.wake()
 
+    async def scrape(self) -> bytes:
+        """GET /metrics: the counters, and the queue as it is now."""
+        stats = await self.queue.stats()
+        free = (self.queue.files.free_bytes() if isinstance(self.queue, LocalQueue) else None)
+        self.metrics.queue_state(stats.depth, _age(stats), free)
+        self.metrics.sessions_ended(*self._sessions.take_ended())  # in-process SMTP
+        return self.metrics.exposition()
+
+    async def status_line(self) -> str:
+        """For systemd's STATUS= (shown by `systemctl status relay`)."""
+        stats = await self.queue.stats()
+        waiting = sum(stats.depth.values())
+        return (f"queue: {waiting} recipients waiting, "
+                f"{stats.depth.get(State.DEFERRED, 0)} deferred, "
+                f"oldest {_age(stats):.0f}s")
+
     def reload(self) -> None:
-        try:
-            self.policies = load_policies(self.config.policies.path)
-        except ConfigError as exc:
-            log.error("reload failed, keeping the previous policies: %s", exc)
-            return
-        log.info("policies reloaded from %s", self.config.policies.path)
+        if self._tls is None:
+            return  # not started yet
+        self.policies = reload(self.config, self._tls, self.policies)
         if self._ingest is not None:
             self._ingest.reload()
 
@@ -125,18 +155,52 @@ class Relay:
         log.info("relay stopped")
 
 
+def _age(stats: QueueStats) -> float:
+    oldest = stats.oldest_received_at
+    return 0.0 if oldest is None else max(0.0, time.time() - oldest)
+
+
 async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT."""
+    """Run until SIGTERM or SIGINT, telling systemd how it goes (when run by it)."""
     relay = Relay(config)
+    notifier = Notifier(os.environ)
     stop = asyncio.Event()
+    ready = False
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, relay.reload)
+
+    def reload_now() -> None:
+        if ready:  # a SIGHUP during start-up has nothing to reload yet
+            notifier.reloading()
+            relay.reload()
+            notifier.ready()
+
+    loop.add_signal_handler(signal.SIGHUP, reload_now)
+    watchdog = asyncio.create_task(notifier.watchdog(), name="watchdog")
     try:
-        await relay.start()
-    except BaseException:
+        try:
+            await relay.start()
+        except BaseException:
+            notifier.stopping()
+            await relay.stop()
+            raise
+        notifier.ready(await relay.status_line())
+        ready = True
+        status = asyncio.create_task(_report_status(relay, notifier), name="sd-status")
+        await stop.wait()
+        notifier.stopping()
+        status.cancel()
         await relay.stop()
-        raise
-    await stop.wait()
-    await relay.stop()
+    finally:
+        watchdog.cancel()
+        notifier.close()
+
+
+async def _report_status(relay: Relay, notifier: Notifier) -> None:
+    if not notifier.enabled:
+        return
+    while True:
+        await asyncio.sleep(STATUS_INTERVAL)
+        with contextlib.suppress(Exception):  # a busy queue must not end the reports
+            notifier.status(await relay.status_line())

@@ -76,12 +76,23 @@ class RelaySession(Session):
 
 
 class SessionRegistry:
-    """The open SMTP sessions, so a graceful stop can wait for them."""
+    """The open SMTP sessions, so a graceful stop can wait for them, and a tally of the
+    sessions that ended (plain, TLS) for the metrics."""
 
     def __init__(self) -> None:
         self._open: set[RelaySMTP] = set()
         self._empty = asyncio.Event()
         self._empty.set()
+        self._ended = [0, 0]  # plain, TLS: since the last take_ended()
+
+    def ended(self, tls: bool) -> None:
+        self._ended[tls] += 1
+
+    def take_ended(self) -> tuple[int, int]:
+        """Sessions (plain, TLS) that ended since the last call."""
+        plain, tls = self._ended
+        self._ended = [0, 0]
+        return plain, tls
 
     def add(self, protocol: RelaySMTP) -> None:
         self._open.add(protocol)
@@ -164,6 +175,7 @@ class RelaySMTP(SMTP):
         super().connection_lost(error)
         self._registry.discard(self)
         if isinstance(session, RelaySession):
+            self._registry.ended(tls=bool(session.tls_description))
             log.info(
                 "session client=[%s] helo=%s tls=%s user=%s accepted=%d rejected=%d "
                 "duration=%.3fs%s", _client_ip(session), session.host_name or "-",
@@ -390,9 +402,19 @@ def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
-def check_tls_files(settings: SmtpSection) -> None:
-    if settings.tls_cert and settings.tls_key:
-        server_tls_context(settings.tls_cert, settings.tls_key)
+class ServerTls:
+    """The listeners' TLS context, or None without a certificate. `reload` loads renewed
+    files into the same context: new sessions get them, open ones are not touched."""
+
+    def __init__(self, settings: SmtpSection) -> None:
+        self._files = (settings.tls_cert, settings.tls_key)
+        self.context = server_tls_context(*self._files) if all(self._files) else None
+
+    def reload(self) -> None:
+        """ConfigError, and the old certificate stays, when the new files do not load."""
+        if self.context is not None:
+            server_tls_context(*self._files)  # a broken pair must not half-replace the old
+            self.context.load_cert_chain(*self._files)
 
 
 @dataclass
@@ -436,11 +458,9 @@ def bind_listeners(settings: SmtpSection, shared: bool = False,
 
 
 async def serve_listeners(handler: SubmissionHandler, settings: SmtpSection, hostname: str,
-                          registry: SessionRegistry, sockets: ListenSockets
+                          registry: SessionRegistry, sockets: ListenSockets, tls: ServerTls
                           ) -> list[asyncio.Server]:
     """Accept SMTP sessions on already bound sockets."""
-    tls = (server_tls_context(settings.tls_cert, settings.tls_key)
-           if settings.tls_cert and settings.tls_key else None)
     loop = asyncio.get_running_loop()
 
     def factory(starttls: ssl.SSLContext | None) -> Callable[[], RelaySMTP]:
@@ -450,7 +470,8 @@ async def serve_listeners(handler: SubmissionHandler, settings: SmtpSection, hos
             authenticator=handler.authenticate, auth_require_tls=True,
             timeout=settings.timeout, loop=loop)
 
-    servers = [await loop.create_server(factory(tls), sock=sock) for sock in sockets.plain]
-    servers += [await loop.create_server(factory(None), sock=sock, ssl=tls)
+    servers = [await loop.create_server(factory(tls.context), sock=sock)
+               for sock in sockets.plain]
+    servers += [await loop.create_server(factory(None), sock=sock, ssl=tls.context)
                 for sock in sockets.implicit_tls]
     return servers

@@ -1,13 +1,16 @@
 """queue: the durable store. One interface (`Queue`), backends behind it."""
 
 from relay.queue.base import (
+    SUMMARY_AGE_BUCKETS,
     Claimed,
+    DomainShape,
     MessageInfo,
     MessageMeta,
     MessageStore,
     NewMessage,
     Outcome,
     Queue,
+    QueueStats,
     RecipientInfo,
     Selection,
     State,
@@ -16,6 +19,7 @@ from relay.queue.base import (
 )
 
 __all__ = [
-    "Claimed", "MessageInfo", "MessageMeta", "MessageStore", "NewMessage", "Outcome", "Queue",
-    "RecipientInfo", "Selection", "State", "domain_of", "new_queue_id",
+    "SUMMARY_AGE_BUCKETS", "Claimed", "DomainShape", "MessageInfo", "MessageMeta",
+    "MessageStore", "NewMessage", "Outcome", "Queue", "QueueStats", "RecipientInfo",
+    "Selection", "State", "domain_of", "new_queue_id",
 ]

@@ -113,6 +113,28 @@ class MessageInfo:
 
 
 @dataclass(frozen=True)
+class QueueStats:
+    """What monitoring wants to know of the queue as a whole."""
+
+    depth: dict[State, int]  # recipients per state, final states left out
+    oldest_received_at: float | None  # of the messages still queued
+
+
+@dataclass(frozen=True)
+class DomainShape:
+    """One row of `relayctl queue summary` (Postfix's qshape): a destination domain and
+    how many of its recipients waiting in the queue fall in each age bucket."""
+
+    domain: str
+    total: int
+    by_age: list[int]  # one count per bucket of SUMMARY_AGE_BUCKETS
+
+
+# Upper bounds (minutes) of qshape's age buckets; the last bucket is everything older.
+SUMMARY_AGE_BUCKETS = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
+
+
+@dataclass(frozen=True)
 class Selection:
     """Which messages an operator command applies to; empty means none."""
 
@@ -152,6 +174,11 @@ class Queue(MessageStore, Protocol):
     ) -> list[MessageInfo]: ...
 
     async def get_message(self, message_id: str) -> MessageInfo | None: ...
+
+    async def stats(self) -> QueueStats: ...
+
+    async def summary(self, state: State | None = None) -> list[DomainShape]:
+        """Waiting recipients per destination domain and age bucket, busiest first."""
 
     async def flush(self, selection: Selection) -> int:
         """Make deferred (and queued) recipients due now; return how many."""

@@ -11,7 +11,9 @@ Wire format, one JSON object per line. Request: {"id", "from", "rcpts", "size", 
 Reply: {"id", "ok": true} or {"id", "ok": false, "full": bool, "error": "..."}. A worker
 announces that it listens with {"ready": true} (no reply), and asks for a rate-limit slot
 with {"id", "rate_key", "count", "window"} (reply {"id", "ok"}): the main process keeps
-the one window, so a user's limit holds across workers.
+the one window, so a user's limit holds across workers. Every few seconds it reports the
+SMTP sessions it served since the last report, {"sessions": [plain, tls]} (no reply), for
+the main process's metrics.
 EOF on the socket tells the worker that the owner is gone: it must stop taking mail.
 """
 
@@ -24,6 +26,7 @@ import logging
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from relay.errors import LocalFailure
@@ -78,6 +81,10 @@ class HandoffStore:
     def announce_ready(self) -> None:
         self._writer.write(_encode({"ready": True}))
 
+    def report_sessions(self, plain: int, tls: int) -> None:
+        if not self.owner_gone.is_set():
+            self._writer.write(_encode({"sessions": [plain, tls]}))
+
     async def store(self, message: NewMessage) -> None:
         if self.owner_gone.is_set():
             raise LocalFailure("the queue owner is gone")  # before writing a file for nobody
@@ -117,8 +124,17 @@ class HandoffStore:
         self._io.shutdown(wait=True)
 
 
+@dataclass(frozen=True)
+class WorkerEvents:
+    """What the owner does when a worker reports something."""
+
+    stored: Callable[[], None]  # a message was indexed
+    ready: Callable[[], None]  # the worker listens
+    sessions: Callable[[int, int], None]  # SMTP sessions served: plain, TLS
+
+
 async def serve_handoff(queue: LocalQueue, sock: socket.socket, rates: SlidingWindow,
-                        on_stored: Callable[[], None], on_ready: Callable[[], None]) -> None:
+                        events: WorkerEvents) -> None:
     """The owner's side for one worker connection, until the worker hangs up."""
     reader, writer = await asyncio.open_connection(sock=sock, limit=_LIMIT)
     tasks: set[asyncio.Task[None]] = set()
@@ -131,7 +147,7 @@ async def serve_handoff(queue: LocalQueue, sock: socket.socket, rates: SlidingWi
                       "full": exc.reply is SPOOL_FULL}
         else:
             answer = {"id": meta.id, "ok": True}
-            on_stored()
+            events.stored()
         if not writer.is_closing():
             writer.write(_encode(answer))
 
@@ -139,7 +155,10 @@ async def serve_handoff(queue: LocalQueue, sock: socket.socket, rates: SlidingWi
         while line := await _read_line(reader):
             request = json.loads(line)
             if request.get("ready"):
-                on_ready()
+                events.ready()
+                continue
+            if "sessions" in request:
+                events.sessions(*map(int, request["sessions"]))
                 continue
             if "rate_key" in request:
                 allowed = rates.take_now(request["rate_key"],

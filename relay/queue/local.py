@@ -29,11 +29,14 @@ import aiosqlite
 
 from relay.errors import LocalFailure
 from relay.queue.base import (
+    SUMMARY_AGE_BUCKETS,
     Claimed,
+    DomainShape,
     MessageInfo,
     MessageMeta,
     NewMessage,
     Outcome,
+    QueueStats,
     RecipientInfo,
     Selection,
     State,
@@ -80,6 +83,7 @@ _T = TypeVar("_T")
 IO_THREADS = 8
 PREVIOUS_WORKERS_TIMEOUT = 60.0
 _DUE = "state IN ('queued', 'deferred')"
+_WAITING = "state NOT IN ('delivered', 'bounced')"
 _IDS = "(SELECT value FROM json_each(?))"  # a JSON list bound as one parameter
 
 
@@ -219,6 +223,32 @@ class LocalQueue:
             messages[row[0]].recipients.append(
                 RecipientInfo(row[1], State(row[2]), row[3], next_at, row[5]))
         return list(messages.values())
+
+    async def stats(self) -> QueueStats:
+        depth = {State(r[0]): r[1] for r in await self._read_all(
+            f"SELECT state, COUNT(*) FROM recipients WHERE {_WAITING} GROUP BY state", [])}
+        oldest = await self._read_one("SELECT MIN(received_at) FROM messages WHERE done = 0")
+        return QueueStats(depth, None if oldest is None else oldest[0])
+
+    async def summary(self, state: State | None = None) -> list[DomainShape]:
+        # The bucket is computed in SQL, so a million recipients never become Python rows.
+        bucket = " ".join(f"WHEN age < {limit} THEN {i}"
+                          for i, limit in enumerate(SUMMARY_AGE_BUCKETS))
+        params: list[Any] = [self._clock()]
+        condition = f"r.{_WAITING}"
+        if state is not None:
+            condition = "r.state = ?"
+            params.append(state.value)
+        rows = await self._read_all(
+            f"SELECT domain, CASE {bucket} ELSE {len(SUMMARY_AGE_BUCKETS)} END, COUNT(*) "
+            "FROM (SELECT r.domain AS domain, (? - m.received_at) / 60.0 AS age "
+            f"FROM recipients r JOIN messages m ON m.id = r.message_id WHERE {condition}) "
+            "GROUP BY 1, 2", params)
+        shapes: dict[str, list[int]] = {}
+        for domain, index, count in rows:
+            shapes.setdefault(domain, [0] * (len(SUMMARY_AGE_BUCKETS) + 1))[index] = count
+        return sorted((DomainShape(d, sum(c), c) for d, c in shapes.items()),
+                      key=lambda shape: (-shape.total, shape.domain))
 
     async def flush(self, selection: Selection) -> int:
         where, params = _selection_sql(selection)

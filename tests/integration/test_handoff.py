@@ -11,7 +11,7 @@ import pytest
 from relay.errors import LocalFailure
 from relay.policy import Rate
 from relay.queue import NewMessage, State, new_queue_id
-from relay.queue.handoff import HandoffStore, serve_handoff
+from relay.queue.handoff import HandoffStore, WorkerEvents, serve_handoff
 from relay.queue.local import LocalQueue
 from relay.queue.spoolfiles import SpoolFiles
 from relay.ratelimit import SlidingWindow
@@ -21,9 +21,10 @@ async def test_worker_stores_through_the_owner_and_shares_rate_limits(tmp_path: 
     queue = LocalQueue(tmp_path / "spool")
     await queue.open()
     ours, theirs = socket.socketpair()
-    stored, ready = [], asyncio.Event()
-    owner = asyncio.create_task(serve_handoff(queue, ours, SlidingWindow(),
-                                              lambda: stored.append(1), ready.set))
+    stored, ready, sessions = [], asyncio.Event(), asyncio.Queue()
+    events = WorkerEvents(stored=lambda: stored.append(1), ready=ready.set,
+                          sessions=lambda plain, tls: sessions.put_nowait((plain, tls)))
+    owner = asyncio.create_task(serve_handoff(queue, ours, SlidingWindow(), events))
     store = await HandoffStore.connect(SpoolFiles(tmp_path / "spool"), theirs)
     store.announce_ready()
     await ready.wait()
@@ -34,6 +35,8 @@ async def test_worker_stores_through_the_owner_and_shares_rate_limits(tmp_path: 
     assert info is not None and info.recipients[0].state is State.QUEUED
     assert await queue.read_body(message.id) == message.data and stored == [1]
     assert [await store.take("app1", Rate(2, 60)) for _ in range(3)] == [True, True, False]
+    store.report_sessions(3, 2)
+    assert await sessions.get() == (3, 2)
 
     await store.close()
     await owner
