@@ -164,6 +164,7 @@ class PoliciesSection(_Section):
 
 class LogSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"  # json: one object per line, for log shippers
 
 
 class Config(BaseSettings):

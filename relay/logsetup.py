@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import logging
 import logging.handlers
 import queue
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 from relay.config import Config
@@ -23,9 +25,27 @@ class _DeferredFormatting(logging.handlers.QueueHandler):
         return record
 
 
+class JsonFormatter(logging.Formatter):
+    """`[log] format = "json"`: one JSON object per line with the same facts as a text line
+    (time in UTC, level, logger, pid, message) and the traceback when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
 def configure_logging(config: Config) -> None:
-    """Text lines on stderr (journald adds the time when run by systemd), with the pid as
-    in Postfix's `smtpd[1234]` so lines from ingest workers can be told apart.
+    """Lines on stderr (journald keeps them when run by systemd): text by default, with the
+    pid as in Postfix's `smtpd[1234]` so lines from ingest workers can be told apart, or
+    JSON with `[log] format = "json"`.
 
     The event loop only queues records; a thread formats and writes them. A write to a
     slow stderr (a busy journald) then never stalls mail, and formatting and one flush per
@@ -37,7 +57,7 @@ def configure_logging(config: Config) -> None:
     logging.logThreads = False
     logging.logMultiprocessing = False
     stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(logging.Formatter(
+    stream.setFormatter(JsonFormatter() if config.log.format == "json" else logging.Formatter(
         "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, stream)

@@ -50,6 +50,7 @@ SPOOL_FULL = Reply(452, "4.3.1", "Insufficient system storage")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 AUTH_REVOKED = Reply(530, "5.7.0", "Authentication no longer valid, log in again")
 RATE_LIMITED = Reply(451, "4.7.0", "Sending rate exceeded, try again later")
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 
 
 def malformed(reason: str) -> Reply:

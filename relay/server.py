@@ -165,16 +165,19 @@ async def serve(config: Config) -> None:
     relay = Relay(config)
     notifier = Notifier(os.environ)
     stop = asyncio.Event()
-    ready = False
+    started, reload_asked = False, False
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
 
     def reload_now() -> None:
-        if ready:  # a SIGHUP during start-up has nothing to reload yet
-            notifier.reloading()
-            relay.reload()
-            notifier.ready()
+        nonlocal reload_asked
+        if not started:  # during start-up: reload once started, with what is on disk then
+            reload_asked = True
+            return
+        notifier.reloading()
+        relay.reload()
+        notifier.ready()
 
     loop.add_signal_handler(signal.SIGHUP, reload_now)
     watchdog = asyncio.create_task(notifier.watchdog(), name="watchdog")
@@ -185,8 +188,10 @@ async def serve(config: Config) -> None:
             notifier.stopping()
             await relay.stop()
             raise
-        notifier.ready(await relay.status_line())
-        ready = True
+        notifier.ready()
+        started = True
+        if reload_asked:
+            reload_now()
         status = asyncio.create_task(_report_status(relay, notifier), name="sd-status")
         await stop.wait()
         notifier.stopping()
@@ -198,9 +203,10 @@ async def serve(config: Config) -> None:
 
 
 async def _report_status(relay: Relay, notifier: Notifier) -> None:
+    """STATUS= now and every STATUS_INTERVAL seconds."""
     if not notifier.enabled:
         return
     while True:
-        await asyncio.sleep(STATUS_INTERVAL)
         with contextlib.suppress(Exception):  # a busy queue must not end the reports
             notifier.status(await relay.status_line())
+        await asyncio.sleep(STATUS_INTERVAL)

@@ -20,7 +20,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
@@ -84,6 +84,7 @@ class SessionRegistry:
         self._empty = asyncio.Event()
         self._empty.set()
         self._ended = [0, 0]  # plain, TLS: since the last take_ended()
+        self.closing = False  # the relay is stopping: no new transactions
 
     def ended(self, tls: bool) -> None:
         self._ended[tls] += 1
@@ -104,7 +105,13 @@ class SessionRegistry:
             self._empty.set()
 
     async def drain(self, timeout: float) -> None:
-        """Wait for sessions to end; then close the rest (nothing unacknowledged is lost)."""
+        """Stop taking mail: idle sessions hear 421 now, the others when their transaction
+        is over (at their next MAIL), and whatever is still open after `timeout` is closed.
+        A message is only ever cut off before its 250, so nothing acknowledged is lost."""
+        self.closing = True
+        for protocol in list(self._open):
+            if protocol.idle:
+                protocol.say_goodbye()
         if not self._open:
             return
         try:
@@ -152,6 +159,25 @@ class RelaySMTP(SMTP):
 
     def _create_session(self) -> Session:
         return RelaySession(self.loop)
+
+    @property
+    def idle(self) -> bool:
+        """No mail transaction under way (none started, or the last one finished)."""
+        return self.envelope is None or self.envelope.mail_from is None
+
+    def say_goodbye(self) -> None:
+        """421 and close: the relay is stopping (RFC 5321, 3.8)."""
+        # (uvloop's transports are not registered as asyncio.WriteTransport)
+        transport = cast(asyncio.Transport | None, self.transport)
+        if transport is not None and not transport.is_closing():
+            transport.write(f"{reply.SHUTTING_DOWN}\r\n".encode())
+            transport.close()
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        if self._registry.closing:
+            self.say_goodbye()
+            return
+        await super().smtp_MAIL(arg)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         implicit_tls = (self._original_transport is None

@@ -34,10 +34,13 @@ class RelayProcess:
         self.process: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
         self._reader: threading.Thread | None = None
+        self._lines: list[str] = []
+        self._new_line = threading.Condition()
 
-    def start(self, timeout: float = 30) -> RelayProcess:
+    def start(self, timeout: float = 30, env: dict[str, str] | None = None) -> RelayProcess:
+        """Start and wait for the "started" line; `env` adds to the environment."""
         self._ready.clear()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")} | (env or {})
         self.process = subprocess.Popen(
             [relayctl_path(), "serve", "-c", str(self.config)], stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True, env=env)
@@ -55,8 +58,20 @@ class RelayProcess:
             for line in process.stderr:
                 log.write(line)
                 log.flush()
+                with self._new_line:
+                    self._lines.append(line)
+                    self._new_line.notify_all()
                 if READY_LINE in line:
                     self._ready.set()
+
+    def wait_for_lines(self, text: str, count: int = 1, timeout: float = 30) -> None:
+        """Until `count` log lines (since the first start) contain `text`."""
+        def enough() -> bool:
+            return sum(text in line for line in self._lines) >= count
+
+        with self._new_line:
+            if not self._new_line.wait_for(enough, timeout):
+                raise AssertionError(f"no {count} log lines with {text!r}:\n{self.log()}")
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM and wait: the graceful stop."""
