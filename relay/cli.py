@@ -63,6 +63,7 @@ def _client(ctx: click.Context) -> AdminClient:
 
 
 @click.group()
+@click.version_option(package_name="relay", prog_name="relayctl")
 @config_option
 def main() -> None:
     """Manage the relay."""
@@ -164,6 +165,20 @@ def flush(ctx: click.Context, message_ids: tuple[str, ...], domain: str | None,
     click.echo(f"{result['flushed']} recipients scheduled for delivery")
 
 
+@queue.command()
+@click.option("--state", type=click.Choice(["queued", "active", "deferred", "held"]),
+              help="only recipients in this state (default: every waiting one)")
+@click.option("--json", "as_json", is_flag=True)
+@config_option
+@click.pass_context
+@one_line_errors
+def summary(ctx: click.Context, state: str | None, as_json: bool) -> None:
+    """Waiting recipients by domain and age in minutes, like Postfix's qshape."""
+    result = _client(ctx).request("GET", "/v1/queue/summary" + (f"?state={state}" if state
+                                                                  else ""))
+    click.echo(json.dumps(result) if as_json else format_qshape(result))
+
+
 def _message_action(name: str, method: str, path: str, key: str, done: str) -> None:
     @queue.command(name=name, help=f"{done.capitalize()} one message.")
     @click.argument("message_id")
@@ -178,6 +193,25 @@ def _message_action(name: str, method: str, path: str, key: str, done: str) -> N
 _message_action("hold", "POST", "/v1/queue/{}/hold", "held", "held")
 _message_action("release", "POST", "/v1/queue/{}/release", "released", "released")
 _message_action("delete", "DELETE", "/v1/queue/{}", "deleted", "deleted")
+
+
+def format_qshape(summary: dict[str, Any]) -> str:
+    """qshape's table: a TOTAL row, then one row per domain, busiest first; the columns are
+    recipients younger than 5, 10, 20... minutes, and the last one everything older."""
+    limits = summary["age_buckets_minutes"]
+    headers = ["T", *map(str, limits), f"{limits[-1]}+"]
+    domains = summary["domains"]
+    totals = [sum(d["total"] for d in domains)]
+    totals += [sum(d["by_age"][i] for d in domains) for i in range(len(limits) + 1)]
+    rows = [("TOTAL", totals)] + [(d["domain"], [d["total"], *d["by_age"]]) for d in domains]
+    name_width = max(len(name) for name, _ in rows)
+    widths = [max(len(h), *(len(str(r[1][i])) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(name: str, cells: list[Any]) -> str:
+        return " ".join([name.rjust(name_width), *(str(c).rjust(w)
+                                                   for c, w in zip(cells, widths, strict=True))])
+
+    return "\n".join([line("", headers)] + [line(name, cells) for name, cells in rows])
 
 
 def format_mailq(messages: list[dict[str, Any]]) -> str:

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Create .venv with the relay installed. With --test, also what the test suite needs:
-# the test extras from PyPI and the Debian tools the tests drive (swaks).
+# the test extras from PyPI and the Debian tools the tests drive (swaks, systemd-analyze).
 # Idempotent: a second run only checks.
 set -eu
 cd "$(dirname "$0")/.."
@@ -30,7 +30,7 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 if [ "$want_tests" = yes ]; then
-    apt_install swaks
+    apt_install swaks systemd  # systemd: systemd-analyze checks the unit
     .venv/bin/python -m pip install -q -e ".[test]"
 else
     .venv/bin/python -m pip install -q -e .

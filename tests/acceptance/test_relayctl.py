@@ -72,6 +72,13 @@ def test_hold_release_delete_show(relay_process: MakeRelay, dns_server: DnsServe
            for n in range(2)]
     until(lambda: all(r["state"] == "deferred" for m in queue_json(relay.config)
                       for r in m["recipients"]), "deferrals")
+    shape = relayctl(relay.config, "queue", "summary").stdout.splitlines()
+    assert shape[0].split()[:3] == ["T", "5", "10"]
+    assert shape[1].split()[:3] == ["TOTAL", "2", "2"] and shape[2].split()[:2] == [
+        "example.test", "2"]
+    summary = json.loads(relayctl(relay.config, "queue", "summary", "--state", "held",
+                                  "--json").stdout)
+    assert summary["domains"] == []
     held = relayctl(relay.config, "queue", "hold", ids[0])
     assert held.returncode == 0 and "held" in held.stdout
     assert f"{ids[0]}!" in relayctl(relay.config, "queue", "list").stdout

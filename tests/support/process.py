@@ -28,9 +28,10 @@ def relayctl(config: Path, *args: str, stdin: str | None = None,
 
 
 class RelayProcess:
-    def __init__(self, config: Path, log_path: Path) -> None:
+    def __init__(self, config: Path, log_path: Path, relayctl: str | None = None) -> None:
         self.config = config
         self.log_path = log_path
+        self.relayctl = relayctl or relayctl_path()
         self.process: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
         self._reader: threading.Thread | None = None
@@ -42,7 +43,7 @@ class RelayProcess:
         self._ready.clear()
         env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")} | (env or {})
         self.process = subprocess.Popen(
-            [relayctl_path(), "serve", "-c", str(self.config)], stdout=subprocess.DEVNULL,
+            [self.relayctl, "serve", "-c", str(self.config)], stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True, env=env)
         self._reader = threading.Thread(target=self._read_log, args=(self.process,),
                                         daemon=True)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from relay.cli import format_mailq
+from relay.cli import format_mailq, format_qshape
 
 
 def test_empty_queue() -> None:
@@ -29,3 +29,15 @@ def test_mailq_layout_marks_held_and_active() -> None:
     assert any(line.startswith("BBB!") and line.endswith("MAILER-DAEMON") for line in lines)
     assert any(line.startswith("CCC*") for line in lines)
     assert lines[-1] == "-- 4 Kbytes in 3 Requests."
+
+
+def test_qshape_layout() -> None:
+    summary = {"age_buckets_minutes": [5, 10, 20],
+               "domains": [{"domain": "gmail.example", "total": 120, "by_age": [100, 0, 15, 5]},
+                           {"domain": "x.test", "total": 1, "by_age": [0, 1, 0, 0]}]}
+    assert format_qshape(summary).splitlines() == [
+        "                T   5 10 20 20+",
+        "        TOTAL 121 100  1 15   5",
+        "gmail.example 120 100  0 15   5",
+        "       x.test   1   0  1  0   0",
+    ]

@@ -1,0 +1,120 @@
+#!/bin/sh
+# Install the relay on a VM as a systemd service (Debian, as root):
+#   - the package into a virtualenv in /opt/relay,
+#   - a system user `relay`, whose home is the spool (/var/lib/relay),
+#   - /etc/relay/relay.toml, /etc/relay/policies/ and the admin token (mode 0600),
+#     each only if it does not exist yet (a re-run upgrades the package and keeps them),
+#   - systemd/relay.service, enabled and started (restarted on an upgrade).
+# Where things go can be changed for a staged install: RELAY_PREFIX, RELAY_ETC,
+# RELAY_STATE, RELAY_UNIT_DIR, RELAY_USER; RELAY_NO_SYSTEMCTL=1 leaves systemd alone.
+set -eu
+cd "$(dirname "$0")/.."
+source_dir=$(pwd)
+
+prefix=${RELAY_PREFIX:-/opt/relay}
+etc=${RELAY_ETC:-/etc/relay}
+state=${RELAY_STATE:-/var/lib/relay}
+unit_dir=${RELAY_UNIT_DIR:-/etc/systemd/system}
+user=${RELAY_USER:-relay}
+
+say() { echo "install: $*"; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install: run as root (it creates a user and a systemd unit)" >&2
+    exit 2
+fi
+
+if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
+    say "installing python3-venv"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+[ -x "$prefix/bin/python" ] || python3 -m venv "$prefix"
+"$prefix/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$prefix/bin/python" -m pip install -q --upgrade "$source_dir"
+install -m 0644 README.md "$prefix/README.md"
+say "package installed in $prefix ($("$prefix/bin/relayctl" --version 2>/dev/null || echo relayctl))"
+
+if ! id "$user" >/dev/null 2>&1; then
+    useradd --system --home-dir "$state" --no-create-home --shell /usr/sbin/nologin "$user"
+    say "created system user $user"
+fi
+group=$(id -gn "$user")
+
+install -d -m 0755 "$etc"
+install -d -m 0750 -o root -g "$group" "$etc/policies"
+for policy in policies/*.toml; do
+    target="$etc/policies/$(basename "$policy")"
+    [ -e "$target" ] || install -m 0640 -o root -g "$group" "$policy" "$target"
+done
+
+token="$etc/admin.token"
+if [ ! -e "$token" ]; then
+    # Written with a umask, never on a command line: the token is a secret.
+    (umask 077 && "$prefix/bin/python" -c \
+        "import secrets; print(secrets.token_urlsafe(32))" > "$token")
+    say "created the admin token $token (mode 0600, readable by $user only)"
+fi
+chown "$user:$group" "$token"
+chmod 0600 "$token"
+
+config="$etc/relay.toml"
+if [ ! -e "$config" ]; then
+    cat > "$config" <<EOF
+# /etc/relay/relay.toml: written by scripts/install.sh; see README.md for every key.
+# Reload policies and certificates: systemctl reload relay. Other changes: restart.
+
+[server]
+hostname = "$(hostname -f 2>/dev/null || hostname)"
+
+[smtp]
+# Port 25 on every address: only the networks and users in policies/access.toml may relay
+# (loopback alone until you add yours). Add "0.0.0.0:587" or a tls_listen port with a
+# certificate (tls_cert, tls_key) for applications that authenticate.
+listen = ["0.0.0.0:25"]
+
+[queue]
+backend = "local"
+path = "$state/spool"
+
+[delivery]
+tls = "opportunistic"
+
+[admin]
+listen = "127.0.0.1:8025"
+token_file = "$token"
+
+[policies]
+path = "$etc/policies"
+
+[log]
+format = "text"
+EOF
+    chmod 0644 "$config"
+    say "created $config"
+fi
+"$prefix/bin/relayctl" -c "$config" config check
+
+install -d -m 0755 "$unit_dir"
+sed "s#/opt/relay/bin/relayctl#$prefix/bin/relayctl#; s#/etc/relay/relay.toml#$config#; \
+s#ReadWritePaths=/var/lib/relay#ReadWritePaths=$state#; s#^User=relay#User=$user#; \
+s#^Group=relay#Group=$group#" systemd/relay.service > "$unit_dir/relay.service"
+chmod 0644 "$unit_dir/relay.service"
+say "installed $unit_dir/relay.service"
+
+if [ "${RELAY_NO_SYSTEMCTL:-0}" = 1 ]; then
+    say "done (systemd left alone: RELAY_NO_SYSTEMCTL=1)"
+    exit 0
+fi
+if [ ! -d /run/systemd/system ]; then
+    say "done; systemd is not running here: start it with"
+    say "  sudo -u $user $prefix/bin/relayctl serve -c $config"
+    exit 0
+fi
+systemctl daemon-reload
+systemctl enable relay.service >/dev/null 2>&1
+if systemctl is-active --quiet relay.service; then
+    systemctl restart relay.service
+else
+    systemctl start relay.service
+fi
+say "done: relay.service is $(systemctl is-active relay.service)"

@@ -1,0 +1,66 @@
+"""scripts/install.sh into a staging tree: the package in its own virtualenv, the config,
+policies and token, the unit; then the installed relay starts and takes mail."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import smtplib
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.net import free_port
+from tests.support.process import RelayProcess
+
+REPO = Path(__file__).parents[2]
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="install.sh runs as root")
+
+
+def test_install_script_sets_up_a_working_relay(tmp_path: Path) -> None:
+    staged = {"RELAY_PREFIX": tmp_path / "opt", "RELAY_ETC": tmp_path / "etc",
+              "RELAY_STATE": tmp_path / "state", "RELAY_UNIT_DIR": tmp_path / "units"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env |= {k: str(v) for k, v in staged.items()} | {"RELAY_USER": "root",
+                                                     "RELAY_NO_SYSTEMCTL": "1"}
+    result = subprocess.run(["sh", str(REPO / "scripts" / "install.sh")], env=env,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    etc, prefix = staged["RELAY_ETC"], staged["RELAY_PREFIX"]
+    token = etc / "admin.token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(token.read_text().strip()) > 30
+    assert token.read_text().strip() not in result.stdout + result.stderr
+    assert (etc / "policies" / "access.toml").exists()
+    unit = (staged["RELAY_UNIT_DIR"] / "relay.service").read_text()
+    assert f"ExecStart={prefix}/bin/relayctl serve -c {etc}/relay.toml" in unit
+    assert f"ReadWritePaths={staged['RELAY_STATE']}" in unit
+    if shutil.which("systemd-analyze"):
+        verify = subprocess.run(["systemd-analyze", "verify",
+                                 str(staged["RELAY_UNIT_DIR"] / "relay.service")],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert verify.returncode == 0, verify.stderr
+
+    # The installed relay on the installed configuration, on loopback ports for the test.
+    # Nothing leaves loopback: the next hop is a port where nobody listens.
+    port = free_port()
+    ports = {"RELAY_SMTP__LISTEN": f'["127.0.0.1:{port}"]',
+             "RELAY_ADMIN__LISTEN": f"127.0.0.1:{free_port()}",
+             "RELAY_DELIVERY__RELAYHOST": f"[127.0.0.2]:{free_port(('127.0.0.2',))}"}
+    relay = RelayProcess(etc / "relay.toml", tmp_path / "relay.log",
+                         relayctl=str(prefix / "bin" / "relayctl"))
+    relay.start(env=ports)
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.sendmail("app@sender.test", ["someone@example.test"],
+                            "Subject: installed\r\n\r\nhello\r\n")
+        assert list((staged["RELAY_STATE"] / "spool" / "messages").iterdir())
+    finally:
+        assert relay.stop() == 0
+
+    again = subprocess.run(["sh", str(REPO / "scripts" / "install.sh")], env=env,
+                           capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0, again.stderr
+    assert "created" not in again.stdout  # an upgrade keeps the configuration and token
