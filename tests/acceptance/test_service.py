@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import smtplib
 import socket
+import ssl
 import threading
 import time
 import urllib.request
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay import config as config_module
@@ -177,4 +179,42 @@ def test_metrics_count_what_was_sent(relay_process: MakeRelay, dns_server: DnsSe
     assert samples[("relay_smtp_sessions_total", (("tls", "no"),))] == sent
     assert samples[("relay_queue_recipients", (("state", "active"),))] >= 0
     assert samples[("relay_spool_free_bytes", ())] > 0
+    assert relay.stop() == 0
+
+
+def test_sighup_loads_a_renewed_certificate_without_dropping_sessions(
+        relay_process: MakeRelay, tmp_path: Path, ca: trustme.CA) -> None:
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+
+    def issue(name: str) -> None:
+        cert = ca.issue_cert(name, "127.0.0.1")
+        cert.private_key_pem.write_to_path(str(key_path))
+        cert.cert_chain_pems[0].write_to_path(str(cert_path))
+
+    def served_name(port: int) -> str:
+        context = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.starttls(context=context)
+            assert client.sock is not None
+            peer = client.sock.getpeercert()  # type: ignore[attr-defined]
+            return str(peer["subjectAltName"][0][1])  # trustme: the first name given
+
+    issue("old.relay.test")
+    relay = relay_process(smtp={"workers": 2, "tls_cert": str(cert_path),
+                                "tls_key": str(key_path)}).start()
+    assert relay.process is not None
+    port = smtp_port(relay.config)
+    assert served_name(port) == "old.relay.test"
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as open_session:
+        open_session.ehlo("client.test")
+        issue("new.relay.test")
+        relay.process.send_signal(1)
+        relay.wait_for_lines("and the TLS certificate", count=3)
+        assert {served_name(port) for _ in range(4)} == {"new.relay.test"}
+        assert open_session.noop()[0] == 250  # the session from before the reload lives on
+
+    cert_path.write_text("not a certificate")
+    relay.process.send_signal(1)
+    relay.wait_for_lines("reload failed", count=3)
+    assert {served_name(port) for _ in range(4)} == {"new.relay.test"}
     assert relay.stop() == 0
