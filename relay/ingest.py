@@ -178,6 +178,7 @@ class _Worker:
         files.share_ingest_lock()
         store = await HandoffStore.connect(files, handoff_socket)
         registry = SessionRegistry()
+        store.alone = registry.alone
         handler = SubmissionHandler(Cleanup(store, config.server.hostname), config.smtp,
                                     lambda: self.policies.access, free_space=files.free_bytes,
                                     rates=store)

@@ -70,6 +70,7 @@ class Scheduler:
         self._idle_timeout = idle_timeout
         self._clock = clock
         self._active = 0
+        self._full = False  # the active set is full: a finished job makes room to claim
         self._destinations: dict[str, _Destination] = {}
         self._wakeup = asyncio.Event()
         self._stopping = False
@@ -101,6 +102,7 @@ class Scheduler:
         while not self._stopping:
             self._wakeup.clear()
             room = min(self._max_active - self._active, CLAIM_BATCH)
+            self._full = room <= 0
             claimed: list[Claimed] = []
             if room > 0:
                 try:
@@ -169,7 +171,10 @@ class Scheduler:
                         log.exception("%s: delivery failed locally", job.message_id)
                     finally:
                         self._active -= len(job.recipients)
-                        self._wakeup.set()
+                        if self._full:
+                            # Only then: otherwise new mail wakes the scheduler anyway, and
+                            # a claim per finished job would cost a transaction each.
+                            self._wakeup.set()
             finally:
                 await session.close()
 

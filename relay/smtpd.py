@@ -86,6 +86,10 @@ class SessionRegistry:
         self._ended = [0, 0]  # plain, TLS: since the last take_ended()
         self.closing = False  # the relay is stopping: no new transactions
 
+    def alone(self) -> bool:
+        """At most one session open."""
+        return len(self._open) <= 1
+
     def ended(self, tls: bool) -> None:
         self._ended[tls] += 1
 

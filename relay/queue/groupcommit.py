@@ -9,12 +9,18 @@ queue and hands the results back to the event loop in one callback per batch: go
 through aiosqlite statement by statement, or through an executor and an asyncio queue per
 batch, cost more than the SQL itself (bench/README.md). A failing batch is rolled back and
 retried one request at a time, so one bad request fails alone.
+
+Commits that need not be durable at once (delivery outcomes, claims) skip the fsync; the
+WAL is sequential, so the next durable commit makes them durable too. `after_durable`
+runs a callback once that has happened (or after SYNC_DELAY, with an fsync of its own):
+the local queue removes a delivered message's file only then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -27,6 +33,7 @@ log = logging.getLogger("relay.queue")
 
 WriteOp = Callable[[sqlite3.Connection], Any]
 Result = tuple[bool, Any]  # (True, value) or (False, exception)
+SYNC_DELAY = 0.05  # how long after_durable waits for a durable commit to come along
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -57,6 +64,8 @@ class GroupCommitter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._durable = True  # connect() sets synchronous=FULL
+        self._after_durable: list[Callable[[], None]] = []
+        self._sync_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -72,16 +81,43 @@ class GroupCommitter:
         self._requests.put(_Request(op, future, presync, durable or presync))
         return await future
 
+    def after_durable(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the event loop) once every commit made so far is durable."""
+        self._after_durable.append(callback)
+        self._arm_sync()
+
+    def _arm_sync(self) -> None:
+        if self._sync_timer is None and self._loop is not None and not self._closing:
+            self._sync_timer = self._loop.call_later(SYNC_DELAY, self._sync_soon)
+
+    def _sync_soon(self) -> None:
+        """No durable commit came along: make one (an fsync of the WAL)."""
+        self._sync_timer = None
+        if self._after_durable and not self._closing and self._loop is not None:
+            done: asyncio.Future[Any] = self._loop.create_future()
+            # A failed sync is logged by the writer; the timer is armed again in _settle.
+            done.add_done_callback(lambda future: future.exception())
+            self._requests.put(_Request(_sync_wal, done, presync=False, durable=True))
+
     async def run_now(self, op: WriteOp) -> Any:
         """Run `op` in its own transaction before start() (start-up, recovery)."""
         return (await asyncio.to_thread(self._transaction, [op]))[0]
 
+    async def flush_durable(self) -> None:
+        """Make every commit so far durable now, and run what waited for that."""
+        if self._after_durable:
+            await self.submit(_sync_wal)
+
     async def close(self) -> None:
-        """Commit what is pending, then stop."""
-        self._closing = True
+        """Commit what is pending, make it durable, then stop."""
         if self._thread.is_alive():
+            await self.flush_durable()
+            self._closing = True
             self._requests.put(None)
             await asyncio.to_thread(self._thread.join)
+        self._closing = True
+        if self._sync_timer is not None:
+            self._sync_timer.cancel()
         self._db.close()
 
     def _run(self) -> None:
@@ -102,7 +138,8 @@ class GroupCommitter:
             except BaseException as exc:  # the waiting sessions must hear of it
                 results = [(False, exc)] * len(batch)
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(_settle, batch, results)
+            durable = any(r.durable and ok for r, (ok, _) in zip(batch, results, strict=True))
+            self._loop.call_soon_threadsafe(self._settle, batch, results, durable)
             if stop:
                 return
 
@@ -136,13 +173,30 @@ class GroupCommitter:
             raise
         return results
 
+    def _settle(self, batch: list[_Request], results: list[Result], durable: bool) -> None:
+        """On the event loop: wake every request of a committed batch (unless it gave up);
+        after a durable one, whoever waited for durability."""
+        for request, (ok, value) in zip(batch, results, strict=True):
+            if request.future.done():
+                continue
+            if ok:
+                request.future.set_result(value)
+            else:
+                request.future.set_exception(value)
+        if durable and self._after_durable:
+            callbacks, self._after_durable = self._after_durable, []
+            for callback in callbacks:
+                callback()
+        elif self._after_durable:
+            self._arm_sync()
 
-def _settle(batch: list[_Request], results: list[Result]) -> None:
-    """On the event loop: wake every request of a committed batch (unless it gave up)."""
-    for request, (ok, value) in zip(batch, results, strict=True):
-        if request.future.done():
-            continue
-        if ok:
-            request.future.set_result(value)
-        else:
-            request.future.set_exception(value)
+
+def _sync_wal(db: sqlite3.Connection) -> None:
+    """A durable commit with nothing to write: SQLite skips the fsync of an empty
+    transaction, so the WAL file is fsynced directly."""
+    path = db.execute("PRAGMA database_list").fetchone()[2] + "-wal"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

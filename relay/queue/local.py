@@ -98,6 +98,7 @@ class LocalQueue:
         self._committer: GroupCommitter | None = None  # every write
         # Finished messages whose files are gone; their rows go with the next write.
         self._unlinked: list[str] = []
+        self._removals: set[asyncio.Task[None]] = set()  # files of finished messages
         # File I/O (writes, fsyncs, reads) runs on the queue's own threads, so a busy
         # default executor can never hold up a 250.
         self._io: ThreadPoolExecutor | None = None
@@ -120,6 +121,9 @@ class LocalQueue:
 
     async def close(self) -> None:
         if self._committer is not None:
+            await self._committer.flush_durable()  # the finished messages' files go too
+            if self._removals:
+                await asyncio.wait(self._removals)
             if self._unlinked:
                 await self._write(partial(_delete_messages, self._take_unlinked()))
             await self._committer.close()
@@ -174,13 +178,26 @@ class LocalQueue:
     async def record(self, outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
             return
-        # Durable: a finished message's file is removed right after this commit.
-        finished = await self._write(partial(_record, outcomes, self._take_unlinked()))
-        if finished:
-            # Body after the commit, rows with a later write: a crash in between leaves
-            # `done` rows that recovery cleans up.
-            await self._in_io_thread(self.files.remove_all, finished)
-            self._unlinked += finished
+        # Not fsynced on its own: the next durable commit (new mail, usually) makes it
+        # durable, and a power cut before that only means delivering again. A finished
+        # message's file goes only once the commit that finished it is durable.
+        finished = await self._write(partial(_record, outcomes, self._take_unlinked()),
+                                     durable=False)
+        if finished and self._committer is not None:
+            self._committer.after_durable(partial(self._remove_finished, finished))
+
+    def _remove_finished(self, message_ids: list[str]) -> None:
+        """Body after the durable commit, rows with a later write: a crash in between
+        leaves `done` rows that recovery cleans up."""
+        task = asyncio.create_task(self._in_io_thread(self.files.remove_all, message_ids))
+        self._removals.add(task)
+
+        def removed(task: asyncio.Task[None]) -> None:
+            self._removals.discard(task)
+            if not task.cancelled() and task.exception() is None:
+                self._unlinked += message_ids
+
+        task.add_done_callback(removed)
 
     def _take_unlinked(self) -> list[str]:
         taken, self._unlinked = self._unlinked, []
