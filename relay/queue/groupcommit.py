@@ -2,9 +2,10 @@
 
 Concurrent SMTP sessions each need their message committed before they answer 250. One
 commit (and fsync) per message would cap throughput, so requests queue here and a single
-writer thread runs whatever has accumulated as one transaction (group commit): the
-spool directory fsync first (once for every message file renamed into it), then every
-request's statements, then COMMIT. The thread takes requests straight from a thread-safe
+writer thread runs whatever has accumulated as one transaction (group commit): every
+request's statements, then COMMIT, and meanwhile the fsync of the spool directory (once
+for every message file renamed into it); a new message's request returns when both are
+done. The thread takes requests straight from a thread-safe
 queue and hands the results back to the event loop in one callback per batch: going
 through aiosqlite statement by statement, or through an executor and an asyncio queue per
 batch, cost more than the SQL itself (bench/README.md). A failing batch is rolled back and
@@ -12,7 +13,7 @@ retried one request at a time, so one bad request fails alone.
 
 Commits that need not be durable at once (delivery outcomes, claims) skip the fsync; the
 WAL is sequential, so the next durable commit makes them durable too. `after_durable`
-runs a callback once that has happened (or after SYNC_DELAY, with an fsync of its own):
+runs a callback once that has happened (or after `sync_delay`, with an fsync of its own):
 the local queue removes a delivered message's file only then.
 """
 
@@ -25,6 +26,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,22 +47,28 @@ def connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+class PresyncFailed(Exception):
+    """The statements were committed, but the fsync that had to go with them failed."""
+
+
 @dataclass
 class _Request:
     op: WriteOp
     future: asyncio.Future[Any]
-    presync: bool  # needs the spool directory fsynced before its commit
+    presync: bool  # needs the spool directory fsynced with its commit
     durable: bool  # must survive a power loss once committed (new mail: yes)
 
 
 class GroupCommitter:
     def __init__(self, db: sqlite3.Connection, presync: Callable[[], None],
-                 max_batch: int = 1024) -> None:
+                 max_batch: int = 1024, sync_delay: float = SYNC_DELAY) -> None:
         self._db = db
+        self._sync_delay = sync_delay
         self._presync = presync
         self._max_batch = max_batch
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="queue-writer", daemon=True)
+        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-dir-sync")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._durable = True  # connect() sets synchronous=FULL
@@ -88,7 +96,7 @@ class GroupCommitter:
 
     def _arm_sync(self) -> None:
         if self._sync_timer is None and self._loop is not None and not self._closing:
-            self._sync_timer = self._loop.call_later(SYNC_DELAY, self._sync_soon)
+            self._sync_timer = self._loop.call_later(self._sync_delay, self._sync_soon)
 
     def _sync_soon(self) -> None:
         """No durable commit came along: make one (an fsync of the WAL)."""
@@ -115,6 +123,7 @@ class GroupCommitter:
             self._closing = True
             self._requests.put(None)
             await asyncio.to_thread(self._thread.join)
+        self._syncer.shutdown(wait=True)
         self._closing = True
         if self._sync_timer is not None:
             self._sync_timer.cancel()
@@ -144,10 +153,25 @@ class GroupCommitter:
                 return
 
     def _commit(self, batch: list[_Request]) -> list[Result]:
-        """In the writer thread: the batch as one transaction, or singly if that fails."""
+        """In the writer thread: the spool directory fsync, on a thread of its own, at the
+        same time as the transaction (the file system serves both with one journal commit);
+        a request that needed it succeeds only if both did."""
+        syncing = (self._syncer.submit(self._presync)
+                   if any(request.presync for request in batch) else None)
+        results = self._commit_statements(batch)
+        if syncing is not None:
+            try:
+                syncing.result()
+            except Exception as exc:
+                log.error("fsync of the spool directory failed: %s", exc)
+                failed = PresyncFailed(f"fsync of the spool directory: {exc}")
+                results = [(False, failed) if request.presync else result
+                           for request, result in zip(batch, results, strict=True)]
+        return results
+
+    def _commit_statements(self, batch: list[_Request]) -> list[Result]:
+        """The batch as one transaction, or singly if that fails."""
         try:
-            if any(request.presync for request in batch):
-                self._presync()
             self._set_synchronous(any(request.durable for request in batch))
             return [(True, result) for result in self._transaction([r.op for r in batch])]
         except Exception as exc:
@@ -155,7 +179,7 @@ class GroupCommitter:
                 return [(False, exc)]
             log.warning("group commit of %d requests failed (%s); retrying singly",
                         len(batch), exc)
-            return [self._commit([request])[0] for request in batch]
+            return [self._commit_statements([request])[0] for request in batch]
 
     def _set_synchronous(self, durable: bool) -> None:
         if durable != self._durable:

@@ -1,15 +1,17 @@
 """queue.local: the embedded backend, message files under the spool plus a SQLite index.
 
 Write order for a new message (STYLE.md, "durable write order"): temp file, fsync, rename
-into messages/, fsync the directory, commit the index row (WAL, synchronous=FULL), and only
-then does `store` return. Every index write goes through one group-committing writer
-thread; ingest worker processes write their files themselves and hand the rows to it
-(queue.handoff). Operator queries read through a separate aiosqlite connection.
+into messages/, then the fsync of the directory and the commit of the index row (WAL,
+synchronous=FULL) at the same time, and only once both are done does `store` return.
+Every index write goes through one group-committing writer thread; ingest worker
+processes write their files themselves and hand the rows to it (queue.handoff). Operator
+queries read through a separate aiosqlite connection.
 
-Recovery on open: partial writes in tmp/ are dropped (never acknowledged); recipients that
-were `active` when the process died go back to `queued`; finished messages are cleaned up;
-files without rows are moved to orphans/ and rows without files to the quarantine table,
-each with a log line.
+Recovery on open: partial writes in tmp/ are dropped (never acknowledged), and so are the
+index rows of such a file (its rename never reached the disk, so neither did its 250);
+recipients that were `active` when the process died go back to `queued`; finished
+messages are cleaned up; files without rows are moved to orphans/ and rows without any
+file to the quarantine table, each with a log line.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from relay.queue.base import (
     State,
     domain_of,
 )
-from relay.queue.groupcommit import GroupCommitter, connect
+from relay.queue.groupcommit import GroupCommitter, PresyncFailed, connect
 from relay.queue.spoolfiles import SpoolFiles, storage_failure
 
 log = logging.getLogger("relay.queue")
@@ -156,6 +158,10 @@ class LocalQueue:
         except asyncio.CancelledError:
             # The client went away; the commit may still land, so the file stays.
             raise
+        except PresyncFailed as exc:
+            # The row is in, the directory entry perhaps not: no 250, but the file stays
+            # for the row (the client may send it again: a duplicate, nothing lost).
+            raise storage_failure(exc, f"indexing message {meta.id}") from exc
         except Exception as exc:
             # The row was not committed: no acknowledgement, and no orphan file left behind.
             self.files.remove(meta.id)
@@ -325,7 +331,7 @@ def _open_index(path: Path) -> sqlite3.Connection:
 # Write operations: run in the writer thread, inside the group committer's transaction.
 
 def _recover(files: SpoolFiles, now: float, db: sqlite3.Connection) -> None:
-    files.clear_tmp()
+    unrenamed = files.clear_tmp()
     returned = db.execute("UPDATE recipients SET state = 'queued' WHERE state = 'active'")
     if returned.rowcount:
         log.warning("recovery: %d in-flight recipients returned to the queue",
@@ -342,7 +348,11 @@ def _recover(files: SpoolFiles, now: float, db: sqlite3.Connection) -> None:
         target = files.move_to_orphans(message_id)
         log.warning("recovery: message file without index entry (a write cut short before "
                     "its 250, or a lost index row) moved to %s", target)
-    for message_id in sorted(indexed - on_disk):
+    for message_id in sorted((indexed - on_disk) & unrenamed):
+        _delete_messages([message_id], db)
+        log.warning("recovery: %s: index entry of a write cut short before its 250 removed",
+                    message_id)
+    for message_id in sorted(indexed - on_disk - unrenamed):
         _quarantine(db, message_id, "message file missing", now)
         log.error("recovery: %s: index entry without message file moved to quarantine",
                   message_id)

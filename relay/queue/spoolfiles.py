@@ -2,7 +2,7 @@
 
 A message file counts only once it is complete and on disk: it is written under `tmp/`,
 fsynced, renamed into `messages/`, and the directory is fsynced (by the index writer, once
-for a whole group of messages) before the index row is committed. Files are never
+for a whole group of messages, while it commits the index rows). Files are never
 silently deleted on recovery: anything unexpected is moved to `orphans/` and logged.
 """
 
@@ -125,11 +125,15 @@ class SpoolFiles:
     def message_ids(self) -> set[str]:
         return {entry.name for entry in os.scandir(self.messages) if entry.is_file()}
 
-    def clear_tmp(self) -> None:
-        """Partial writes from before a crash: never acknowledged, so safe to drop."""
+    def clear_tmp(self) -> set[str]:
+        """Partial writes from before a crash: never acknowledged, so safe to drop.
+        Returns their message ids."""
+        removed = set()
         for entry in os.scandir(self.tmp):
             log.warning("recovery: removing unacknowledged partial write tmp/%s", entry.name)
             _unlink_quietly(Path(entry.path))
+            removed.add(entry.name)
+        return removed
 
     def move_to_orphans(self, message_id: str) -> Path:
         target = self.orphans / message_id
