@@ -36,12 +36,13 @@ class AdminClient:
         return cls(f"http://{netloc}", load_or_create_token(config.admin_token_path,
                                                             create=False))
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
+    def request(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
             self.base_url + path, data=data, method=method,
             headers={"Authorization": f"Bearer {self._token}",
-                     "Content-Type": "application/json"})
+                     "Content-Type": "application/json", **(headers or {})})
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
                 return json.loads(response.read() or b"null")

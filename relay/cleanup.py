@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from relay.errors import Rejected
-from relay.queue import MessageStore, NewMessage, new_queue_id
+from relay.queue import Idempotency, MessageStore, NewMessage, new_queue_id
 from relay.reply import malformed
 
 MAX_LINE = 998
@@ -134,7 +134,7 @@ class Cleanup:
 
     async def submit(self, mail_from: str, recipients: Sequence[str], data: bytes,
                      origin: Origin, inspected: Inspected | None = None,
-                     smtputf8: bool = False) -> str:
+                     smtputf8: bool = False, idempotency: Idempotency | None = None) -> str:
         """Store the finished message durably and return its queue id; raise Rejected."""
         inspected = inspected or inspect(data)
         queue_id = new_queue_id()
@@ -151,6 +151,6 @@ class Cleanup:
             body,
         ))
         await self._queue.store(NewMessage(queue_id, mail_from, tuple(recipients), finished,
-                                           smtputf8))
+                                           smtputf8, idempotency))
         self._on_stored()
         return queue_id

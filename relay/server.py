@@ -17,7 +17,7 @@ import os
 import signal
 import time
 
-from relay.admin import AdminServer, create_app
+from relay.admin import AdminServer, Services, create_app
 from relay.admin_token import load_or_create_token
 from relay.cleanup import Cleanup
 from relay.config import Config
@@ -98,8 +98,9 @@ class Relay:
                                         free_space=free_space)
             self._listeners = await serve_listeners(handler, config.smtp, hostname,
                                                     self._sessions, self._sockets, self._tls)
-        self._admin = AdminServer(create_app(self.queue, token, self._wake, self.scrape),
-                                  config.admin.listen)
+        self._admin = AdminServer(
+            create_app(Services(self.queue, cleanup, token, self._wake, self.scrape)),
+            config.admin.listen)
         self._admin.start()
         self._scheduler.start()
         log.info("relay started: smtp=%s admin=%s queue=%s (%s) ingest=%s",

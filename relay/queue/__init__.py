@@ -4,6 +4,8 @@ from relay.queue.base import (
     SUMMARY_AGE_BUCKETS,
     Claimed,
     DomainShape,
+    Idempotency,
+    IdempotentAnswer,
     MessageInfo,
     MessageMeta,
     MessageStore,
@@ -19,7 +21,8 @@ from relay.queue.base import (
 )
 
 __all__ = [
-    "SUMMARY_AGE_BUCKETS", "Claimed", "DomainShape", "MessageInfo", "MessageMeta",
+    "SUMMARY_AGE_BUCKETS", "Claimed", "DomainShape", "Idempotency", "IdempotentAnswer",
+    "MessageInfo", "MessageMeta",
     "MessageStore", "NewMessage", "Outcome", "Queue", "QueueStats", "RecipientInfo",
     "Selection", "State", "domain_of", "new_queue_id",
 ]

@@ -44,6 +44,24 @@ def domain_of(address: str) -> str:
 
 
 @dataclass(frozen=True)
+class Idempotency:
+    """An API request's Idempotency-Key and the digest of its body; committed with what
+    the request stored, so that a retry finds it."""
+
+    key: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class IdempotentAnswer:
+    digest: str  # of the first request's body
+    answer: str  # the first answer, JSON
+
+
+IDEMPOTENCY_WINDOW = 24 * 3600.0
+
+
+@dataclass(frozen=True)
 class MessageMeta:
     """What the index records of a new message (its body is a file, or a column)."""
 
@@ -52,6 +70,7 @@ class MessageMeta:
     recipients: Sequence[str]
     size: int
     smtputf8: bool = False
+    idempotency: Idempotency | None = None
 
 
 @dataclass(frozen=True)
@@ -63,11 +82,12 @@ class NewMessage:
     recipients: Sequence[str]
     data: bytes
     smtputf8: bool = False
+    idempotency: Idempotency | None = None
 
     @property
     def meta(self) -> MessageMeta:
         return MessageMeta(self.id, self.mail_from, self.recipients, len(self.data),
-                           self.smtputf8)
+                           self.smtputf8, self.idempotency)
 
 
 @dataclass(frozen=True)
@@ -176,6 +196,9 @@ class Queue(MessageStore, Protocol):
     async def get_message(self, message_id: str) -> MessageInfo | None: ...
 
     async def stats(self) -> QueueStats: ...
+
+    async def idempotent_answer(self, key: str) -> IdempotentAnswer | None:
+        """The answer stored with `key` within IDEMPOTENCY_WINDOW, if any."""
 
     async def summary(self, state: State | None = None) -> list[DomainShape]:
         """Waiting recipients per destination domain and age bucket, busiest first."""

@@ -49,8 +49,7 @@ class HandoffStore:
                  writer: asyncio.StreamWriter) -> None:
         self.files = files
         # Whether the worker serves one session only: then nobody waits while the file is
-        # written on the event loop itself, which saves two thread hops (about 0.15 ms of
-        # the ~1 ms a message takes with one client, bench/README.md).
+        # written on the event loop itself, which saves two thread hops on the way to 250.
         self.alone: Callable[[], bool] = lambda: False
         self._reader = reader
         self._writer = writer

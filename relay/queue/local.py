@@ -31,9 +31,12 @@ import aiosqlite
 
 from relay.errors import LocalFailure
 from relay.queue.base import (
+    IDEMPOTENCY_WINDOW,
     SUMMARY_AGE_BUCKETS,
     Claimed,
     DomainShape,
+    Idempotency,
+    IdempotentAnswer,
     MessageInfo,
     MessageMeta,
     NewMessage,
@@ -72,6 +75,13 @@ CREATE TABLE IF NOT EXISTS recipients (
 CREATE INDEX IF NOT EXISTS recipients_by_message ON recipients(message_id);
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(next_attempt_at)
     WHERE state IN ('queued', 'deferred');
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency(created_at);
 CREATE TABLE IF NOT EXISTS quarantine (
     message_id TEXT NOT NULL,
     mail_from TEXT NOT NULL,
@@ -253,6 +263,12 @@ class LocalQueue:
         oldest = await self._read_one("SELECT MIN(received_at) FROM messages WHERE done = 0")
         return QueueStats(depth, None if oldest is None else oldest[0])
 
+    async def idempotent_answer(self, key: str) -> IdempotentAnswer | None:
+        rows = await self._read_all(
+            "SELECT digest, answer FROM idempotency WHERE key = ? AND created_at > ?",
+            [key, self._clock() - IDEMPOTENCY_WINDOW])
+        return IdempotentAnswer(rows[0][0], rows[0][1]) if rows else None
+
     async def summary(self, state: State | None = None) -> list[DomainShape]:
         # The bucket is computed in SQL, so a million recipients never become Python rows.
         bucket = " ".join(f"WHEN age < {limit} THEN {i}"
@@ -366,6 +382,18 @@ def _insert_message(meta: MessageMeta, now: float, db: sqlite3.Connection) -> No
         "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at) "
         "VALUES (?, ?, ?, 'queued', ?)",
         [(meta.id, rcpt, domain_of(rcpt), now) for rcpt in meta.recipients])
+    if meta.idempotency is not None:
+        remember_answer(db, meta.idempotency, {"id": meta.id,
+                                               "recipients": len(meta.recipients)}, now)
+
+
+def remember_answer(db: sqlite3.Connection, idempotency: Idempotency,
+                    answer: dict[str, Any], now: float) -> None:
+    """Keep an API answer for its Idempotency-Key, in the transaction of what it stored;
+    keys older than the window go at the same time."""
+    db.execute("DELETE FROM idempotency WHERE created_at < ?", (now - IDEMPOTENCY_WINDOW,))
+    db.execute("INSERT INTO idempotency (key, digest, answer, created_at) VALUES (?,?,?,?)",
+               (idempotency.key, idempotency.digest, json.dumps(answer), now))
 
 
 def _claim_due(limit: int, now: float, db: sqlite3.Connection) -> list[Claimed]:

@@ -172,3 +172,24 @@ def test_a_port_taken_by_another_program_is_a_clear_error(relay_process: MakeRel
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1].startswith("relayctl: cannot start:")
     assert "Traceback" not in result.stderr
+
+
+def test_relayctl_send(relay_process: MakeRelay, dns_server: DnsServer,
+                       make_sink: Callable[..., Sink], tmp_path: Path) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    relay = relay_process().start()
+    attachment = tmp_path / "report.csv"
+    attachment.write_text("a,b\n1,2\n")
+    sent = relayctl(relay.config, "send", "--from", "App <app@sender.test>", "--to",
+                    "ann@example.test", "--subject", "Report", "--text", "-", "--attach",
+                    str(attachment), "--header", "X-Job: 7", stdin="see attached\n")
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.startswith("queued as ") and "(1 recipients)" in sent.stdout
+    arrived = sink.wait_for(1)[0]
+    assert b"X-Job: 7" in arrived.content and b'filename="report.csv"' in arrived.content
+
+    bad = relayctl(relay.config, "send", "--from", "app@sender.test", "--to", "nobody",
+                   "--text", "x")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "(to[0])" in bad.stderr
+    assert relay.stop() == 0

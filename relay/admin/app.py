@@ -1,0 +1,145 @@
+"""admin.app: the HTTP API (FastAPI on uvicorn, in the relay's event loop).
+
+Every request but `GET /healthz` needs `Authorization: Bearer <token>` (401 otherwise);
+there is no unauthenticated mode. The token comes from `[admin] token_file`, or is made
+at first start as `<queue path>/admin.token` (mode 0600). Errors are JSON
+`{"error": {"code", "message", "field"}}` with a 4xx status, never a 500 for bad input.
+`relayctl queue ...` is a client of the /v1/queue endpoints; `GET /metrics` is Prometheus's
+(give it the token with `authorization: {credentials_file: ...}` in the scrape config).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import socket
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from relay import metrics
+from relay.admin.errors import ApiError, error_body
+from relay.admin.queue_routes import queue_routes
+from relay.admin.send_routes import send_routes
+from relay.cleanup import Cleanup
+from relay.config import split_hostport
+from relay.queue import Queue
+
+# Tags of the request bodies that come in more than one shape (admin.send_routes).
+UNION_TAGS = frozenset({"structured", "raw"})
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the API works with."""
+
+    queue: Queue
+    cleanup: Cleanup  # the way in for new mail, as for SMTP
+    token: str
+    wake: Callable[[], None]  # the scheduler: new or released mail
+    scrape: Callable[[], Awaitable[bytes]]  # the Prometheus exposition, fresh
+
+
+def create_app(services: Services) -> FastAPI:
+    # The built-in docs routes would be unauthenticated; /openapi.json is served below.
+    app = FastAPI(title="relay admin API", version="1", openapi_url=None, docs_url=None,
+                  redoc_url=None)
+    _install_error_handlers(app)
+    token = services.token.encode()
+
+    def require_token(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 token):
+            raise ApiError(401, "unauthorized", "missing or wrong bearer token")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    authorized = [Depends(require_token)]
+
+    @app.get("/openapi.json", dependencies=authorized, include_in_schema=False)
+    async def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/metrics", dependencies=authorized, response_class=Response,
+             responses={200: {"content": {metrics.CONTENT_TYPE: {}}}})
+    async def prometheus() -> Response:
+        return Response(await services.scrape(), media_type=metrics.CONTENT_TYPE)
+
+    app.include_router(queue_routes(services.queue, services.wake), dependencies=authorized)
+    app.include_router(send_routes(services.queue, services.cleanup), dependencies=authorized)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = exc.code if isinstance(exc, ApiError) else "http_error"
+        field = exc.field if isinstance(exc, ApiError) else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse(error_body(code, str(exc.detail), field), exc.status_code,
+                            headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+        return JSONResponse(error_body("invalid", message, field_name(first.get("loc", ()))),
+                            422)
+
+
+def field_name(location: Sequence[Any]) -> str | None:
+    """pydantic's error location as the request names it: ("body", "structured", "to", 2)
+    is `to[2]`, ("header", "idempotency-key") is `Idempotency-Key`."""
+    parts = list(location)
+    if parts and parts[0] == "header" and len(parts) > 1:
+        return "-".join(word.capitalize() for word in str(parts[1]).split("-"))
+    if parts and parts[0] in ("body", "query", "path"):
+        parts = parts[1:]
+    if len(parts) > 1 and parts[0] in UNION_TAGS:
+        parts = parts[1:]
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name or None
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the relay owns SIGTERM and SIGHUP."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class AdminServer:
+    def __init__(self, app: FastAPI, listen: str) -> None:
+        host, port = split_hostport(listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))  # bound here so a busy port is a clean error
+        self._socket.listen(128)
+        self._socket.setblocking(False)
+        config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
+                                timeout_graceful_shutdown=5)
+        self._server = _EmbeddedServer(config)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]),
+                                         name="admin")
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task
