@@ -44,7 +44,9 @@ class OutcomeRecorder:
         now = self._clock()
         verdicts = [self._decide(job, attempt, now) for attempt in attempts]
         bounced = [v for v in verdicts if v.outcome.state is State.BOUNCED]
-        if bounced and bounce.should_bounce(job.mail_from):
+        # A broadcast's bounces are counted in its status and suppress the address for
+        # later broadcasts; a DSN per bounced recipient would flood the sender.
+        if bounced and job.broadcast is None and bounce.should_bounce(job.mail_from):
             await self._send_dsn(job, bounced, body, now)
         await self._queue.record([v.outcome for v in verdicts])
         for verdict in verdicts:
@@ -56,17 +58,22 @@ class OutcomeRecorder:
     def _decide(self, job: Job, attempt: Attempt, now: float) -> _Verdict:
         answer = attempt.reply
         rid = attempt.recipient.recipient_id
+        broadcast = job.broadcast is not None
         if answer.is_success:
-            return _Verdict(attempt, answer, Outcome(rid, State.DELIVERED, str(answer)))
+            return _Verdict(attempt, answer, Outcome(rid, State.DELIVERED, str(answer),
+                                                     broadcast=broadcast))
         if answer.is_permanent:
-            return _Verdict(attempt, answer, Outcome(rid, State.BOUNCED, str(answer)))
+            return _Verdict(attempt, answer, Outcome(rid, State.BOUNCED, str(answer),
+                                                     broadcast=broadcast))
         decision = retry.after_temporary_failure(
             attempt.recipient.attempts, job.received_at, now, self._policy)
         if isinstance(decision, retry.GiveUp):
             expired = Reply(reply.EXPIRED.code, reply.EXPIRED.enhanced,
                             f"{reply.EXPIRED.text} (last reply: {answer})")
-            return _Verdict(attempt, expired, Outcome(rid, State.BOUNCED, str(expired)))
-        return _Verdict(attempt, answer, Outcome(rid, State.DEFERRED, str(answer), decision.at))
+            return _Verdict(attempt, expired, Outcome(rid, State.BOUNCED, str(expired),
+                                                      broadcast=broadcast))
+        return _Verdict(attempt, answer, Outcome(rid, State.DEFERRED, str(answer), decision.at,
+                                                 broadcast=broadcast))
 
     async def _send_dsn(self, job: Job, bounced: list[_Verdict], body: bytes,
                         now: float) -> None:

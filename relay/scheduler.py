@@ -21,7 +21,9 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from relay.delivery import DeliveryAgent, DestinationSession, Job
+from relay import reply
+from relay.delivery import Attempt, DeliveryAgent, DestinationSession, Job
+from relay.delivery.transform import BroadcastRenderer
 from relay.outcomes import OutcomeRecorder
 from relay.queue import Claimed, Queue
 
@@ -44,15 +46,17 @@ class _Destination:
 
 def group_into_jobs(claimed: Iterable[Claimed], destination_of: Callable[[str], str]
                     ) -> list[Job]:
-    """One job per (message, destination), recipients in claim order."""
-    groups: dict[tuple[str, str], list[Claimed]] = {}
+    """One job per (message, destination), recipients in claim order; a broadcast's
+    recipients get a job each (each has a message of its own)."""
+    groups: dict[tuple[str, str, int], list[Claimed]] = {}
     for recipient in claimed:
-        key = (recipient.message_id, destination_of(recipient.domain))
+        single = recipient.recipient_id if recipient.fields is not None else 0
+        key = (recipient.message_id, destination_of(recipient.domain), single)
         groups.setdefault(key, []).append(recipient)
     return [
         Job(message_id, rcpts[0].mail_from, rcpts[0].received_at, rcpts[0].smtputf8,
-            destination, tuple(rcpts))
-        for (message_id, destination), rcpts in groups.items()
+            destination, tuple(rcpts), rcpts[0].fields)
+        for (message_id, destination, _), rcpts in groups.items()
     ]
 
 
@@ -63,6 +67,7 @@ class Scheduler:
                  clock: Callable[[], float] = time.time) -> None:
         self._queue = queue
         self._agent = agent
+        self._renderer = BroadcastRenderer(agent.hostname, clock)
         self._recorder = recorder
         self._per_destination = max_connections_per_domain
         self._connections = asyncio.Semaphore(max_connections)
@@ -202,5 +207,14 @@ class Scheduler:
         except FileNotFoundError:
             log.info("%s: deleted while queued for delivery", job.message_id)
             return
+        if job.broadcast is not None:
+            try:
+                job, body = self._renderer.render(job, body)
+            except (ValueError, KeyError) as exc:  # checked at submission: should not happen
+                log.error("%s: rendering for %s failed: %s", job.message_id,
+                          job.recipients[0].address, exc)
+                await self._recorder.settle(job, [Attempt(r, reply.UNRENDERABLE, "none")
+                                                  for r in job.recipients], b"")
+                return
         attempts = await session.deliver(job, body)
         await self._recorder.settle(job, attempts, body)

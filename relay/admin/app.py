@@ -24,7 +24,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from relay import metrics
+from relay.admin.broadcast_routes import broadcast_routes
 from relay.admin.errors import ApiError, error_body
+from relay.admin.idempotency import IdempotencyKeys
 from relay.admin.queue_routes import queue_routes
 from relay.admin.send_routes import send_routes
 from relay.cleanup import Cleanup
@@ -76,7 +78,10 @@ def create_app(services: Services) -> FastAPI:
         return Response(await services.scrape(), media_type=metrics.CONTENT_TYPE)
 
     app.include_router(queue_routes(services.queue, services.wake), dependencies=authorized)
-    app.include_router(send_routes(services.queue, services.cleanup), dependencies=authorized)
+    keys = IdempotencyKeys(services.queue)
+    app.include_router(send_routes(services.cleanup, keys), dependencies=authorized)
+    app.include_router(broadcast_routes(services.queue, services.wake, keys),
+                       dependencies=authorized)
     return app
 
 

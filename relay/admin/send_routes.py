@@ -9,19 +9,18 @@ between the two cannot queue it twice); the same key with another body is a 409.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, Discriminator, Tag
 
 from relay.admin.errors import ApiError
+from relay.admin.idempotency import IdempotencyKeys
 from relay.cleanup import Cleanup, Origin
 from relay.compose import ComposeError, RawMessage, StructuredMessage, compose, raw_message
 from relay.errors import LocalFailure, Rejected
-from relay.queue import Idempotency, Queue
+from relay.queue import Idempotency
 from relay.reply import SPOOL_FULL
 
 
@@ -40,9 +39,8 @@ class Accepted(BaseModel):
     recipients: int
 
 
-def send_routes(queue: Queue, cleanup: Cleanup) -> APIRouter:
+def send_routes(cleanup: Cleanup, keys: IdempotencyKeys) -> APIRouter:
     router = APIRouter()
-    in_progress: dict[str, asyncio.Lock] = {}
 
     @router.post("/v1/messages", status_code=202, response_model=Accepted,
                  responses={409: {"description": "Idempotency-Key reused with another body"},
@@ -56,19 +54,11 @@ def send_routes(queue: Queue, cleanup: Cleanup) -> APIRouter:
         if idempotency_key is None:
             return await _submit(message, request, None)
         digest = hashlib.sha256(await request.body()).hexdigest()
-        lock = in_progress.setdefault(idempotency_key, asyncio.Lock())
-        try:
-            async with lock:  # the same key twice at once: the second waits for the first
-                earlier = await queue.idempotent_answer(idempotency_key)
-                if earlier is not None:
-                    if earlier.digest != digest:
-                        raise ApiError(409, "idempotency_conflict", "this Idempotency-Key "
-                                       "was used with another request body", "Idempotency-Key")
-                    return dict(json.loads(earlier.answer))
-                return await _submit(message, request, Idempotency(idempotency_key, digest))
-        finally:
-            if not lock.locked():
-                in_progress.pop(idempotency_key, None)
+        async with keys.held(idempotency_key):
+            earlier = await keys.earlier_answer(idempotency_key, digest)
+            if earlier is not None:
+                return earlier
+            return await _submit(message, request, Idempotency(idempotency_key, digest))
 
     async def _submit(message: StructuredMessage | RawMessage, request: Request,
                       idempotency: Idempotency | None) -> dict[str, Any]:

@@ -36,6 +36,7 @@ class Job:
     smtputf8: bool
     destination: str
     recipients: tuple[Claimed, ...]
+    broadcast: str | None = None  # for a broadcast: its one recipient's fields (JSON)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from relay.queue.base import (
     SUMMARY_AGE_BUCKETS,
+    BroadcastStatus,
     Claimed,
     DomainShape,
     Idempotency,
@@ -16,13 +17,14 @@ from relay.queue.base import (
     RecipientInfo,
     Selection,
     State,
+    Suppression,
     domain_of,
     new_queue_id,
 )
 
 __all__ = [
-    "SUMMARY_AGE_BUCKETS", "Claimed", "DomainShape", "Idempotency", "IdempotentAnswer",
-    "MessageInfo", "MessageMeta",
-    "MessageStore", "NewMessage", "Outcome", "Queue", "QueueStats", "RecipientInfo",
-    "Selection", "State", "domain_of", "new_queue_id",
+    "SUMMARY_AGE_BUCKETS", "BroadcastStatus", "Claimed", "DomainShape", "Idempotency",
+    "IdempotentAnswer", "MessageInfo", "MessageMeta", "MessageStore", "NewMessage", "Outcome",
+    "Queue", "QueueStats", "RecipientInfo", "Selection", "State", "Suppression", "domain_of",
+    "new_queue_id",
 ]

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class State(StrEnum):
@@ -102,6 +102,7 @@ class Claimed:
     mail_from: str
     received_at: float
     smtputf8: bool
+    fields: str | None = None  # a broadcast recipient's fields (JSON); None for mail
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,32 @@ class Outcome:
     state: State  # DELIVERED, DEFERRED or BOUNCED
     reply: str
     next_attempt_at: float | None = None  # for DEFERRED
+    broadcast: bool = False  # the recipient belongs to a broadcast (counted there)
+
+
+@dataclass(frozen=True)
+class BroadcastStatus:
+    id: str
+    state: str  # receiving, sending, done, cancelled
+    total: int  # recipients accepted (rejected and suppressed ones not included)
+    queued: int
+    deferred: int
+    delivered: int
+    bounced: int
+    cancelled: int
+    suppressed: int
+    rejected: int
+    created_at: float
+    accepted_at: float | None
+    finished_at: float | None
+    cancelled_at: float | None
+
+
+@dataclass(frozen=True)
+class Suppression:
+    address: str
+    reason: str
+    created_at: float
 
 
 @dataclass(frozen=True)
@@ -202,6 +229,34 @@ class Queue(MessageStore, Protocol):
 
     async def summary(self, state: State | None = None) -> list[DomainShape]:
         """Waiting recipients per destination domain and age bucket, busiest first."""
+
+    # -- broadcasts (stored once: a template and a row per recipient) -----------------
+
+    async def open_broadcast(self, broadcast_id: str, mail_from: str, template: bytes,
+                             smtputf8: bool) -> None:
+        """Store the template; recipients follow with add_broadcast_recipients."""
+
+    async def add_broadcast_recipients(self, broadcast_id: str,
+                                       recipients: Sequence[tuple[str, str]]) -> int:
+        """Add (address, fields JSON) pairs, not yet due; return how many were suppressed."""
+
+    async def accept_broadcast(self, broadcast_id: str, rejected: int,
+                               idempotency: Idempotency | None,
+                               answer: dict[str, Any]) -> None:
+        """Durably make the broadcast's recipients due (then the API may answer 202)."""
+
+    async def abandon_broadcast(self, broadcast_id: str) -> None: ...
+
+    async def broadcast_status(self, broadcast_id: str) -> BroadcastStatus | None: ...
+
+    async def cancel_broadcast(self, broadcast_id: str) -> BroadcastStatus | None:
+        """Drop what has not been sent; None if there is no such broadcast."""
+
+    async def suppressions(self) -> list[Suppression]: ...
+
+    async def suppress(self, address: str, reason: str) -> bool: ...
+
+    async def unsuppress(self, address: str) -> bool: ...
 
     async def flush(self, selection: Selection) -> int:
         """Make deferred (and queued) recipients due now; return how many."""

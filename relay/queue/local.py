@@ -30,9 +30,11 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from relay.errors import LocalFailure
+from relay.queue import local_broadcasts as broadcasts
 from relay.queue.base import (
     IDEMPOTENCY_WINDOW,
     SUMMARY_AGE_BUCKETS,
+    BroadcastStatus,
     Claimed,
     DomainShape,
     Idempotency,
@@ -45,6 +47,7 @@ from relay.queue.base import (
     RecipientInfo,
     Selection,
     State,
+    Suppression,
     domain_of,
 )
 from relay.queue.groupcommit import GroupCommitter, PresyncFailed, connect
@@ -70,9 +73,11 @@ CREATE TABLE IF NOT EXISTS recipients (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
     last_attempt_at REAL,
-    last_reply TEXT NOT NULL DEFAULT ''
+    last_reply TEXT NOT NULL DEFAULT '',
+    fields TEXT  -- a broadcast recipient's fields (JSON)
 );
-CREATE INDEX IF NOT EXISTS recipients_by_message ON recipients(message_id);
+DROP INDEX IF EXISTS recipients_by_message;
+CREATE INDEX IF NOT EXISTS recipients_by_message_state ON recipients(message_id, state);
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(next_attempt_at)
     WHERE state IN ('queued', 'deferred');
 CREATE TABLE IF NOT EXISTS idempotency (
@@ -197,8 +202,11 @@ class LocalQueue:
         # Not fsynced on its own: the next durable commit (new mail, usually) makes it
         # durable, and a power cut before that only means delivering again. A finished
         # message's file goes only once the commit that finished it is durable.
-        finished = await self._write(partial(_record, outcomes, self._take_unlinked()),
-                                     durable=False)
+        finished = await self._write(partial(_record, outcomes, self._take_unlinked(),
+                                             self._clock()), durable=False)
+        self._remove_when_durable(finished)
+
+    def _remove_when_durable(self, finished: list[str]) -> None:
         if finished and self._committer is not None:
             self._committer.after_durable(partial(self._remove_finished, finished))
 
@@ -289,6 +297,58 @@ class LocalQueue:
         return sorted((DomainShape(d, sum(c), c) for d, c in shapes.items()),
                       key=lambda shape: (-shape.total, shape.domain))
 
+    # -- broadcasts (queue.local_broadcasts) ------------------------------------------
+
+    async def open_broadcast(self, broadcast_id: str, mail_from: str, template: bytes,
+                             smtputf8: bool) -> None:
+        await self.write_file(NewMessage(broadcast_id, mail_from, (), template, smtputf8))
+        await self._write(partial(broadcasts.open_broadcast, broadcast_id, mail_from,
+                                  len(template), smtputf8, self._clock()), presync=True)
+
+    async def add_broadcast_recipients(self, broadcast_id: str,
+                                       recipients: Sequence[tuple[str, str]]) -> int:
+        # No fsync per chunk: accept_broadcast's durable commit covers them all.
+        return int(await self._write(partial(broadcasts.add_recipients, broadcast_id,
+                                             recipients, self._clock()), durable=False))
+
+    async def accept_broadcast(self, broadcast_id: str, rejected: int,
+                               idempotency: Idempotency | None,
+                               answer: dict[str, Any]) -> None:
+        finished = await self._write(partial(broadcasts.accept, broadcast_id, rejected,
+                                             idempotency, answer, self._clock()))
+        self._remove_when_durable(finished)
+
+    async def abandon_broadcast(self, broadcast_id: str) -> None:
+        await self._write(partial(broadcasts.abandon, broadcast_id))
+        self.files.remove(broadcast_id)
+
+    async def broadcast_status(self, broadcast_id: str) -> BroadcastStatus | None:
+        found = await self._read_all(broadcasts.STATUS, [broadcast_id])
+        if not found:
+            return None
+        waiting = {r[0]: int(r[1]) for r in await self._read_all(broadcasts.WAITING,
+                                                                 [broadcast_id])}
+        return broadcasts.status(broadcast_id, found[0], waiting)
+
+    async def cancel_broadcast(self, broadcast_id: str) -> BroadcastStatus | None:
+        finished = await self._write(partial(broadcasts.cancel, broadcast_id, self._clock()))
+        if finished is None:
+            return None
+        self._remove_when_durable(finished)
+        return await self.broadcast_status(broadcast_id)
+
+    async def suppressions(self) -> list[Suppression]:
+        rows = await self._read_all(
+            "SELECT address, reason, created_at FROM suppressions ORDER BY address", [])
+        return [Suppression(*row) for row in rows]
+
+    async def suppress(self, address: str, reason: str) -> bool:
+        return bool(await self._write(partial(broadcasts.suppress, address, reason,
+                                              self._clock())))
+
+    async def unsuppress(self, address: str) -> bool:
+        return bool(await self._write(partial(broadcasts.unsuppress, address)))
+
     async def flush(self, selection: Selection) -> int:
         where, params = _selection_sql(selection)
         if where is None:
@@ -340,7 +400,10 @@ class LocalQueue:
 
 def _open_index(path: Path) -> sqlite3.Connection:
     db = connect(path)
-    db.executescript(SCHEMA)
+    columns = {r[1] for r in db.execute("PRAGMA table_info(recipients)")}
+    if columns and "fields" not in columns:  # a spool from before broadcasts
+        db.execute("ALTER TABLE recipients ADD COLUMN fields TEXT")
+    db.executescript(SCHEMA + broadcasts.SCHEMA)
     return db
 
 
@@ -348,6 +411,7 @@ def _open_index(path: Path) -> sqlite3.Connection:
 
 def _recover(files: SpoolFiles, now: float, db: sqlite3.Connection) -> None:
     unrenamed = files.clear_tmp()
+    files.remove_all(broadcasts.recover(db))
     returned = db.execute("UPDATE recipients SET state = 'queued' WHERE state = 'active'")
     if returned.rowcount:
         log.warning("recovery: %d in-flight recipients returned to the queue",
@@ -401,7 +465,8 @@ def _claim_due(limit: int, now: float, db: sqlite3.Connection) -> list[Claimed]:
         "UPDATE recipients SET state = 'active', attempts = attempts + 1, last_attempt_at = ? "
         f"WHERE id IN (SELECT id FROM recipients WHERE {_DUE} AND next_attempt_at <= ? "
         "ORDER BY next_attempt_at LIMIT ?) "
-        "RETURNING id, message_id, address, domain, attempts", (now, now, limit)).fetchall()
+        "RETURNING id, message_id, address, domain, attempts, fields",
+        (now, now, limit)).fetchall()
     if not rows:
         return []
     ids = sorted({r[1] for r in rows})
@@ -410,12 +475,12 @@ def _claim_due(limit: int, now: float, db: sqlite3.Connection) -> list[Claimed]:
         (json.dumps(ids),))}
     return [
         Claimed(r[0], r[1], r[2], r[3], r[4], messages[r[1]][1], messages[r[1]][2],
-                bool(messages[r[1]][3]))
+                bool(messages[r[1]][3]), r[5])
         for r in sorted(rows, key=lambda r: r[0])
     ]
 
 
-def _record(outcomes: Sequence[Outcome], unlinked: list[str],
+def _record(outcomes: Sequence[Outcome], unlinked: list[str], now: float,
             db: sqlite3.Connection) -> list[str]:
     # `state = 'active'` fences the update: a recipient deleted or changed by an operator
     # meanwhile is left alone.
@@ -429,8 +494,10 @@ def _record(outcomes: Sequence[Outcome], unlinked: list[str],
         f"WHERE id IN {_IDS}) AND NOT EXISTS (SELECT 1 FROM recipients r "
         "WHERE r.message_id = m.id AND r.state NOT IN ('delivered', 'bounced'))",
         (recipient_ids,))]
+    broadcasts.record(outcomes, now, db)
     if finished:
         db.execute(f"UPDATE messages SET done = 1 WHERE id IN {_IDS}", (json.dumps(finished),))
+        broadcasts.mark_finished(finished, now, db)
     if unlinked:
         _delete_messages(unlinked, db)
     return finished

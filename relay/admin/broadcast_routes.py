@@ -1,0 +1,335 @@
+"""admin.broadcast_routes: broadcasts as jobs, and the suppression list.
+
+`POST /v1/broadcasts` takes the template and its recipients as one JSON document, or, for
+large lists, as NDJSON (`Content-Type: application/x-ndjson`): the first line is the
+template, each further line one recipient, read as they arrive so that a million
+recipients never sit in memory. Recipients are written in chunks as they come; invalid ones
+are answered with their index and the reason, addresses on the suppression list are
+skipped and counted. The 202 `{"id", "accepted", "suppressed", "rejected": [...]}` comes
+once the broadcast is durable and due. Then `GET /v1/broadcasts/{id}` gives its counts,
+`.../events` streams them as Server-Sent Events until it is over, `.../cancel` drops what
+has not been sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from relay.admin.errors import ApiError
+from relay.admin.idempotency import IdempotencyKeys
+from relay.broadcast import Recipient, Template, check_recipient, envelope_sender
+from relay.compose import ComposeError
+from relay.errors import LocalFailure
+from relay.queue import BroadcastStatus, Idempotency, Queue, new_queue_id
+
+CHUNK = 5000  # recipients per index write while a broadcast is uploaded
+MAX_LINE = 1024 * 1024  # bytes per NDJSON line
+MAX_LISTED_REJECTIONS = 10_000  # in the answer; rejected_total counts them all
+EVENT_INTERVAL = 1.0  # seconds between Server-Sent Events
+NDJSON = "application/x-ndjson"
+
+
+class BroadcastRequest(Template):
+    """The JSON form: the template's fields and the recipients in one document. Each
+    recipient is checked on its own: a bad one is rejected, the others are sent."""
+
+    recipients: list[Recipient] = Field(default_factory=list)
+
+
+class Rejection(BaseModel):
+    index: int
+    email: str | None
+    reason: str
+
+
+class BroadcastAccepted(BaseModel):
+    id: str
+    accepted: int
+    suppressed: int
+    rejected: list[Rejection]
+    rejected_total: int
+
+
+class BroadcastCounts(BaseModel):
+    id: str
+    state: str
+    total: int
+    queued: int
+    deferred: int
+    delivered: int
+    bounced: int
+    cancelled: int
+    suppressed: int
+    rejected: int
+    created_at: float
+    accepted_at: float | None
+    finished_at: float | None
+    cancelled_at: float | None
+
+
+class SuppressionEntry(BaseModel):
+    address: str
+    reason: str = "added by an operator"
+
+
+def broadcast_routes(queue: Queue, wake: Callable[[], None],
+                     keys: IdempotencyKeys) -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/v1/broadcasts", status_code=202, response_model=BroadcastAccepted,
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": BroadcastRequest.model_json_schema()},
+            NDJSON: {"schema": {"type": "string", "description":
+                                "first line: the template; then one recipient per line"}}}}},
+        responses={409: {"description": "Idempotency-Key reused with another body"},
+                   422: {"description": "invalid template; `field` names the part"}})
+    async def submit(request: Request,
+                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+                     ) -> dict[str, Any]:
+        """A broadcast: one template, many recipients, each rendered when it is sent."""
+        body = _Body(request)
+        if idempotency_key is None:
+            answer = await _store(queue, body, None)
+        else:
+            async with keys.held(idempotency_key):
+                if await queue.idempotent_answer(idempotency_key) is not None:
+                    await body.drain()  # the digest needs the whole body
+                    earlier = await keys.earlier_answer(idempotency_key, body.digest())
+                    assert earlier is not None
+                    return earlier
+                answer = await _store(queue, body, idempotency_key)
+        wake()
+        return answer
+
+    @router.get("/v1/broadcasts/{broadcast_id}", response_model=BroadcastCounts)
+    async def status(broadcast_id: str) -> BroadcastStatus:
+        return await _existing(queue, broadcast_id)
+
+    @router.get("/v1/broadcasts/{broadcast_id}/events",
+                responses={200: {"content": {"text/event-stream": {}}}})
+    async def events(broadcast_id: str) -> StreamingResponse:
+        """The counts as Server-Sent Events (`event: status`) every second, until the
+        broadcast is done or cancelled and nothing of it is being sent."""
+        await _existing(queue, broadcast_id)
+        return StreamingResponse(_event_stream(queue, broadcast_id),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    @router.post("/v1/broadcasts/{broadcast_id}/cancel", response_model=BroadcastCounts)
+    async def cancel(broadcast_id: str) -> BroadcastStatus:
+        """Stop what has not been sent; recipients being sent right now finish."""
+        cancelled = await queue.cancel_broadcast(broadcast_id)
+        if cancelled is None:
+            raise ApiError(404, "not_found", f"no broadcast {broadcast_id}", "id")
+        return cancelled
+
+    @router.get("/v1/suppressions")
+    async def suppressions() -> dict[str, Any]:
+        """Addresses later broadcasts skip: hard bounces, and those added here."""
+        return {"suppressions": [
+            {"address": s.address, "reason": s.reason, "created_at": s.created_at}
+            for s in await queue.suppressions()]}
+
+    @router.post("/v1/suppressions", status_code=201)
+    async def add_suppression(entry: SuppressionEntry) -> dict[str, bool]:
+        _check_address(entry.address)
+        return {"added": await queue.suppress(entry.address, entry.reason)}
+
+    @router.delete("/v1/suppressions/{address}")
+    async def remove_suppression(address: str) -> dict[str, bool]:
+        if not await queue.unsuppress(address):
+            raise ApiError(404, "not_found", f"{address} is not suppressed", "address")
+        return {"removed": True}
+
+    return router
+
+
+def _check_address(address: str) -> None:
+    from relay.compose import mailbox
+
+    try:
+        mailbox(address, "address")
+    except ComposeError as exc:
+        raise ApiError(422, "invalid", str(exc), exc.field) from None
+
+
+async def _existing(queue: Queue, broadcast_id: str) -> BroadcastStatus:
+    found = await queue.broadcast_status(broadcast_id)
+    if found is None:
+        raise ApiError(404, "not_found", f"no broadcast {broadcast_id}", "id")
+    return found
+
+
+async def _event_stream(queue: Queue, broadcast_id: str) -> AsyncIterator[str]:
+    while True:
+        current = await queue.broadcast_status(broadcast_id)
+        if current is None:
+            return
+        data = BroadcastCounts.model_validate(current, from_attributes=True)
+        yield f"event: status\ndata: {data.model_dump_json()}\n\n"
+        if current.state in ("done", "cancelled") and current.queued == 0:
+            return
+        await asyncio.sleep(EVENT_INTERVAL)
+
+
+class _Body:
+    """The request body as a template and a stream of recipients, hashed as it is read
+    (for Idempotency-Key) and never held whole when it is NDJSON."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._hash = hashlib.sha256()
+        content_type = request.headers.get("content-type", "").split(";")[0].strip()
+        self.ndjson = content_type == NDJSON
+        self._stream = request.stream()
+
+    def digest(self) -> str:
+        return self._hash.hexdigest()
+
+    async def drain(self) -> None:
+        async for chunk in self._stream:
+            self._hash.update(chunk)
+
+    async def template_and_recipients(self) -> tuple[Template, AsyncIterator[Any]]:
+        if not self.ndjson:
+            document = _json_object(await self._whole(), "body")
+            recipients = document.pop("recipients", [])
+            if not isinstance(recipients, list):
+                raise ApiError(422, "invalid", "recipients must be a list", "recipients")
+            return _template(document), _iterate(recipients)
+        lines = self._lines()
+        first = _json_object(await anext(lines, b""), "template")
+        return _template(first), _parsed(lines)
+
+    async def _whole(self) -> bytes:
+        chunks = []
+        async for chunk in self._stream:
+            self._hash.update(chunk)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _lines(self) -> AsyncIterator[bytes]:
+        pending = b""
+        async for chunk in self._stream:
+            self._hash.update(chunk)
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                if line.strip():
+                    yield line
+            if len(pending) > MAX_LINE:
+                raise ApiError(413, "line_too_long", f"an NDJSON line is over {MAX_LINE} "
+                               "bytes", "body")
+        if pending.strip():
+            yield pending
+
+
+async def _iterate(items: list[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
+
+
+async def _parsed(lines: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+    async for line in lines:
+        try:
+            yield json.loads(line)
+        except ValueError:
+            yield _NOT_JSON
+
+
+_NOT_JSON = object()
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ApiError(422, "invalid", f"the {what} is not a JSON object", what)
+    return parsed
+
+
+def _template(document: dict[str, Any]) -> Template:
+    from relay.admin.app import field_name
+
+    try:
+        return Template.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        raise ApiError(422, "invalid", message, field_name(first.get("loc", ()))) from None
+
+
+async def _store(queue: Queue, body: _Body, idempotency_key: str | None) -> dict[str, Any]:
+    template, recipients = await body.template_and_recipients()
+    try:
+        sender, smtputf8 = envelope_sender(template)
+    except ComposeError as exc:
+        raise ApiError(422, "invalid", str(exc), exc.field) from None
+    broadcast_id = new_queue_id()
+    needed = template.fields()
+    rejected: list[Rejection] = []
+    rejected_total = accepted = suppressed = 0
+    chunk: list[tuple[str, str]] = []
+    accepting = False
+    try:
+        await queue.open_broadcast(broadcast_id, sender,
+                                   template.model_dump_json(by_alias=True).encode(), smtputf8)
+        index = -1
+        async for index, item in _enumerate(recipients):
+            checked = ("not a JSON object" if item is _NOT_JSON
+                       else check_recipient(needed, item))
+            if isinstance(checked, str):
+                rejected_total += 1
+                if len(rejected) < MAX_LISTED_REJECTIONS:
+                    email = item.get("email") if isinstance(item, dict) else None
+                    rejected.append(Rejection(index=index, email=_str_or_none(email),
+                                              reason=checked))
+                continue
+            chunk.append(checked)
+            if len(chunk) >= CHUNK:
+                suppressed += await queue.add_broadcast_recipients(broadcast_id, chunk)
+                accepted += len(chunk)
+                chunk = []
+        if chunk:
+            suppressed += await queue.add_broadcast_recipients(broadcast_id, chunk)
+            accepted += len(chunk)
+        answer = {"id": broadcast_id, "accepted": accepted - suppressed,
+                  "suppressed": suppressed,
+                  "rejected": [r.model_dump() for r in rejected],
+                  "rejected_total": rejected_total}
+        idempotency = (Idempotency(idempotency_key, body.digest())
+                       if idempotency_key is not None else None)
+        accepting = True
+        await queue.accept_broadcast(broadcast_id, rejected_total, idempotency, answer)
+    except BaseException as exc:
+        # Never acknowledged: nothing of it stays. Once accepting, the commit may have
+        # landed (a retry with the Idempotency-Key then finds it); if it did not, the
+        # next start removes the broadcast that is still "receiving".
+        if not accepting:
+            await asyncio.shield(queue.abandon_broadcast(broadcast_id))
+        if isinstance(exc, LocalFailure):
+            raise ApiError(503, "unavailable", str(exc.reply)) from None
+        raise
+    return answer
+
+
+async def _enumerate(items: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
+    index = 0
+    async for item in items:
+        yield index, item
+        index += 1
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

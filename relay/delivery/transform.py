@@ -1,0 +1,48 @@
+"""delivery.transform: what a message becomes on its way out.
+
+A broadcast's recipient gets its own message, rendered from the stored template with the
+recipient's fields (relay.broadcast) just before it is sent, with a Message-ID of its own.
+DKIM signing and PGP encryption will join here, after rendering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+
+from relay.broadcast import Template, render
+from relay.cleanup import rfc5322_date
+from relay.delivery.agent import Job
+
+TEMPLATE_CACHE = 64  # parsed templates kept: a broadcast is sent one recipient at a time
+
+
+class BroadcastRenderer:
+    def __init__(self, hostname: str, clock: Callable[[], float]) -> None:
+        self._hostname = hostname
+        self._clock = clock
+        self._templates: OrderedDict[str, Template] = OrderedDict()
+
+    def render(self, job: Job, stored: bytes) -> tuple[Job, bytes]:
+        """The job's one recipient's message, from the template stored as its body."""
+        assert job.broadcast is not None and len(job.recipients) == 1
+        fields = json.loads(job.broadcast)
+        _, data, smtputf8 = render(self._template(job.message_id, stored), fields)
+        recipient = job.recipients[0]
+        trace = (f"Message-ID: <{job.message_id}.{recipient.recipient_id}@{self._hostname}>\r\n"
+                 f"Date: {rfc5322_date(self._clock())}\r\n")
+        return (dataclasses.replace(job, smtputf8=job.smtputf8 or smtputf8),
+                trace.encode("ascii", "replace") + data)
+
+    def _template(self, broadcast_id: str, stored: bytes) -> Template:
+        template = self._templates.get(broadcast_id)
+        if template is None:
+            template = Template.model_validate_json(stored)
+            self._templates[broadcast_id] = template
+            if len(self._templates) > TEMPLATE_CACHE:
+                self._templates.popitem(last=False)
+        else:
+            self._templates.move_to_end(broadcast_id)
+        return template

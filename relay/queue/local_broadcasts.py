@@ -1,0 +1,190 @@
+"""queue.local_broadcasts: broadcasts and the suppression list in the local backend.
+
+A broadcast is stored once: its template is the message file (JSON), `messages` has one
+row for it, and `recipients` one row per recipient with the recipient's fields. While the
+upload runs, recipients are written `held` in chunks without an fsync each; `accept` makes
+them `queued` in one durable commit, and only then does the API answer 202. A relay that
+dies during an upload finds the broadcast still `receiving` at the next start and removes
+it: it was never acknowledged. Final counts (delivered, bounced, cancelled) are kept in the
+`broadcasts` row, so they survive the recipients' rows, which leave with the message.
+A recipient that bounces with a 5xx reply from its server goes on the suppression list,
+which later broadcasts skip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from relay.queue.base import BroadcastStatus, Idempotency, Outcome, State, domain_of
+
+log = logging.getLogger("relay.queue")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS broadcasts (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,  -- receiving, sending, cancelled
+    total INTEGER NOT NULL DEFAULT 0,
+    suppressed INTEGER NOT NULL DEFAULT 0,
+    rejected INTEGER NOT NULL DEFAULT 0,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    bounced INTEGER NOT NULL DEFAULT 0,
+    cancelled INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    accepted_at REAL,
+    finished_at REAL,
+    cancelled_at REAL
+);
+CREATE TABLE IF NOT EXISTS suppressions (
+    address TEXT PRIMARY KEY,  -- lower case
+    reason TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+_IDS = "(SELECT value FROM json_each(?))"
+# A permanent refusal by the recipient's server; not our own expiry after max_age.
+_HARD_BOUNCE = "r.last_reply LIKE '5%' AND r.last_reply NOT LIKE '554 5.4.7%'"
+
+
+def open_broadcast(broadcast_id: str, mail_from: str, size: int, smtputf8: bool,
+                   now: float, db: sqlite3.Connection) -> None:
+    db.execute("INSERT INTO messages (id, mail_from, size, received_at, smtputf8) "
+               "VALUES (?,?,?,?,?)", (broadcast_id, mail_from, size, now, int(smtputf8)))
+    db.execute("INSERT INTO broadcasts (id, state, created_at) VALUES (?, 'receiving', ?)",
+               (broadcast_id, now))
+
+
+def add_recipients(broadcast_id: str, recipients: Sequence[tuple[str, str]], now: float,
+                   db: sqlite3.Connection) -> int:
+    """Insert `(address, fields JSON)` rows as `held`; returns how many were suppressed."""
+    lowered = json.dumps(sorted({address.lower() for address, _ in recipients}))
+    suppressed = {r[0] for r in db.execute(
+        f"SELECT address FROM suppressions WHERE address IN {_IDS}", (lowered,))}
+    rows = [(broadcast_id, address, domain_of(address), now, fields)
+            for address, fields in recipients if address.lower() not in suppressed]
+    db.executemany(
+        "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at, fields) "
+        "VALUES (?, ?, ?, 'held', ?, ?)", rows)
+    skipped = len(recipients) - len(rows)
+    db.execute("UPDATE broadcasts SET total = total + ?, suppressed = suppressed + ? "
+               "WHERE id = ?", (len(rows), skipped, broadcast_id))
+    return skipped
+
+
+def accept(broadcast_id: str, rejected: int, idempotency: Idempotency | None,
+           answer: dict[str, Any], now: float, db: sqlite3.Connection) -> list[str]:
+    """The upload is complete: its recipients become due. Returns [broadcast_id] when there
+    is nothing to send at all (the message is finished at once)."""
+    from relay.queue.local import remember_answer
+
+    db.execute("UPDATE recipients SET state = 'queued', next_attempt_at = ? "
+               "WHERE message_id = ? AND state = 'held'", (now, broadcast_id))
+    db.execute("UPDATE broadcasts SET state = 'sending', accepted_at = ?, rejected = ? "
+               "WHERE id = ?", (now, rejected, broadcast_id))
+    if idempotency is not None:
+        remember_answer(db, idempotency, answer, now)
+    return _finish_if_done([broadcast_id], now, db)
+
+
+def abandon(broadcast_id: str, db: sqlite3.Connection) -> None:
+    """An upload that failed before its 202: nothing of it stays."""
+    db.execute("DELETE FROM recipients WHERE message_id = ?", (broadcast_id,))
+    db.execute("DELETE FROM messages WHERE id = ?", (broadcast_id,))
+    db.execute("DELETE FROM broadcasts WHERE id = ?", (broadcast_id,))
+
+
+def recover(db: sqlite3.Connection) -> list[str]:
+    """Uploads cut short by a crash; returns their ids (their template files go too)."""
+    unfinished = [r[0] for r in db.execute("SELECT id FROM broadcasts WHERE state = 'receiving'")]
+    for broadcast_id in unfinished:
+        log.warning("recovery: broadcast %s was still being uploaded (never accepted): "
+                    "removed", broadcast_id)
+        abandon(broadcast_id, db)
+    return unfinished
+
+
+def record(outcomes: Sequence[Outcome], now: float, db: sqlite3.Connection) -> None:
+    """After `queue.local._record`: count final outcomes of broadcast recipients and put
+    hard bounces on the suppression list."""
+    ids = json.dumps([o.recipient_id for o in outcomes if o.broadcast])
+    if ids == "[]":
+        return
+    db.execute(
+        "UPDATE broadcasts SET "
+        "delivered = delivered + (SELECT COUNT(*) FROM recipients r WHERE r.message_id = "
+        f"broadcasts.id AND r.id IN {_IDS} AND r.state = 'delivered'), "
+        "bounced = bounced + (SELECT COUNT(*) FROM recipients r WHERE r.message_id = "
+        f"broadcasts.id AND r.id IN {_IDS} AND r.state = 'bounced') "
+        f"WHERE id IN (SELECT DISTINCT message_id FROM recipients WHERE id IN {_IDS})",
+        (ids, ids, ids))
+    db.execute(
+        "INSERT OR IGNORE INTO suppressions (address, reason, created_at) "
+        f"SELECT lower(r.address), r.last_reply, ? FROM recipients r WHERE r.id IN {_IDS} "
+        f"AND r.state = 'bounced' AND {_HARD_BOUNCE}", (now, ids))
+
+
+def mark_finished(message_ids: Sequence[str], now: float, db: sqlite3.Connection) -> None:
+    db.execute(f"UPDATE broadcasts SET finished_at = ? WHERE id IN {_IDS} "
+               "AND finished_at IS NULL", (now, json.dumps(list(message_ids))))
+
+
+def cancel(broadcast_id: str, now: float, db: sqlite3.Connection) -> list[str] | None:
+    """Drop what has not been sent (recipients being sent right now finish). None when
+    there is no such broadcast; else the finished message ids (for file removal)."""
+    found = db.execute("SELECT state, finished_at FROM broadcasts WHERE id = ?",
+                       (broadcast_id,)).fetchone()
+    if found is None or found[0] == "receiving":
+        return None
+    if found[1] is not None:
+        return []  # all sent already: nothing to cancel
+    dropped = db.execute(
+        "DELETE FROM recipients WHERE message_id = ? AND state IN ('queued', 'deferred', "
+        "'held')", (broadcast_id,)).rowcount
+    db.execute("UPDATE broadcasts SET state = 'cancelled', cancelled = cancelled + ?, "
+               "cancelled_at = COALESCE(cancelled_at, ?) WHERE id = ?",
+               (dropped, now, broadcast_id))
+    return _finish_if_done([broadcast_id], now, db)
+
+
+def _finish_if_done(message_ids: list[str], now: float, db: sqlite3.Connection) -> list[str]:
+    finished = [r[0] for r in db.execute(
+        f"SELECT id FROM messages m WHERE id IN {_IDS} AND done = 0 AND NOT EXISTS ("
+        "SELECT 1 FROM recipients r WHERE r.message_id = m.id "
+        "AND r.state NOT IN ('delivered', 'bounced'))", (json.dumps(message_ids),))]
+    if finished:
+        db.execute(f"UPDATE messages SET done = 1 WHERE id IN {_IDS}", (json.dumps(finished),))
+        mark_finished(finished, now, db)
+    return finished
+
+
+STATUS = ("SELECT state, total, suppressed, rejected, delivered, bounced, cancelled, "
+          "created_at, accepted_at, finished_at, cancelled_at FROM broadcasts WHERE id = ?")
+WAITING = ("SELECT state, COUNT(*) FROM recipients WHERE message_id = ? "
+           "AND state = 'deferred' GROUP BY state")
+
+
+def status(broadcast_id: str, row: Sequence[Any], waiting: dict[str, int]) -> BroadcastStatus:
+    """From a STATUS row and the WAITING counts."""
+    state, total, suppressed, rejected, delivered, bounced, cancelled = row[:7]
+    deferred = waiting.get(State.DEFERRED.value, 0)
+    unsent = total - delivered - bounced - cancelled
+    if state == "sending" and row[9] is not None:
+        state = "done"
+    return BroadcastStatus(
+        id=broadcast_id, state=state, total=total, queued=unsent - deferred,
+        deferred=deferred, delivered=delivered, bounced=bounced, cancelled=cancelled,
+        suppressed=suppressed, rejected=rejected, created_at=row[7], accepted_at=row[8],
+        finished_at=row[9], cancelled_at=row[10])
+
+
+def suppress(address: str, reason: str, now: float, db: sqlite3.Connection) -> bool:
+    return db.execute("INSERT OR IGNORE INTO suppressions (address, reason, created_at) "
+                      "VALUES (?, ?, ?)", (address.lower(), reason, now)).rowcount > 0
+
+
+def unsuppress(address: str, db: sqlite3.Connection) -> bool:
+    return db.execute("DELETE FROM suppressions WHERE address = ?",
+                      (address.lower(),)).rowcount > 0
