@@ -161,6 +161,7 @@ class RelayUnderTest:
 
     def __init__(self, sink_port: int, workdir: Path) -> None:
         self.port = free_port(LOOPBACK)
+        self.admin_port = free_port(LOOPBACK)
         self.workdir = workdir
         (workdir / "policies").mkdir(parents=True, exist_ok=True)
         (workdir / "relay.toml").write_text(
@@ -169,7 +170,7 @@ class RelayUnderTest:
             f'[queue]\npath = "spool"\n'
             f'[delivery]\nrelayhost = "[{SINK_HOST}]:{sink_port}"\ntls = "none"\n'
             f'max_connections_per_domain = 20\n'
-            f'[admin]\nlisten = "{LOOPBACK}:{free_port(LOOPBACK)}"\n')
+            f'[admin]\nlisten = "{LOOPBACK}:{self.admin_port}"\n')
         relayctl = shutil.which("relayctl", path=f"{Path(sys.executable).parent}:"
                                                 f"{os.environ.get('PATH', '')}")
         if relayctl is None:

@@ -6,9 +6,11 @@ needs no flags beyond `-c`. Failures become one-line AdminClientError messages.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from relay.admin_token import load_or_create_token
@@ -38,14 +40,39 @@ class AdminClient:
 
     def request(self, method: str, path: str, body: Any = None,
                 headers: dict[str, str] | None = None) -> Any:
+        """A JSON request and its JSON answer."""
         data = None if body is None else json.dumps(body).encode()
+        with self._open(method, path, data, {"Content-Type": "application/json",
+                                             **(headers or {})}) as response:
+            return json.loads(response.read() or b"null")
+
+    def upload(self, path: str, chunks: Iterable[bytes], content_type: str,
+               headers: dict[str, str] | None = None) -> Any:
+        """POST a body sent as it is produced (chunked), and its JSON answer."""
+        with self._open("POST", path, chunks, {"Content-Type": content_type,
+                                               "Transfer-Encoding": "chunked",
+                                               **(headers or {})},
+                        timeout=None) as response:
+            return json.loads(response.read() or b"null")
+
+    def events(self, path: str) -> Iterator[dict[str, Any]]:
+        """The `data:` objects of a Server-Sent Events stream, as they come."""
+        with self._open("GET", path, None, {"Accept": "text/event-stream"},
+                        timeout=None) as response:
+            for line in response:
+                if line.startswith(b"data: "):
+                    yield json.loads(line[6:])
+
+    @contextlib.contextmanager
+    def _open(self, method: str, path: str, data: bytes | Iterable[bytes] | None,
+              headers: dict[str, str], timeout: float | None = 0.0) -> Iterator[Any]:
         request = urllib.request.Request(
             self.base_url + path, data=data, method=method,
-            headers={"Authorization": f"Bearer {self._token}",
-                     "Content-Type": "application/json", **(headers or {})})
+            headers={"Authorization": f"Bearer {self._token}", **headers})
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                return json.loads(response.read() or b"null")
+            with urllib.request.urlopen(request, timeout=timeout if timeout != 0.0
+                                        else self._timeout) as response:
+                yield response
         except urllib.error.HTTPError as exc:
             raise AdminClientError(_describe_http_error(exc)) from exc
         except (urllib.error.URLError, OSError) as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import socket
 import subprocess
@@ -192,4 +194,46 @@ def test_relayctl_send(relay_process: MakeRelay, dns_server: DnsServer,
     bad = relayctl(relay.config, "send", "--from", "app@sender.test", "--to", "nobody",
                    "--text", "x")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "(to[0])" in bad.stderr
+    assert relay.stop() == 0
+
+
+def test_relayctl_broadcast_and_suppression(relay_process: MakeRelay, dns_server: DnsServer,
+                                            make_sink: Callable[..., Sink],
+                                            tmp_path: Path) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    relay = relay_process().start()
+    template = {"from": "news@sender.test", "subject": "Hi {{name}}", "text": "Hello {{name}}"}
+    ndjson = tmp_path / "list.ndjson"
+    ndjson.write_text("\n".join([json.dumps(template)] + [
+        json.dumps({"email": f"n{n}@example.test", "fields": {"name": f"N{n}"}})
+        for n in range(20)] + ['{"email": "bad"}']) + "\n")
+    submitted = relayctl(relay.config, "broadcast", "submit", str(ndjson))
+    assert submitted.returncode == 0, submitted.stderr
+    assert "20 accepted, 0 suppressed, 1 rejected" in submitted.stdout
+    assert "rejected #20 bad:" in submitted.stdout
+    broadcast_id = submitted.stdout.split()[1].rstrip(":")
+    followed = relayctl(relay.config, "broadcast", "status", broadcast_id, "--follow")
+    assert followed.stdout.splitlines()[-1].startswith(f"{broadcast_id} done: 20 total")
+
+    assert relayctl(relay.config, "suppression", "add", "C1@example.test").returncode == 0
+    listed = relayctl(relay.config, "suppression", "list").stdout
+    assert listed.startswith("c1@example.test\t")
+    csv_file = tmp_path / "list.csv"
+    csv_file.write_text("email,name\nc0@example.test,Zo\u00eb\nc1@example.test,Al\n")
+    template_file = tmp_path / "template.json"
+    template_file.write_text(json.dumps(template))
+    submitted = relayctl(relay.config, "broadcast", "submit", str(csv_file), "--template",
+                         str(template_file))
+    assert "1 accepted, 1 suppressed, 0 rejected" in submitted.stdout, submitted.stderr
+    sink.wait_for(21)
+    [zoe] = [email.message_from_bytes(m.content, policy=email.policy.default)
+             for m in sink.messages if m.rcpt_tos == ["c0@example.test"]]
+    assert zoe.get_content().strip() == "Hello Zo\u00eb"  # type: ignore[attr-defined]
+    status = relayctl(relay.config, "broadcast", "status", submitted.stdout.split()[1][:-1])
+    assert "1 suppressed" in status.stdout
+    assert relayctl(relay.config, "suppression", "remove", "c1@example.test").returncode == 0
+    assert relayctl(relay.config, "suppression", "list").stdout == ""
+    missing = relayctl(relay.config, "broadcast", "status", "NOSUCH")
+    assert missing.returncode == 2 and "no broadcast NOSUCH" in missing.stderr
     assert relay.stop() == 0
