@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from relay_vs_postfix import (  # noqa: E402  (a sibling script, not a package)
+from relay_vs_postfix import (
     LOOPBACK,
     RelayUnderTest,
     SmtpSink,

@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,7 +275,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per configuration "
                         "(the median is reported)")
     parser.add_argument("--only", nargs="*", default=None,
-                        help=f"configurations to run: {', '.join(l.name for l in LOADS)}")
+                        help=f"configurations to run: {', '.join(load.name for load in LOADS)}")
     parser.add_argument("--systems", nargs="*", default=["relay", "postfix"],
                         choices=["relay", "postfix"])
     args = parser.parse_args()
@@ -288,7 +287,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root: smtp-sink and a private postfix instance need it", file=sys.stderr)
         return 2
-    loads = [l for l in LOADS if args.only is None or l.name in args.only]
+    loads = [load for load in LOADS if args.only is None or load.name in args.only]
     systems = {"relay": RelayUnderTest, "postfix": PostfixUnderTest}
     print(f"{args.count} messages per run, {args.repeat} run(s), median shown, "
           f"{os.cpu_count()} CPUs")

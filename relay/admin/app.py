@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from relay import metrics
-from relay.admin.broadcast_routes import broadcast_routes
+from relay.admin.broadcast_routes import broadcast_routes, openapi_schemas
 from relay.admin.errors import ApiError, error_body
 from relay.admin.idempotency import IdempotencyKeys
 from relay.admin.queue_routes import queue_routes
@@ -70,6 +70,10 @@ def create_app(services: Services) -> FastAPI:
 
     @app.get("/openapi.json", dependencies=authorized, include_in_schema=False)
     async def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = app.openapi()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                openapi_schemas())
         return app.openapi()
 
     @app.get("/metrics", dependencies=authorized, response_class=Response,

@@ -87,9 +87,11 @@ def broadcast_routes(queue: Queue, wake: Callable[[], None],
     @router.post(
         "/v1/broadcasts", status_code=202, response_model=BroadcastAccepted,
         openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": BroadcastRequest.model_json_schema()},
-            NDJSON: {"schema": {"type": "string", "description":
-                                "first line: the template; then one recipient per line"}}}}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/BroadcastRequest"}},
+            NDJSON: {"schema": {
+                "type": "array", "items": {"type": "object"},
+                "description": "one JSON object per line: the template (BroadcastRequest "
+                               "without recipients), then one Recipient per line"}}}}},
         responses={409: {"description": "Idempotency-Key reused with another body"},
                    422: {"description": "invalid template; `field` names the part"}})
     async def submit(request: Request,
@@ -151,6 +153,13 @@ def broadcast_routes(queue: Queue, wake: Callable[[], None],
         return {"removed": True}
 
     return router
+
+
+def openapi_schemas() -> dict[str, Any]:
+    """Component schemas for the request body that FastAPI does not see (it is read by
+    hand, to stream it)."""
+    schema = BroadcastRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {**schema.pop("$defs", {}), "BroadcastRequest": schema}
 
 
 def _check_address(address: str) -> None:

@@ -4,6 +4,7 @@ documented operation, the admin API answers with no 5xx."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from tests.support.net import free_port
 
 SCHEMATHESIS = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or \
     shutil.which("schemathesis")
+REPO = Path(__file__).parents[2]
 pytestmark = pytest.mark.skipif(SCHEMATHESIS is None, reason="schemathesis is not installed")
 
 
@@ -42,7 +44,9 @@ def test_schemathesis_finds_no_server_error(relay_process: MakeRelay, tmp_path: 
          "-H", f"Authorization: Bearer {token}", "--checks", "not_a_server_error",
          "--max-examples", "30", "--generation-deterministic", "--request-timeout", "10",
          "--phases", "examples,coverage,fuzzing"],
-        capture_output=True, text=True, timeout=400, check=False, cwd=tmp_path)
+        capture_output=True, text=True, timeout=400, check=False, cwd=tmp_path,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.support.schemathesis_hooks",
+             "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "Traceback" not in relay.log()
     assert relay.stop() == 0
