@@ -12,12 +12,20 @@ checked at submission), never a silent blank. With `unsubscribe_url`, every mess
 
 from __future__ import annotations
 
+import email.charset
+import email.policy
+import functools
 import html
 import json
 import re
 from collections.abc import Mapping
+from email.header import Header
 from email.headerregistry import Address
-from typing import Any
+from email.message import Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import formataddr
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -106,30 +114,73 @@ def envelope_sender(template: Template) -> tuple[str, bool]:
 
 def render(template: Template, fields: Mapping[str, str]) -> tuple[str, bytes, bool]:
     """(envelope sender, message bytes, needs SMTPUTF8) for one recipient."""
-    def plain(text: str) -> str:
-        return _substitute(text, fields, lambda v: v)
-
     def one_line(text: str) -> str:
         return _substitute(text, fields, lambda v: " ".join(v.splitlines()))
 
+    display_name, sender = _sender(template.from_)
     headers = {name: one_line(value) for name, value in template.headers.items()}
     if template.unsubscribe_url:
         headers["List-Unsubscribe"] = f"<{one_line(template.unsubscribe_url)}>"
         headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    # The display name is rendered alone and then quoted as needed, so that a value with
-    # ":" or "<" stays a name.
-    sender = mailbox(template.from_, "from")
-    sender = Address(display_name=one_line(sender.display_name), addr_spec=sender.addr_spec)
-    message = StructuredMessage.model_construct(
-        from_=str(sender), to=[fields["email"]], cc=[], bcc=[],
-        reply_to=one_line(template.reply_to) if template.reply_to else None,
-        subject=one_line(template.subject),
-        text=plain(template.text) if template.text is not None else None,
-        html=(_substitute(template.html, fields, html.escape)
-              if template.html is not None else None),
-        headers=headers, attachments=[])
-    composed = compose(message)
-    return composed.mail_from, composed.data, composed.smtputf8
+    text = (_substitute(template.text, fields, lambda v: v)
+            if template.text is not None else None)
+    html_text = (_substitute(template.html, fields, html.escape)
+                 if template.html is not None else None)
+    name = one_line(display_name)
+    reply_to = one_line(template.reply_to) if template.reply_to else None
+    if not (fields["email"].isascii() and sender.isascii()):
+        # UTF-8 addresses need the modern API's SMTPUTF8 policy (rare; slower).
+        message = StructuredMessage.model_construct(
+            from_=str(Address(display_name=name, addr_spec=sender)), to=[fields["email"]],
+            cc=[], bcc=[], reply_to=reply_to, subject=one_line(template.subject), text=text,
+            html=html_text, headers=headers, attachments=[])
+        composed = compose(message)
+        return composed.mail_from, composed.data, composed.smtputf8
+    mime = _mime_body(text, html_text)
+    mime["From"] = formataddr((name, sender), charset="utf-8")
+    mime["To"] = fields["email"]
+    if reply_to:
+        mime["Reply-To"] = _header_value(reply_to)
+    mime["Subject"] = _header_value(one_line(template.subject))
+    for header, value in headers.items():
+        mime[header] = _header_value(value)
+    return sender, mime.as_bytes(policy=_WIRE), False
+
+
+# One message per recipient of a million: the email package's classic API builds it about
+# 6x faster than EmailMessage, whose policy parses every address header it is given.
+_WIRE = email.policy.compat32.clone(linesep="\r\n")
+_UTF8 = email.charset.Charset("utf-8")
+_UTF8.header_encoding = _UTF8.body_encoding = email.charset.QP
+
+
+def _mime_body(text: str | None, html_text: str | None) -> Message:
+    # (typeshed has the charset as a str; the classic API documents a Charset as well)
+    parts = [MIMEText(_lf(body), subtype, cast(str, _UTF8))
+             for body, subtype in ((text, "plain"), (html_text, "html")) if body is not None]
+    if len(parts) == 1:
+        return parts[0]
+    alternative = MIMEMultipart("alternative")
+    for part in parts:
+        del part["MIME-Version"]  # only the top level carries it
+        alternative.attach(part)
+    return alternative
+
+
+def _header_value(value: str) -> str:
+    """As is, or as RFC 2047 encoded words (a Header, which Message takes as a value)."""
+    return value if value.isascii() else cast(str, Header(value, _UTF8))
+
+
+def _lf(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+@functools.lru_cache(maxsize=256)
+def _sender(from_: str) -> tuple[str, str]:
+    """The display name (still with its fields) and the address of a template's From."""
+    parsed = mailbox(from_, "from")
+    return parsed.display_name, parsed.addr_spec
 
 
 def _substitute(text: str, fields: Mapping[str, str], escape: Any) -> str:

@@ -203,7 +203,9 @@ class Scheduler:
 
     async def _deliver(self, session: DestinationSession, job: Job) -> None:
         try:
-            body = await self._queue.read_body(job.message_id)
+            # A broadcast's template is read once, not once per recipient.
+            body = (b"" if job.broadcast is not None and self._renderer.knows(job.message_id)
+                    else await self._queue.read_body(job.message_id))
         except FileNotFoundError:
             log.info("%s: deleted while queued for delivery", job.message_id)
             return

@@ -14,6 +14,7 @@ has not been sent.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -58,23 +59,6 @@ class BroadcastAccepted(BaseModel):
     rejected_total: int
 
 
-class BroadcastCounts(BaseModel):
-    id: str
-    state: str
-    total: int
-    queued: int
-    deferred: int
-    delivered: int
-    bounced: int
-    cancelled: int
-    suppressed: int
-    rejected: int
-    created_at: float
-    accepted_at: float | None
-    finished_at: float | None
-    cancelled_at: float | None
-
-
 class SuppressionEntry(BaseModel):
     address: str
     reason: str = "added by an operator"
@@ -112,7 +96,7 @@ def broadcast_routes(queue: Queue, wake: Callable[[], None],
         wake()
         return answer
 
-    @router.get("/v1/broadcasts/{broadcast_id}", response_model=BroadcastCounts)
+    @router.get("/v1/broadcasts/{broadcast_id}", response_model=BroadcastStatus)
     async def status(broadcast_id: str) -> BroadcastStatus:
         return await _existing(queue, broadcast_id)
 
@@ -126,7 +110,7 @@ def broadcast_routes(queue: Queue, wake: Callable[[], None],
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
-    @router.post("/v1/broadcasts/{broadcast_id}/cancel", response_model=BroadcastCounts)
+    @router.post("/v1/broadcasts/{broadcast_id}/cancel", response_model=BroadcastStatus)
     async def cancel(broadcast_id: str) -> BroadcastStatus:
         """Stop what has not been sent; recipients being sent right now finish."""
         cancelled = await queue.cancel_broadcast(broadcast_id)
@@ -183,8 +167,7 @@ async def _event_stream(queue: Queue, broadcast_id: str) -> AsyncIterator[str]:
         current = await queue.broadcast_status(broadcast_id)
         if current is None:
             return
-        data = BroadcastCounts.model_validate(current, from_attributes=True)
-        yield f"event: status\ndata: {data.model_dump_json()}\n\n"
+        yield f"event: status\ndata: {json.dumps(dataclasses.asdict(current))}\n\n"
         if current.state in ("done", "cancelled") and current.queued == 0:
             return
         await asyncio.sleep(EVENT_INTERVAL)

@@ -25,8 +25,13 @@ class BroadcastRenderer:
         self._clock = clock
         self._templates: OrderedDict[str, Template] = OrderedDict()
 
+    def knows(self, broadcast_id: str) -> bool:
+        """Whether the template is at hand (render then needs no stored body)."""
+        return broadcast_id in self._templates
+
     def render(self, job: Job, stored: bytes) -> tuple[Job, bytes]:
-        """The job's one recipient's message, from the template stored as its body."""
+        """The job's one recipient's message, from the template stored as its body (or
+        from the one at hand)."""
         assert job.broadcast is not None and len(job.recipients) == 1
         fields = json.loads(job.broadcast)
         _, data, smtputf8 = render(self._template(job.message_id, stored), fields)
