@@ -222,6 +222,10 @@ async def test_idempotent_broadcast_and_bad_templates(start_relay: StartRelay) -
                                      headers={"Content-Type": "application/x-ndjson"})
         assert response.status_code == 422 and response.json()["error"]["field"] == "template"
         assert (await client.get("/v1/broadcasts/NOSUCH")).status_code == 404
+    async with httpx.AsyncClient(base_url=relay.admin.base_url) as anonymous:
+        for method, path in (("POST", "/v1/broadcasts"), ("GET", "/v1/suppressions"),
+                             ("GET", "/v1/broadcasts/X/events")):
+            assert (await anonymous.request(method, path, json=body)).status_code == 401
     messages = await relay.relay.queue.list_messages()
     assert len(messages) == 1  # the one broadcast, once
 
