@@ -2,8 +2,10 @@
 
 `access.toml` says who may relay: clients in `trusted_networks` without AUTH, and SMTP AUTH
 users (only over TLS) restricted to their `allowed_senders`. A missing file means the
-defaults (loopback is trusted, no users). A broken file is a ConfigError naming the key;
-on reload the previous policy stays in force.
+defaults (loopback is trusted, no users). `dkim.toml` lists the signing keys; each key file
+is read and checked when the policies load, so a missing or unreadable key is an error at
+start or reload, never a silently unsigned message. A broken file is a ConfigError naming
+the key; on reload the previous policies stay in force.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
@@ -111,14 +113,73 @@ class AccessPolicy(BaseModel):
         return next((u for u in self.users if u.name == name), None)
 
 
+class DkimKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    domain: str = Field(min_length=1)
+    selector: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    private_key: Path  # relative to the policies directory
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
+    _key: bytes = PrivateAttr(b"")  # the file's contents, read when the policy loads
+
+    @property
+    def key(self) -> bytes:
+        return self._key
+
+    def covers(self, domain: str) -> bool:
+        """Whether mail From: `domain` is signed with this key (its domain or a parent)."""
+        mine, domain = self.domain.lower().rstrip("."), domain.lower().rstrip(".")
+        return domain == mine or domain.endswith("." + mine)
+
+
+class DkimPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keys: list[DkimKey] = []
+
+    def keys_for(self, domain: str) -> list[DkimKey]:
+        return [key for key in self.keys if key.covers(domain)]
+
+
 @dataclass(frozen=True)
 class Policies:
     access: AccessPolicy
+    dkim: DkimPolicy = field(default_factory=DkimPolicy)
 
 
 def load_policies(directory: Path) -> Policies:
     """Load every policy file in `directory`; raise ConfigError with one line."""
-    return Policies(access=_load(directory / "access.toml", AccessPolicy))
+    dkim = _load(directory / "dkim.toml", DkimPolicy)
+    for index, key in enumerate(dkim.keys):
+        path = key.private_key if key.private_key.is_absolute() else directory / key.private_key
+        try:
+            key._key = path.read_bytes()
+            check_dkim_key(key.key, key.algorithm)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{directory / 'dkim.toml'}: keys[{index}].private_key: "
+                              f"cannot use {path}: {getattr(exc, 'strerror', None) or exc}"
+                              ) from exc
+    return Policies(access=_load(directory / "access.toml", AccessPolicy), dkim=dkim)
+
+
+def check_dkim_key(key: bytes, algorithm: str) -> None:
+    """ValueError unless `key` is a private key dkimpy can sign with."""
+    from dkim.crypto import parse_pem_private_key
+
+    if algorithm == "ed25519-sha256":
+        import base64
+
+        import nacl.signing
+
+        try:
+            nacl.signing.SigningKey(base64.b64decode(key.strip(), validate=True))
+        except Exception as exc:
+            raise ValueError(f"not an ed25519 key (base64 of 32 bytes): {exc}") from None
+        return
+    try:
+        parse_pem_private_key(key)
+    except Exception as exc:
+        raise ValueError(f"not an RSA private key in PEM: {exc}") from None
 
 
 def _load(path: Path, model: type[_M]) -> _M:

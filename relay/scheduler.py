@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from relay import reply
 from relay.delivery import Attempt, DeliveryAgent, DestinationSession, Job
-from relay.delivery.transform import BroadcastRenderer
+from relay.delivery.transform import Transform
+from relay.errors import LocalFailure
 from relay.outcomes import OutcomeRecorder
 from relay.queue import Claimed, Queue
 
@@ -61,13 +62,14 @@ def group_into_jobs(claimed: Iterable[Claimed], destination_of: Callable[[str], 
 
 
 class Scheduler:
-    def __init__(self, queue: Queue, agent: DeliveryAgent, recorder: OutcomeRecorder, *,
+    def __init__(self, queue: Queue, agent: DeliveryAgent, recorder: OutcomeRecorder,
+                 transform: Transform, *,
                  max_connections: int, max_connections_per_domain: int,
                  max_active: int = 10_000, idle_timeout: float = 2.0,
                  clock: Callable[[], float] = time.time) -> None:
         self._queue = queue
         self._agent = agent
-        self._renderer = BroadcastRenderer(agent.hostname, clock)
+        self._transform = transform
         self._recorder = recorder
         self._per_destination = max_connections_per_domain
         self._connections = asyncio.Semaphore(max_connections)
@@ -204,19 +206,23 @@ class Scheduler:
     async def _deliver(self, session: DestinationSession, job: Job) -> None:
         try:
             # A broadcast's template is read once, not once per recipient.
-            body = (b"" if job.broadcast is not None and self._renderer.knows(job.message_id)
+            body = (b"" if job.broadcast is not None
+                    and self._transform.renderer.knows(job.message_id)
                     else await self._queue.read_body(job.message_id))
         except FileNotFoundError:
             log.info("%s: deleted while queued for delivery", job.message_id)
             return
-        if job.broadcast is not None:
-            try:
-                job, body = self._renderer.render(job, body)
-            except (ValueError, KeyError) as exc:  # checked at submission: should not happen
-                log.error("%s: rendering for %s failed: %s", job.message_id,
-                          job.recipients[0].address, exc)
-                await self._recorder.settle(job, [Attempt(r, reply.UNRENDERABLE, "none")
-                                                  for r in job.recipients], b"")
-                return
+        try:
+            job, body = await self._transform.prepare(job, body)
+        except LocalFailure as exc:  # signing failed: deferred, never sent unsigned
+            await self._recorder.settle(job, [Attempt(r, exc.reply, "none")
+                                              for r in job.recipients], body)
+            return
+        except (ValueError, KeyError) as exc:  # checked at submission: should not happen
+            log.error("%s: rendering for %s failed: %s", job.message_id,
+                      job.recipients[0].address, exc)
+            await self._recorder.settle(job, [Attempt(r, reply.UNRENDERABLE, "none")
+                                              for r in job.recipients], b"")
+            return
         attempts = await session.deliver(job, body)
         await self._recorder.settle(job, attempts, body)

@@ -22,6 +22,7 @@ from relay.admin_token import load_or_create_token
 from relay.cleanup import Cleanup
 from relay.config import Config
 from relay.delivery import DeliveryAgent, NextHops, relayhost_credentials
+from relay.delivery.transform import Transform
 from relay.errors import ConfigError
 from relay.ingest import IngestWorkers
 from relay.metrics import Metrics
@@ -82,6 +83,7 @@ class Relay:
         self._scheduler = Scheduler(
             self.queue, agent,
             OutcomeRecorder(self.queue, cleanup, hostname, config.retry, self.metrics),
+            Transform(hostname, time.time, lambda: self.policies.dkim),
             max_connections=config.delivery.max_connections,
             max_connections_per_domain=config.delivery.max_connections_per_domain)
         workers = config.smtp.workers if isinstance(self.queue, LocalQueue) else 0

@@ -33,18 +33,24 @@ class Hop:
         return f"{self.name}[{self.address}]:{self.port}"
 
 
+def resolver(nameservers: Sequence[str], timeout: float = 10.0) -> dns.asyncresolver.Resolver:
+    """dnspython's resolver on `nameservers` ("ip:port"), or on the system's."""
+    if nameservers:
+        made = dns.asyncresolver.Resolver(configure=False)
+        made.nameservers = [
+            dns.nameserver.Do53Nameserver(*split_hostport(ns, 53)) for ns in nameservers]
+    else:
+        made = dns.asyncresolver.Resolver()
+    made.lifetime = timeout
+    return made
+
+
 class NextHops:
     """Resolves destinations with dnspython; `nameservers` ("ip:port") or the system's."""
 
     def __init__(self, nameservers: Sequence[str], port: int, timeout: float = 10.0,
                  rng: random.Random | None = None) -> None:
-        if nameservers:
-            self._resolver = dns.asyncresolver.Resolver(configure=False)
-            self._resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(*split_hostport(ns, 53)) for ns in nameservers]
-        else:
-            self._resolver = dns.asyncresolver.Resolver()
-        self._resolver.lifetime = timeout
+        self._resolver = resolver(nameservers, timeout)
         self._port = port
         self._rng = rng or random.Random()
 

@@ -2,7 +2,7 @@
 
 A broadcast's recipient gets its own message, rendered from the stored template with the
 recipient's fields (relay.broadcast) just before it is sent, with a Message-ID of its own.
-DKIM signing and PGP encryption will join here, after rendering.
+Then every message is DKIM-signed (delivery.dkim), after rendering.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from collections.abc import Callable
 from relay.broadcast import Template, render
 from relay.cleanup import rfc5322_date
 from relay.delivery.agent import Job
+from relay.delivery.dkim import Signer
+from relay.policy import DkimPolicy
 
 TEMPLATE_CACHE = 64  # parsed templates kept: a broadcast is sent one recipient at a time
 
@@ -51,3 +53,19 @@ class BroadcastRenderer:
         else:
             self._templates.move_to_end(broadcast_id)
         return template
+
+
+class Transform:
+    """Everything a stored message goes through before it is sent."""
+
+    def __init__(self, hostname: str, clock: Callable[[], float],
+                 dkim: Callable[[], DkimPolicy]) -> None:
+        self.renderer = BroadcastRenderer(hostname, clock)
+        self._signer = Signer(dkim)
+
+    async def prepare(self, job: Job, stored: bytes) -> tuple[Job, bytes]:
+        """The job and the bytes to send: rendered (broadcasts), then signed."""
+        if job.broadcast is None:
+            return job, await self._signer.sign(job.message_id, stored)
+        job, rendered = self.renderer.render(job, stored)
+        return job, await self._signer.sign(None, rendered)

@@ -17,6 +17,7 @@ from tests.acceptance.conftest import MakeRelay
 from tests.support.client import message, send_blocking
 from tests.support.dns_server import DnsServer
 from tests.support.process import relayctl, relayctl_path
+from tests.support.relayconf import write_relay_config
 from tests.support.sink import Sink
 
 
@@ -237,3 +238,33 @@ def test_relayctl_broadcast_and_suppression(relay_process: MakeRelay, dns_server
     missing = relayctl(relay.config, "broadcast", "status", "NOSUCH")
     assert missing.returncode == 2 and "no broadcast NOSUCH" in missing.stderr
     assert relay.stop() == 0
+
+
+def test_relayctl_dkim_keygen_and_check(dns_server: DnsServer, mx_port: int,
+                                        tmp_path: Path) -> None:
+    config = write_relay_config(tmp_path, dns_server.address, mx_port)
+    made = relayctl(config, "dkim", "keygen", "sender.test", "k1", "--algorithm",
+                    "ed25519-sha256")
+    assert made.returncode == 0, made.stderr
+    key = tmp_path / "policies" / "dkim" / "sender.test.k1.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    record = next(line for line in made.stdout.splitlines() if "IN TXT" in line)
+    (tmp_path / "policies" / "dkim.toml").write_text(
+        f'[[keys]]\ndomain = "sender.test"\nselector = "k1"\nprivate_key = "{key}"\n'
+        'algorithm = "ed25519-sha256"\n')
+
+    missing = relayctl(config, "dkim", "check", "sender.test", "k1")
+    assert missing.returncode == 2 and "has no DKIM record" in missing.stderr
+    dns_server.add("k1._domainkey.sender.test", "TXT", record.split("( ", 1)[1].rstrip(" )"))
+    checked = relayctl(config, "dkim", "check", "sender.test", "k1")
+    assert checked.returncode == 0 and "matches" in checked.stdout, checked.stderr
+
+    again = relayctl(config, "dkim", "keygen", "sender.test", "k1", "--algorithm",
+                     "ed25519-sha256")
+    assert again.returncode == 2 and "exists" in again.stderr
+    other = relayctl(config, "dkim", "keygen", "sender.test", "k2").stdout
+    dns_server.records["k1._domainkey.sender.test"]["TXT"] = [
+        next(line for line in other.splitlines() if "IN TXT" in line).split("( ", 1)[1]
+        .rstrip(" )")]
+    wrong = relayctl(config, "dkim", "check", "sender.test", "k1")
+    assert wrong.returncode == 2 and "another key" in wrong.stderr
