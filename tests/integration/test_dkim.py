@@ -45,6 +45,14 @@ def publish_key(directory: Path, dns: DnsServer, domain: str, selector: str,
             f'private_key = "{path}"\nalgorithm = "{algorithm}"\n')
 
 
+def write_dkim_policy(directory: Path, dns: DnsServer,
+                      keys: list[tuple[str, str, str]]) -> None:
+    """policies/dkim.toml with a published key for each (domain, selector, algorithm)."""
+    (directory / "policies").mkdir(exist_ok=True)
+    (directory / "policies" / "dkim.toml").write_text(
+        "".join(publish_key(directory, dns, *key) for key in keys))
+
+
 def _txt(dns: DnsServer, name: bytes) -> bytes:
     record = dns.records[name.decode().lower().rstrip(".")]["TXT"][0]
     return "".join(part.strip('"') for part in record.split('" "')).encode()
@@ -64,11 +72,9 @@ async def test_dual_signatures_verify_independently(
         tmp_path: Path) -> None:
     dns_server.add("example.test", "A", "127.0.0.2")
     sink = make_sink("127.0.0.2")
-    (tmp_path / "policies").mkdir()
-    (tmp_path / "policies" / "dkim.toml").write_text(
-        publish_key(tmp_path, dns_server, "sender.test", "rsa1", "rsa-sha256")
-        + publish_key(tmp_path, dns_server, "sender.test", "ed1", "ed25519-sha256")
-        + publish_key(tmp_path, dns_server, "other.test", "x1", "rsa-sha256"))
+    write_dkim_policy(tmp_path, dns_server, [("sender.test", "rsa1", "rsa-sha256"),
+                                             ("sender.test", "ed1", "ed25519-sha256"),
+                                             ("other.test", "x1", "rsa-sha256")])
     relay = await start_relay()
     body = ("From: App <app@news.sender.test>\r\nTo: a@example.test\r\nSubject: signed\r\n"
             "\r\nHello,\r\n\r\n  spaces  and trailing blanks   \r\n.dot line\r\n")
@@ -93,9 +99,7 @@ async def test_a_broadcast_copy_is_signed_after_rendering(
         tmp_path: Path) -> None:
     dns_server.add("example.test", "A", "127.0.0.2")
     sink = make_sink("127.0.0.2")
-    (tmp_path / "policies").mkdir()
-    (tmp_path / "policies" / "dkim.toml").write_text(
-        publish_key(tmp_path, dns_server, "sender.test", "b1", "rsa-sha256"))
+    write_dkim_policy(tmp_path, dns_server, [("sender.test", "b1", "rsa-sha256")])
     relay = await start_relay()
     recipients = [{"email": f"r{n}@example.test", "fields": {"name": f"N\u00e9{n}"}}
                   for n in range(3)]
@@ -115,3 +119,29 @@ async def test_a_missing_key_is_an_error_at_start(start_relay: StartRelay,
         '[[keys]]\ndomain = "sender.test"\nselector = "s"\nprivate_key = "missing.pem"\n')
     with pytest.raises(Exception, match=r"keys\[0\]\.private_key: cannot use .*missing.pem"):
         await start_relay()
+
+
+async def test_keys_reload_and_a_broken_key_keeps_the_old_ones(
+        start_relay: StartRelay, dns_server: DnsServer, make_sink: Callable[..., Sink],
+        tmp_path: Path) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    write_dkim_policy(tmp_path, dns_server, [("sender.test", "old", "rsa-sha256")])
+    relay = await start_relay()
+
+    async def selector_of_next_message() -> bytes:
+        count = len(sink.messages) + 1
+        await send(relay.smtp_port, "app@sender.test", ["a@example.test"],
+                   b"From: app@sender.test\r\nSubject: s\r\n\r\nx\r\n")
+        arrived = (await asyncio.to_thread(sink.wait_for, count))[-1].content
+        unfolded = arrived.replace(b"\r\n", b"").replace(b"\t", b"").replace(b" ", b"")
+        return unfolded.split(b"s=", 1)[1].split(b";", 1)[0]
+
+    assert await selector_of_next_message() == b"old"
+    write_dkim_policy(tmp_path, dns_server, [("sender.test", "new", "ed25519-sha256")])
+    relay.relay.reload()  # what SIGHUP does
+    assert await selector_of_next_message() == b"new"
+    (tmp_path / "policies" / "dkim.toml").write_text(
+        '[[keys]]\ndomain = "sender.test"\nselector = "gone"\nprivate_key = "gone.pem"\n')
+    relay.relay.reload()
+    assert await selector_of_next_message() == b"new"
