@@ -2,10 +2,11 @@
 
 `access.toml` says who may relay: clients in `trusted_networks` without AUTH, and SMTP AUTH
 users (only over TLS) restricted to their `allowed_senders`. A missing file means the
-defaults (loopback is trusted, no users). `dkim.toml` lists the signing keys; each key file
-is read and checked when the policies load, so a missing or unreadable key is an error at
-start or reload, never a silently unsigned message. A broken file is a ConfigError naming
-the key; on reload the previous policies stay in force.
+defaults (loopback is trusted, no users). `domains.toml` shapes delivery per destination
+domain (connections, rate, TLS), with "*" as the default. `dkim.toml` lists the signing
+keys; each key file is read and checked when the policies load, so a missing or unreadable
+key is an error at start or reload, never a silently unsigned message. A broken file is a
+ConfigError naming the key; on reload the previous policies stay in force.
 """
 
 from __future__ import annotations
@@ -113,6 +114,35 @@ class AccessPolicy(BaseModel):
         return next((u for u in self.users if u.name == name), None)
 
 
+class DomainRule(BaseModel):
+    """How mail to one destination domain is sent (policies/domains.toml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_connections: int | None = Field(default=None, ge=1)  # default: [delivery]'s
+    rate: Annotated[str, AfterValidator(_check_rate)] = ""  # "3600/h": smoothed, not bursts
+    tls: Literal["opportunistic", "required", "none"] | None = None  # default: [delivery]'s
+
+    @property
+    def pace(self) -> Rate | None:
+        return parse_rate(self.rate)
+
+
+class DomainsPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    domains: dict[str, DomainRule] = {}
+
+    def rule_for(self, domain: str) -> DomainRule:
+        """The rule for `domain`, else for its nearest parent listed, else "*"."""
+        labels = domain.lower().rstrip(".").split(".")
+        for start in range(len(labels)):
+            rule = self.domains.get(".".join(labels[start:]))
+            if rule is not None:
+                return rule
+        return self.domains.get("*", DomainRule())
+
+
 class DkimKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -145,6 +175,7 @@ class DkimPolicy(BaseModel):
 class Policies:
     access: AccessPolicy
     dkim: DkimPolicy = field(default_factory=DkimPolicy)
+    domains: DomainsPolicy = field(default_factory=DomainsPolicy)
 
 
 def load_policies(directory: Path) -> Policies:
@@ -159,7 +190,8 @@ def load_policies(directory: Path) -> Policies:
             raise ConfigError(f"{directory / 'dkim.toml'}: keys[{index}].private_key: "
                               f"cannot use {path}: {getattr(exc, 'strerror', None) or exc}"
                               ) from exc
-    return Policies(access=_load(directory / "access.toml", AccessPolicy), dkim=dkim)
+    return Policies(access=_load(directory / "access.toml", AccessPolicy), dkim=dkim,
+                    domains=_load(directory / "domains.toml", DomainsPolicy))
 
 
 def check_dkim_key(key: bytes, algorithm: str) -> None:

@@ -22,15 +22,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from relay import reply
-from relay.delivery import Attempt, DeliveryAgent, DestinationSession, Job
+from relay.delivery import RELAYHOST, Attempt, DeliveryAgent, DestinationSession, Job
 from relay.delivery.transform import Transform
 from relay.errors import LocalFailure
 from relay.outcomes import OutcomeRecorder
+from relay.policy import DomainRule
 from relay.queue import Claimed, Queue
+from relay.shaping import DestinationPace
 
 log = logging.getLogger("relay.scheduler")
 
 CLAIM_BATCH = 500
+KEPT_PACES = 10_000
 MAX_SLEEP = 30.0
 BUSY_SLEEP = 1.0
 
@@ -38,7 +41,7 @@ BUSY_SLEEP = 1.0
 @dataclass
 class _Destination:
     name: str
-    limit: int
+    pace: DestinationPace  # connections allowed now, rate, adaptive slow-down
     jobs: deque[Job] = field(default_factory=deque)
     workers: set[asyncio.Task[None]] = field(default_factory=set)
     idle: int = 0
@@ -77,6 +80,7 @@ class Scheduler:
         self._idle_timeout = idle_timeout
         self._clock = clock
         self._active = 0
+        self._paces: dict[str, DestinationPace] = {}  # kept while their destination rests
         self._full = False  # the active set is full: a finished job makes room to claim
         self._destinations: dict[str, _Destination] = {}
         self._wakeup = asyncio.Event()
@@ -141,13 +145,13 @@ class Scheduler:
     def _dispatch(self, job: Job) -> None:
         destination = self._destinations.get(job.destination)
         if destination is None:
-            destination = _Destination(job.destination, self._per_destination)
+            destination = _Destination(job.destination, self._pace_of(job.destination))
             self._destinations[job.destination] = destination
         destination.jobs.append(job)
         self._active += len(job.recipients)
         destination.arrived.set()
         short_of_workers = len(destination.jobs) > destination.idle
-        if short_of_workers and len(destination.workers) < destination.limit:
+        if short_of_workers and len(destination.workers) < destination.pace.connections:
             task = asyncio.create_task(self._work(destination),
                                        name=f"delivery {destination.name}")
             destination.workers.add(task)
@@ -160,6 +164,7 @@ class Scheduler:
                       exc_info=task.exception())
         if not destination.workers and not destination.jobs:
             self._destinations.pop(destination.name, None)
+            self._remember_pace(destination.pace)
         elif destination.jobs and not self._stopping and not destination.workers:
             # Jobs left behind by a failed worker: put a new worker on them.
             job = destination.jobs.popleft()
@@ -172,7 +177,8 @@ class Scheduler:
             try:
                 while (job := await self._next_job(destination)) is not None:
                     try:
-                        await self._deliver(session, job)
+                        await destination.pace.wait_turn()
+                        destination.pace.observe(await self._deliver(session, job))
                     except Exception:
                         # recovered at the next start; this worker goes on with the next job
                         log.exception("%s: delivery failed locally", job.message_id)
@@ -182,6 +188,8 @@ class Scheduler:
                             # Only then: otherwise new mail wakes the scheduler anyway, and
                             # a claim per finished job would cost a transaction each.
                             self._wakeup.set()
+                    if len(destination.workers) > destination.pace.connections:
+                        return  # slowed down: this connection goes
             finally:
                 await session.close()
 
@@ -203,7 +211,22 @@ class Scheduler:
                 destination.idle -= 1
         return destination.jobs.popleft()
 
-    async def _deliver(self, session: DestinationSession, job: Job) -> None:
+    def _pace_of(self, destination: str) -> DestinationPace:
+        kept = self._paces.pop(destination, None)
+        if kept is not None:
+            return kept
+        rule = (DomainRule() if destination == RELAYHOST
+                else self._agent.domains().rule_for(destination))
+        return DestinationPace(destination, rule, self._per_destination)
+
+    def _remember_pace(self, pace: DestinationPace) -> None:
+        """A slowed-down or rate-limited destination keeps its pace between bursts."""
+        if pace.connections < pace.ceiling or pace.rated:
+            self._paces[pace.name] = pace
+            if len(self._paces) > KEPT_PACES:
+                self._paces.pop(next(iter(self._paces)))
+
+    async def _deliver(self, session: DestinationSession, job: Job) -> list[Attempt]:
         try:
             # A broadcast's template is read once, not once per recipient.
             body = (b"" if job.broadcast is not None
@@ -211,18 +234,19 @@ class Scheduler:
                     else await self._queue.read_body(job.message_id))
         except FileNotFoundError:
             log.info("%s: deleted while queued for delivery", job.message_id)
-            return
+            return []
         try:
             job, body = await self._transform.prepare(job, body)
         except LocalFailure as exc:  # signing failed: deferred, never sent unsigned
             await self._recorder.settle(job, [Attempt(r, exc.reply, "none")
                                               for r in job.recipients], body)
-            return
+            return []
         except (ValueError, KeyError) as exc:  # checked at submission: should not happen
             log.error("%s: rendering for %s failed: %s", job.message_id,
                       job.recipients[0].address, exc)
             await self._recorder.settle(job, [Attempt(r, reply.UNRENDERABLE, "none")
                                               for r in job.recipients], b"")
-            return
+            return []
         attempts = await session.deliver(job, body)
         await self._recorder.settle(job, attempts, body)
+        return attempts

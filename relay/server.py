@@ -78,7 +78,7 @@ class Relay:
         agent = DeliveryAgent(config.delivery, hostname,
                               NextHops(config.delivery.nameservers, config.delivery.port,
                                        timeout=config.delivery.connect_timeout),
-                              credentials)
+                              credentials, domains=lambda: self.policies.domains)
         cleanup = Cleanup(self.queue, hostname, on_stored=self._stored)
         self._scheduler = Scheduler(
             self.queue, agent,

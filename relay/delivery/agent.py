@@ -10,6 +10,7 @@ one Attempt per recipient with the reply that decides its fate.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay import reply
@@ -17,6 +18,7 @@ from relay.config import DeliverySection
 from relay.delivery.client import Credentials, SmtpConnection
 from relay.delivery.mx import Hop, NextHops
 from relay.errors import DeliveryError, Scope
+from relay.policy import DomainsPolicy
 from relay.queue import Claimed
 from relay.reply import Reply
 
@@ -50,11 +52,13 @@ class DeliveryAgent:
     """What every destination session shares: settings, resolver, relayhost credentials."""
 
     def __init__(self, settings: DeliverySection, hostname: str, hops: NextHops,
-                 credentials: Credentials | None = None) -> None:
+                 credentials: Credentials | None = None,
+                 domains: Callable[[], DomainsPolicy] = DomainsPolicy) -> None:
         self.settings = settings
         self.hostname = hostname
         self.hops = hops
         self.credentials = credentials
+        self.domains = domains  # the shaping policy in force (policies/domains.toml)
 
     def destination_of(self, domain: str) -> str:
         return RELAYHOST if self.settings.relayhost else domain
@@ -131,7 +135,10 @@ class DestinationSession:
 
     async def _open(self, hop: Hop) -> SmtpConnection:
         settings = self._agent.settings
+        tls = settings.tls
+        if self.destination != RELAYHOST:
+            tls = self._agent.domains().rule_for(self.destination).tls or tls
         return await SmtpConnection.open(
-            hop, self._agent.hostname, settings.tls, settings.connect_timeout,
+            hop, self._agent.hostname, tls, settings.connect_timeout,
             settings.command_timeout,
             self._agent.credentials if self.destination == RELAYHOST else None)

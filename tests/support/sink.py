@@ -7,6 +7,7 @@ Received messages are recorded; `wait_for(n)` blocks until n have arrived (no sl
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import threading
 from collections.abc import Callable
@@ -65,6 +66,8 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         sink = self.sink
+        if sink.data_delay:
+            await asyncio.sleep(sink.data_delay)
         if sink.data_reply.startswith("2"):
             with sink.arrived:
                 null_sender = envelope.mail_from == "<>"
@@ -78,6 +81,30 @@ class _Handler:
         return sink.data_reply
 
 
+class _CountingController(Controller):
+    """aiosmtpd's controller, telling the sink when sessions open and close."""
+
+    def __init__(self, sink: Sink, *args: Any, **kwargs: Any) -> None:
+        self._sink = sink
+        super().__init__(*args, **kwargs)
+
+    def factory(self) -> SMTP:
+        protocol = super().factory()
+        sink, made, lost = self._sink, protocol.connection_made, protocol.connection_lost
+
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            sink.opened(id(protocol))
+            made(transport)
+
+        def connection_lost(error: Exception | None) -> None:
+            sink.closed(id(protocol))
+            lost(error)
+
+        protocol.connection_made = connection_made  # type: ignore[method-assign]
+        protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+        return protocol
+
+
 class Sink:
     def __init__(self, host: str, port: int, tls_context: ssl.SSLContext | None = None,
                  users: dict[str, str] | None = None, smtputf8: bool = True,
@@ -88,6 +115,9 @@ class Sink:
         self.default_rcpt_reply = "250 2.1.5 Ok"
         self.data_reply = "250 2.0.0 Ok: queued"
         self.drop_on_rcpt: set[str] = set()
+        self.data_delay = 0.0  # seconds before answering DATA (keeps sessions open longer)
+        self.max_concurrent = 0  # the most sessions open at once
+        self._open: set[int] = set()
         self.pipelining = pipelining
         self.messages: list[Received] = []
         self.arrived = threading.Condition()
@@ -97,8 +127,17 @@ class Sink:
         if users is not None:  # AUTH required, and only under TLS
             kwargs.update(authenticator=_Authenticator(users), auth_required=True,
                           auth_require_tls=True)
-        self._controller = Controller(_Handler(self), hostname=host, port=port,
-                                      server_hostname="sink.test", **kwargs)
+        self._controller = _CountingController(self, _Handler(self), hostname=host, port=port,
+                                               server_hostname="sink.test", **kwargs)
+
+    def opened(self, session: int) -> None:
+        with self.arrived:
+            self._open.add(session)
+            self.max_concurrent = max(self.max_concurrent, len(self._open))
+
+    def closed(self, session: int) -> None:
+        with self.arrived:
+            self._open.discard(session)
 
     def start(self) -> Sink:
         self._controller.start()
