@@ -419,6 +419,50 @@ def dkim_check(ctx: click.Context, domain: str, selector: str) -> None:
 
 
 @main.group()
+def pgp() -> None:
+    """Recipients' PGP keys (the keyring of policies/pgp.toml)."""
+
+
+def _keyring(ctx: click.Context) -> Path:
+    home = load_policies(_config(ctx).policies.path).pgp.keyring
+    if home is None:
+        raise RelayError("pgp: policies/pgp.toml names no keyring")
+    return home
+
+
+@pgp.command(name="import")
+@click.argument("key_file", type=click.File("rb"))
+@config_option
+@click.pass_context
+@one_line_errors
+def pgp_import(ctx: click.Context, key_file: Any) -> None:
+    """Import public keys (ASCII-armored or binary) into the keyring."""
+    from relay.delivery import pgp as pgp_keys
+
+    try:
+        fingerprints = pgp_keys.import_keys(_keyring(ctx), key_file.read())
+    except ValueError as exc:
+        raise RelayError(f"pgp import: {exc}") from None
+    for fingerprint in fingerprints:
+        click.echo(f"imported {fingerprint}")
+
+
+@pgp.command(name="list")
+@config_option
+@click.pass_context
+@one_line_errors
+def pgp_list(ctx: click.Context) -> None:
+    """The keys in the keyring: fingerprint, user ids, expiry, whether they encrypt."""
+    from relay.delivery import pgp as pgp_keys
+
+    for key in pgp_keys.list_keys(_keyring(ctx)):
+        expires = time.strftime("%Y-%m-%d", time.gmtime(int(key.expires))) \
+            if key.expires else "never"
+        usable = "encrypts" if key.can_encrypt else "cannot encrypt"
+        click.echo(f"{key.fingerprint}  {', '.join(key.uids)}  expires {expires}  {usable}")
+
+
+@main.group()
 def suppression() -> None:
     """Addresses broadcasts skip (hard bounces are added by themselves)."""
 

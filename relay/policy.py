@@ -143,6 +143,31 @@ class DomainsPolicy(BaseModel):
         return self.domains.get("*", DomainRule())
 
 
+class PgpRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    recipients: list[Annotated[str, AfterValidator(_check_sender_pattern)]] = Field(
+        min_length=1)  # full addresses or "@domain"
+    mode: Literal["required", "if-available"] = "if-available"
+
+    def matches(self, address: str) -> bool:
+        address = address.lower()
+        return any(address == p or (p.startswith("@") and address.endswith(p))
+                   for p in self.recipients)
+
+
+class PgpPolicy(BaseModel):
+    """policies/pgp.toml: which recipients get PGP/MIME (RFC 3156) and from which keyring."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keyring: Path | None = None  # a GnuPG home directory; relative to the policies dir
+    rules: list[PgpRule] = []
+
+    def rule_for(self, address: str) -> PgpRule | None:
+        return next((rule for rule in self.rules if rule.matches(address)), None)
+
+
 class DkimKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -176,6 +201,7 @@ class Policies:
     access: AccessPolicy
     dkim: DkimPolicy = field(default_factory=DkimPolicy)
     domains: DomainsPolicy = field(default_factory=DomainsPolicy)
+    pgp: PgpPolicy = field(default_factory=PgpPolicy)
 
 
 def load_policies(directory: Path) -> Policies:
@@ -190,8 +216,13 @@ def load_policies(directory: Path) -> Policies:
             raise ConfigError(f"{directory / 'dkim.toml'}: keys[{index}].private_key: "
                               f"cannot use {path}: {getattr(exc, 'strerror', None) or exc}"
                               ) from exc
+    pgp = _load(directory / "pgp.toml", PgpPolicy)
+    if pgp.keyring is not None and not pgp.keyring.is_absolute():
+        pgp.keyring = directory / pgp.keyring
+    if pgp.rules and pgp.keyring is None:
+        raise ConfigError(f"{directory / 'pgp.toml'}: keyring: needed for the rules")
     return Policies(access=_load(directory / "access.toml", AccessPolicy), dkim=dkim,
-                    domains=_load(directory / "domains.toml", DomainsPolicy))
+                    domains=_load(directory / "domains.toml", DomainsPolicy), pgp=pgp)
 
 
 def check_dkim_key(key: bytes, algorithm: str) -> None:

@@ -64,6 +64,8 @@ DNS_TEMPFAIL = Reply(451, "4.4.3", "Temporary failure looking up the recipient d
 NO_MX_ADDRESS = Reply(451, "4.4.4", "No address found for any MX host of the recipient domain")
 NO_ROUTE = Reply(451, "4.4.1", "No answer from any host of the recipient domain")
 EXPIRED = Reply(554, "5.4.7", "Delivery time expired")
+PGP_KEY_MISSING = Reply(554, "5.7.1", "No valid PGP key for this recipient, and its rule "
+                                      "requires encryption")
 SIGNING_FAILED = Reply(451, "4.3.0", "DKIM signing failed; the message stays queued")
 UNRENDERABLE = Reply(554, "5.6.0", "The broadcast template could not be rendered for this "
                                    "recipient")

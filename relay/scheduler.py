@@ -48,13 +48,14 @@ class _Destination:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def group_into_jobs(claimed: Iterable[Claimed], destination_of: Callable[[str], str]
+def group_into_jobs(claimed: Iterable[Claimed], destination_of: Callable[[str], str],
+                    own_copy: Callable[[Claimed], bool] = lambda r: r.fields is not None
                     ) -> list[Job]:
-    """One job per (message, destination), recipients in claim order; a broadcast's
-    recipients get a job each (each has a message of its own)."""
+    """One job per (message, destination), recipients in claim order; a recipient with a
+    message of its own (a broadcast's, or a PGP-encrypted copy) gets a job of its own."""
     groups: dict[tuple[str, str, int], list[Claimed]] = {}
     for recipient in claimed:
-        single = recipient.recipient_id if recipient.fields is not None else 0
+        single = recipient.recipient_id if own_copy(recipient) else 0
         key = (recipient.message_id, destination_of(recipient.domain), single)
         groups.setdefault(key, []).append(recipient)
     return [
@@ -120,7 +121,8 @@ class Scheduler:
                     claimed = await self._queue.claim_due(room)
                 except Exception:
                     log.exception("scheduler: claiming due recipients failed")
-            for job in group_into_jobs(claimed, self._agent.destination_of):
+            for job in group_into_jobs(claimed, self._agent.destination_of,
+                                       self._transform.needs_own_copy):
                 self._dispatch(job)
             if claimed and len(claimed) == room:
                 continue  # there may be more due right now

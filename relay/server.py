@@ -83,7 +83,8 @@ class Relay:
         self._scheduler = Scheduler(
             self.queue, agent,
             OutcomeRecorder(self.queue, cleanup, hostname, config.retry, self.metrics),
-            Transform(hostname, time.time, lambda: self.policies.dkim),
+            Transform(hostname, time.time, lambda: self.policies.dkim,
+                      lambda: self.policies.pgp),
             max_connections=config.delivery.max_connections,
             max_connections_per_domain=config.delivery.max_connections_per_domain)
         workers = config.smtp.workers if isinstance(self.queue, LocalQueue) else 0

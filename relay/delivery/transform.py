@@ -2,11 +2,13 @@
 
 A broadcast's recipient gets its own message, rendered from the stored template with the
 recipient's fields (relay.broadcast) just before it is sent, with a Message-ID of its own.
-Then every message is DKIM-signed (delivery.dkim), after rendering.
+A recipient that policies/pgp.toml names gets its own PGP/MIME copy (delivery.pgp).
+Then every message is DKIM-signed (delivery.dkim), after rendering and encryption.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections import OrderedDict
@@ -16,7 +18,11 @@ from relay.broadcast import Template, render
 from relay.cleanup import rfc5322_date
 from relay.delivery.agent import Job
 from relay.delivery.dkim import Signer
-from relay.policy import DkimPolicy
+from relay.delivery.pgp import NoKey, encrypt_for
+from relay.errors import LocalFailure
+from relay.policy import DkimPolicy, PgpPolicy
+from relay.queue import Claimed
+from relay.reply import PGP_KEY_MISSING
 
 TEMPLATE_CACHE = 64  # parsed templates kept: a broadcast is sent one recipient at a time
 
@@ -55,17 +61,35 @@ class BroadcastRenderer:
         return template
 
 
+class PgpKeyMissing(LocalFailure):
+    reply = PGP_KEY_MISSING
+
+
 class Transform:
     """Everything a stored message goes through before it is sent."""
 
     def __init__(self, hostname: str, clock: Callable[[], float],
-                 dkim: Callable[[], DkimPolicy]) -> None:
+                 dkim: Callable[[], DkimPolicy], pgp: Callable[[], PgpPolicy]) -> None:
         self.renderer = BroadcastRenderer(hostname, clock)
         self._signer = Signer(dkim)
+        self._pgp = pgp
+
+    def needs_own_copy(self, recipient: Claimed) -> bool:
+        """Whether a recipient gets a message of its own (a job of its own)."""
+        return recipient.fields is not None or self._pgp().rule_for(recipient.address) is not None
 
     async def prepare(self, job: Job, stored: bytes) -> tuple[Job, bytes]:
-        """The job and the bytes to send: rendered (broadcasts), then signed."""
-        if job.broadcast is None:
-            return job, await self._signer.sign(job.message_id, stored)
-        job, rendered = self.renderer.render(job, stored)
-        return job, await self._signer.sign(None, rendered)
+        """The job and the bytes to send: rendered (broadcasts), encrypted (PGP rules),
+        then signed; PgpKeyMissing when a rule requires a key there is not."""
+        message, shared = stored, job.broadcast is None
+        if job.broadcast is not None:
+            job, message = self.renderer.render(job, stored)
+        policy = self._pgp()
+        if len(job.recipients) == 1 and policy.rule_for(job.recipients[0].address):
+            try:
+                message = await asyncio.to_thread(encrypt_for, message,
+                                                  job.recipients[0].address, policy)
+            except NoKey as exc:
+                raise PgpKeyMissing(str(exc)) from exc
+            shared = False
+        return job, await self._signer.sign(job.message_id if shared else None, message)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from relay import config as config_module
 from relay.config import split_hostport
@@ -268,3 +271,29 @@ def test_relayctl_dkim_keygen_and_check(dns_server: DnsServer, mx_port: int,
         .rstrip(" )")]
     wrong = relayctl(config, "dkim", "check", "sender.test", "k1")
     assert wrong.returncode == 2 and "another key" in wrong.stderr
+
+
+@pytest.mark.skipif(shutil.which("gpg") is None, reason="gpg is not installed")
+def test_relayctl_pgp_import_and_list(dns_server: DnsServer, mx_port: int,
+                                      tmp_path: Path) -> None:
+    config = write_relay_config(tmp_path, dns_server.address, mx_port)
+    (tmp_path / "policies" / "pgp.toml").write_text(
+        'keyring = "gnupg"\n[[rules]]\nrecipients = ["@partner.test"]\n')
+    assert "no keyring" not in relayctl(config, "pgp", "list").stderr
+    home = tmp_path / "recipient"
+    home.mkdir(mode=0o700)
+    base = ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback",
+            "--passphrase", ""]
+    subprocess.run([*base, "--quick-gen-key", "Ann <ann@partner.test>", "future-default",
+                    "default", "never"], check=True, capture_output=True, timeout=120)
+    exported = subprocess.run([*base, "--armor", "--export", "ann@partner.test"],
+                              check=True, capture_output=True, timeout=60).stdout
+    (tmp_path / "ann.asc").write_bytes(exported)
+    imported = relayctl(config, "pgp", "import", str(tmp_path / "ann.asc"))
+    assert imported.returncode == 0 and imported.stdout.startswith("imported "), \
+        imported.stderr
+    listed = relayctl(config, "pgp", "list")
+    assert "Ann <ann@partner.test>" in listed.stdout and "encrypts" in listed.stdout
+    (tmp_path / "junk.asc").write_text("not a key")
+    junk = relayctl(config, "pgp", "import", str(tmp_path / "junk.asc"))
+    assert junk.returncode == 2 and junk.stderr.count("\n") == 1
