@@ -1,0 +1,161 @@
+"""cli_broadcast: `relayctl broadcast submit|status|cancel` and `relayctl suppression`,
+clients of the admin API's /v1/broadcasts and /v1/suppressions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from relay.cli_support import admin_client, config_option, one_line_errors
+from relay.errors import RelayError
+
+
+@click.group()
+def broadcast() -> None:
+    """Broadcasts: one template, many recipients (POST /v1/broadcasts)."""
+
+
+@broadcast.command(name="submit")
+@click.argument("recipients", type=click.Path(exists=True, dir_okay=False))
+@click.option("--template", "template_file", type=click.File("r", encoding="utf-8"),
+              help="the template (JSON) for a CSV file; an NDJSON file starts with it")
+@click.option("--idempotency-key")
+@config_option
+@click.pass_context
+@one_line_errors
+def broadcast_submit(ctx: click.Context, recipients: str, template_file: Any,
+                     idempotency_key: str | None) -> None:
+    """Upload FILE.ndjson (template line, then one recipient per line) or FILE.csv (an
+    `email` column, the others are fields; with --template), with a progress bar."""
+    is_csv = recipients.lower().endswith(".csv")
+    if is_csv and template_file is None:
+        raise RelayError("broadcast submit: a CSV file needs --template TEMPLATE.json")
+    if not is_csv and template_file is not None:
+        raise RelayError("broadcast submit: --template is for CSV files; an NDJSON file "
+                         "starts with its template")
+    size = os.path.getsize(recipients)
+    with click.progressbar(length=size, label="uploading", file=sys.stderr) as progress:
+        chunks = (_csv_as_ndjson(recipients, template_file.read(), progress) if is_csv
+                  else _file_chunks(recipients, progress))
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        answer = admin_client(ctx).upload("/v1/broadcasts", chunks, "application/x-ndjson",
+                                     headers)
+    click.echo(f"broadcast {answer['id']}: {answer['accepted']} accepted, "
+               f"{answer['suppressed']} suppressed, {answer['rejected_total']} rejected")
+    for rejection in answer["rejected"]:
+        click.echo(f"  rejected #{rejection['index']} {rejection['email'] or '-'}: "
+                   f"{rejection['reason']}")
+
+
+def _file_chunks(path: str, progress: Any) -> Iterator[bytes]:
+    with open(path, "rb") as file:
+        while chunk := file.read(256 * 1024):
+            progress.update(len(chunk))
+            yield chunk
+
+
+def _csv_as_ndjson(path: str, template: str, progress: Any) -> Iterator[bytes]:
+    try:
+        first = json.dumps(json.loads(template))
+    except ValueError:
+        raise RelayError("broadcast submit: --template is not JSON") from None
+    yield first.encode() + b"\n"
+    with open(path, "rb") as file:
+        def counted_lines() -> Iterator[str]:
+            for line in file:
+                progress.update(len(line))
+                yield line.decode("utf-8-sig" if progress.pos == len(line) else "utf-8")
+
+        rows = csv.DictReader(counted_lines())
+        if "email" not in (rows.fieldnames or []):
+            raise RelayError(f"broadcast submit: {path} has no 'email' column")
+        batch: list[str] = []
+        for row in rows:
+            address = row.pop("email")
+            batch.append(json.dumps({"email": address, "fields": row}, ensure_ascii=False))
+            if len(batch) == 1000:
+                yield ("\n".join(batch) + "\n").encode()
+                batch = []
+        if batch:
+            yield ("\n".join(batch) + "\n").encode()
+
+
+@broadcast.command(name="status")
+@click.argument("broadcast_id")
+@click.option("--follow", is_flag=True, help="print the counts as they change, until done")
+@config_option
+@click.pass_context
+@one_line_errors
+def broadcast_status(ctx: click.Context, broadcast_id: str, follow: bool) -> None:
+    """A broadcast's counts: total, queued, deferred, delivered, bounced..."""
+    client = admin_client(ctx)
+    if not follow:
+        click.echo(format_broadcast(client.request("GET", f"/v1/broadcasts/{broadcast_id}")))
+        return
+    for counts in client.events(f"/v1/broadcasts/{broadcast_id}/events"):
+        click.echo(format_broadcast(counts))
+
+
+@broadcast.command(name="cancel")
+@click.argument("broadcast_id")
+@config_option
+@click.pass_context
+@one_line_errors
+def broadcast_cancel(ctx: click.Context, broadcast_id: str) -> None:
+    """Stop sending what has not been sent."""
+    counts = admin_client(ctx).request("POST", f"/v1/broadcasts/{broadcast_id}/cancel")
+    click.echo(format_broadcast(counts))
+
+
+def format_broadcast(counts: dict[str, Any]) -> str:
+    return (f"{counts['id']} {counts['state']}: {counts['total']} total, "
+            f"{counts['queued']} queued, {counts['deferred']} deferred, "
+            f"{counts['delivered']} delivered, {counts['bounced']} bounced, "
+            f"{counts['cancelled']} cancelled, {counts['suppressed']} suppressed, "
+            f"{counts['rejected']} rejected")
+
+
+@click.group()
+def suppression() -> None:
+    """Addresses broadcasts skip (hard bounces are added by themselves)."""
+
+
+@suppression.command(name="list")
+@config_option
+@click.pass_context
+@one_line_errors
+def suppression_list(ctx: click.Context) -> None:
+    entries = admin_client(ctx).request("GET", "/v1/suppressions")["suppressions"]
+    for entry in entries:
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["created_at"]))
+        click.echo(f"{entry['address']}\t{stamp}\t{entry['reason']}")
+
+
+@suppression.command(name="add")
+@click.argument("address")
+@click.option("--reason", default="added by an operator")
+@config_option
+@click.pass_context
+@one_line_errors
+def suppression_add(ctx: click.Context, address: str, reason: str) -> None:
+    added = admin_client(ctx).request("POST", "/v1/suppressions",
+                                 {"address": address, "reason": reason})["added"]
+    click.echo(f"{address}: {'suppressed' if added else 'was already suppressed'}")
+
+
+@suppression.command(name="remove")
+@click.argument("address")
+@config_option
+@click.pass_context
+@one_line_errors
+def suppression_remove(ctx: click.Context, address: str) -> None:
+    admin_client(ctx).request("DELETE", f"/v1/suppressions/{urllib.parse.quote(address)}")
+    click.echo(f"{address}: no longer suppressed")

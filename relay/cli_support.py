@@ -1,0 +1,52 @@
+"""cli_support: what every relayctl command shares: -c FILE wherever it is given, the
+configuration and admin API client it names, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from relay import config as config_module
+from relay.admin_client import AdminClient
+from relay.config import Config
+from relay.errors import RelayError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(command: F) -> F:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except RelayError as exc:
+            click.echo(f"relayctl: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _remember_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:  # `relayctl -c FILE serve` and `relayctl serve -c FILE` alike
+        root = ctx.find_root()
+        root.ensure_object(dict)
+        root.obj["config_path"] = value
+
+
+config_option = click.option(
+    "-c", "--config", "config_path", type=click.Path(dir_okay=False), expose_value=False,
+    callback=_remember_config,
+    help="relay.toml to use (default: $RELAY_CONFIG, ./relay.toml, /etc/relay/relay.toml)")
+
+
+def load_config(ctx: click.Context) -> Config:
+    root = ctx.find_root()
+    return config_module.load((root.obj or {}).get("config_path"))
+
+
+def admin_client(ctx: click.Context) -> AdminClient:
+    return AdminClient.from_config(load_config(ctx))
