@@ -22,10 +22,10 @@ from relay.cli_keys import dkim, pgp
 from relay.cli_support import admin_client, config_option, load_config, one_line_errors
 from relay.delivery.client import relayhost_credentials
 from relay.errors import RelayError
+from relay.listeners import ServerTls
 from relay.logsetup import configure_logging, event_loop_runner
 from relay.passwords import hash_password
 from relay.policy import load_policies
-from relay.smtpd import ServerTls
 
 
 @click.group()

@@ -34,6 +34,7 @@ from relay import config as config_module
 from relay.cleanup import Cleanup
 from relay.config import Config
 from relay.errors import RelayError
+from relay.listeners import ListenSockets, ServerTls, bind_listeners, serve_listeners
 from relay.logsetup import configure_logging, event_loop_runner
 from relay.policy import Policies, load_policies
 from relay.queue.handoff import HandoffStore, WorkerEvents, serve_handoff
@@ -41,14 +42,7 @@ from relay.queue.local import LocalQueue
 from relay.queue.spoolfiles import SpoolFiles
 from relay.ratelimit import SlidingWindow
 from relay.reload import reload
-from relay.smtpd import (
-    ListenSockets,
-    ServerTls,
-    SessionRegistry,
-    SubmissionHandler,
-    bind_listeners,
-    serve_listeners,
-)
+from relay.smtpd import SessionRegistry, SubmissionHandler
 
 log = logging.getLogger("relay.ingest")
 

@@ -11,8 +11,8 @@ import logging
 
 from relay.config import Config
 from relay.errors import RelayError
+from relay.listeners import ServerTls
 from relay.policy import Policies, load_policies
-from relay.smtpd import ServerTls
 
 log = logging.getLogger("relay")
 

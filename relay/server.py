@@ -25,6 +25,7 @@ from relay.delivery import DeliveryAgent, NextHops, relayhost_credentials
 from relay.delivery.transform import Transform
 from relay.errors import ConfigError
 from relay.ingest import IngestWorkers
+from relay.listeners import ListenSockets, ServerTls, bind_listeners, serve_listeners
 from relay.metrics import Metrics
 from relay.outcomes import OutcomeRecorder
 from relay.policy import Policies, load_policies
@@ -33,14 +34,7 @@ from relay.queue.local import LocalQueue
 from relay.reload import reload
 from relay.scheduler import Scheduler
 from relay.sdnotify import Notifier
-from relay.smtpd import (
-    ListenSockets,
-    ServerTls,
-    SessionRegistry,
-    SubmissionHandler,
-    bind_listeners,
-    serve_listeners,
-)
+from relay.smtpd import SessionRegistry, SubmissionHandler
 
 log = logging.getLogger("relay")
 

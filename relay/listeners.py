@@ -1,0 +1,104 @@
+"""listeners: the SMTP listening sockets and the TLS certificate they serve.
+
+The main process binds every address at start (so a busy port is its error); with ingest
+workers each worker binds its own SO_REUSEPORT sockets and the kernel spreads connections
+over them. `ServerTls` holds the certificate and loads a renewed one on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from relay.config import SmtpSection, split_hostport
+from relay.errors import ConfigError
+from relay.smtpd import RelaySMTP, SessionRegistry, SubmissionHandler
+
+
+def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The listeners' TLS context; ConfigError naming the key when the files are bad."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"smtp.tls_cert/tls_key: cannot load {cert}, {key}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from exc
+    return context
+
+
+class ServerTls:
+    """The listeners' TLS context, or None without a certificate. `reload` loads renewed
+    files into the same context: new sessions get them, open ones are not touched."""
+
+    def __init__(self, settings: SmtpSection) -> None:
+        self._files = (settings.tls_cert, settings.tls_key)
+        self.context = server_tls_context(*self._files) if all(self._files) else None
+
+    def reload(self) -> None:
+        """ConfigError, and the old certificate stays, when the new files do not load."""
+        if self.context is not None:
+            server_tls_context(*self._files)  # a broken pair must not half-replace the old
+            self.context.load_cert_chain(*self._files)
+
+
+@dataclass
+class ListenSockets:
+    """Bound listening sockets: `plain` offer STARTTLS (when a certificate is configured),
+    `implicit_tls` speak TLS from the first byte."""
+
+    plain: list[socket.socket]
+    implicit_tls: list[socket.socket]
+
+    def close(self) -> None:
+        for sock in self.plain + self.implicit_tls:
+            sock.close()
+
+
+def bind_listeners(settings: SmtpSection, shared: bool = False,
+                   listen: bool = True) -> ListenSockets:
+    """Bind `listen` and `tls_listen`. `shared`: with SO_REUSEPORT, so that every ingest
+    worker listens on a socket of its own and the kernel spreads connections over them
+    (one shared socket wakes every worker for every connection). The main process binds
+    the same addresses without listening: a busy port is its clean error at start."""
+
+    def bind(address: str) -> socket.socket:
+        host, port = split_hostport(address)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if shared:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            if listen:
+                sock.listen(1024)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    return ListenSockets([bind(a) for a in settings.listen],
+                         [bind(a) for a in settings.tls_listen])
+
+
+async def serve_listeners(handler: SubmissionHandler, settings: SmtpSection, hostname: str,
+                          registry: SessionRegistry, sockets: ListenSockets, tls: ServerTls
+                          ) -> list[asyncio.Server]:
+    """Accept SMTP sessions on already bound sockets."""
+    loop = asyncio.get_running_loop()
+
+    def factory(starttls: ssl.SSLContext | None) -> Callable[[], RelaySMTP]:
+        return lambda: RelaySMTP(
+            handler, registry, hostname=hostname, ident="relay", tls_context=starttls,
+            data_size_limit=settings.max_message_size, enable_SMTPUTF8=True,
+            authenticator=handler.authenticate, auth_require_tls=True,
+            timeout=settings.timeout, loop=loop)
+
+    servers = [await loop.create_server(factory(tls.context), sock=sock)
+               for sock in sockets.plain]
+    servers += [await loop.create_server(factory(None), sock=sock, ssl=tls.context)
+                for sock in sockets.implicit_tls]
+    return servers
