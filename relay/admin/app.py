@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import hmac
 import socket
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,16 +25,13 @@ from fastapi.responses import JSONResponse, Response
 
 from relay import metrics
 from relay.admin.broadcast_routes import broadcast_routes, openapi_schemas
-from relay.admin.errors import ApiError, error_body
+from relay.admin.errors import ApiError, error_body, field_name
 from relay.admin.idempotency import IdempotencyKeys
 from relay.admin.queue_routes import queue_routes
 from relay.admin.send_routes import send_routes
 from relay.cleanup import Cleanup
 from relay.config import split_hostport
 from relay.queue import Queue
-
-# Tags of the request bodies that come in more than one shape (admin.send_routes).
-UNION_TAGS = frozenset({"structured", "raw"})
 
 
 @dataclass(frozen=True)
@@ -104,22 +101,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
         return JSONResponse(error_body("invalid", message, field_name(first.get("loc", ()))),
                             422)
-
-
-def field_name(location: Sequence[Any]) -> str | None:
-    """pydantic's error location as the request names it: ("body", "structured", "to", 2)
-    is `to[2]`, ("header", "idempotency-key") is `Idempotency-Key`."""
-    parts = list(location)
-    if parts and parts[0] == "header" and len(parts) > 1:
-        return "-".join(word.capitalize() for word in str(parts[1]).split("-"))
-    if parts and parts[0] in ("body", "query", "path"):
-        parts = parts[1:]
-    if len(parts) > 1 and parts[0] in UNION_TAGS:
-        parts = parts[1:]
-    name = ""
-    for part in parts:
-        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
-    return name or None
 
 
 class _EmbeddedServer(uvicorn.Server):

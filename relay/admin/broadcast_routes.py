@@ -24,10 +24,10 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from relay.admin.errors import ApiError
+from relay.admin.errors import ApiError, field_name
 from relay.admin.idempotency import IdempotencyKeys
 from relay.broadcast import Recipient, Template, check_recipient, envelope_sender
-from relay.compose import ComposeError
+from relay.compose import ComposeError, mailbox
 from relay.errors import LocalFailure
 from relay.queue import BroadcastStatus, Idempotency, Queue, new_queue_id
 
@@ -147,8 +147,6 @@ def openapi_schemas() -> dict[str, Any]:
 
 
 def _check_address(address: str) -> None:
-    from relay.compose import mailbox
-
     try:
         mailbox(address, "address")
     except ComposeError as exc:
@@ -252,8 +250,6 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
 
 
 def _template(document: dict[str, Any]) -> Template:
-    from relay.admin.app import field_name
-
     try:
         return Template.model_validate(document)
     except ValidationError as exc:
@@ -277,7 +273,6 @@ async def _store(queue: Queue, body: _Body, idempotency_key: str | None) -> dict
     try:
         await queue.open_broadcast(broadcast_id, sender,
                                    template.model_dump_json(by_alias=True).encode(), smtputf8)
-        index = -1
         async for index, item in _enumerate(recipients):
             checked = ("not a JSON object" if item is _NOT_JSON
                        else check_recipient(needed, item))

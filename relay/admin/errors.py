@@ -1,7 +1,9 @@
-"""admin.errors: the API's error type and body, `{"error": {"code", "message", "field"}}`."""
+"""admin.errors: the API's error type and body, `{"error": {"code", "message", "field"}}`,
+and the field named the way the request names it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import HTTPException
@@ -16,3 +18,23 @@ class ApiError(HTTPException):
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "field": field}}
+
+
+# Tags of the request bodies that come in more than one shape (admin.send_routes).
+UNION_TAGS = frozenset({"structured", "raw"})
+
+
+def field_name(location: Sequence[Any]) -> str | None:
+    """pydantic's error location as the request names it: ("body", "structured", "to", 2)
+    is `to[2]`, ("header", "idempotency-key") is `Idempotency-Key`."""
+    parts = list(location)
+    if parts and parts[0] == "header" and len(parts) > 1:
+        return "-".join(word.capitalize() for word in str(parts[1]).split("-"))
+    if parts and parts[0] in ("body", "query", "path"):
+        parts = parts[1:]
+    if len(parts) > 1 and parts[0] in UNION_TAGS:
+        parts = parts[1:]
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name or None
