@@ -230,10 +230,8 @@ class Scheduler:
 
     async def _deliver(self, session: DestinationSession, job: Job) -> list[Attempt]:
         try:
-            # A broadcast's template is read once, not once per recipient.
-            body = (b"" if job.broadcast is not None
-                    and self._transform.renderer.knows(job.message_id)
-                    else await self._queue.read_body(job.message_id))
+            body = (await self._queue.read_body(job.message_id)
+                    if self._transform.needs_stored_body(job) else b"")
         except FileNotFoundError:
             log.info("%s: deleted while queued for delivery", job.message_id)
             return []

@@ -74,6 +74,11 @@ class Transform:
         self._signer = Signer(dkim)
         self._pgp = pgp
 
+    def needs_stored_body(self, job: Job) -> bool:
+        """False when the template of a broadcast is at hand: it is read once, not once per
+        recipient."""
+        return job.broadcast is None or not self.renderer.knows(job.message_id)
+
     def needs_own_copy(self, recipient: Claimed) -> bool:
         """Whether a recipient gets a message of its own (a job of its own)."""
         return recipient.fields is not None or self._pgp().rule_for(recipient.address) is not None

@@ -120,11 +120,11 @@ class GroupCommitter:
         """Commit what is pending, make it durable, then stop."""
         if self._thread.is_alive():
             await self.flush_durable()
-            self._closing = True
+        self._closing = True
+        if self._thread.is_alive():
             self._requests.put(None)
             await asyncio.to_thread(self._thread.join)
         self._syncer.shutdown(wait=True)
-        self._closing = True
         if self._sync_timer is not None:
             self._sync_timer.cancel()
         self._db.close()

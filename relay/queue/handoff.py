@@ -33,7 +33,7 @@ from relay.errors import LocalFailure
 from relay.policy import Rate
 from relay.queue.base import MessageMeta, NewMessage
 from relay.queue.local import LocalQueue
-from relay.queue.spoolfiles import SpoolFiles, storage_failure
+from relay.queue.spoolfiles import SpoolFiles
 from relay.ratelimit import SlidingWindow
 from relay.reply import SPOOL_FULL
 
@@ -91,14 +91,11 @@ class HandoffStore:
     async def store(self, message: NewMessage) -> None:
         if self.owner_gone.is_set():
             raise LocalFailure("the queue owner is gone")  # before writing a file for nobody
-        try:
-            if self.alone():
-                self.files.write(message.id, message.data)
-            else:
-                await asyncio.get_running_loop().run_in_executor(
-                    self._io, self.files.write, message.id, message.data)
-        except OSError as exc:
-            raise storage_failure(exc, f"writing message file {message.id}") from exc
+        if self.alone():
+            self.files.write(message.id, message.data)
+        else:
+            await asyncio.get_running_loop().run_in_executor(
+                self._io, self.files.write, message.id, message.data)
         answer = await self._ask(_request(message.meta))
         if not answer["ok"]:
             failure = LocalFailure(str(answer.get("error", "indexing failed")))

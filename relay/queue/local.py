@@ -51,6 +51,7 @@ from relay.queue.base import (
     domain_of,
 )
 from relay.queue.groupcommit import GroupCommitter, PresyncFailed, connect
+from relay.queue.local_sql import IDS, finish_messages, remember_answer
 from relay.queue.spoolfiles import SpoolFiles, storage_failure
 
 log = logging.getLogger("relay.queue")
@@ -101,7 +102,6 @@ IO_THREADS = 8
 PREVIOUS_WORKERS_TIMEOUT = 60.0
 _DUE = "state IN ('queued', 'deferred')"
 _WAITING = "state NOT IN ('delivered', 'bounced')"
-_IDS = "(SELECT value FROM json_each(?))"  # a JSON list bound as one parameter
 
 
 class LocalQueue:
@@ -159,11 +159,8 @@ class LocalQueue:
         await self.index(message.meta)
 
     async def write_file(self, message: NewMessage) -> None:
-        """Step one of storing (any process may do it): the body, fsynced, in place."""
-        try:
-            await self._in_io_thread(self.files.write, message.id, message.data)
-        except OSError as exc:
-            raise storage_failure(exc, f"writing message file {message.id}") from exc
+        """Step one of storing: the body, fsynced, in place (LocalFailure if not)."""
+        await self._in_io_thread(self.files.write, message.id, message.data)
 
     async def index(self, meta: MessageMeta) -> None:
         """Step two (the owner only): fsync the directory and commit the index rows, both
@@ -257,7 +254,7 @@ class LocalQueue:
             return []
         for row in await self._read_all(
             "SELECT message_id, address, state, attempts, next_attempt_at, last_reply "
-            f"FROM recipients WHERE message_id IN {_IDS} ORDER BY id",
+            f"FROM recipients WHERE message_id IN {IDS} ORDER BY id",
             [json.dumps(list(messages))],
         ):
             next_at = row[4] if row[2] in (State.QUEUED.value, State.DEFERRED.value) else None
@@ -451,15 +448,6 @@ def _insert_message(meta: MessageMeta, now: float, db: sqlite3.Connection) -> No
                                                "recipients": len(meta.recipients)}, now)
 
 
-def remember_answer(db: sqlite3.Connection, idempotency: Idempotency,
-                    answer: dict[str, Any], now: float) -> None:
-    """Keep an API answer for its Idempotency-Key, in the transaction of what it stored;
-    keys older than the window go at the same time."""
-    db.execute("DELETE FROM idempotency WHERE created_at < ?", (now - IDEMPOTENCY_WINDOW,))
-    db.execute("INSERT INTO idempotency (key, digest, answer, created_at) VALUES (?,?,?,?)",
-               (idempotency.key, idempotency.digest, json.dumps(answer), now))
-
-
 def _claim_due(limit: int, now: float, db: sqlite3.Connection) -> list[Claimed]:
     rows = db.execute(
         "UPDATE recipients SET state = 'active', attempts = attempts + 1, last_attempt_at = ? "
@@ -471,7 +459,7 @@ def _claim_due(limit: int, now: float, db: sqlite3.Connection) -> list[Claimed]:
         return []
     ids = sorted({r[1] for r in rows})
     messages = {m[0]: m for m in db.execute(
-        f"SELECT id, mail_from, received_at, smtputf8 FROM messages WHERE id IN {_IDS}",
+        f"SELECT id, mail_from, received_at, smtputf8 FROM messages WHERE id IN {IDS}",
         (json.dumps(ids),))}
     return [
         Claimed(r[0], r[1], r[2], r[3], r[4], messages[r[1]][1], messages[r[1]][2],
@@ -488,16 +476,11 @@ def _record(outcomes: Sequence[Outcome], unlinked: list[str], now: float,
         "UPDATE recipients SET state = ?, last_reply = ?, "
         "next_attempt_at = COALESCE(?, next_attempt_at) WHERE id = ? AND state = 'active'",
         [(o.state.value, o.reply, o.next_attempt_at, o.recipient_id) for o in outcomes])
-    recipient_ids = json.dumps([o.recipient_id for o in outcomes])
-    finished = [r[0] for r in db.execute(
-        f"SELECT id FROM messages m WHERE id IN (SELECT DISTINCT message_id FROM recipients "
-        f"WHERE id IN {_IDS}) AND NOT EXISTS (SELECT 1 FROM recipients r "
-        "WHERE r.message_id = m.id AND r.state NOT IN ('delivered', 'bounced'))",
-        (recipient_ids,))]
+    message_ids = [r[0] for r in db.execute(
+        f"SELECT DISTINCT message_id FROM recipients WHERE id IN {IDS}",
+        (json.dumps([o.recipient_id for o in outcomes]),))]
     broadcasts.record(outcomes, now, db)
-    if finished:
-        db.execute(f"UPDATE messages SET done = 1 WHERE id IN {_IDS}", (json.dumps(finished),))
-        broadcasts.mark_finished(finished, now, db)
+    finished = finish_messages(message_ids, now, db)
     if unlinked:
         _delete_messages(unlinked, db)
     return finished
@@ -505,8 +488,8 @@ def _record(outcomes: Sequence[Outcome], unlinked: list[str], now: float,
 
 def _delete_messages(message_ids: list[str], db: sqlite3.Connection) -> int:
     ids = json.dumps(message_ids)
-    db.execute(f"DELETE FROM recipients WHERE message_id IN {_IDS}", (ids,))
-    return db.execute(f"DELETE FROM messages WHERE id IN {_IDS}", (ids,)).rowcount
+    db.execute(f"DELETE FROM recipients WHERE message_id IN {IDS}", (ids,))
+    return db.execute(f"DELETE FROM messages WHERE id IN {IDS}", (ids,)).rowcount
 
 
 def _update_count(sql: str, params: Sequence[Any], db: sqlite3.Connection) -> int:
@@ -532,5 +515,5 @@ def _selection_sql(selection: Selection) -> tuple[str | None, list[Any]]:
     if selection.domain:
         return "domain = ?", [selection.domain.lower()]
     if selection.ids:
-        return f"message_id IN {_IDS}", [json.dumps(list(selection.ids))]
+        return f"message_id IN {IDS}", [json.dumps(list(selection.ids))]
     return None, []

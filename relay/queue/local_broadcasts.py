@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from relay.queue.base import BroadcastStatus, Idempotency, Outcome, State, domain_of
+from relay.queue.local_sql import IDS, finish_messages, remember_answer
 
 log = logging.getLogger("relay.queue")
 
@@ -44,7 +45,6 @@ CREATE TABLE IF NOT EXISTS suppressions (
     created_at REAL NOT NULL
 );
 """
-_IDS = "(SELECT value FROM json_each(?))"
 # A permanent refusal by the recipient's server; not our own expiry after max_age.
 _HARD_BOUNCE = "r.last_reply LIKE '5%' AND r.last_reply NOT LIKE '554 5.4.7%'"
 
@@ -62,7 +62,7 @@ def add_recipients(broadcast_id: str, recipients: Sequence[tuple[str, str]], now
     """Insert `(address, fields JSON)` rows as `held`; returns how many were suppressed."""
     lowered = json.dumps(sorted({address.lower() for address, _ in recipients}))
     suppressed = {r[0] for r in db.execute(
-        f"SELECT address FROM suppressions WHERE address IN {_IDS}", (lowered,))}
+        f"SELECT address FROM suppressions WHERE address IN {IDS}", (lowered,))}
     rows = [(broadcast_id, address, domain_of(address), now, fields)
             for address, fields in recipients if address.lower() not in suppressed]
     db.executemany(
@@ -78,15 +78,13 @@ def accept(broadcast_id: str, rejected: int, idempotency: Idempotency | None,
            answer: dict[str, Any], now: float, db: sqlite3.Connection) -> list[str]:
     """The upload is complete: its recipients become due. Returns [broadcast_id] when there
     is nothing to send at all (the message is finished at once)."""
-    from relay.queue.local import remember_answer
-
     db.execute("UPDATE recipients SET state = 'queued', next_attempt_at = ? "
                "WHERE message_id = ? AND state = 'held'", (now, broadcast_id))
     db.execute("UPDATE broadcasts SET state = 'sending', accepted_at = ?, rejected = ? "
                "WHERE id = ?", (now, rejected, broadcast_id))
     if idempotency is not None:
         remember_answer(db, idempotency, answer, now)
-    return _finish_if_done([broadcast_id], now, db)
+    return finish_messages([broadcast_id], now, db)
 
 
 def abandon(broadcast_id: str, db: sqlite3.Connection) -> None:
@@ -115,20 +113,15 @@ def record(outcomes: Sequence[Outcome], now: float, db: sqlite3.Connection) -> N
     db.execute(
         "UPDATE broadcasts SET "
         "delivered = delivered + (SELECT COUNT(*) FROM recipients r WHERE r.message_id = "
-        f"broadcasts.id AND r.id IN {_IDS} AND r.state = 'delivered'), "
+        f"broadcasts.id AND r.id IN {IDS} AND r.state = 'delivered'), "
         "bounced = bounced + (SELECT COUNT(*) FROM recipients r WHERE r.message_id = "
-        f"broadcasts.id AND r.id IN {_IDS} AND r.state = 'bounced') "
-        f"WHERE id IN (SELECT DISTINCT message_id FROM recipients WHERE id IN {_IDS})",
+        f"broadcasts.id AND r.id IN {IDS} AND r.state = 'bounced') "
+        f"WHERE id IN (SELECT DISTINCT message_id FROM recipients WHERE id IN {IDS})",
         (ids, ids, ids))
     db.execute(
         "INSERT OR IGNORE INTO suppressions (address, reason, created_at) "
-        f"SELECT lower(r.address), r.last_reply, ? FROM recipients r WHERE r.id IN {_IDS} "
+        f"SELECT lower(r.address), r.last_reply, ? FROM recipients r WHERE r.id IN {IDS} "
         f"AND r.state = 'bounced' AND {_HARD_BOUNCE}", (now, ids))
-
-
-def mark_finished(message_ids: Sequence[str], now: float, db: sqlite3.Connection) -> None:
-    db.execute(f"UPDATE broadcasts SET finished_at = ? WHERE id IN {_IDS} "
-               "AND finished_at IS NULL", (now, json.dumps(list(message_ids))))
 
 
 def cancel(broadcast_id: str, now: float, db: sqlite3.Connection) -> list[str] | None:
@@ -146,18 +139,7 @@ def cancel(broadcast_id: str, now: float, db: sqlite3.Connection) -> list[str] |
     db.execute("UPDATE broadcasts SET state = 'cancelled', cancelled = cancelled + ?, "
                "cancelled_at = COALESCE(cancelled_at, ?) WHERE id = ?",
                (dropped, now, broadcast_id))
-    return _finish_if_done([broadcast_id], now, db)
-
-
-def _finish_if_done(message_ids: list[str], now: float, db: sqlite3.Connection) -> list[str]:
-    finished = [r[0] for r in db.execute(
-        f"SELECT id FROM messages m WHERE id IN {_IDS} AND done = 0 AND NOT EXISTS ("
-        "SELECT 1 FROM recipients r WHERE r.message_id = m.id "
-        "AND r.state NOT IN ('delivered', 'bounced'))", (json.dumps(message_ids),))]
-    if finished:
-        db.execute(f"UPDATE messages SET done = 1 WHERE id IN {_IDS}", (json.dumps(finished),))
-        mark_finished(finished, now, db)
-    return finished
+    return finish_messages([broadcast_id], now, db)
 
 
 STATUS = ("SELECT state, total, suppressed, rejected, delivered, bounced, cancelled, "

@@ -90,7 +90,14 @@ class SpoolFiles:
         return self.messages / message_id
 
     def write(self, message_id: str, data: bytes) -> None:
-        """Write, fsync and rename into place. The caller fsyncs the directory afterwards."""
+        """Write, fsync and rename into place; LocalFailure (452 4.3.1 for a full disk) when
+        that fails. The caller fsyncs the directory afterwards."""
+        try:
+            self._write(message_id, data)
+        except OSError as exc:
+            raise storage_failure(exc, f"writing message file {message_id}") from exc
+
+    def _write(self, message_id: str, data: bytes) -> None:
         temp = self.tmp / message_id
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:

@@ -1,0 +1,39 @@
+"""queue.local_sql: statements that local.py and local_broadcasts.py share. They run in the
+index writer thread, inside the group committer's transaction."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from relay.queue.base import IDEMPOTENCY_WINDOW, Idempotency
+
+IDS = "(SELECT value FROM json_each(?))"  # a JSON list bound as one parameter
+
+
+def remember_answer(db: sqlite3.Connection, idempotency: Idempotency,
+                    answer: dict[str, Any], now: float) -> None:
+    """Keep an API answer for its Idempotency-Key, in the transaction of what it stored;
+    keys older than the window go at the same time."""
+    db.execute("DELETE FROM idempotency WHERE created_at < ?", (now - IDEMPOTENCY_WINDOW,))
+    db.execute("INSERT INTO idempotency (key, digest, answer, created_at) VALUES (?,?,?,?)",
+               (idempotency.key, idempotency.digest, json.dumps(answer), now))
+
+
+def finish_messages(message_ids: Sequence[str], now: float,
+                    db: sqlite3.Connection) -> list[str]:
+    """Those of `message_ids` whose recipients are now all final: marked done (a broadcast
+    also gets its finish time). Their files go once the commit is durable; their rows with
+    a later write."""
+    finished = [r[0] for r in db.execute(
+        f"SELECT id FROM messages m WHERE id IN {IDS} AND done = 0 AND NOT EXISTS ("
+        "SELECT 1 FROM recipients r WHERE r.message_id = m.id "
+        "AND r.state NOT IN ('delivered', 'bounced'))", (json.dumps(list(message_ids)),))]
+    if finished:
+        ids = json.dumps(finished)
+        db.execute(f"UPDATE messages SET done = 1 WHERE id IN {IDS}", (ids,))
+        db.execute(f"UPDATE broadcasts SET finished_at = ? WHERE id IN {IDS} "
+                   "AND finished_at IS NULL", (now, ids))
+    return finished
