@@ -43,7 +43,8 @@ class AdminClient:
         """A JSON request and its JSON answer."""
         data = None if body is None else json.dumps(body).encode()
         with self._open(method, path, data, {"Content-Type": "application/json",
-                                             **(headers or {})}) as response:
+                                             **(headers or {})},
+                        timeout=self._timeout) as response:
             return json.loads(response.read() or b"null")
 
     def upload(self, path: str, chunks: Iterable[bytes], content_type: str,
@@ -65,13 +66,13 @@ class AdminClient:
 
     @contextlib.contextmanager
     def _open(self, method: str, path: str, data: bytes | Iterable[bytes] | None,
-              headers: dict[str, str], timeout: float | None = 0.0) -> Iterator[Any]:
+              headers: dict[str, str], timeout: float | None) -> Iterator[Any]:
+        """`timeout` None: as long as it takes (uploads, event streams)."""
         request = urllib.request.Request(
             self.base_url + path, data=data, method=method,
             headers={"Authorization": f"Bearer {self._token}", **headers})
         try:
-            with urllib.request.urlopen(request, timeout=timeout if timeout != 0.0
-                                        else self._timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 yield response
         except urllib.error.HTTPError as exc:
             raise AdminClientError(_describe_http_error(exc)) from exc
