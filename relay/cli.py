@@ -21,6 +21,7 @@ from relay.cli_broadcast import broadcast, suppression
 from relay.cli_keys import dkim, pgp
 from relay.cli_support import admin_client, config_option, load_config, one_line_errors
 from relay.delivery.client import relayhost_credentials
+from relay.delivery.mta_sts import trust_store
 from relay.errors import RelayError
 from relay.listeners import ServerTls
 from relay.logsetup import configure_logging, event_loop_runner
@@ -66,6 +67,7 @@ def check(ctx: click.Context) -> None:
     load_policies(config.policies.path)
     ServerTls(config.smtp)  # loads the certificate and key, or says why not
     relayhost_credentials(config.delivery)
+    trust_store(config.delivery.ca_file)
     click.echo(f"{config.source}: ok (policies in {config.policies.path}: ok)")
 
 

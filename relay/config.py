@@ -145,6 +145,11 @@ class DeliverySection(_Section):
     max_connections_per_domain: int = Field(10, ge=1)
     connect_timeout: Duration = parse_duration("30s")
     command_timeout: Duration = parse_duration("5m")
+    # RFC 8461: honour the policies recipient domains publish (enforce: validated TLS only).
+    mta_sts: bool = True
+    mta_sts_port: int = Field(443, ge=1, le=65535)  # where policies are fetched; for tests
+    # PEM CA certificates trusted for MTA-STS policy and MX hosts; empty: the system's.
+    ca_file: str = ""
 
 
 class RetrySection(_Section):
@@ -266,7 +271,7 @@ def _resolve_paths(config: Config, base: Path, source: str) -> Config:
     if smtp:
         update["smtp"] = config.smtp.model_copy(update=smtp)
     delivery = {k: str(resolve(getattr(config.delivery, k)))
-                for k in ("relayhost_password_file",) if getattr(config.delivery, k)}
+                for k in ("relayhost_password_file", "ca_file") if getattr(config.delivery, k)}
     if delivery:
         update["delivery"] = config.delivery.model_copy(update=delivery)
     if config.admin.token_file:

@@ -71,3 +71,4 @@ UNRENDERABLE = Reply(554, "5.6.0", "The broadcast template could not be rendered
                                    "recipient")
 SMTPUTF8_UNSUPPORTED = Reply(553, "5.6.7", "Remote server does not support SMTPUTF8")
 TLS_UNAVAILABLE = Reply(451, "4.7.5", "TLS is required but the remote server does not offer it")
+MTA_STS_NO_MX = Reply(451, "4.7.5", "No MX host of the recipient domain matches its MTA-STS policy")

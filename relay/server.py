@@ -22,6 +22,7 @@ from relay.admin_token import load_or_create_token
 from relay.cleanup import Cleanup
 from relay.config import Config
 from relay.delivery import DeliveryAgent, NextHops, relayhost_credentials
+from relay.delivery.mta_sts import StrictTransport
 from relay.delivery.transform import Transform
 from relay.errors import ConfigError
 from relay.ingest import IngestWorkers
@@ -69,10 +70,11 @@ class Relay:
         token = load_or_create_token(config.admin_token_path, create=not config.admin.token_file)
         await self.queue.open()
         hostname = config.server.hostname
-        agent = DeliveryAgent(config.delivery, hostname,
-                              NextHops(config.delivery.nameservers, config.delivery.port,
-                                       timeout=config.delivery.connect_timeout),
-                              credentials, domains=lambda: self.policies.domains)
+        hops = NextHops(config.delivery.nameservers, config.delivery.port,
+                        timeout=config.delivery.connect_timeout)
+        agent = DeliveryAgent(config.delivery, hostname, hops, credentials,
+                              domains=lambda: self.policies.domains,
+                              mta_sts=StrictTransport.configured(config.delivery, hops))
         cleanup = Cleanup(self.queue, hostname, on_stored=self._stored)
         self._scheduler = Scheduler(
             self.queue, agent,

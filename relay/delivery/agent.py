@@ -10,12 +10,14 @@ one Attempt per recipient with the reply that decides its fate.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay import reply
 from relay.config import DeliverySection
 from relay.delivery.client import Credentials, SmtpConnection
+from relay.delivery.mta_sts import Policy, StrictTransport
 from relay.delivery.mx import Hop, NextHops
 from relay.errors import DeliveryError, Scope
 from relay.policy import DomainsPolicy
@@ -53,12 +55,14 @@ class DeliveryAgent:
 
     def __init__(self, settings: DeliverySection, hostname: str, hops: NextHops,
                  credentials: Credentials | None = None,
-                 domains: Callable[[], DomainsPolicy] = DomainsPolicy) -> None:
+                 domains: Callable[[], DomainsPolicy] = DomainsPolicy,
+                 mta_sts: StrictTransport | None = None) -> None:
         self.settings = settings
         self.hostname = hostname
         self.hops = hops
         self.credentials = credentials
         self.domains = domains  # the shaping policy in force (policies/domains.toml)
+        self.mta_sts = mta_sts
 
     def destination_of(self, domain: str) -> str:
         return RELAYHOST if self.settings.relayhost else domain
@@ -72,6 +76,7 @@ class DestinationSession:
         self._agent = agent
         self.destination = destination
         self._connection: SmtpConnection | None = None
+        self._verify: ssl.SSLContext | None = None  # set by an enforced MTA-STS policy
 
     async def deliver(self, job: Job, body: bytes) -> list[Attempt]:
         addresses = [r.address for r in job.recipients]
@@ -131,7 +136,29 @@ class DestinationSession:
         settings = self._agent.settings
         if self.destination == RELAYHOST:
             return await self._agent.hops.for_relayhost(settings.relayhost)
-        return await self._agent.hops.for_domain(self.destination)
+        hops = await self._agent.hops.for_domain(self.destination)
+        strict = self._agent.mta_sts
+        self._verify = None
+        if strict is None:
+            return hops
+        policy = await strict.policies.policy_for(self.destination)
+        if policy is None or policy.mode == "none":
+            return hops
+        allowed = [hop for hop in hops if policy.allows(hop.name)]
+        if len(allowed) < len(hops):
+            self._log_refused(policy, hops, allowed)
+        if policy.mode == "testing":
+            return hops
+        if not allowed:
+            raise DeliveryError(reply.MTA_STS_NO_MX, Scope.SITE)
+        self._verify = strict.trust
+        return allowed
+
+    def _log_refused(self, policy: Policy, hops: list[Hop], allowed: list[Hop]) -> None:
+        refused = sorted({hop.name for hop in hops} - {hop.name for hop in allowed})
+        log.warning("mta-sts: %s: MX %s not in policy %s (mode %s, mx %s)%s",
+                    self.destination, ",".join(refused), policy.id, policy.mode,
+                    ",".join(policy.mx), ": used anyway" if policy.mode == "testing" else "")
 
     async def _open(self, hop: Hop) -> SmtpConnection:
         settings = self._agent.settings
@@ -141,4 +168,5 @@ class DestinationSession:
         return await SmtpConnection.open(
             hop, self._agent.hostname, tls, settings.connect_timeout,
             settings.command_timeout,
-            self._agent.credentials if self.destination == RELAYHOST else None)
+            self._agent.credentials if self.destination == RELAYHOST else None,
+            verify=self._verify)

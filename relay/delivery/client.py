@@ -56,6 +56,10 @@ def _unverified_tls() -> ssl.SSLContext:
     return context
 
 
+# One for every connection: a context loads the system's CA certificates when it is made.
+_OPPORTUNISTIC = _unverified_tls()
+
+
 class SmtpConnection:
     def __init__(self, hop: Hop, client: aiosmtplib.SMTP, command_timeout: float) -> None:
         self.hop = hop
@@ -78,16 +82,21 @@ class SmtpConnection:
     @classmethod
     async def open(cls, hop: Hop, local_hostname: str, tls_mode: TlsMode,
                    connect_timeout: float, command_timeout: float,
-                   credentials: Credentials | None = None) -> SmtpConnection:
+                   credentials: Credentials | None = None,
+                   verify: ssl.SSLContext | None = None) -> SmtpConnection:
+        """Connect, EHLO, STARTTLS as `tls_mode` says; with `verify`, STARTTLS is required
+        and the certificate must be valid for the hop's name in that context (MTA-STS)."""
         client = aiosmtplib.SMTP(hostname=hop.address, port=hop.port,
                                  local_hostname=local_hostname, timeout=command_timeout,
                                  start_tls=False, validate_certs=False)
         try:
             await client.connect(timeout=connect_timeout)
             await client.ehlo()
-            if tls_mode != "none" and client.supports_extension("starttls"):
-                await client.starttls(tls_context=_unverified_tls(), server_hostname=hop.name)
-            elif tls_mode == "required":
+            wants_tls = verify is not None or tls_mode != "none"
+            if wants_tls and client.supports_extension("starttls"):
+                await client.starttls(tls_context=verify or _OPPORTUNISTIC,
+                                      server_hostname=hop.name)
+            elif verify is not None or tls_mode == "required":
                 raise DeliveryError(reply.TLS_UNAVAILABLE, Scope.SITE, str(hop))
             if credentials is not None:
                 await client.login(credentials.username, credentials.password)
@@ -102,6 +111,11 @@ class SmtpConnection:
         except aiosmtplib.SMTPResponseException as exc:
             client.close()
             raise _site_error(Reply.parse(exc.code, exc.message), hop) from exc
+        except ssl.SSLCertVerificationError as exc:
+            client.close()
+            refused = Reply(451, "4.7.5", f"certificate of {hop} not valid for {hop.name}: "
+                                          f"{exc.verify_message}")
+            raise _site_error(refused, hop) from exc
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
             client.close()
             failure = Reply(451, "4.4.1", f"connect to {hop}: {str(exc) or type(exc).__name__}")

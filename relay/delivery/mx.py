@@ -50,7 +50,7 @@ class NextHops:
 
     def __init__(self, nameservers: Sequence[str], port: int, timeout: float = 10.0,
                  rng: random.Random | None = None) -> None:
-        self._resolver = resolver(nameservers, timeout)
+        self.resolver = resolver(nameservers, timeout)
         self._port = port
         self._rng = rng or random.Random()
 
@@ -67,7 +67,7 @@ class NextHops:
             return [Hop(domain, a, self._port) for a in addresses]
         hops = []
         for host in exchanges:
-            hops += [Hop(host, a, self._port) for a in await self._addresses(host, soft=True)]
+            hops += [Hop(host, a, self._port) for a in await self.addresses(host)]
         if not hops:
             raise DeliveryError(reply.NO_MX_ADDRESS, Scope.SITE)
         return hops
@@ -84,7 +84,7 @@ class NextHops:
     async def _mx_hosts(self, domain: str) -> list[str] | None:
         """MX exchanges in preference order, or None when the domain has no MX."""
         try:
-            answer = await self._resolver.resolve(domain, "MX")
+            answer = await self.resolver.resolve(domain, "MX")
         except dns.resolver.NXDOMAIN:
             raise DeliveryError(reply.NO_SUCH_DOMAIN, Scope.MESSAGE) from None
         except dns.resolver.NoAnswer:
@@ -99,6 +99,10 @@ class NextHops:
         records.sort(key=lambda record: record[0])
         return [host for _, host in records]
 
+    async def addresses(self, host: str) -> list[str]:
+        """The A and AAAA addresses of `host`, or none when DNS has none or fails."""
+        return await self._addresses(host, soft=True)
+
     async def _addresses(self, host: str, soft: bool = False) -> list[str]:
         if _is_ip(host):
             return [host]
@@ -106,7 +110,7 @@ class NextHops:
         failures = 0
         for rdtype in ("A", "AAAA"):
             try:
-                answer = await self._resolver.resolve(host, rdtype)
+                answer = await self.resolver.resolve(host, rdtype)
                 found += [r.to_text() for r in answer]
             except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
                 pass
