@@ -30,9 +30,9 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 if [ "$want_tests" = yes ]; then
-    # systemd: systemd-analyze checks the unit; Mail::DKIM (with CryptX for Ed25519)
-    # verifies the DKIM signatures independently of dkimpy
-    apt_install swaks systemd libmail-dkim-perl libcryptx-perl
+    # systemd: systemd-analyze checks the unit; Mail::DKIM (with CryptX) and OpenDKIM's
+    # library verify the DKIM signatures independently of dkimpy (OpenDKIM: Ed25519 too)
+    apt_install swaks systemd libmail-dkim-perl libcryptx-perl libopendkim11
     .venv/bin/python -m pip install -q -e ".[test]"
 else
     .venv/bin/python -m pip install -q -e .

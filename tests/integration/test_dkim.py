@@ -1,11 +1,15 @@
 """DKIM: messages signed by every key for their From: domain (RSA and Ed25519 at once),
-verified by Perl's Mail::DKIM against keys published in the tests' DNS server."""
+verified by Perl's Mail::DKIM and by OpenDKIM's library against keys published in the
+tests' DNS server."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes.util
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +23,8 @@ from tests.support.dns_server import DnsServer
 from tests.support.sink import Sink
 
 VERIFIER = Path(__file__).parents[1] / "support" / "dkim_verify.pl"
+OPENDKIM_VERIFIER = Path(__file__).parents[1] / "support" / "opendkim_verify.py"
+OPENDKIM_DNS_HOST = "127.0.0.153"  # libopendkim asks /etc/resolv.conf's servers, on port 53
 
 
 def _mail_dkim_missing() -> bool:
@@ -31,6 +37,18 @@ def _mail_dkim_missing() -> bool:
 
 needs_mail_dkim = pytest.mark.skipif(_mail_dkim_missing(), reason="Mail::DKIM is not "
                                      "installed (Debian: libmail-dkim-perl libcryptx-perl)")
+
+
+def _opendkim_unusable() -> str:
+    """Why the OpenDKIM verifier cannot run here ("" when it can)."""
+    if ctypes.util.find_library("opendkim") is None:
+        return "libopendkim is not installed (Debian: libopendkim11)"
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return "needs root and unshare: a DNS server on port 53 and a private /etc/resolv.conf"
+    return ""
+
+
+needs_opendkim = pytest.mark.skipif(bool(_opendkim_unusable()), reason=_opendkim_unusable())
 
 
 def publish_key(directory: Path, dns: DnsServer, domain: str, selector: str,
@@ -83,14 +101,55 @@ async def test_dual_signatures_verify_independently(
     assert arrived.content.count(b"DKIM-Signature:") == 2  # not other.test's key
     lines = await asyncio.to_thread(verify, arrived.content, dns_server)
     assert "sender.test rsa-sha256 pass" in lines and lines[-1] == "result pass"
-    # Debian's Mail::DKIM (1.20230212) does not verify Ed25519 yet: dkimpy checks that one,
-    # against the key the DNS server publishes.
+    # Debian's Mail::DKIM (1.20230212) does not verify Ed25519 yet: OpenDKIM does (the test
+    # below), and dkimpy here, against the key the DNS server publishes.
     assert "sender.test ed25519-sha256 invalid (unsupported algorithm ed25519-sha256)" in lines
     signed = dkim.DKIM(arrived.content)
     assert all(signed.verify(idx=i, dnsfunc=lambda name, timeout=5: _txt(dns_server, name))
                for i in range(2))
     unfolded = arrived.content.replace(b"\r\n", b"").replace(b"\t", b"").replace(b" ", b"")
     assert b"h=from:from:" in unfolded  # From oversigned
+
+
+def verify_with_opendkim(message: bytes, dns: DnsServer, directory: Path) -> list[str]:
+    """libopendkim's verdict per signature, its keys looked up in a copy of `dns` on port 53
+    that /etc/resolv.conf names inside a private mount namespace."""
+    resolv = directory / "resolv.conf"
+    resolv.write_text(f"nameserver {OPENDKIM_DNS_HOST}\noptions attempts:1 timeout:5\n")
+    server = DnsServer(dns.records, host=OPENDKIM_DNS_HOST)
+    server.start(port=53)
+    try:
+        result = subprocess.run(
+            ["unshare", "--mount", "sh", "-c",
+             'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"', "sh", str(resolv),
+             sys.executable, str(OPENDKIM_VERIFIER)],
+            input=message, capture_output=True, timeout=60, check=False)
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode().splitlines()
+
+
+@needs_opendkim
+async def test_dual_signatures_verify_with_opendkim(
+        start_relay: StartRelay, dns_server: DnsServer, make_sink: Callable[..., Sink],
+        tmp_path: Path) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    write_dkim_policy(tmp_path, dns_server, [("sender.test", "ed1", "ed25519-sha256"),
+                                             ("sender.test", "rsa1", "rsa-sha256")])
+    relay = await start_relay()
+    body = ("From: App <app@sender.test>\r\nTo: a@example.test\r\nSubject: caf\u00e9\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            "\r\nHello\r\n\r\n\r\n")
+    await send(relay.smtp_port, "bounce@sender.test", ["a@example.test"], body.encode())
+    arrived = (await asyncio.to_thread(sink.wait_for, 1))[0].content
+    verdicts = await asyncio.to_thread(verify_with_opendkim, arrived, dns_server, tmp_path)
+    assert sorted(verdicts) == ["sender.test ed1 ed25519-sha256 pass",
+                                "sender.test rsa1 rsa-sha256 pass"]
+    tampered = arrived.replace(b"Hello", b"Hullo")
+    verdicts = await asyncio.to_thread(verify_with_opendkim, tampered, dns_server, tmp_path)
+    assert [v.split(" ", 3)[3] for v in verdicts] == ["fail (signature verification failed)"] * 2
 
 
 @needs_mail_dkim

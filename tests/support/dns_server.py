@@ -23,6 +23,10 @@ from tests.support.net import free_port
 Records = dict[str, dict[str, list[str]]]
 
 
+class _TcpServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True  # a fixed port (53) is bound again by the next test
+
+
 class DnsServer:
     def __init__(self, records: Records | None = None, host: str = "127.0.0.1") -> None:
         self.records: Records = {k.lower().rstrip("."): v for k, v in (records or {}).items()}
@@ -55,8 +59,9 @@ class DnsServer:
                 question.name, 60, dns.rdataclass.IN, rdtype, self.records[name][rdtype]))
         return response.to_wire()
 
-    def start(self) -> None:
-        self.port = free_port([self.host])
+    def start(self, port: int = 0) -> None:
+        """Listen on `port` (53 for resolvers that cannot be told another), else a free one."""
+        self.port = port or free_port([self.host])
         server = self
 
         class Udp(socketserver.BaseRequestHandler):
@@ -79,8 +84,7 @@ class DnsServer:
                 reply = server.answer(data)
                 self.request.sendall(struct.pack("!H", len(reply)) + reply)
 
-        for cls, handler in ((socketserver.ThreadingUDPServer, Udp),
-                             (socketserver.ThreadingTCPServer, Tcp)):
+        for cls, handler in ((socketserver.ThreadingUDPServer, Udp), (_TcpServer, Tcp)):
             instance: Any = cls((self.host, self.port), handler)
             instance.daemon_threads = True
             threading.Thread(target=instance.serve_forever, args=(0.05,), daemon=True).start()
