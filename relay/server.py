@@ -74,7 +74,8 @@ class Relay:
                         timeout=config.delivery.connect_timeout)
         agent = DeliveryAgent(config.delivery, hostname, hops, credentials,
                               domains=lambda: self.policies.domains,
-                              mta_sts=StrictTransport.configured(config.delivery, hops))
+                              mta_sts=StrictTransport.configured(
+                                  config.delivery, hops, config.queue.path))
         cleanup = Cleanup(self.queue, hostname, on_stored=self._stored)
         self._scheduler = Scheduler(
             self.queue, agent,

@@ -11,19 +11,24 @@ retried for FETCH_RETRY seconds, so a broken policy host does not slow every con
 The delivery agent applies a policy in "enforce" mode by using only MX hosts that match its
 `mx` patterns (section 4.1), each over STARTTLS with a certificate valid for the host's name
 in the configured trust store (section 4.2), and defers otherwise; "testing" logs the MX
-hosts enforce would refuse and delivers as usual. The cache lives in this process's memory.
+hosts enforce would refuse and delivers as usual. The cache is kept in memory and in a
+file beside the spool (PolicyStore), so a restart does not open a window in which an
+attacker who blocks the policy host could strip TLS (section 10.2).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import re
 import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 import dns.asyncresolver
@@ -189,16 +194,70 @@ class _Cached:
         return now >= self.fetched + self.policy.max_age / 2
 
 
+class PolicyStore:
+    """The cache on disk: one JSON line per fetched policy, the last line of a domain wins.
+    Compacted when loaded at start; a file that cannot be written only costs a warning."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self, now: float) -> dict[str, _Cached]:
+        found: dict[str, _Cached] = {}
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return found
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("mta-sts: %s: cannot read the policy cache: %s", self.path, exc)
+            return found
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                policy = Policy(entry["id"], entry["mode"], tuple(entry["mx"]),
+                                int(entry["max_age"]))
+                found[entry["domain"]] = _Cached(policy, float(entry["fetched"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a crash
+        found = {domain: c for domain, c in found.items() if not c.expired(now)}
+        self._rewrite(found)
+        return found
+
+    def add(self, domain: str, cached: _Cached) -> None:
+        try:
+            with self.path.open("a", encoding="utf-8") as file:
+                file.write(_line(domain, cached))
+        except OSError as exc:
+            log.warning("mta-sts: %s: cannot keep the policy of %s: %s", self.path, domain, exc)
+
+    def _rewrite(self, entries: dict[str, _Cached]) -> None:
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        try:
+            temporary.write_text("".join(_line(d, c) for d, c in entries.items()),
+                                 encoding="utf-8")
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            log.warning("mta-sts: %s: cannot compact the policy cache: %s", self.path, exc)
+
+
+def _line(domain: str, cached: _Cached) -> str:
+    return json.dumps({"domain": domain, "fetched": cached.fetched,
+                       **asdict(cached.policy)}) + "\n"
+
+
 class MtaSts:
     """The policy in force for each recipient domain, fetched once and shared by every
-    delivery worker of this process."""
+    delivery worker of this process. `clock` is wall-clock time: cached entries outlive
+    the process through `store`."""
 
     def __init__(self, resolver: dns.asyncresolver.Resolver, fetcher: PolicyFetcher,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time, store: PolicyStore | None = None
+                 ) -> None:
         self._resolver = resolver
         self._fetcher = fetcher
         self._clock = clock
-        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._store = store
+        self._cache: OrderedDict[str, _Cached] = OrderedDict(
+            store.load(clock()) if store is not None else {})
         self._failed: dict[tuple[str, str], float] = {}  # (domain, id) -> retry after
         self._fetching: dict[str, asyncio.Future[Policy | None]] = {}
 
@@ -254,7 +313,9 @@ class MtaSts:
                         "; the cached one stays" if current is not None else "")
             return current
         self._failed.pop((domain, policy_id), None)
-        self._cache[domain] = _Cached(policy, self._clock())
+        cached = self._cache[domain] = _Cached(policy, self._clock())
+        if self._store is not None:
+            self._store.add(domain, cached)
         self._cache.move_to_end(domain)
         while len(self._cache) > MAX_CACHED_DOMAINS:
             self._cache.popitem(last=False)
@@ -271,12 +332,14 @@ class StrictTransport:
     trust: ssl.SSLContext
 
     @classmethod
-    def configured(cls, settings: DeliverySection, hops: NextHops) -> StrictTransport | None:
-        """As `[delivery]` says, on the resolver of `hops`: None when mta_sts is off;
-        ConfigError for a ca_file that cannot be read."""
+    def configured(cls, settings: DeliverySection, hops: NextHops,
+                   spool: Path) -> StrictTransport | None:
+        """As `[delivery]` says, on the resolver of `hops`, policies kept in `spool`: None
+        when mta_sts is off; ConfigError for a ca_file that cannot be read."""
         if not settings.mta_sts:
             return None
         trust = trust_store(settings.ca_file)
         fetcher = HttpsFetcher(hops.addresses, trust, settings.mta_sts_port,
                                settings.connect_timeout)
-        return cls(MtaSts(hops.resolver, fetcher), trust)
+        store = PolicyStore(spool / "mta-sts.jsonl")
+        return cls(MtaSts(hops.resolver, fetcher, store=store), trust)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from relay.delivery.mta_sts import FETCH_RETRY, HttpsFetcher, MtaSts, trust_store
+from relay.delivery.mta_sts import FETCH_RETRY, HttpsFetcher, MtaSts, PolicyStore, trust_store
 from relay.delivery.mx import NextHops
 from relay.queue import State
 from tests.integration.conftest import RunningRelay, StartRelay
@@ -166,13 +166,21 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def policies(dns_server: DnsServer, policy_server: PolicyServer, ca_file: str,
-             clock: Clock) -> MtaSts:
+def make_policies(dns_server: DnsServer, policy_server: PolicyServer, ca_file: str,
+                  clock: Clock, tmp_path: Path) -> Callable[[], MtaSts]:
     """The relay's policy cache on the tests' DNS server and the real HTTPS server, with
-    a clock the test moves (max_age is a day)."""
-    hops = NextHops([dns_server.address], 25, timeout=5)
-    fetcher = HttpsFetcher(hops.addresses, trust_store(ca_file), policy_server.port, 5)
-    return MtaSts(hops.resolver, fetcher, clock)
+    a clock the test moves (max_age is a day), kept in a file as in the spool."""
+    def make() -> MtaSts:
+        hops = NextHops([dns_server.address], 25, timeout=5)
+        fetcher = HttpsFetcher(hops.addresses, trust_store(ca_file), policy_server.port, 5)
+        return MtaSts(hops.resolver, fetcher, clock, PolicyStore(tmp_path / "mta-sts.jsonl"))
+
+    return make
+
+
+@pytest.fixture
+def policies(make_policies: Callable[[], MtaSts]) -> MtaSts:
+    return make_policies()
 
 
 async def test_policy_is_cached_until_the_id_changes(
@@ -209,6 +217,23 @@ async def test_cached_policy_outlives_dns_and_https_trouble_until_max_age(
     assert await policies.policy_for("example.test") == cached
     clock.now += 86400
     assert await policies.policy_for("example.test") is None
+
+
+async def test_a_restart_keeps_cached_policies(
+        make_policies: Callable[[], MtaSts], dns_server: DnsServer,
+        policy_server: PolicyServer, clock: Clock, tmp_path: Path) -> None:
+    publish(dns_server, "1")
+    policy_server.serve("mta-sts.example.test", ENFORCE)
+    cached = await make_policies().policy_for("example.test")
+    assert cached is not None
+    with (tmp_path / "mta-sts.jsonl").open("a") as file:
+        file.write('{"domain": "cut.test", "fetched"')  # a line a crash cut short
+    policy_server.stop()
+    clock.now += 3600
+    assert await make_policies().policy_for("example.test") == cached  # its host is down
+    clock.now += 86400
+    assert await make_policies().policy_for("example.test") is None  # expired meanwhile
+    assert (tmp_path / "mta-sts.jsonl").read_text() == ""  # compacted
 
 
 async def test_a_failed_fetch_is_not_retried_at_once(
