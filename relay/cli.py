@@ -1,5 +1,6 @@
 """cli: `relayctl`, the operator's command (serve, queue, send, config, hash-password;
-broadcast and suppression in cli_broadcast, dkim and pgp in cli_keys).
+broadcast and suppression in cli_broadcast, dkim and pgp in cli_keys, mta-sts in
+cli_mta_sts).
 
 Queue commands mirror Postfix's postqueue/postsuper and talk only to the running relay's
 admin API. Every failure is one line on stderr and exit status 2, never a traceback.
@@ -19,6 +20,7 @@ import click
 
 from relay.cli_broadcast import broadcast, suppression
 from relay.cli_keys import dkim, pgp
+from relay.cli_mta_sts import mta_sts
 from relay.cli_support import admin_client, config_option, load_config, one_line_errors
 from relay.delivery.client import relayhost_credentials
 from relay.delivery.mta_sts import trust_store
@@ -267,3 +269,4 @@ main.add_command(broadcast)
 main.add_command(suppression)
 main.add_command(dkim)
 main.add_command(pgp)
+main.add_command(mta_sts)

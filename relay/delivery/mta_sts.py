@@ -94,6 +94,16 @@ def txt_policy_id(records: list[str]) -> str | None:
     return record_id if _TXT_ID.fullmatch(record_id) else None
 
 
+async def published_id(resolver: dns.asyncresolver.Resolver, domain: str) -> str | None:
+    """The policy id `domain` publishes in `_mta-sts.<domain>` TXT, or None; DNS trouble
+    raises DNSException."""
+    try:
+        answer = await resolver.resolve(f"_mta-sts.{domain}", "TXT")
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return None
+    return txt_policy_id([b"".join(r.strings).decode("ascii", "replace") for r in answer])
+
+
 def parse_policy(text: str, policy_id: str) -> Policy:
     """A policy body (section 3.2): "key: value" lines ending in LF or CRLF."""
     fields: dict[str, str] = {}
@@ -273,7 +283,7 @@ class MtaSts:
             cached = None
         current = cached.policy if cached is not None else None
         try:
-            policy_id = await self._published_id(domain)
+            policy_id = await published_id(self._resolver, domain)
         except dns.exception.DNSException:
             return current  # DNS trouble: what we know still holds (section 5.1)
         if policy_id is None:
@@ -283,13 +293,6 @@ class MtaSts:
         if self._failed.get((domain, policy_id), 0.0) > now:
             return current
         return await self._fetch_once(domain, policy_id, current)
-
-    async def _published_id(self, domain: str) -> str | None:
-        try:
-            answer = await self._resolver.resolve(f"_mta-sts.{domain}", "TXT")
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return None
-        return txt_policy_id([b"".join(r.strings).decode("ascii", "replace") for r in answer])
 
     async def _fetch_once(self, domain: str, policy_id: str,
                           current: Policy | None) -> Policy | None:

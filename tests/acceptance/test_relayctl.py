@@ -13,12 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trustme
 
 from relay import config as config_module
 from relay.config import split_hostport
 from tests.acceptance.conftest import MakeRelay
 from tests.support.client import message, send_blocking
 from tests.support.dns_server import DnsServer
+from tests.support.policy_server import PolicyServer, server_context
 from tests.support.process import relayctl, relayctl_path
 from tests.support.relayconf import write_relay_config
 from tests.support.sink import Sink
@@ -297,3 +299,32 @@ def test_relayctl_pgp_import_and_list(dns_server: DnsServer, mx_port: int,
     (tmp_path / "junk.asc").write_text("not a key")
     junk = relayctl(config, "pgp", "import", str(tmp_path / "junk.asc"))
     assert junk.returncode == 2 and junk.stderr.count("\n") == 1
+
+
+def test_relayctl_mta_sts(dns_server: DnsServer, mx_port: int, tmp_path: Path,
+                          ca: trustme.CA) -> None:
+    server = PolicyServer(server_context(ca, "mta-sts.example.test")).start()
+    try:
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        config = write_relay_config(tmp_path, dns_server.address, mx_port, {
+            "delivery": {"mta_sts_port": server.port, "ca_file": "ca.pem"}})
+        none = relayctl(config, "mta-sts", "example.test")
+        assert none.returncode == 2 and "publishes no policy" in none.stderr
+        dns_server.add("_mta-sts.example.test", "TXT", '"v=STSv1; id=7"')
+        dns_server.add("mta-sts.example.test", "A", server.host)
+        broken = relayctl(config, "mta-sts", "example.test")
+        assert broken.returncode == 2 and "HTTP 404" in broken.stderr
+        assert broken.stderr.count("\n") == 1
+        server.serve("mta-sts.example.test",
+                     "version: STSv1\nmode: enforce\nmx: *.example.test\nmax_age: 600\n")
+        dns_server.add("example.test", "MX", "10 mx.example.test.", "20 mx.elsewhere.test.")
+        dns_server.add("mx.example.test", "A", "127.0.0.2")
+        dns_server.add("mx.elsewhere.test", "A", "127.0.0.3")
+        shown = relayctl(config, "mta-sts", "example.test")
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.splitlines() == [
+            "example.test: policy id 7, mode enforce, max_age 600s, mx *.example.test",
+            "  MX mx.example.test: matches",
+            "  MX mx.elsewhere.test: does not match: not used"]
+    finally:
+        server.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,17 +18,10 @@ from relay.queue import State
 from tests.integration.conftest import RunningRelay, StartRelay
 from tests.support.client import message, send
 from tests.support.dns_server import DnsServer
-from tests.support.policy_server import PolicyServer
+from tests.support.policy_server import PolicyServer, server_context
 from tests.support.sink import Sink
 
 ENFORCE = "version: STSv1\nmode: enforce\nmx: mx.example.test\nmx: *.backup.test\nmax_age: 86400\n"
-
-
-def serving(ca: trustme.CA, *names: str) -> ssl.SSLContext:
-    """A server-side context with a certificate for `names`, issued by the tests' CA."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(*names).configure_cert(context)
-    return context
 
 
 @pytest.fixture
@@ -41,7 +33,7 @@ def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
 
 @pytest.fixture
 def policy_server(ca: trustme.CA, dns_server: DnsServer) -> Iterator[PolicyServer]:
-    server = PolicyServer(serving(ca, "mta-sts.example.test")).start()
+    server = PolicyServer(server_context(ca, "mta-sts.example.test")).start()
     dns_server.add("mta-sts.example.test", "A", server.host)
     yield server
     server.stop()
@@ -68,7 +60,7 @@ async def test_enforce_delivers_over_validated_tls(
     dns_server.add("mx.example.test", "A", "127.0.0.2")
     publish(dns_server, "20261128")
     policy_server.serve("mta-sts.example.test", ENFORCE)
-    sink = make_sink("127.0.0.2", tls_context=serving(ca, "mx.example.test"))
+    sink = make_sink("127.0.0.2", tls_context=server_context(ca, "mx.example.test"))
     relay = await start_strict(start_relay, policy_server, ca_file)
     await deliver_one(relay)
     [received] = await asyncio.to_thread(sink.wait_for, 1)
@@ -85,8 +77,8 @@ async def test_enforce_skips_an_mx_whose_certificate_does_not_match(
     dns_server.add("mx2.backup.test", "A", "127.0.0.3")
     publish(dns_server, "1")
     policy_server.serve("mta-sts.example.test", ENFORCE)
-    wrong = make_sink("127.0.0.2", tls_context=serving(ca, "elsewhere.test"))
-    right = make_sink("127.0.0.3", tls_context=serving(ca, "mx2.backup.test"))
+    wrong = make_sink("127.0.0.2", tls_context=server_context(ca, "elsewhere.test"))
+    right = make_sink("127.0.0.3", tls_context=server_context(ca, "mx2.backup.test"))
     relay = await start_strict(start_relay, policy_server, ca_file)
     await deliver_one(relay)
     [received] = await asyncio.to_thread(right.wait_for, 1)
@@ -109,10 +101,10 @@ async def test_enforce_defers_without_a_valid_mx(
     dns_server.add(mx_name, "A", "127.0.0.2")
     publish(dns_server, "1")
     policy_server.serve("mta-sts.example.test", ENFORCE)
-    certificates = {"certificate for another name": serving(ca, "elsewhere.test"),
-                    "certificate from another CA": serving(trustme.CA(), "mx.example.test"),
+    certificates = {"certificate for another name": server_context(ca, "elsewhere.test"),
+                    "certificate from another CA": server_context(trustme.CA(), "mx.example.test"),
                     "no STARTTLS": None,
-                    "MX not in the policy": serving(ca, "mx.other.test")}
+                    "MX not in the policy": server_context(ca, "mx.other.test")}
     sink = make_sink("127.0.0.2", tls_context=certificates[case])
     relay = await start_strict(start_relay, policy_server, ca_file)
     info = await relay.until_state(await deliver_one(relay), State.DEFERRED)
@@ -129,7 +121,7 @@ async def test_testing_mode_delivers_and_logs(
     dns_server.add("mx.other.test", "A", "127.0.0.2")
     publish(dns_server, "1")
     policy_server.serve("mta-sts.example.test", ENFORCE.replace("enforce", "testing"))
-    sink = make_sink("127.0.0.2", tls_context=serving(ca, "elsewhere.test"))
+    sink = make_sink("127.0.0.2", tls_context=server_context(ca, "elsewhere.test"))
     relay = await start_strict(start_relay, policy_server, ca_file)
     await deliver_one(relay)
     [received] = await asyncio.to_thread(sink.wait_for, 1)
@@ -267,7 +259,7 @@ async def test_unusable_answers_are_no_policy(
 
 async def test_policy_host_certificate_must_match(
         dns_server: DnsServer, ca: trustme.CA, ca_file: str, clock: Clock) -> None:
-    impostor = PolicyServer(serving(ca, "mta-sts.other.test")).start()
+    impostor = PolicyServer(server_context(ca, "mta-sts.other.test")).start()
     try:
         dns_server.add("mta-sts.example.test", "A", impostor.host)
         publish(dns_server, "1")

@@ -12,9 +12,18 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import trustme
+
 from tests.support.net import free_port
 
 Answer = tuple[int, str, bytes, dict[str, str]]
+
+
+def server_context(ca: trustme.CA, *names: str) -> ssl.SSLContext:
+    """A server-side context with a certificate for `names`, issued by `ca`."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(context)
+    return context
 
 
 class PolicyServer:
