@@ -33,6 +33,7 @@ from typing import Literal, Protocol
 
 import dns.asyncresolver
 import dns.exception
+import dns.name
 import dns.resolver
 import httpx
 
@@ -71,8 +72,14 @@ class Policy:
 
 
 def mx_matches(pattern: str, host: str) -> bool:
-    """"mail.example.com" matches itself; "*.example.com" matches exactly one more label."""
+    """"mail.example.com" matches itself; "*.example.com" matches exactly one more label.
+    An internationalized host name is compared in its A-labels, as policies write it."""
     host = host.lower().rstrip(".")
+    if not host.isascii():
+        try:
+            host = dns.name.from_text(host).to_text(omit_final_dot=True).lower()
+        except dns.exception.DNSException:
+            return False
     if pattern.startswith("*."):
         label, dot, rest = host.partition(".")
         return bool(label) and bool(dot) and rest == pattern[2:]
@@ -158,7 +165,11 @@ class HttpsFetcher:
         self._timeout = timeout
 
     async def fetch(self, domain: str) -> str:
-        host = f"mta-sts.{domain}"
+        try:
+            # The name as DNS and TLS know it: an internationalized domain in its A-labels.
+            host = dns.name.from_text(f"mta-sts.{domain}").to_text(omit_final_dot=True)
+        except dns.exception.DNSException as exc:
+            raise PolicyError(f"mta-sts.{domain}: not a host name ({exc})") from None
         failures = []
         # trust_env=False: no proxy from the environment stands between us and the domain.
         async with httpx.AsyncClient(verify=self._context, timeout=self._timeout,
@@ -166,7 +177,7 @@ class HttpsFetcher:
             for address in await self._addresses(host):
                 try:
                     return await self._get(client, host, address)
-                except httpx.HTTPError as exc:
+                except (httpx.HTTPError, OSError) as exc:
                     failures.append(f"{address}: {exc or type(exc).__name__}")
         raise PolicyError(f"{host}: " + ("; ".join(failures) or "no address"))
 

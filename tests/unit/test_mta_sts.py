@@ -69,6 +69,7 @@ def test_invalid_policies(text: str, problem: str) -> None:
     ("*.example.com", "example.com", False),
     ("*.example.com", "a.b.example.com", False),  # one label only
     ("*.example.com", ".example.com", False),
+    ("mx.xn--bcher-kva.test", "mx.b\u00fccher.test", True),  # compared in A-labels
 ])
 def test_mx_patterns(pattern: str, host: str, expected: bool) -> None:
     assert mx_matches(pattern, host) is expected
