@@ -173,6 +173,17 @@ def test_missing_tls_files_are_a_clear_error(tmp_path: Path, relay_process: Make
         assert "Traceback" not in result.stderr
 
 
+def test_an_unreadable_trust_store_is_a_clear_error(tmp_path: Path,
+                                                    relay_process: MakeRelay) -> None:
+    relay = relay_process(delivery={"ca_file": str(tmp_path / "nope.pem")})
+    for command in (["config", "check"], ["serve"]):
+        result = relayctl(relay.config, *command)
+        assert result.returncode == 2, command
+        assert result.stderr.splitlines()[-1].startswith(
+            f"relayctl: delivery.ca_file: {tmp_path / 'nope.pem'}: "), result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_a_port_taken_by_another_program_is_a_clear_error(relay_process: MakeRelay) -> None:
     relay = relay_process()
     with socket.create_server(("127.0.0.1", smtp_port(relay.config))):
