@@ -76,7 +76,7 @@ class DestinationSession:
         self._agent = agent
         self.destination = destination
         self._connection: SmtpConnection | None = None
-        self._verify: ssl.SSLContext | None = None  # set by an enforced MTA-STS policy
+        self._policy: Policy | None = None  # the MTA-STS policy of the hops in use
 
     async def deliver(self, job: Job, body: bytes) -> list[Attempt]:
         addresses = [r.address for r in job.recipients]
@@ -138,10 +138,8 @@ class DestinationSession:
             return await self._agent.hops.for_relayhost(settings.relayhost)
         hops = await self._agent.hops.for_domain(self.destination)
         strict = self._agent.mta_sts
-        self._verify = None
-        if strict is None:
-            return hops
-        policy = await strict.policies.policy_for(self.destination)
+        policy = self._policy = (await strict.policies.policy_for(self.destination)
+                                 if strict is not None else None)
         if policy is None or policy.mode == "none":
             return hops
         allowed = [hop for hop in hops if policy.allows(hop.name)]
@@ -151,7 +149,6 @@ class DestinationSession:
             return hops
         if not allowed:
             raise DeliveryError(reply.MTA_STS_NO_MX, Scope.SITE)
-        self._verify = strict.trust
         return allowed
 
     def _log_refused(self, policy: Policy, hops: list[Hop], allowed: list[Hop]) -> None:
@@ -161,6 +158,22 @@ class DestinationSession:
                     ",".join(policy.mx), ": used anyway" if policy.mode == "testing" else "")
 
     async def _open(self, hop: Hop) -> SmtpConnection:
+        policy, strict = self._policy, self._agent.mta_sts
+        if policy is None or strict is None or policy.mode == "none":
+            return await self._connect(hop, verify=None)
+        if policy.mode == "enforce":
+            return await self._connect(hop, verify=strict.trust)
+        try:  # testing: learn what enforce would do, then deliver as usual (RFC 8461 sec. 5)
+            return await self._connect(hop, verify=strict.trust)
+        except DeliveryError as exc:
+            if exc.reply.enhanced != "4.7.5":
+                raise
+            log.warning("mta-sts: %s: %s; policy %s is in testing mode: sent anyway",
+                        self.destination, exc.reply.text, policy.id)
+        return await self._connect(hop, verify=None)
+
+    async def _connect(self, hop: Hop, verify: ssl.SSLContext | None) -> SmtpConnection:
+        """With `verify`: STARTTLS and a certificate valid for the hop's name, or 4.7.5."""
         settings = self._agent.settings
         tls = settings.tls
         if self.destination != RELAYHOST:
@@ -169,4 +182,4 @@ class DestinationSession:
             hop, self._agent.hostname, tls, settings.connect_timeout,
             settings.command_timeout,
             self._agent.credentials if self.destination == RELAYHOST else None,
-            verify=self._verify)
+            verify=verify)

@@ -126,8 +126,10 @@ async def test_testing_mode_delivers_and_logs(
     await deliver_one(relay)
     [received] = await asyncio.to_thread(sink.wait_for, 1)
     assert received.tls  # opportunistic, as without a policy
-    assert any("MX mx.other.test not in policy 1 (mode testing" in r.getMessage()
-               for r in caplog.records)
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("MX mx.other.test not in policy 1 (mode testing" in m for m in logged)
+    assert any("certificate of mx.other.test[127.0.0.2]" in m and "testing mode: sent anyway"
+               in m for m in logged), logged
 
 
 async def test_no_policy_published_means_no_fetch(
