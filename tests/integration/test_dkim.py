@@ -78,8 +78,13 @@ def _txt(dns: DnsServer, name: bytes) -> bytes:
 
 def verify(message: bytes, dns: DnsServer) -> list[str]:
     host, port = dns.address.rsplit(":", 1)
-    result = subprocess.run(["perl", str(VERIFIER), host, port], input=message,
-                            capture_output=True, timeout=60, check=False)
+    return run_verifier(["perl", str(VERIFIER), host, port], message)
+
+
+def run_verifier(command: list[str], message: bytes) -> list[str]:
+    """The lines a verifier prints for `message` on its standard input."""
+    result = subprocess.run(command, input=message, capture_output=True, timeout=60,
+                            check=False)
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout.decode().splitlines()
 
@@ -119,15 +124,12 @@ def verify_with_opendkim(message: bytes, dns: DnsServer, directory: Path) -> lis
     server = DnsServer(dns.records, host=OPENDKIM_DNS_HOST)
     server.start(port=53)
     try:
-        result = subprocess.run(
+        return run_verifier(
             ["unshare", "--mount", "sh", "-c",
              'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"', "sh", str(resolv),
-             sys.executable, str(OPENDKIM_VERIFIER)],
-            input=message, capture_output=True, timeout=60, check=False)
+             sys.executable, str(OPENDKIM_VERIFIER)], message)
     finally:
         server.stop()
-    assert result.returncode == 0, result.stderr.decode()
-    return result.stdout.decode().splitlines()
 
 
 @needs_opendkim
