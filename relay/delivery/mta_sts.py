@@ -11,9 +11,9 @@ retried for FETCH_RETRY seconds, so a broken policy host does not slow every con
 The delivery agent applies a policy in "enforce" mode by using only MX hosts that match its
 `mx` patterns (section 4.1), each over STARTTLS with a certificate valid for the host's name
 in the configured trust store (section 4.2), and defers otherwise; "testing" logs what
-enforce would refuse (MX hosts, certificates) and delivers as usual. The cache is kept in memory and in a
-file beside the spool (PolicyStore), so a restart does not open a window in which an
-attacker who blocks the policy host could strip TLS (section 10.2).
+enforce would refuse (MX hosts, certificates) and delivers as usual. The cache is kept in
+memory and in a file beside the spool (PolicyStore), so a restart does not open a window
+in which an attacker who blocks the policy host could strip TLS (section 10.2).
 """
 
 from __future__ import annotations
