@@ -180,16 +180,17 @@ class Scheduler:
                 while (job := await self._next_job(destination)) is not None:
                     try:
                         await destination.pace.wait_turn()
-                        destination.pace.observe(await self._deliver(session, job))
+                        attempts = await self._deliver(session, job)
                     except Exception:
-                        # recovered at the next start; this worker goes on with the next job
                         log.exception("%s: delivery failed locally", job.message_id)
+                        attempts = await self._defer_after_failure(job)
                     finally:
                         self._active -= len(job.recipients)
                         if self._full:
                             # Only then: otherwise new mail wakes the scheduler anyway, and
                             # a claim per finished job would cost a transaction each.
                             self._wakeup.set()
+                    destination.pace.observe(attempts)
                     if len(destination.workers) > destination.pace.connections:
                         return  # slowed down: this connection goes
             finally:
@@ -227,6 +228,16 @@ class Scheduler:
             self._paces[pace.name] = pace
             if len(self._paces) > KEPT_PACES:
                 self._paces.pop(next(iter(self._paces)))
+
+    async def _defer_after_failure(self, job: Job) -> list[Attempt]:
+        """A failure of our own (a bug, not the remote side): the recipients are deferred
+        and retried after the backoff rather than left active until the next start."""
+        try:
+            await self._recorder.settle(job, [Attempt(r, reply.LOCAL_ERROR, "none")
+                                              for r in job.recipients], b"")
+        except Exception:
+            log.exception("%s: left active, recovered at the next start", job.message_id)
+        return []
 
     async def _deliver(self, session: DestinationSession, job: Job) -> list[Attempt]:
         try:
