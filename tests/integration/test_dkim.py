@@ -43,12 +43,14 @@ def _opendkim_unusable() -> str:
     """Why the OpenDKIM verifier cannot run here ("" when it can)."""
     if ctypes.util.find_library("opendkim") is None:
         return "libopendkim is not installed (Debian: libopendkim11)"
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "--mount", "true"], capture_output=True, check=False).returncode:
         return "needs root and unshare: a DNS server on port 53 and a private /etc/resolv.conf"
     return ""
 
 
-needs_opendkim = pytest.mark.skipif(bool(_opendkim_unusable()), reason=_opendkim_unusable())
+_OPENDKIM_UNUSABLE = _opendkim_unusable()
+needs_opendkim = pytest.mark.skipif(bool(_OPENDKIM_UNUSABLE), reason=_OPENDKIM_UNUSABLE)
 
 
 def publish_key(directory: Path, dns: DnsServer, domain: str, selector: str,
@@ -122,7 +124,11 @@ def verify_with_opendkim(message: bytes, dns: DnsServer, directory: Path) -> lis
     resolv = directory / "resolv.conf"
     resolv.write_text(f"nameserver {OPENDKIM_DNS_HOST}\noptions attempts:1 timeout:5\n")
     server = DnsServer(dns.records, host=OPENDKIM_DNS_HOST)
-    server.start(port=53)
+    try:
+        server.start(port=53)
+    except OSError as exc:
+        server.stop()  # what did start
+        pytest.skip(f"cannot listen on {OPENDKIM_DNS_HOST}:53: {exc}")
     try:
         return run_verifier(
             ["unshare", "--mount", "sh", "-c",
