@@ -20,7 +20,7 @@ from relay.delivery.dkim import dns_record, generate_key, public_key
 from tests.integration.conftest import StartRelay
 from tests.support.client import send
 from tests.support.dns_server import DnsServer
-from tests.support.sink import Sink
+from tests.support.sink import Received, Sink
 
 VERIFIER = Path(__file__).parents[1] / "support" / "dkim_verify.pl"
 OPENDKIM_VERIFIER = Path(__file__).parents[1] / "support" / "opendkim_verify.py"
@@ -91,20 +91,28 @@ def run_verifier(command: list[str], message: bytes) -> list[str]:
     return result.stdout.decode().splitlines()
 
 
+async def relayed_with_keys(start_relay: StartRelay, dns: DnsServer,
+                            make_sink: Callable[..., Sink], directory: Path,
+                            keys: list[tuple[str, str, str]], body: str) -> Received:
+    """`body` as it arrives at example.test's sink from a relay with published `keys`."""
+    dns.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    write_dkim_policy(directory, dns, keys)
+    relay = await start_relay()
+    await send(relay.smtp_port, "bounce@sender.test", ["a@example.test"], body.encode())
+    return (await asyncio.to_thread(sink.wait_for, 1))[0]
+
+
 @needs_mail_dkim
 async def test_dual_signatures_verify_independently(
         start_relay: StartRelay, dns_server: DnsServer, make_sink: Callable[..., Sink],
         tmp_path: Path) -> None:
-    dns_server.add("example.test", "A", "127.0.0.2")
-    sink = make_sink("127.0.0.2")
-    write_dkim_policy(tmp_path, dns_server, [("sender.test", "rsa1", "rsa-sha256"),
-                                             ("sender.test", "ed1", "ed25519-sha256"),
-                                             ("other.test", "x1", "rsa-sha256")])
-    relay = await start_relay()
-    body = ("From: App <app@news.sender.test>\r\nTo: a@example.test\r\nSubject: signed\r\n"
-            "\r\nHello,\r\n\r\n  spaces  and trailing blanks   \r\n.dot line\r\n")
-    await send(relay.smtp_port, "bounce@sender.test", ["a@example.test"], body.encode())
-    arrived = (await asyncio.to_thread(sink.wait_for, 1))[0]
+    arrived = await relayed_with_keys(
+        start_relay, dns_server, make_sink, tmp_path,
+        [("sender.test", "rsa1", "rsa-sha256"), ("sender.test", "ed1", "ed25519-sha256"),
+         ("other.test", "x1", "rsa-sha256")],
+        "From: App <app@news.sender.test>\r\nTo: a@example.test\r\nSubject: signed\r\n"
+        "\r\nHello,\r\n\r\n  spaces  and trailing blanks   \r\n.dot line\r\n")
     assert arrived.content.count(b"DKIM-Signature:") == 2  # not other.test's key
     lines = await asyncio.to_thread(verify, arrived.content, dns_server)
     assert "sender.test rsa-sha256 pass" in lines and lines[-1] == "result pass"
@@ -142,16 +150,12 @@ def verify_with_opendkim(message: bytes, dns: DnsServer, directory: Path) -> lis
 async def test_dual_signatures_verify_with_opendkim(
         start_relay: StartRelay, dns_server: DnsServer, make_sink: Callable[..., Sink],
         tmp_path: Path) -> None:
-    dns_server.add("example.test", "A", "127.0.0.2")
-    sink = make_sink("127.0.0.2")
-    write_dkim_policy(tmp_path, dns_server, [("sender.test", "ed1", "ed25519-sha256"),
-                                             ("sender.test", "rsa1", "rsa-sha256")])
-    relay = await start_relay()
-    body = ("From: App <app@sender.test>\r\nTo: a@example.test\r\nSubject: caf\u00e9\r\n"
-            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            "\r\nHello\r\n\r\n\r\n")
-    await send(relay.smtp_port, "bounce@sender.test", ["a@example.test"], body.encode())
-    arrived = (await asyncio.to_thread(sink.wait_for, 1))[0].content
+    arrived = (await relayed_with_keys(
+        start_relay, dns_server, make_sink, tmp_path,
+        [("sender.test", "ed1", "ed25519-sha256"), ("sender.test", "rsa1", "rsa-sha256")],
+        "From: App <app@sender.test>\r\nTo: a@example.test\r\nSubject: caf\u00e9\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "\r\nHello\r\n\r\n\r\n")).content
     verdicts = await asyncio.to_thread(verify_with_opendkim, arrived, dns_server, tmp_path)
     assert sorted(verdicts) == ["sender.test ed1 ed25519-sha256 pass",
                                 "sender.test rsa1 rsa-sha256 pass"]
