@@ -49,6 +49,9 @@ class Metrics:
         self.spool_free = Gauge(
             "relay_spool_free_bytes", "Free space on the spool's file system.",
             registry=registry)
+        self.mta_sts_fetches = Counter(
+            "relay_mta_sts_policy_fetches", "MTA-STS policy fetches, by result (ok, failed).",
+            ["result"], registry=registry)
         self._domains: set[str] = set()
 
     def domain_label(self, domain: str) -> str:
@@ -63,6 +66,9 @@ class Metrics:
         self.outcomes.labels(result.value, self.domain_label(domain)).inc()
         if latency is not None:
             self.latency.observe(latency)
+
+    def mta_sts_fetched(self, ok: bool) -> None:
+        self.mta_sts_fetches.labels("ok" if ok else "failed").inc()
 
     def sessions_ended(self, plain: int, tls: int) -> None:
         if plain:

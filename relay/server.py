@@ -75,7 +75,8 @@ class Relay:
         agent = DeliveryAgent(config.delivery, hostname, hops, credentials,
                               domains=lambda: self.policies.domains,
                               mta_sts=StrictTransport.configured(
-                                  config.delivery, hops, config.queue.path))
+                                  config.delivery, hops, config.queue.path,
+                                  self.metrics.mta_sts_fetched))
         cleanup = Cleanup(self.queue, hostname, on_stored=self._stored)
         self._scheduler = Scheduler(
             self.queue, agent,

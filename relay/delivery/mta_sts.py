@@ -268,15 +268,16 @@ def _line(domain: str, cached: _Cached) -> str:
 class MtaSts:
     """The policy in force for each recipient domain, fetched once and shared by every
     delivery worker of this process. `clock` is wall-clock time: cached entries outlive
-    the process through `store`."""
+    the process through `store`. `fetched` hears of every fetch and whether it worked."""
 
     def __init__(self, resolver: dns.asyncresolver.Resolver, fetcher: PolicyFetcher,
-                 clock: Callable[[], float] = time.time, store: PolicyStore | None = None
-                 ) -> None:
+                 clock: Callable[[], float] = time.time, store: PolicyStore | None = None,
+                 fetched: Callable[[bool], None] = lambda ok: None) -> None:
         self._resolver = resolver
         self._fetcher = fetcher
         self._clock = clock
         self._store = store
+        self._fetched = fetched
         self._cache: OrderedDict[str, _Cached] = OrderedDict(
             store.load(clock()) if store is not None else {})
         self._failed: dict[tuple[str, str], float] = {}  # (domain, id) -> retry after
@@ -319,6 +320,7 @@ class MtaSts:
         try:
             policy = parse_policy(await self._fetcher.fetch(domain), policy_id)
         except PolicyError as exc:
+            self._fetched(False)
             now = self._clock()
             if len(self._failed) >= MAX_CACHED_DOMAINS:
                 self._failed = {key: until for key, until in self._failed.items() if until > now}
@@ -326,6 +328,7 @@ class MtaSts:
             log.warning("mta-sts: %s: no policy fetched (id %s): %s%s", domain, policy_id, exc,
                         "; the cached one stays" if current is not None else "")
             return current
+        self._fetched(True)
         self._failed.pop((domain, policy_id), None)
         cached = self._cache[domain] = _Cached(policy, self._clock())
         if self._store is not None:
@@ -346,8 +349,9 @@ class StrictTransport:
     trust: ssl.SSLContext
 
     @classmethod
-    def configured(cls, settings: DeliverySection, hops: NextHops,
-                   spool: Path) -> StrictTransport | None:
+    def configured(cls, settings: DeliverySection, hops: NextHops, spool: Path,
+                   fetched: Callable[[bool], None] = lambda ok: None
+                   ) -> StrictTransport | None:
         """As `[delivery]` says, on the resolver of `hops`, policies kept in `spool`: None
         when mta_sts is off; ConfigError for a ca_file that cannot be read."""
         if not settings.mta_sts:
@@ -356,4 +360,4 @@ class StrictTransport:
         fetcher = HttpsFetcher(hops.addresses, trust, settings.mta_sts_port,
                                settings.connect_timeout)
         store = PolicyStore(spool / "mta-sts.jsonl")
-        return cls(MtaSts(hops.resolver, fetcher, store=store), trust)
+        return cls(MtaSts(hops.resolver, fetcher, store=store, fetched=fetched), trust)

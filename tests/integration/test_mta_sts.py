@@ -67,6 +67,8 @@ async def test_enforce_delivers_over_validated_tls(
     assert received.tls
     assert policy_server.requests == [
         ("mta-sts.example.test", "/.well-known/mta-sts.txt", "mta-sts.example.test")]
+    assert relay.relay.metrics.registry.get_sample_value(
+        "relay_mta_sts_policy_fetches_total", {"result": "ok"}) == 1
 
 
 async def test_enforce_skips_an_mx_whose_certificate_does_not_match(
@@ -160,14 +162,21 @@ def clock() -> Clock:
 
 
 @pytest.fixture
+def fetches() -> list[bool]:
+    return []
+
+
+@pytest.fixture
 def make_policies(dns_server: DnsServer, policy_server: PolicyServer, ca_file: str,
-                  clock: Clock, tmp_path: Path) -> Callable[[], MtaSts]:
+                  clock: Clock, tmp_path: Path, fetches: list[bool]) -> Callable[[], MtaSts]:
     """The relay's policy cache on the tests' DNS server and the real HTTPS server, with
-    a clock the test moves (max_age is a day), kept in a file as in the spool."""
+    a clock the test moves (max_age is a day), kept in a file as in the spool; `fetches`
+    records whether each fetch worked."""
     def make() -> MtaSts:
         hops = NextHops([dns_server.address], 25, timeout=5)
         fetcher = HttpsFetcher(hops.addresses, trust_store(ca_file), policy_server.port, 5)
-        return MtaSts(hops.resolver, fetcher, clock, PolicyStore(tmp_path / "mta-sts.jsonl"))
+        return MtaSts(hops.resolver, fetcher, clock, PolicyStore(tmp_path / "mta-sts.jsonl"),
+                      fetches.append)
 
     return make
 
@@ -232,7 +241,7 @@ async def test_a_restart_keeps_cached_policies(
 
 async def test_a_failed_fetch_is_not_retried_at_once(
         policies: MtaSts, dns_server: DnsServer, policy_server: PolicyServer,
-        clock: Clock) -> None:
+        clock: Clock, fetches: list[bool]) -> None:
     publish(dns_server, "1")
     policy_server.answers["mta-sts.example.test"] = (500, "text/plain", b"oops\n", {})
     assert await policies.policy_for("example.test") is None  # deliver as without MTA-STS
@@ -242,6 +251,7 @@ async def test_a_failed_fetch_is_not_retried_at_once(
     clock.now += FETCH_RETRY
     fetched = await policies.policy_for("example.test")
     assert fetched is not None and fetched.mode == "enforce"
+    assert fetches == [False, True]
 
 
 @pytest.mark.parametrize("answer", [
