@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import ssl
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import trustme
@@ -13,6 +16,20 @@ from tests.support.net import free_port
 from tests.support.sink import Sink
 
 SINK_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
+
+
+@pytest.fixture(autouse=True)
+def _stop_gpg_agents(request: pytest.FixtureRequest) -> Iterator[None]:
+    """gpg starts an agent for each keyring it uses, which outlives the test: the keyrings
+    under the test's tmp_path have theirs stopped when it ends."""
+    uses_tmp = "tmp_path" in request.fixturenames and shutil.which("gpgconf") is not None
+    directory: Path | None = request.getfixturevalue("tmp_path") if uses_tmp else None
+    yield
+    if directory is None:
+        return
+    for keyring in directory.rglob("pubring.kbx"):
+        subprocess.run(["gpgconf", "--homedir", str(keyring.parent), "--kill", "gpg-agent"],
+                       capture_output=True, timeout=30, check=False)
 
 
 @pytest.fixture
