@@ -57,23 +57,23 @@ class OutcomeRecorder:
 
     def _decide(self, job: Job, attempt: Attempt, now: float) -> _Verdict:
         answer = attempt.reply
-        rid = attempt.recipient.recipient_id
-        broadcast = job.broadcast is not None
+        retry_at: float | None = None
         if answer.is_success:
-            return _Verdict(attempt, answer, Outcome(rid, State.DELIVERED, str(answer),
-                                                     broadcast=broadcast))
-        if answer.is_permanent:
-            return _Verdict(attempt, answer, Outcome(rid, State.BOUNCED, str(answer),
-                                                     broadcast=broadcast))
-        decision = retry.after_temporary_failure(
-            attempt.recipient.attempts, job.received_at, now, self._policy)
-        if isinstance(decision, retry.GiveUp):
-            expired = Reply(reply.EXPIRED.code, reply.EXPIRED.enhanced,
-                            f"{reply.EXPIRED.text} (last reply: {answer})")
-            return _Verdict(attempt, expired, Outcome(rid, State.BOUNCED, str(expired),
-                                                      broadcast=broadcast))
-        return _Verdict(attempt, answer, Outcome(rid, State.DEFERRED, str(answer), decision.at,
-                                                 broadcast=broadcast))
+            state = State.DELIVERED
+        elif answer.is_permanent:
+            state = State.BOUNCED
+        else:
+            decision = retry.after_temporary_failure(
+                attempt.recipient.attempts, job.received_at, now, self._policy)
+            if isinstance(decision, retry.GiveUp):
+                state = State.BOUNCED
+                answer = Reply(reply.EXPIRED.code, reply.EXPIRED.enhanced,
+                               f"{reply.EXPIRED.text} (last reply: {answer})")
+            else:
+                state, retry_at = State.DEFERRED, decision.at
+        return _Verdict(attempt, answer, Outcome(attempt.recipient.recipient_id, state,
+                                                 str(answer), retry_at,
+                                                 broadcast=job.broadcast is not None))
 
     async def _send_dsn(self, job: Job, bounced: list[_Verdict], body: bytes,
                         now: float) -> None:
