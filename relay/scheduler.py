@@ -28,6 +28,7 @@ from relay.errors import LocalFailure
 from relay.outcomes import OutcomeRecorder
 from relay.policy import DomainRule
 from relay.queue import Claimed, Queue
+from relay.reply import Reply
 from relay.shaping import DestinationPace
 
 log = logging.getLogger("relay.scheduler")
@@ -233,8 +234,7 @@ class Scheduler:
         """A failure of our own (a bug, not the remote side): the recipients are deferred
         and retried after the backoff rather than left active until the next start."""
         try:
-            await self._recorder.settle(job, [Attempt(r, reply.LOCAL_ERROR, "none")
-                                              for r in job.recipients], b"")
+            await self._settle_all(job, reply.LOCAL_ERROR, b"")
         except Exception:
             log.exception("%s: left active, recovered at the next start", job.message_id)
         return []
@@ -249,15 +249,18 @@ class Scheduler:
         try:
             job, body = await self._transform.prepare(job, body)
         except LocalFailure as exc:  # signing failed: deferred, never sent unsigned
-            await self._recorder.settle(job, [Attempt(r, exc.reply, "none")
-                                              for r in job.recipients], body)
+            await self._settle_all(job, exc.reply, body)
             return []
         except (ValueError, KeyError) as exc:  # checked at submission: should not happen
             log.error("%s: rendering for %s failed: %s", job.message_id,
                       job.recipients[0].address, exc)
-            await self._recorder.settle(job, [Attempt(r, reply.UNRENDERABLE, "none")
-                                              for r in job.recipients], b"")
+            await self._settle_all(job, reply.UNRENDERABLE, b"")
             return []
         attempts = await session.deliver(job, body)
         await self._recorder.settle(job, attempts, body)
         return attempts
+
+    async def _settle_all(self, job: Job, verdict: Reply, body: bytes) -> None:
+        """Every recipient of `job` settled with one local reply; no connection was made."""
+        await self._recorder.settle(job, [Attempt(r, verdict, "none") for r in job.recipients],
+                                    body)
