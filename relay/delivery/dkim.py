@@ -21,11 +21,11 @@ from collections.abc import Callable
 
 import dkim
 import dns.asyncresolver
-import dns.resolver
 import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from relay.delivery.mx import txt_records
 from relay.errors import LocalFailure
 from relay.policy import DkimPolicy
 from relay.reply import SIGNING_FAILED
@@ -135,12 +135,7 @@ def dns_record(domain: str, selector: str, algorithm: str, public: str) -> str:
 async def published_key(domain: str, selector: str, resolver: dns.asyncresolver.Resolver
                         ) -> str | None:
     """The p= of the published record, "" for a revoked key, None when there is none."""
-    try:
-        answer = await resolver.resolve(f"{selector}._domainkey.{domain}", "TXT")
-    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-        return None
-    for record in answer:
-        text = b"".join(record.strings).decode("ascii", "replace")
+    for text in await txt_records(resolver, f"{selector}._domainkey.{domain}"):
         tags = dict(tag.strip().partition("=")[::2] for tag in text.split(";") if "=" in tag)
         if tags.get("v", "DKIM1").strip() == "DKIM1" and "p" in tags:
             return "".join(tags["p"].split())

@@ -34,11 +34,10 @@ from typing import Literal, Protocol
 import dns.asyncresolver
 import dns.exception
 import dns.name
-import dns.resolver
 import httpx
 
 from relay.config import DeliverySection
-from relay.delivery.mx import NextHops
+from relay.delivery.mx import NextHops, txt_records
 from relay.errors import ConfigError
 
 log = logging.getLogger("relay.mta_sts")
@@ -77,13 +76,19 @@ def mx_matches(pattern: str, host: str) -> bool:
     host = host.lower().rstrip(".")
     if not host.isascii():
         try:
-            host = dns.name.from_text(host).to_text(omit_final_dot=True).lower()
+            host = a_labels(host).lower()
         except dns.exception.DNSException:
             return False
     if pattern.startswith("*."):
         label, dot, rest = host.partition(".")
         return bool(label) and bool(dot) and rest == pattern[2:]
     return host == pattern
+
+
+def a_labels(name: str) -> str:
+    """`name` as DNS and TLS know it (an internationalized name in its A-labels);
+    DNSException when it is not a valid name."""
+    return dns.name.from_text(name).to_text(omit_final_dot=True)
 
 
 def txt_policy_id(records: list[str]) -> str | None:
@@ -104,11 +109,7 @@ def txt_policy_id(records: list[str]) -> str | None:
 async def published_id(resolver: dns.asyncresolver.Resolver, domain: str) -> str | None:
     """The policy id `domain` publishes in `_mta-sts.<domain>` TXT, or None; DNS trouble
     raises DNSException."""
-    try:
-        answer = await resolver.resolve(f"_mta-sts.{domain}", "TXT")
-    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-        return None
-    return txt_policy_id([b"".join(r.strings).decode("ascii", "replace") for r in answer])
+    return txt_policy_id(await txt_records(resolver, f"_mta-sts.{domain}"))
 
 
 def parse_policy(text: str, policy_id: str) -> Policy:
@@ -166,8 +167,7 @@ class HttpsFetcher:
 
     async def fetch(self, domain: str) -> str:
         try:
-            # The name as DNS and TLS know it: an internationalized domain in its A-labels.
-            host = dns.name.from_text(f"mta-sts.{domain}").to_text(omit_final_dot=True)
+            host = a_labels(f"mta-sts.{domain}")
         except dns.exception.DNSException as exc:
             raise PolicyError(f"mta-sts.{domain}: not a host name ({exc})") from None
         failures = []

@@ -45,6 +45,16 @@ def resolver(nameservers: Sequence[str], timeout: float = 10.0) -> dns.asyncreso
     return made
 
 
+async def txt_records(resolver: dns.asyncresolver.Resolver, name: str) -> list[str]:
+    """The TXT records of `name`, each one's strings joined; none for NXDOMAIN or no TXT.
+    Other DNS trouble raises DNSException."""
+    try:
+        answer = await resolver.resolve(name, "TXT")
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    return [b"".join(r.strings).decode("ascii", "replace") for r in answer]
+
+
 class NextHops:
     """Resolves destinations with dnspython; `nameservers` ("ip:port") or the system's."""
 
