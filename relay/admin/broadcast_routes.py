@@ -25,7 +25,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from relay.admin.errors import ApiError, field_name
-from relay.admin.idempotency import IdempotencyKeys
+from relay.admin.idempotency import IdempotencyKeys, replay
 from relay.broadcast import Recipient, Template, check_recipient, envelope_sender
 from relay.compose import ComposeError, mailbox
 from relay.errors import LocalFailure
@@ -87,11 +87,10 @@ def broadcast_routes(queue: Queue, wake: Callable[[], None],
             answer = await _store(queue, body, None)
         else:
             async with keys.held(idempotency_key):
-                if await queue.idempotent_answer(idempotency_key) is not None:
+                earlier = await queue.idempotent_answer(idempotency_key)
+                if earlier is not None:
                     await body.drain()  # the digest needs the whole body
-                    earlier = await keys.earlier_answer(idempotency_key, body.digest())
-                    assert earlier is not None
-                    return earlier
+                    return replay(earlier, body.digest())
                 answer = await _store(queue, body, idempotency_key)
         wake()
         return answer

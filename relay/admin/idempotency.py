@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from relay.admin.errors import ApiError
-from relay.queue import Queue
+from relay.queue import IdempotentAnswer, Queue
 
 HEADER = "Idempotency-Key"
 
@@ -43,10 +43,13 @@ class IdempotencyKeys:
     async def earlier_answer(self, key: str, digest: str) -> dict[str, Any] | None:
         """The first answer for this key and body; ApiError 409 for another body."""
         earlier = await self._queue.idempotent_answer(key)
-        if earlier is None:
-            return None
-        if earlier.digest != digest:
-            raise ApiError(409, "idempotency_conflict",
-                           "this Idempotency-Key was used with another request body", HEADER)
-        answer: dict[str, Any] = json.loads(earlier.answer)
-        return answer
+        return None if earlier is None else replay(earlier, digest)
+
+
+def replay(earlier: IdempotentAnswer, digest: str) -> dict[str, Any]:
+    """The first answer again, when the body is the same (ApiError 409 otherwise)."""
+    if earlier.digest != digest:
+        raise ApiError(409, "idempotency_conflict",
+                       "this Idempotency-Key was used with another request body", HEADER)
+    answer: dict[str, Any] = json.loads(earlier.answer)
+    return answer
