@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from relay import config as config_module
@@ -33,6 +34,12 @@ class RunningRelay:
     @property
     def admin(self) -> AdminClient:
         return AdminClient.from_config(self.config)
+
+    def http(self) -> httpx.AsyncClient:
+        """An HTTP client on the admin API with the token, for status codes and headers."""
+        token = self.config.admin_token_path.read_text().strip()
+        return httpx.AsyncClient(base_url=self.admin.base_url, timeout=30,
+                                 headers={"Authorization": f"Bearer {token}"})
 
     async def api(self, method: str, path: str, body: Any = None) -> Any:
         return await asyncio.to_thread(self.admin.request, method, path, body)
@@ -76,3 +83,18 @@ async def start_relay(tmp_path: Path, dns_server: DnsServer,
     yield start
     for handle in running:
         await handle.relay.stop()
+
+
+async def check_idempotency(client: httpx.AsyncClient, path: str, body: dict[str, Any],
+                            key: str) -> dict[str, Any]:
+    """POST `body` twice with one Idempotency-Key (the first answer comes again), then
+    another body with it (409 naming the header); the first answer."""
+    headers = {"Idempotency-Key": key}
+    first = await client.post(path, json=body, headers=headers)
+    again = await client.post(path, json=body, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert first.json() == again.json()
+    other = await client.post(path, json={**body, "subject": "another"}, headers=headers)
+    assert other.status_code == 409 and other.json()["error"]["field"] == "Idempotency-Key"
+    answer: dict[str, Any] = first.json()
+    return answer

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from relay.queue.local import LocalQueue
-from tests.integration.conftest import RunningRelay, StartRelay
+from tests.integration.conftest import StartRelay, check_idempotency
 from tests.support.dns_server import DnsServer
 from tests.support.sink import Received, Sink
 
@@ -27,12 +27,6 @@ TEMPLATE = {
     "headers": {"X-Campaign": "c-{{code}}"},
     "unsubscribe_url": "https://sender.test/u?e={{email}}&c={{code}}",
 }
-
-
-def api(relay: RunningRelay) -> httpx.AsyncClient:
-    token = (relay.config.queue.path / "admin.token").read_text().strip()
-    return httpx.AsyncClient(base_url=relay.admin.base_url, timeout=30,
-                             headers={"Authorization": f"Bearer {token}"})
 
 
 def by_recipient(messages: list[Received]) -> dict[str, email.message.EmailMessage]:
@@ -67,7 +61,7 @@ async def test_every_recipient_gets_its_own_fields(
         {"email": "not an address", "fields": {"name": "x", "code": "4", "team": "T"}},
         {"email": "nofields@example.test", "fields": {"name": "x"}},
     ]
-    async with api(relay) as client:
+    async with relay.http() as client:
         response = await client.post("/v1/broadcasts",
                                      json={**TEMPLATE, "recipients": recipients})
         assert response.status_code == 202, response.text
@@ -113,7 +107,7 @@ async def test_ndjson_upload_and_its_events(start_relay: StartRelay, dns_server:
     sink = make_sink("127.0.0.2")
     relay = await start_relay()
     count = 300
-    async with api(relay) as client:
+    async with relay.http() as client:
         response = await client.post("/v1/broadcasts", content=_ndjson(TEMPLATE, count),
                                      headers={"Content-Type": "application/x-ndjson"})
         assert response.status_code == 202, response.text
@@ -143,7 +137,7 @@ async def test_hard_bounces_are_suppressed_in_later_broadcasts(
     fields = {"name": "x", "code": "1", "team": "T"}
     recipients = [{"email": "Gone@example.test", "fields": fields},
                   {"email": "here@example.test", "fields": fields}]
-    async with api(relay) as client:
+    async with relay.http() as client:
         first = (await client.post("/v1/broadcasts",
                                    json={**TEMPLATE, "recipients": recipients})).json()
         status = await until_status(client, first["id"], "done")
@@ -178,7 +172,7 @@ async def test_cancel_stops_what_was_not_sent(start_relay: StartRelay, dns_serve
     relay = await start_relay()
     recipients = [{"email": f"r{n}@example.test", "fields": {"name": "x", "code": n,
                                                              "team": "T"}} for n in range(5)]
-    async with api(relay) as client:
+    async with relay.http() as client:
         answer = (await client.post("/v1/broadcasts",
                                     json={**TEMPLATE, "recipients": recipients})).json()
         for _ in range(500):
@@ -201,14 +195,8 @@ async def test_idempotent_broadcast_and_bad_templates(start_relay: StartRelay) -
     relay = await start_relay(delivery={"nameservers": ["127.0.0.1:9"]})
     body = {**TEMPLATE, "recipients": [
         {"email": "a@example.test", "fields": {"name": "x", "code": "1", "team": "T"}}]}
-    async with api(relay) as client:
-        key = {"Idempotency-Key": "campaign-7"}
-        first = await client.post("/v1/broadcasts", json=body, headers=key)
-        again = await client.post("/v1/broadcasts", json=body, headers=key)
-        assert first.status_code == again.status_code == 202
-        assert first.json() == again.json()
-        other = await client.post("/v1/broadcasts", json={**body, "subject": "x"}, headers=key)
-        assert other.status_code == 409
+    async with relay.http() as client:
+        await check_idempotency(client, "/v1/broadcasts", body, "campaign-7")
 
         async def error(payload: Any, **kwargs: Any) -> tuple[int, str | None]:
             response = await client.post("/v1/broadcasts", json=payload, **kwargs)

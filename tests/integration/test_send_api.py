@@ -13,15 +13,9 @@ from typing import Any
 
 import httpx
 
-from tests.integration.conftest import RunningRelay, StartRelay
+from tests.integration.conftest import StartRelay, check_idempotency
 from tests.support.dns_server import DnsServer
 from tests.support.sink import Sink
-
-
-def api(relay: RunningRelay) -> httpx.AsyncClient:
-    token = (relay.config.queue.path / "admin.token").read_text().strip()
-    return httpx.AsyncClient(base_url=relay.admin.base_url, timeout=10,
-                             headers={"Authorization": f"Bearer {token}"})
 
 
 def parsed(raw: bytes) -> EmailMessage:
@@ -36,7 +30,7 @@ async def test_structured_message_with_html_and_attachment(
     sink = make_sink("127.0.0.2")
     relay = await start_relay()
     pdf = b"%PDF-1.4 \x00\x01\x02 binary"
-    async with api(relay) as client:
+    async with relay.http() as client:
         response = await client.post("/v1/messages", json={
             "from": "Zo\u00eb App <app@sender.test>", "to": ["Ann <ann@example.test>"],
             "cc": ["cc@example.test"], "bcc": ["hidden@example.test"],
@@ -73,7 +67,7 @@ async def test_raw_message_keeps_its_bytes(start_relay: StartRelay, dns_server: 
     sink = make_sink("127.0.0.2")
     relay = await start_relay()
     raw = "From: a@sender.test\nTo: b@example.test\nSubject: raw\n\nbody \u00e9\n"
-    async with api(relay) as client:
+    async with relay.http() as client:
         response = await client.post("/v1/messages", json={
             "mail_from": "bounce@sender.test", "rcpt_to": ["b@example.test"], "raw": raw})
     assert response.status_code == 202, response.text
@@ -93,7 +87,7 @@ async def _error(client: httpx.AsyncClient, body: dict[str, Any]) -> tuple[int, 
 async def test_bad_input_is_a_4xx_naming_the_field(start_relay: StartRelay) -> None:
     relay = await start_relay()
     good = {"from": "app@sender.test", "to": ["a@example.test"], "text": "x"}
-    async with api(relay) as client:
+    async with relay.http() as client:
         assert (await _error(client, {**good, "subject": "hi\r\nBcc: victim@x.test"}))[:2] == (
             422, "subject")
         assert (await _error(client, {**good, "headers": {"X-A": "v\nBcc: v@x.test"}}))[:2] \
@@ -128,18 +122,11 @@ async def test_idempotency_key_queues_once(start_relay: StartRelay, dns_server: 
     relay = await start_relay()
     body = {"from": "app@sender.test", "to": ["a@example.test"], "subject": "once",
             "text": "x"}
-    async with api(relay) as client:
-        key = {"Idempotency-Key": "order-1234"}
-        first = await client.post("/v1/messages", json=body, headers=key)
-        again = await client.post("/v1/messages", json=body, headers=key)
-        assert first.status_code == again.status_code == 202
-        assert first.json() == again.json()
-        other = await client.post("/v1/messages", json={**body, "subject": "twice"},
-                                  headers=key)
-        assert other.status_code == 409 and other.json()["error"]["field"] == "Idempotency-Key"
+    async with relay.http() as client:
+        first = await check_idempotency(client, "/v1/messages", body, "order-1234")
         fresh = await client.post("/v1/messages", json=body,
                                   headers={"Idempotency-Key": "order-1235"})
-        assert fresh.json()["id"] != first.json()["id"]
+        assert fresh.json()["id"] != first["id"]
     arrived = await asyncio.to_thread(sink.wait_for, 2)
     assert len(arrived) == 2
     await relay.until_queue_empty()
