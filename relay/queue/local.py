@@ -323,9 +323,8 @@ class LocalQueue:
         found = await self._read_all(broadcasts.STATUS, [broadcast_id])
         if not found:
             return None
-        waiting = {r[0]: int(r[1]) for r in await self._read_all(broadcasts.WAITING,
-                                                                 [broadcast_id])}
-        return broadcasts.status(broadcast_id, found[0], waiting)
+        [(deferred,)] = await self._read_all(broadcasts.DEFERRED, [broadcast_id])
+        return broadcasts.status(broadcast_id, found[0], int(deferred))
 
     async def cancel_broadcast(self, broadcast_id: str) -> BroadcastStatus | None:
         finished = await self._write(partial(broadcasts.cancel, broadcast_id, self._clock()))

@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from relay.queue.base import BroadcastStatus, Idempotency, Outcome, State, domain_of
+from relay.queue.base import BroadcastStatus, Idempotency, Outcome, domain_of
 from relay.queue.local_sql import IDS, finish_messages, remember_answer
 
 log = logging.getLogger("relay.queue")
@@ -144,14 +144,12 @@ def cancel(broadcast_id: str, now: float, db: sqlite3.Connection) -> list[str] |
 
 STATUS = ("SELECT state, total, suppressed, rejected, delivered, bounced, cancelled, "
           "created_at, accepted_at, finished_at, cancelled_at FROM broadcasts WHERE id = ?")
-WAITING = ("SELECT state, COUNT(*) FROM recipients WHERE message_id = ? "
-           "AND state = 'deferred' GROUP BY state")
+DEFERRED = "SELECT COUNT(*) FROM recipients WHERE message_id = ? AND state = 'deferred'"
 
 
-def status(broadcast_id: str, row: Sequence[Any], waiting: dict[str, int]) -> BroadcastStatus:
-    """From a STATUS row and the WAITING counts."""
+def status(broadcast_id: str, row: Sequence[Any], deferred: int) -> BroadcastStatus:
+    """From a STATUS row and the DEFERRED count."""
     state, total, suppressed, rejected, delivered, bounced, cancelled = row[:7]
-    deferred = waiting.get(State.DEFERRED.value, 0)
     unsent = total - delivered - bounced - cancelled
     if state == "sending" and row[9] is not None:
         state = "done"
