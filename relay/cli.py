@@ -47,11 +47,13 @@ def serve(ctx: click.Context) -> None:
     from relay.server import serve as run
 
     config = load_config(ctx)
-    configure_logging(config)
+    flush_log = configure_logging(config)
     try:
         event_loop_runner()(run(config))
     except OSError as exc:
         raise RelayError(f"cannot start: {exc}") from exc
+    finally:
+        flush_log()  # the log ends before a one-line error is printed
 
 
 @main.group(name="config")

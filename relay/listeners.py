@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.config import SmtpSection, split_hostport
-from relay.errors import ConfigError
+from relay.errors import ConfigError, RelayError
 from relay.smtpd import RelaySMTP, SessionRegistry, SubmissionHandler
 
 
@@ -65,23 +65,31 @@ def bind_listeners(settings: SmtpSection, shared: bool = False,
     the same addresses without listening: a busy port is its clean error at start."""
 
     def bind(address: str) -> socket.socket:
-        host, port = split_hostport(address)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if shared:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
-            if listen:
-                sock.listen(1024)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        return bind_tcp(address, "smtp", reuse_port=shared, backlog=1024 if listen else None)
 
     return ListenSockets([bind(a) for a in settings.listen],
                          [bind(a) for a in settings.tls_listen])
+
+
+def bind_tcp(address: str, service: str, reuse_port: bool = False,
+             backlog: int | None = 128) -> socket.socket:
+    """A TCP socket bound to `address` ("host:port"), listening unless `backlog` is None;
+    a port that cannot be had is a RelayError naming the service and the address."""
+    host, port = split_hostport(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        if backlog is not None:
+            sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise RelayError(f"cannot start: {service} cannot listen on {address}: "
+                         f"{exc.strerror or exc}") from exc
+    return sock
 
 
 async def serve_listeners(handler: SubmissionHandler, settings: SmtpSection, hostname: str,

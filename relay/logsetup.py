@@ -42,7 +42,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(config: Config) -> None:
+def configure_logging(config: Config) -> Callable[[], None]:
     """Lines on stderr (journald keeps them when run by systemd): text by default, with the
     pid as in Postfix's `smtpd[1234]` so lines from ingest workers can be told apart, or
     JSON with `[log] format = "json"`.
@@ -50,7 +50,8 @@ def configure_logging(config: Config) -> None:
     The event loop only queues records; a thread formats and writes them. A write to a
     slow stderr (a busy journald) then never stalls mail, and formatting and one flush per
     line stop costing the loop a quarter of its time when a message has ten recipients
-    (bench/README.md). At exit the thread writes what is queued."""
+    (bench/README.md). The function returned writes out what is queued and stops the
+    thread (at exit too): a one-line error printed after it comes after every log line."""
     # Record fields no format here uses: not computed for every record (the logging HOWTO,
     # "Optimization"); the caller lookup alone was a tenth of the cost of a log call.
     logging._srcfile = None
@@ -62,11 +63,20 @@ def configure_logging(config: Config) -> None:
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, stream)
     listener.start()
-    atexit.register(listener.stop)
+    stopped = False
+
+    def flush() -> None:
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            listener.stop()
+
+    atexit.register(flush)
     root = logging.getLogger()
     root.addHandler(_DeferredFormatting(records))
     root.setLevel(config.log.level.upper())
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command lines
+    return flush
 
 
 def event_loop_runner() -> Runner:

@@ -62,6 +62,7 @@ class Relay:
         self._sessions = SessionRegistry()
         self._admin: AdminServer | None = None
         self._scheduler: Scheduler | None = None
+        self._started = False
 
     async def start(self) -> None:
         config = self.config
@@ -104,6 +105,7 @@ class Relay:
             config.admin.listen)
         self._admin.start()
         self._scheduler.start()
+        self._started = True
         log.info("relay started: smtp=%s admin=%s queue=%s (%s) ingest=%s",
                  ",".join(config.smtp.listen + config.smtp.tls_listen), config.admin.listen,
                  config.queue.path, config.queue.backend,
@@ -141,7 +143,10 @@ class Relay:
             self._ingest.reload()
 
     async def stop(self) -> None:
-        log.info("relay stopping")
+        """Stop what was started; also after a start that failed half-way (quietly then:
+        a relay that never started does not say it is stopping)."""
+        if self._started:
+            log.info("relay stopping")
         for listener in self._listeners:
             listener.close()
         if self._ingest is not None:
@@ -154,7 +159,8 @@ class Relay:
         if self._admin is not None:
             await self._admin.stop()
         await self.queue.close()
-        log.info("relay stopped")
+        if self._started:
+            log.info("relay stopped")
 
 
 def _age(stats: QueueStats) -> float:
@@ -164,6 +170,9 @@ def _age(stats: QueueStats) -> float:
 
 async def serve(config: Config) -> None:
     """Run until SIGTERM or SIGINT, telling systemd how it goes (when run by it)."""
+    # What the relay writes (spool, index, policies caches, keys) is for it alone, as
+    # Postfix's umask 077; outside systemd's UMask= too.
+    os.umask(0o077)
     relay = Relay(config)
     notifier = Notifier(os.environ)
     stop = asyncio.Event()

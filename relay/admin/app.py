@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,7 @@ from relay.admin.idempotency import IdempotencyKeys
 from relay.admin.queue_routes import queue_routes
 from relay.admin.send_routes import send_routes
 from relay.cleanup import Cleanup
-from relay.config import split_hostport
+from relay.listeners import bind_tcp
 from relay.queue import Queue
 
 
@@ -113,12 +112,7 @@ class _EmbeddedServer(uvicorn.Server):
 
 class AdminServer:
     def __init__(self, app: FastAPI, listen: str) -> None:
-        host, port = split_hostport(listen)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))  # bound here so a busy port is a clean error
-        self._socket.listen(128)
+        self._socket = bind_tcp(listen, "admin")  # here, so a busy port is a clean error
         self._socket.setblocking(False)
         config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
                                 timeout_graceful_shutdown=5)

@@ -129,7 +129,8 @@ class LocalQueue:
         await loop.run_in_executor(None, self.files.wait_for_previous_workers,
                                    PREVIOUS_WORKERS_TIMEOUT)
         self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="spool-io")
-        writer = await loop.run_in_executor(None, _open_index, self._db_path)
+        writer = await loop.run_in_executor(
+            None, _open_index, self.files.create_private(self._db_path.name))
         self._committer = GroupCommitter(writer, presync=self.files.sync_messages_dir)
         await self._committer.run_now(partial(_recover, self.files, self._clock()))
         self._reader_db = await aiosqlite.connect(self._db_path, isolation_level=None)

@@ -21,6 +21,9 @@ from relay.reply import SPOOL_FULL
 
 log = logging.getLogger("relay.queue")
 
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
 
 class SpoolInUse(RelayError):
     pass
@@ -83,8 +86,22 @@ class SpoolFiles:
         self._lock_fd = self._ingest_fd = None
 
     def create_dirs(self) -> None:
+        """The spool's directories, 0700, and every file already in its root 0600 (the
+        index holds every envelope), whatever the umask they were made under."""
         for directory in (self.root, self.messages, self.tmp, self.orphans):
             directory.mkdir(parents=True, exist_ok=True)
+            _make_private(directory, PRIVATE_DIR)
+        for entry in os.scandir(self.root):
+            if entry.is_file(follow_symlinks=False):
+                _make_private(Path(entry.path), PRIVATE_FILE)
+
+    def create_private(self, name: str) -> Path:
+        """A file in the spool's root made 0600 before anything is written to it (SQLite
+        gives its -wal and -shm files the mode of the database file)."""
+        path = self.root / name
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE))
+        _make_private(path, PRIVATE_FILE)
+        return path
 
     def path(self, message_id: str) -> Path:
         return self.messages / message_id
@@ -154,6 +171,14 @@ class SpoolFiles:
             stats = os.statvfs(self.root)
             self._free, self._free_checked_at = stats.f_bavail * stats.f_frsize, now
         return self._free
+
+
+def _make_private(path: Path, mode: int) -> None:
+    try:
+        if path.stat().st_mode & 0o777 != mode:
+            os.chmod(path, mode)
+    except PermissionError as exc:  # someone else's directory: say so, it is not ours to fix
+        log.warning("spool: cannot make %s mode %o: %s", path, mode, exc.strerror)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -186,10 +186,14 @@ def test_an_unreadable_trust_store_is_a_clear_error(tmp_path: Path,
 
 def test_a_port_taken_by_another_program_is_a_clear_error(relay_process: MakeRelay) -> None:
     relay = relay_process()
-    with socket.create_server(("127.0.0.1", smtp_port(relay.config))):
+    port = smtp_port(relay.config)
+    with socket.create_server(("127.0.0.1", port)):
         result = relayctl(relay.config, "serve")
     assert result.returncode == 2
-    assert result.stderr.splitlines()[-1].startswith("relayctl: cannot start:")
+    assert result.stderr.splitlines()[-1] == (
+        f"relayctl: cannot start: smtp cannot listen on 127.0.0.1:{port}: "
+        "Address already in use"), result.stderr
+    assert "relay stopping" not in result.stderr and "relay stopped" not in result.stderr
     assert "Traceback" not in result.stderr
 
 
