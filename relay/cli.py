@@ -175,21 +175,30 @@ def show(ctx: click.Context, message_id: str) -> None:
     click.echo(json.dumps(admin_client(ctx).request("GET", f"/v1/queue/{message_id}"), indent=2))
 
 
-@queue.command()
-@click.argument("message_ids", nargs=-1)
-@click.option("--domain")
-@click.option("--all", "everything", is_flag=True)
-@config_option
-@click.pass_context
-@one_line_errors
-def flush(ctx: click.Context, message_ids: tuple[str, ...], domain: str | None,
-          everything: bool) -> None:
-    """Retry deferred mail now: given messages, one domain, or --all."""
-    if not (message_ids or domain or everything):
-        raise RelayError("queue flush: give message ids, --domain D or --all")
-    body = {"ids": list(message_ids), "domain": domain, "all": everything}
-    result = admin_client(ctx).request("POST", "/v1/queue/flush", body)
-    click.echo(f"{result['flushed']} recipients scheduled for delivery")
+def _selection_action(name: str, key: str, help_text: str, done: str) -> None:
+    """`queue NAME [ID ...] [--domain D] [--all]`: POST /v1/queue/NAME with the selection."""
+
+    @queue.command(name=name, help=help_text)
+    @click.argument("message_ids", nargs=-1)
+    @click.option("--domain", help="every message with a recipient at this domain")
+    @click.option("--all", "everything", is_flag=True, help="every message in the queue")
+    @config_option
+    @click.pass_context
+    @one_line_errors
+    def action(ctx: click.Context, message_ids: tuple[str, ...], domain: str | None,
+               everything: bool) -> None:
+        if not (message_ids or domain or everything):
+            raise RelayError(f"queue {name}: give message ids, --domain D or --all")
+        body = {"ids": list(message_ids), "domain": domain, "all": everything}
+        count = admin_client(ctx).request("POST", f"/v1/queue/{name}", body)[key]
+        click.echo(f"{count} recipient{'' if count == 1 else 's'} {done}")
+
+
+_selection_action("flush", "flushed", "Retry deferred mail now: given messages, one domain, "
+                  "or --all.", "scheduled for delivery")
+_selection_action("requeue", "requeued", "Put messages back in the queue, due now, whatever "
+                  "their recipients' state (active and held too), like postsuper -r.",
+                  "requeued")
 
 
 @queue.command()

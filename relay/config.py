@@ -132,6 +132,9 @@ class QueueSection(_Section):
     backend: Literal["local", "postgres"] = "local"
     path: Path = Path("spool")
     dsn: str = ""
+    # How long a claimed recipient stays leased without a renewal; the scheduler renews
+    # its leases every quarter of this.
+    lease: Duration = Field(parse_duration("2m"), ge=1.0)
 
 
 class DeliverySection(_Section):

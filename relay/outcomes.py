@@ -5,6 +5,11 @@ the message is older than `max_age`. 5xx: bounced at once. Bounced recipients of
 message get one DSN (bounce), stored in the queue *before* the recipients are marked
 bounced, so a crash can duplicate a DSN but never lose one.
 
+An outcome that cannot be written (a full disk) is kept and written again with a growing
+delay until it can be (relay.trouble logs when that starts and when it ends): the worker
+waits with it, its recipients stay leased, and a recipient the remote server accepted is
+not sent again by this process.
+
 One log line per recipient and attempt, in the style of Postfix:
 `QID: to=<rcpt>, relay=host[addr]:port, delay=1.2, attempts=1, dsn=2.0.0, status=sent (...)`,
 and the same outcome counted in the metrics.
@@ -12,6 +17,7 @@ and the same outcome counted in the metrics.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -21,9 +27,11 @@ from relay import bounce, reply, retry
 from relay.cleanup import Cleanup, Origin
 from relay.config import RetrySection
 from relay.delivery import Attempt, Job
+from relay.errors import Rejected
 from relay.metrics import Metrics
 from relay.queue import Outcome, Queue, State
 from relay.reply import Reply
+from relay.trouble import Trouble
 
 log = logging.getLogger("relay.delivery")
 
@@ -39,21 +47,38 @@ class OutcomeRecorder:
         self._hostname = hostname
         self._policy = policy
         self._clock = clock
+        self._trouble = Trouble("recording delivery outcomes", log)
 
     async def settle(self, job: Job, attempts: Sequence[Attempt], body: bytes) -> None:
+        """Decide, log and count each attempt, then write the outcomes (and the DSN first),
+        retrying until they are written."""
         now = self._clock()
         verdicts = [self._decide(job, attempt, now) for attempt in attempts]
         bounced = [v for v in verdicts if v.outcome.state is State.BOUNCED]
+        dsn = None
         # A broadcast's bounces are counted in its status and suppress the address for
         # later broadcasts; a DSN per bounced recipient would flood the sender.
         if bounced and job.broadcast is None and bounce.should_bounce(job.mail_from):
-            await self._send_dsn(job, bounced, body, now)
-        await self._queue.record([v.outcome for v in verdicts])
+            dsn = self._build_dsn(job, bounced, body, now)
         for verdict in verdicts:
             self._log(job, verdict, now)
             state = verdict.outcome.state
             self._metrics.delivery(state, verdict.attempt.recipient.domain,
                                    now - job.received_at if state is State.DELIVERED else None)
+        await self._write(job, dsn, [v.outcome for v in verdicts])
+
+    async def _write(self, job: Job, dsn: bytes | None, outcomes: list[Outcome]) -> None:
+        while True:
+            try:
+                if dsn is not None:
+                    await self._submit_dsn(job, dsn)
+                    dsn = None  # stored: not again when only the outcomes failed
+                await self._queue.record(outcomes)
+            except Exception as exc:
+                await asyncio.sleep(self._trouble.failed(exc))
+                continue
+            self._trouble.succeeded()
+            return
 
     def _decide(self, job: Job, attempt: Attempt, now: float) -> _Verdict:
         answer = attempt.reply
@@ -71,12 +96,12 @@ class OutcomeRecorder:
                                f"{reply.EXPIRED.text} (last reply: {answer})")
             else:
                 state, retry_at = State.DEFERRED, decision.at
-        return _Verdict(attempt, answer, Outcome(attempt.recipient.recipient_id, state,
+        claim = attempt.recipient
+        return _Verdict(attempt, answer, Outcome(claim.recipient_id, claim.attempts, state,
                                                  str(answer), retry_at,
                                                  broadcast=job.broadcast is not None))
 
-    async def _send_dsn(self, job: Job, bounced: list[_Verdict], body: bytes,
-                        now: float) -> None:
+    def _build_dsn(self, job: Job, bounced: list[_Verdict], body: bytes, now: float) -> bytes:
         failed = [
             bounce.FailedRecipient(
                 address=v.attempt.recipient.address,
@@ -85,11 +110,18 @@ class OutcomeRecorder:
                 remote_mta=v.attempt.relay.split("[")[0] if v.attempt.relay != "none" else "")
             for v in bounced
         ]
-        dsn = bounce.build_dsn(self._hostname, job.message_id, job.mail_from, job.received_at,
-                               failed, body, now)
-        dsn_id = await self._cleanup.submit("", [job.mail_from], dsn,
-                                            Origin("local", "127.0.0.1", self._hostname),
-                                            smtputf8=not job.mail_from.isascii())
+        return bounce.build_dsn(self._hostname, job.message_id, job.mail_from,
+                                job.received_at, failed, body, now)
+
+    async def _submit_dsn(self, job: Job, dsn: bytes) -> None:
+        try:
+            dsn_id = await self._cleanup.submit("", [job.mail_from], dsn,
+                                                Origin("local", "127.0.0.1", self._hostname),
+                                                smtputf8=not job.mail_from.isascii())
+        except Rejected as exc:  # our own DSN refused by cleanup: trying again cannot help
+            log.error("%s: no non-delivery notification to <%s>: %s", job.message_id,
+                      job.mail_from, exc)
+            return
         log.info("%s: sender non-delivery notification: %s", job.message_id, dsn_id)
 
     def _log(self, job: Job, verdict: _Verdict, now: float) -> None:

@@ -7,8 +7,15 @@ to `max_connections_per_domain` workers per destination and `max_connections` in
 Each worker holds one connection and reuses it for the destination's next jobs; it quits
 after `idle_timeout` with nothing to do.
 
+Every claimed recipient is leased (queue.base): the scheduler renews the leases of what it
+holds every `lease_renewal` seconds, before it claims anything more, so its own work never
+expires under it while a worker waits to write an outcome; a job that ends without one
+(a bug) lets its lease run out and comes back. A claim or renewal that fails (a full disk)
+is retried with a growing delay and logged once (relay.trouble).
+
 Stopping: no new claims; workers finish the job in hand (up to a timeout); whatever was
-claimed but not finished stays `active` in the queue and is recovered at the next start.
+claimed but not finished stays `active` in the queue and comes back when its lease expires
+or at the next start.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from relay.policy import DomainRule
 from relay.queue import Claimed, Queue
 from relay.reply import Reply
 from relay.shaping import DestinationPace
+from relay.trouble import Trouble
 
 log = logging.getLogger("relay.scheduler")
 
@@ -70,8 +78,8 @@ class Scheduler:
     def __init__(self, queue: Queue, agent: DeliveryAgent, recorder: OutcomeRecorder,
                  transform: Transform, *,
                  max_connections: int, max_connections_per_domain: int,
-                 max_active: int = 10_000, idle_timeout: float = 2.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 lease_renewal: float = 30.0, max_active: int = 10_000,
+                 idle_timeout: float = 2.0, clock: Callable[[], float] = time.time) -> None:
         self._queue = queue
         self._agent = agent
         self._transform = transform
@@ -81,7 +89,12 @@ class Scheduler:
         self._max_active = max_active
         self._idle_timeout = idle_timeout
         self._clock = clock
-        self._active = 0
+        self._lease_renewal = lease_renewal
+        self._renew_at = 0.0  # monotonic
+        self._held: set[tuple[int, int]] = set()  # (recipient id, attempt) leased by us
+        self._claims = Trouble("claiming due recipients", log)
+        self._renewals = Trouble("renewing delivery leases", log)
+        self._stopped = asyncio.Event()
         self._paces: dict[str, DestinationPace] = {}  # kept while their destination rests
         self._full = False  # the active set is full: a finished job makes room to claim
         self._destinations: dict[str, _Destination] = {}
@@ -99,6 +112,7 @@ class Scheduler:
     async def stop(self, timeout: float = 30.0) -> None:
         """Claim nothing more; let workers finish their job in hand for `timeout` seconds."""
         self._stopping = True
+        self._stopped.set()
         self._wakeup.set()
         for destination in self._destinations.values():
             destination.arrived.set()
@@ -114,14 +128,22 @@ class Scheduler:
     async def _run(self) -> None:
         while not self._stopping:
             self._wakeup.clear()
-            room = min(self._max_active - self._active, CLAIM_BATCH)
+            room = min(self._max_active - len(self._held), CLAIM_BATCH)
             self._full = room <= 0
-            claimed: list[Claimed] = []
-            if room > 0:
-                try:
-                    claimed = await self._queue.claim_due(room)
-                except Exception:
-                    log.exception("scheduler: claiming due recipients failed")
+            try:
+                # Renewing first: a lease of ours that expired while the queue could not be
+                # written must not be claimed as someone else's lost work.
+                await self._renew_leases()
+            except Exception as exc:
+                await self._back_off(self._renewals.failed(exc))
+                continue
+            try:
+                claimed = await self._queue.claim_due(room) if room > 0 else []
+            except Exception as exc:
+                await self._back_off(self._claims.failed(exc))
+                continue
+            self._claims.succeeded()
+            self._held.update((r.recipient_id, r.attempts) for r in claimed)
             for job in group_into_jobs(claimed, self._agent.destination_of,
                                        self._transform.needs_own_copy):
                 self._dispatch(job)
@@ -129,9 +151,21 @@ class Scheduler:
                 continue  # there may be more due right now
             await self._sleep(room > 0, busy=bool(claimed))
 
+    async def _renew_leases(self) -> None:
+        if time.monotonic() < self._renew_at:
+            return
+        await self._queue.renew_leases(sorted(self._held))
+        self._renewals.succeeded()
+        self._renew_at = time.monotonic() + self._lease_renewal
+
+    async def _back_off(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), delay)
+
     async def _sleep(self, has_room: bool, busy: bool) -> None:
-        """Until woken (new mail, a job done) or the next deferred recipient is due. While
-        mail keeps coming, wakeups come anyway: the index is not asked each time."""
+        """Until woken (new mail, a job done), the next deferred recipient is due or our
+        leases need renewing. While mail keeps coming, wakeups come anyway: the index is
+        not asked each time."""
         timeout: float | None = None
         if busy:
             timeout = BUSY_SLEEP
@@ -142,6 +176,9 @@ class Scheduler:
                 due = None
             timeout = MAX_SLEEP if due is None else min(max(due - self._clock(), 0.01),
                                                         MAX_SLEEP)
+        if self._held:
+            renewal = max(self._renew_at - time.monotonic(), 0.01)
+            timeout = renewal if timeout is None else min(timeout, renewal)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout)
 
@@ -151,7 +188,6 @@ class Scheduler:
             destination = _Destination(job.destination, self._pace_of(job.destination))
             self._destinations[job.destination] = destination
         destination.jobs.append(job)
-        self._active += len(job.recipients)
         destination.arrived.set()
         short_of_workers = len(destination.jobs) > destination.idle
         if short_of_workers and len(destination.workers) < destination.pace.connections:
@@ -170,9 +206,7 @@ class Scheduler:
             self._remember_pace(destination.pace)
         elif destination.jobs and not self._stopping and not destination.workers:
             # Jobs left behind by a failed worker: put a new worker on them.
-            job = destination.jobs.popleft()
-            self._active -= len(job.recipients)
-            self._dispatch(job)
+            self._dispatch(destination.jobs.popleft())
 
     async def _work(self, destination: _Destination) -> None:
         async with self._connections:
@@ -186,7 +220,9 @@ class Scheduler:
                         log.exception("%s: delivery failed locally", job.message_id)
                         attempts = await self._defer_after_failure(job)
                     finally:
-                        self._active -= len(job.recipients)
+                        # Settled, or left to its lease's expiry: no longer ours.
+                        self._held.difference_update((r.recipient_id, r.attempts)
+                                                     for r in job.recipients)
                         if self._full:
                             # Only then: otherwise new mail wakes the scheduler anyway, and
                             # a claim per finished job would cost a transaction each.
@@ -236,7 +272,7 @@ class Scheduler:
         try:
             await self._settle_all(job, reply.LOCAL_ERROR, b"")
         except Exception:
-            log.exception("%s: left active, recovered at the next start", job.message_id)
+            log.exception("%s: left active until its lease expires", job.message_id)
         return []
 
     async def _deliver(self, session: DestinationSession, job: Job) -> list[Attempt]:

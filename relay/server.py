@@ -44,7 +44,7 @@ STATUS_INTERVAL = 10.0  # seconds between STATUS= updates to systemd
 
 def build_queue(config: Config) -> Queue:
     if config.queue.backend == "local":
-        return LocalQueue(config.queue.path)
+        return LocalQueue(config.queue.path, lease=config.queue.lease)
     raise ConfigError("queue.backend: the postgres backend is not available in this version")
 
 
@@ -85,7 +85,8 @@ class Relay:
             Transform(hostname, time.time, lambda: self.policies.dkim,
                       lambda: self.policies.pgp),
             max_connections=config.delivery.max_connections,
-            max_connections_per_domain=config.delivery.max_connections_per_domain)
+            max_connections_per_domain=config.delivery.max_connections_per_domain,
+            lease_renewal=config.queue.lease / 4)
         workers = config.smtp.workers if isinstance(self.queue, LocalQueue) else 0
         # With workers, these only reserve the ports; each worker listens on its own.
         self._sockets = bind_listeners(config.smtp, shared=workers > 0, listen=workers == 0)

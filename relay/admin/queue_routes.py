@@ -13,13 +13,15 @@ from relay.admin.errors import ApiError
 from relay.queue import SUMMARY_AGE_BUCKETS, MessageInfo, Queue, Selection, State
 
 
-class FlushRequest(BaseModel):
+class SelectionRequest(BaseModel):
+    """Which messages a flush or requeue applies to."""
+
     ids: list[str] = []
     domain: str | None = None
     all: bool = False
 
     @model_validator(mode="after")
-    def _one_selection(self) -> FlushRequest:
+    def _one_selection(self) -> SelectionRequest:
         if not (self.ids or self.domain or self.all):
             raise ValueError("give ids, domain or all")
         return self
@@ -37,7 +39,6 @@ def message_json(message: MessageInfo) -> dict[str, Any]:
             for r in message.recipients
         ],
     }
-
 
 
 def queue_routes(queue: Queue, wake: Callable[[], None]) -> APIRouter:
@@ -63,10 +64,19 @@ def queue_routes(queue: Queue, wake: Callable[[], None]) -> APIRouter:
         return message_json(await _existing(queue, message_id))
 
     @router.post("/flush")
-    async def flush(request: FlushRequest) -> dict[str, int]:
+    async def flush(request: SelectionRequest) -> dict[str, int]:
+        """Make deferred recipients due now."""
         count = await queue.flush(Selection(request.ids, request.domain, request.all))
         wake()
         return {"flushed": count}
+
+    @router.post("/requeue")
+    async def requeue(request: SelectionRequest) -> dict[str, int]:
+        """Every recipient not yet final back to queued, due now, like `postsuper -r`
+        (active ones too: an outcome of theirs still in flight is then ignored)."""
+        count = await queue.requeue(Selection(request.ids, request.domain, request.all))
+        wake()
+        return {"requeued": count}
 
     @router.post("/{message_id}/hold")
     async def hold(message_id: str) -> dict[str, int]:

@@ -110,6 +110,7 @@ class Outcome:
     """What happened to one claimed recipient."""
 
     recipient_id: int
+    attempt: int  # Claimed.attempts of the claim it answers: the lease's fencing token
     state: State  # DELIVERED, DEFERRED or BOUNCED
     reply: str
     next_attempt_at: float | None = None  # for DEFERRED
@@ -208,8 +209,11 @@ class Queue(MessageStore, Protocol):
     async def claim_due(self, limit: int) -> list[Claimed]:
         """Lease up to `limit` due recipients and count the attempt."""
 
+    async def renew_leases(self, claims: Sequence[tuple[int, int]]) -> None:
+        """Extend the leases of (recipient_id, attempt) claims still being worked on."""
+
     async def next_due_at(self) -> float | None:
-        """When the earliest queued or deferred recipient becomes due."""
+        """When the earliest queued or deferred recipient (or lease) becomes due."""
 
     async def read_body(self, message_id: str) -> bytes: ...
 
@@ -260,6 +264,11 @@ class Queue(MessageStore, Protocol):
 
     async def flush(self, selection: Selection) -> int:
         """Make deferred (and queued) recipients due now; return how many."""
+
+    async def requeue(self, selection: Selection) -> int:
+        """Put every recipient not yet final back to `queued`, due now, whatever its state
+        (Postfix's `postsuper -r`); an outcome still due from a delivery in flight is then
+        ignored. Returns how many."""
 
     async def hold(self, message_id: str) -> int: ...
 

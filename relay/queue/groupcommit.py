@@ -177,9 +177,13 @@ class GroupCommitter:
         except Exception as exc:
             if len(batch) == 1:
                 return [(False, exc)]
-            log.warning("group commit of %d requests failed (%s); retrying singly",
-                        len(batch), exc)
-            return [self._commit_statements([request])[0] for request in batch]
+            singly = [self._commit_statements([request])[0] for request in batch]
+            failed = sum(not ok for ok, _ in singly)
+            if failed < len(batch):  # one bad request; a full disk fails them all, and
+                # each caller hears of it (and logs it once, relay.trouble)
+                log.warning("group commit of %d requests failed (%s); %d failed alone",
+                            len(batch), exc, failed)
+            return singly
 
     def _set_synchronous(self, durable: bool) -> None:
         if durable != self._durable:

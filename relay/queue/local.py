@@ -79,8 +79,10 @@ CREATE TABLE IF NOT EXISTS recipients (
 );
 DROP INDEX IF EXISTS recipients_by_message;
 CREATE INDEX IF NOT EXISTS recipients_by_message_state ON recipients(message_id, state);
-CREATE INDEX IF NOT EXISTS recipients_due ON recipients(next_attempt_at)
-    WHERE state IN ('queued', 'deferred');
+DROP INDEX IF EXISTS recipients_due;
+-- For an active recipient next_attempt_at is when its lease expires.
+CREATE INDEX IF NOT EXISTS recipients_claimable ON recipients(next_attempt_at)
+    WHERE state IN ('queued', 'deferred', 'active');
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
     digest TEXT NOT NULL,
@@ -101,15 +103,19 @@ _T = TypeVar("_T")
 IO_THREADS = 8
 PREVIOUS_WORKERS_TIMEOUT = 60.0
 _DUE = "state IN ('queued', 'deferred')"
+_CLAIMABLE = "state IN ('queued', 'deferred', 'active')"  # active: once its lease expired
+DEFAULT_LEASE = 120.0
 _WAITING = "state NOT IN ('delivered', 'bounced')"
 
 
 class LocalQueue:
     """Queue backend for one node: `spool/messages/<id>` files and `spool/index.sqlite3`."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time,
+                 lease: float = DEFAULT_LEASE) -> None:
         self.files = SpoolFiles(path)
         self._clock = clock
+        self._lease = lease
         self._db_path = path / "index.sqlite3"
         self._reader_db: aiosqlite.Connection | None = None  # operator queries
         self._committer: GroupCommitter | None = None  # every write
@@ -184,11 +190,17 @@ class LocalQueue:
 
     async def claim_due(self, limit: int) -> list[Claimed]:
         # A claim lost to a power cut only forgets that an attempt was made.
-        return list(await self._write(partial(_claim_due, limit, self._clock()),
+        return list(await self._write(partial(_claim_due, limit, self._clock(), self._lease),
                                       durable=False))
 
+    async def renew_leases(self, claims: Sequence[tuple[int, int]]) -> None:
+        if claims:
+            await self._write(partial(_renew_leases, claims, self._clock() + self._lease),
+                              durable=False)
+
     async def next_due_at(self) -> float | None:
-        row = await self._read_one(f"SELECT MIN(next_attempt_at) FROM recipients WHERE {_DUE}")
+        row = await self._read_one(
+            f"SELECT MIN(next_attempt_at) FROM recipients WHERE {_CLAIMABLE}")
         return None if row is None or row[0] is None else float(row[0])
 
     async def read_body(self, message_id: str) -> bytes:
@@ -355,6 +367,17 @@ class LocalQueue:
             f"UPDATE recipients SET state = 'queued', next_attempt_at = ? "
             f"WHERE {_DUE} AND ({where})", [self._clock(), *params])))
 
+    async def requeue(self, selection: Selection) -> int:
+        where, params = _selection_sql(selection)
+        if where is None:
+            return 0
+        return int(await self._write(partial(
+            _update_count,
+            f"UPDATE recipients SET state = 'queued', next_attempt_at = ? "
+            f"WHERE {_WAITING} AND ({where}) AND message_id NOT IN "
+            "(SELECT id FROM broadcasts WHERE state = 'receiving')",  # not yet accepted
+            [self._clock(), *params])))
+
     async def hold(self, message_id: str) -> int:
         return int(await self._write(partial(
             _update_count,
@@ -409,7 +432,8 @@ def _open_index(path: Path) -> sqlite3.Connection:
 def _recover(files: SpoolFiles, now: float, db: sqlite3.Connection) -> None:
     unrenamed = files.clear_tmp()
     files.remove_all(broadcasts.recover(db))
-    returned = db.execute("UPDATE recipients SET state = 'queued' WHERE state = 'active'")
+    returned = db.execute("UPDATE recipients SET state = 'queued', next_attempt_at = ? "
+                          "WHERE state = 'active'", (now,))
     if returned.rowcount:
         log.warning("recovery: %d in-flight recipients returned to the queue",
                     returned.rowcount)
@@ -448,13 +472,15 @@ def _insert_message(meta: MessageMeta, now: float, db: sqlite3.Connection) -> No
                                                "recipients": len(meta.recipients)}, now)
 
 
-def _claim_due(limit: int, now: float, db: sqlite3.Connection) -> list[Claimed]:
+def _claim_due(limit: int, now: float, lease: float,
+               db: sqlite3.Connection) -> list[Claimed]:
     rows = db.execute(
-        "UPDATE recipients SET state = 'active', attempts = attempts + 1, last_attempt_at = ? "
-        f"WHERE id IN (SELECT id FROM recipients WHERE {_DUE} AND next_attempt_at <= ? "
+        "UPDATE recipients SET state = 'active', attempts = attempts + 1, last_attempt_at = ?, "
+        "next_attempt_at = ? "
+        f"WHERE id IN (SELECT id FROM recipients WHERE {_CLAIMABLE} AND next_attempt_at <= ? "
         "ORDER BY next_attempt_at LIMIT ?) "
         "RETURNING id, message_id, address, domain, attempts, fields",
-        (now, now, limit)).fetchall()
+        (now, now + lease, now, limit)).fetchall()
     if not rows:
         return []
     ids = sorted({r[1] for r in rows})
@@ -470,20 +496,31 @@ def _claim_due(limit: int, now: float, db: sqlite3.Connection) -> list[Claimed]:
 
 def _record(outcomes: Sequence[Outcome], unlinked: list[str], now: float,
             db: sqlite3.Connection) -> list[str]:
-    # `state = 'active'` fences the update: a recipient deleted or changed by an operator
-    # meanwhile is left alone.
-    db.executemany(
+    # The lease fences the update: a recipient claimed again since (its lease expired),
+    # or deleted, requeued or held by an operator meanwhile, is left alone.
+    applied = [o for o in outcomes if db.execute(
         "UPDATE recipients SET state = ?, last_reply = ?, "
-        "next_attempt_at = COALESCE(?, next_attempt_at) WHERE id = ? AND state = 'active'",
-        [(o.state.value, o.reply, o.next_attempt_at, o.recipient_id) for o in outcomes])
+        "next_attempt_at = COALESCE(?, next_attempt_at) "
+        "WHERE id = ? AND state = 'active' AND attempts = ?",
+        (o.state.value, o.reply, o.next_attempt_at, o.recipient_id, o.attempt)).rowcount]
+    if len(applied) < len(outcomes):
+        log.warning("%d delivery outcomes were for recipients claimed again, requeued or "
+                    "deleted meanwhile: not recorded", len(outcomes) - len(applied))
     message_ids = [r[0] for r in db.execute(
         f"SELECT DISTINCT message_id FROM recipients WHERE id IN {IDS}",
-        (json.dumps([o.recipient_id for o in outcomes]),))]
-    broadcasts.record(outcomes, now, db)
+        (json.dumps([o.recipient_id for o in applied]),))]
+    broadcasts.record(applied, now, db)
     finished = finish_messages(message_ids, now, db)
     if unlinked:
         _delete_messages(unlinked, db)
     return finished
+
+
+def _renew_leases(claims: Sequence[tuple[int, int]], until: float,
+                  db: sqlite3.Connection) -> None:
+    db.executemany("UPDATE recipients SET next_attempt_at = ? "
+                   "WHERE id = ? AND state = 'active' AND attempts = ?",
+                   [(until, recipient_id, attempt) for recipient_id, attempt in claims])
 
 
 def _delete_messages(message_ids: list[str], db: sqlite3.Connection) -> int:

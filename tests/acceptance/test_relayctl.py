@@ -105,6 +105,29 @@ def test_hold_release_delete_show(relay_process: MakeRelay, dns_server: DnsServe
     assert relay.stop() == 0
 
 
+def test_requeue_puts_held_and_deferred_mail_back(relay_process: MakeRelay,
+                                                  dns_server: DnsServer,
+                                                  make_sink: Callable[..., Sink]) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    sink.default_rcpt_reply = "451 4.3.0 busy"
+    relay = relay_process().start()
+    port = smtp_port(relay.config)
+    ids = [send_blocking(port, "app@sender.test", [f"r{n}@example.test"], message()).split()[-1]
+           for n in range(2)]
+    until(lambda: all(r["state"] == "deferred" for m in queue_json(relay.config)
+                      for r in m["recipients"]), "deferrals")
+    assert relayctl(relay.config, "queue", "hold", ids[0]).returncode == 0
+    sink.default_rcpt_reply = "250 2.1.5 Ok"
+    nothing = relayctl(relay.config, "queue", "requeue")
+    assert nothing.returncode == 2 and "give message ids" in nothing.stderr
+    requeued = relayctl(relay.config, "queue", "requeue", "--all")
+    assert requeued.returncode == 0 and requeued.stdout == "2 recipients requeued\n"
+    sink.wait_for(2)
+    until(lambda: queue_json(relay.config) == [], "the queue to empty")
+    assert relay.stop() == 0
+
+
 def test_restart_delivers_what_was_queued(relay_process: MakeRelay, dns_server: DnsServer,
                                           make_sink: Callable[..., Sink]) -> None:
     dns_server.add("example.test", "A", "127.0.0.2")

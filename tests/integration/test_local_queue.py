@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from relay.queue import NewMessage, Outcome, State, new_queue_id
+from relay.queue import NewMessage, Outcome, Selection, State, new_queue_id
 from relay.queue.groupcommit import GroupCommitter, connect
 from relay.queue.local import LocalQueue
 
@@ -50,7 +50,7 @@ async def test_a_delivered_message_leaves_with_its_file(tmp_path: Path) -> None:
     message = NewMessage(new_queue_id(), "a@sender.test", ["b@example.test"], b"Subject: x\r\n")
     await queue.store(message)
     [claimed] = await queue.claim_due(10)
-    await queue.record([Outcome(claimed.recipient_id, State.DELIVERED, "250 ok")])
+    await queue.record([Outcome(claimed.recipient_id, claimed.attempts, State.DELIVERED, "250 ok")])
     await queue.close()  # makes the outcome durable, then removes the file and the rows
     assert not (tmp_path / "spool" / "messages" / message.id).exists()
 
@@ -81,3 +81,60 @@ async def test_recovery_drops_the_row_of_a_file_that_never_left_tmp(tmp_path: Pa
     index.close()
     assert quarantined == [lost.id]  # only the file that had been acknowledged
     assert not list((tmp_path / "spool" / "tmp").iterdir())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_leases_expire_renew_and_fence_outcomes(tmp_path: Path) -> None:
+    clock = Clock()
+    queue = LocalQueue(tmp_path / "spool", clock=clock, lease=60)
+    await queue.open()
+    message = NewMessage(new_queue_id(), "a@sender.test", ["b@example.test"], b"x\r\n")
+    await queue.store(message)
+    [first] = await queue.claim_due(10)
+    clock.now += 59
+    assert await queue.claim_due(10) == []  # leased
+    await queue.renew_leases([(first.recipient_id, first.attempts)])
+    clock.now += 59
+    assert await queue.claim_due(10) == []  # renewed for another 60 s
+    clock.now += 2
+    [second] = await queue.claim_due(10)  # expired: the work comes back, nothing deleted
+    assert (second.recipient_id, second.attempts) == (first.recipient_id, first.attempts + 1)
+
+    # The first claim's late outcome changes nothing; the second one's counts.
+    await queue.record([Outcome(first.recipient_id, first.attempts, State.DELIVERED, "250")])
+    info = await queue.get_message(message.id)
+    assert info is not None and info.recipients[0].state is State.ACTIVE
+    await queue.record([Outcome(second.recipient_id, second.attempts, State.DEFERRED,
+                                "451 later", clock.now + 300)])
+    info = await queue.get_message(message.id)
+    assert info is not None and info.recipients[0].state is State.DEFERRED
+    await queue.close()
+
+
+async def test_requeue_puts_every_waiting_recipient_back(tmp_path: Path) -> None:
+    clock = Clock()
+    queue = LocalQueue(tmp_path / "spool", clock=clock)
+    await queue.open()
+    held = NewMessage(new_queue_id(), "a@sender.test", ["h@example.test"], b"x\r\n")
+    active = NewMessage(new_queue_id(), "a@sender.test", ["a@example.test"], b"y\r\n")
+    await queue.store(held)
+    await queue.hold(held.id)
+    await queue.store(active)
+    [claimed] = await queue.claim_due(10)
+    assert await queue.requeue(Selection()) == 0  # nothing selected
+    assert await queue.requeue(Selection(all=True)) == 2
+    for message in (held, active):
+        info = await queue.get_message(message.id)
+        assert info is not None and [r.state for r in info.recipients] == [State.QUEUED]
+    # The delivery in flight when it was requeued cannot settle it any more.
+    await queue.record([Outcome(claimed.recipient_id, claimed.attempts, State.DELIVERED,
+                                "250")])
+    assert len(await queue.claim_due(10)) == 2
+    await queue.close()

@@ -1,11 +1,16 @@
-"""The scheduler on a real spool when delivery itself fails with a bug: the recipients are
-deferred with 451 4.3.0 and retried later, not left active until the next start."""
+"""The scheduler on a real spool when something of ours fails: a bug in delivery defers the
+recipients with 451 4.3.0 (they are not left active until the next start); claims that
+fail are retried with a growing delay and logged by state change, not per retry."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from relay.cleanup import Cleanup, Origin
 from relay.config import DeliverySection, RetrySection
@@ -14,9 +19,11 @@ from relay.delivery.transform import Transform
 from relay.metrics import Metrics
 from relay.outcomes import OutcomeRecorder
 from relay.policy import DkimPolicy, PgpPolicy
-from relay.queue import State
+from relay.queue import Claimed, State
 from relay.queue.local import LocalQueue
 from relay.scheduler import Scheduler
+from tests.support.dns_server import DnsServer
+from tests.support.sink import Sink
 
 
 class BrokenSession(DestinationSession):
@@ -54,3 +61,52 @@ async def test_a_bug_in_delivery_defers_instead_of_stalling(tmp_path: Path) -> N
     finally:
         await scheduler.stop(timeout=5)
         await queue.close()
+
+
+class FailingClaims:
+    """The real queue, except that its first `failures` claims fail as a full disk does."""
+
+    def __init__(self, queue: LocalQueue, failures: int) -> None:
+        self._queue = queue
+        self.failures = failures
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._queue, name)
+
+    async def claim_due(self, limit: int) -> list[Claimed]:
+        if self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return await self._queue.claim_due(limit)
+
+
+async def test_failing_claims_back_off_and_are_logged_by_state_change(
+        tmp_path: Path, make_sink: Callable[..., Sink], dns_server: DnsServer, mx_port: int,
+        caplog: pytest.LogCaptureFixture) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    queue = LocalQueue(tmp_path / "spool")
+    await queue.open()
+    failing = FailingClaims(queue, failures=4)
+    cleanup = Cleanup(queue, "relay.test")
+    agent = DeliveryAgent(DeliverySection(port=mx_port), "relay.test",
+                          NextHops([dns_server.address], mx_port))
+    scheduler = Scheduler(
+        failing, agent,  # type: ignore[arg-type]
+        OutcomeRecorder(queue, cleanup, "relay.test", RetrySection(), Metrics()),
+        Transform("relay.test", time.time, DkimPolicy, PgpPolicy),
+        max_connections=2, max_connections_per_domain=1)
+    await cleanup.submit("a@sender.test", ["b@example.test"], b"Subject: x\r\n\r\nbody\r\n",
+                         Origin("ESMTP", "127.0.0.1"))
+    scheduler.start()
+    try:
+        await asyncio.to_thread(sink.wait_for, 1)
+    finally:
+        await scheduler.stop(timeout=5)
+        await queue.close()
+    lines = [r.getMessage() for r in caplog.records if "claiming" in r.getMessage()]
+    assert lines == [
+        ("claiming due recipients failed: OperationalError: database or disk is full; "
+         "retrying with backoff"),
+        "claiming due recipients works again after 4 failures (3 not logged)"]
+    assert not any(r.exc_info for r in caplog.records)

@@ -1,17 +1,33 @@
-"""Free ports on loopback addresses, chosen at run time."""
+"""Free ports on loopback addresses, chosen at run time.
+
+Ports come from below the kernel's ephemeral range: a port the kernel hands out itself
+(bind to port 0) may be given again as the local port of some client connection between
+the moment it is chosen and the moment a test's server binds it."""
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Sequence
+from pathlib import Path
+
+_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_CHOOSER = random.SystemRandom()
+
+
+def _outside_ephemeral() -> range:
+    try:
+        low = int(_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(max(low - 12000, 1024), low)
 
 
 def free_port(hosts: Sequence[str] = ("127.0.0.1",), kind: int = socket.SOCK_STREAM) -> int:
     """A port that is free on every one of `hosts` (sinks on 127.0.0.2, .3 share a port)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, kind) as probe:
-            probe.bind((hosts[0], 0))
-            port = probe.getsockname()[1]
+    candidates = _outside_ephemeral()
+    for _ in range(200):
+        port = _CHOOSER.choice(candidates)
         if all(_is_free(host, port, kind) for host in hosts):
             return port
     raise RuntimeError(f"no common free port on {hosts}")

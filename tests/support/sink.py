@@ -68,6 +68,11 @@ class _Handler:
         sink = self.sink
         if sink.data_delay:
             await asyncio.sleep(sink.data_delay)
+        if sink.data_gate is not None:
+            with sink.arrived:
+                sink.waiting_at_data += 1
+                sink.arrived.notify_all()
+            await asyncio.get_running_loop().run_in_executor(None, sink.data_gate.wait)
         if sink.data_reply.startswith("2"):
             with sink.arrived:
                 null_sender = envelope.mail_from == "<>"
@@ -116,6 +121,8 @@ class Sink:
         self.data_reply = "250 2.0.0 Ok: queued"
         self.drop_on_rcpt: set[str] = set()
         self.data_delay = 0.0  # seconds before answering DATA (keeps sessions open longer)
+        self.data_gate: threading.Event | None = None  # set: DATA is answered from then on
+        self.waiting_at_data = 0  # transactions that reached the gate
         self.max_concurrent = 0  # the most sessions open at once
         self._open: set[int] = set()
         self.pipelining = pipelining
@@ -153,6 +160,13 @@ class Sink:
                 raise AssertionError(f"sink {self.host}:{self.port}: condition not met with "
                                      f"{len(self.messages)} messages")
             return list(self.messages)
+
+    def wait_at_gate(self, count: int, timeout: float = 30.0) -> None:
+        """Until `count` transactions wait for `data_gate`."""
+        with self.arrived:
+            if not self.arrived.wait_for(lambda: self.waiting_at_data >= count, timeout):
+                raise AssertionError(f"sink {self.host}:{self.port}: {self.waiting_at_data} "
+                                     f"of {count} transactions reached DATA")
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[Received]:
         with self.arrived:
