@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
+from relay.addresses import printable
 from relay.config import Config
 
 Runner = Callable[[Coroutine[Any, Any, None]], None]
@@ -23,6 +24,16 @@ class _DeferredFormatting(logging.handlers.QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         return record
+
+
+class _ControlCharactersEscaped(logging.Filter):
+    """One event, one line: control characters that came from a client (an address, a HELO
+    name, a reply) are written escaped (\\r, \\x00), never raw."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Formatted once here; the formatter then has no arguments left to apply.
+        record.msg, record.args = printable(record.getMessage()), None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,6 +71,7 @@ def configure_logging(config: Config) -> Callable[[], None]:
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(JsonFormatter() if config.log.format == "json" else logging.Formatter(
         "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"))
+    stream.addFilter(_ControlCharactersEscaped())  # in the writer thread, off the loop
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, stream)
     listener.start()

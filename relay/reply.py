@@ -53,6 +53,18 @@ RATE_LIMITED = Reply(451, "4.7.0", "Sending rate exceeded, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 
 
+def bad_sender(reason: str) -> Reply:
+    return Reply(501, "5.1.7", f"Bad sender address syntax: {reason}")
+
+
+def bad_recipient(reason: str) -> Reply:
+    return Reply(501, "5.1.3", f"Bad recipient address syntax: {reason}")
+
+
+def impossible_domain(reason: str) -> Reply:
+    return Reply(550, "5.1.2", f"Recipient domain cannot exist: {reason}")
+
+
 def malformed(reason: str) -> Reply:
     return Reply(550, "5.6.0", f"Message rejected: {reason}")
 

@@ -102,7 +102,7 @@ class Relay:
             self._listeners = await serve_listeners(handler, config.smtp, hostname,
                                                     self._sessions, self._sockets, self._tls)
         self._admin = AdminServer(
-            create_app(Services(self.queue, cleanup, token, self._wake, self.scrape)),
+            create_app(Services(self.queue, cleanup, token, self.wake_scheduler, self.scrape)),
             config.admin.listen)
         self._admin.start()
         self._scheduler.start()
@@ -114,9 +114,10 @@ class Relay:
 
     def _stored(self) -> None:
         self.metrics.received.inc()
-        self._wake()
+        self.wake_scheduler()
 
-    def _wake(self) -> None:
+    def wake_scheduler(self) -> None:
+        """Look for due work now (new or released mail)."""
         if self._scheduler is not None:
             self._scheduler.wake()
 

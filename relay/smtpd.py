@@ -31,6 +31,7 @@ from aiosmtpd.smtp import (
 )
 
 from relay import reply
+from relay.addresses import address_problem
 from relay.cleanup import Cleanup, Origin, inspect
 from relay.config import SmtpSection
 from relay.errors import LocalFailure, Rejected
@@ -358,6 +359,9 @@ class SubmissionHandler:
             if self.free_space() < self.settings.min_free_space + declared:
                 log.warning("spool nearly full: refusing mail from [%s]", _client_ip(session))
                 return _refuse(session, reply.SPOOL_FULL)
+        problem = address_problem(address) if address != "<>" else None
+        if problem is not None:
+            return _refuse(session, reply.bad_sender(problem))
         user = self._user(session)
         if session.authenticated and user is None:
             return _refuse(session, reply.AUTH_REVOKED)  # the user left access.toml
@@ -373,11 +377,12 @@ class SubmissionHandler:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
+        problem = address_problem(address)
+        if problem is not None:
+            return _refuse(session, reply.bad_recipient(problem))
         if not (session.authenticated or self.access().is_trusted(_client_ip(session))):
             log.warning("relay denied client=[%s] to=<%s>", _client_ip(session), address)
             return _refuse(session, reply.RELAY_DENIED)
-        if "@" not in address or address.endswith("@"):
-            return "501 5.1.3 Bad recipient address syntax"
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
             return str(reply.TOO_MANY_RECIPIENTS)
         envelope.rcpt_tos.append(address)

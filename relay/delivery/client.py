@@ -19,6 +19,7 @@ from pathlib import Path
 import aiosmtplib
 
 from relay import reply
+from relay.addresses import address_problem
 from relay.config import DeliverySection, TlsMode
 from relay.delivery.mx import Hop
 from relay.delivery.pipeline import ReplyReader
@@ -126,11 +127,28 @@ class SmtpConnection:
                    smtputf8: bool) -> dict[str, Reply]:
         """One transaction; a reply for every recipient. Raises DeliveryError."""
         encoding = "utf-8" if smtputf8 else "ascii"
+        # A recipient no RCPT command can carry is refused alone, like a remote 5xx to its
+        # RCPT: its co-recipients are sent as usual.
+        unsendable = {rcpt: refusal for rcpt in recipients
+                      if (refusal := _unsendable(rcpt, encoding)) is not None}
+        if unsendable:
+            recipients = [rcpt for rcpt in recipients if rcpt not in unsendable]
+            if not recipients:
+                return unsendable
         self.transactions += 1
         options = self._mail_options(data, smtputf8)
         if self._pipe is not None:
-            return await self._send_pipelined(self._pipe, mail_from, recipients, data,
-                                              options, encoding)
+            replies = await self._send_pipelined(self._pipe, mail_from, recipients, data,
+                                                 options, encoding)
+        else:
+            replies = await self._send_step_by_step(mail_from, recipients, data, options,
+                                                    encoding)
+        return unsendable | replies
+
+    async def _send_step_by_step(self, mail_from: str, recipients: Sequence[str],
+                                 data: bytes, options: list[str],
+                                 encoding: str) -> dict[str, Reply]:
+        """MAIL, each RCPT and DATA, each waiting for its reply (no PIPELINING)."""
         await self._mail(mail_from, options, encoding)
         replies: dict[str, Reply] = {}
         accepted: list[str] = []
@@ -268,13 +286,26 @@ class SmtpConnection:
         self._client.close()
 
 
-def _command(verb: str, address: str, options: list[str], encoding: str) -> bytes:
-    if any(c in address for c in "\r\n<>"):
-        raise DeliveryError(Reply(553, "5.1.3", f"invalid address {address!r}"), Scope.MESSAGE)
+def _unsendable(address: str, encoding: str) -> Reply | None:
+    """Why no SMTP command can carry `address` (queued before addresses were checked at
+    submission, or non-ASCII without SMTPUTF8), or None."""
+    problem = address_problem(address)
+    if problem is not None:
+        return Reply(553, "5.1.3", f"invalid address: {problem}")
     try:
-        return " ".join([f"{verb}<{address}>", *options]).encode(encoding) + b"\r\n"
+        address.encode(encoding)
     except UnicodeEncodeError:
-        raise DeliveryError(reply.SMTPUTF8_UNSUPPORTED, Scope.MESSAGE) from None
+        return reply.SMTPUTF8_UNSUPPORTED
+    return None
+
+
+def _command(verb: str, address: str, options: list[str], encoding: str) -> bytes:
+    """A MAIL or RCPT command; the sender is checked like recipients (_unsendable), and a
+    bad one fails the whole transaction."""
+    refusal = _unsendable(address, encoding) if address else None
+    if refusal is not None:
+        raise DeliveryError(refusal, Scope.MESSAGE)
+    return " ".join([f"{verb}<{address}>", *options]).encode(encoding) + b"\r\n"
 
 
 def wire_format(data: bytes) -> bytes:

@@ -2,8 +2,9 @@
 
 MX records sorted by preference with equal preferences shuffled; no MX means the domain's
 own A/AAAA (implicit MX); a null MX (RFC 7505: one record, preference 0, exchange ".")
-bounces at once with 5.1.10; a domain that does not exist bounces with 5.1.2; DNS trouble
-defers with 4.4.3. In relayhost mode the one upstream is the only hop.
+bounces at once with 5.1.10; a domain that does not exist, or cannot (an empty label, a
+label over 63 octets: relay.addresses), bounces with 5.1.2; DNS trouble defers with 4.4.3.
+In relayhost mode the one upstream is the only hop.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import dns.nameserver
 import dns.resolver
 
 from relay import reply
+from relay.addresses import domain_problem
 from relay.config import split_hostport
 from relay.errors import DeliveryError, Scope
 
@@ -69,6 +71,9 @@ class NextHops:
         literal = _address_literal(domain)
         if literal is not None:
             return [Hop(domain, literal, self._port)]
+        problem = domain_problem(domain)
+        if problem is not None:  # no DNS answer can change that: bounce, never defer
+            raise DeliveryError(reply.impossible_domain(problem), Scope.MESSAGE)
         exchanges = await self._mx_hosts(domain)
         if exchanges is None:  # implicit MX
             addresses = await self._addresses(domain)

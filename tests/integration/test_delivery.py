@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from relay.queue import State
+from relay.queue import NewMessage, State, new_queue_id
 from tests.integration.conftest import StartRelay
 from tests.support.client import message, send
 from tests.support.dns_server import DnsServer
@@ -92,6 +92,35 @@ async def test_one_transaction_per_domain_and_per_recipient_results(
     assert dsn.mail_from == "" and dsn.rcpt_tos == ["app@sender.test"]
     assert b"gone@example.test" in dsn.content and b"a@example.test" not in dsn.content.split(
         b"text/rfc822-headers")[0]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_a_refused_recipient_bounces_alone(
+        start_relay: StartRelay, dns_server: DnsServer,
+        make_sink: Callable[..., Sink], pipelining: bool) -> None:
+    """A 553 to one RCPT, and an address no RCPT can carry (queued before addresses were
+    checked at submission), bounce those recipients only."""
+    dns_server.add("example.test", "A", "127.0.0.2")
+    dns_server.add("sender.test", "A", "127.0.0.3")
+    remote = make_sink("127.0.0.2", pipelining=pipelining)
+    sender = make_sink("127.0.0.3")
+    remote.rcpt_replies["refused@example.test"] = "553 5.1.3 refused here"
+    relay = await start_relay()
+    planted = NewMessage(new_queue_id(), "app@sender.test",
+                         ["ok@example.test", "refused@example.test",
+                          '"unterminated@example.test', "a\x01b@example.test",
+                          "a<b@example.test"],
+                         message(subject="planted"))
+    await relay.relay.queue.store(planted)
+    relay.relay.wake_scheduler()
+    assert (await wait(remote, 1))[0].rcpt_tos == ["ok@example.test"]
+    dsn = (await wait(sender, 1))[0]
+    report = dsn.content.split(b"text/rfc822-headers")[0]
+    assert b"refused@example.test" in report and b'"unterminated@example.test' in report
+    assert b"a\x01b@example.test" in report and b"a<b@example.test" in report
+    assert b"ok@example.test" not in report
+    await relay.until_queue_empty()
+    assert len(remote.messages) == 1 and len(sender.messages) == 1
 
 
 async def test_5xx_bounces_with_a_well_formed_dsn(

@@ -34,12 +34,17 @@ async def test_errors_carry_their_verdict(dns_server: DnsServer) -> None:
     dns_server.servfail.add("broken.test")
     hops = NextHops([dns_server.address], 25)
     verdicts = {}
-    for domain in ("nullmx.test", "missing.test", "empty.test", "broken.test"):
+    long_label, long_name = "x" * 64 + ".test", ".".join(["x" * 60] * 5)
+    for domain in ("nullmx.test", "missing.test", "empty.test", "broken.test", "ok..test",
+                   long_label, long_name):
         with pytest.raises(DeliveryError) as error:
             await hops.for_domain(domain)
         verdicts[domain] = str(error.value.reply)[:10]
     assert verdicts == {"nullmx.test": "556 5.1.10", "missing.test": "550 5.1.2 ",
-                        "empty.test": "550 5.1.2 ", "broken.test": "451 4.4.3 "}
+                        "empty.test": "550 5.1.2 ", "broken.test": "451 4.4.3 ",
+                        # names DNS cannot have bounce at once instead of being retried
+                        "ok..test": "550 5.1.2 ", long_label: "550 5.1.2 ",
+                        long_name: "550 5.1.2 "}
 
 
 async def test_address_literals_and_relayhost(dns_server: DnsServer) -> None:
