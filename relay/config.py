@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -54,6 +55,26 @@ def parse_duration(value: object) -> float:
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
+@dataclass(frozen=True)
+class Rate:
+    """At most `count` events per `window` seconds."""
+
+    count: int
+    window: float
+
+
+def parse_rate(value: str) -> Rate | None:
+    """"1000/h", "20000/h", "10/30s"; empty means no limit."""
+    if not value:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*\s*[a-z]+)\s*", value)
+    if not match or int(match.group(1)) < 1:
+        raise ValueError(f"invalid rate {value!r}; use e.g. \"1000/h\"")
+    window = match.group(2).strip()
+    window = window if window[0].isdigit() else "1" + window  # "/h" means "/1h"
+    return Rate(int(match.group(1)), parse_duration(window))
+
+
 def parse_size(value: object) -> int:
     """Bytes from "25MB", "512KB", "1GiB" or a bare number of bytes."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -92,6 +113,18 @@ def _check_hostport(value: object) -> object:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _required_rate(value: object) -> Rate:
+    if isinstance(value, Rate):
+        return value
+    rate = parse_rate(value) if isinstance(value, str) else None
+    if rate is None:
+        raise ValueError("expected a rate such as \"10/10m\"")
+    return rate
+
+
+RateLimit = Annotated[Rate, BeforeValidator(_required_rate)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 ListenAddress = Annotated[str, BeforeValidator(_check_listen)]
 HostPort = Annotated[str, BeforeValidator(_check_hostport)]
@@ -118,6 +151,12 @@ class SmtpSection(_Section):
     timeout: Duration = parse_duration("5m")
     # Processes that accept SMTP (they share the listening sockets); 0: in the main process.
     workers: int = Field(default_factory=lambda: min(os.cpu_count() or 1, 8), ge=0, le=64)
+    # Failed AUTH: each one in a session is answered after auth_failure_delay, doubled for
+    # every further one; the max_auth_failures-th ends the session (421 4.7.0); a client
+    # address with auth_failure_limit failures gets 454 4.7.0 for the rest of the window.
+    auth_failure_delay: Duration = parse_duration("1s")
+    max_auth_failures: int = Field(3, ge=1)
+    auth_failure_limit: RateLimit = Rate(10, 600.0)
 
     @model_validator(mode="after")
     def _tls_listen_needs_a_certificate(self) -> SmtpSection:

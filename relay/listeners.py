@@ -102,7 +102,7 @@ async def serve_listeners(handler: SubmissionHandler, settings: SmtpSection, hos
         return lambda: RelaySMTP(
             handler, registry, hostname=hostname, ident="relay", tls_context=starttls,
             data_size_limit=settings.max_message_size, enable_SMTPUTF8=True,
-            authenticator=handler.authenticate, auth_require_tls=True,
+            auth_require_tls=True,  # AUTH itself: RelaySMTP.smtp_AUTH
             timeout=settings.timeout, loop=loop)
 
     servers = [await loop.create_server(factory(tls.context), sock=sock)

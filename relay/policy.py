@@ -12,7 +12,6 @@ ConfigError naming the key; on reload the previous policies stay in force.
 from __future__ import annotations
 
 import ipaddress
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,32 +19,12 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from relay.config import describe_validation_error, parse_duration
+from relay.config import Rate, describe_validation_error, parse_rate
 from relay.errors import ConfigError
 from relay.passwords import is_valid_hash
 
 _M = TypeVar("_M", bound=BaseModel)
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass(frozen=True)
-class Rate:
-    """At most `count` events per `window` seconds."""
-
-    count: int
-    window: float
-
-
-def parse_rate(value: str) -> Rate | None:
-    """"1000/h", "20000/h", "10/30s"; empty means no limit."""
-    if not value:
-        return None
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*\s*[a-z]+)\s*", value)
-    if not match or int(match.group(1)) < 1:
-        raise ValueError(f"invalid rate {value!r}; use e.g. \"1000/h\"")
-    window = match.group(2).strip()
-    window = window if window[0].isdigit() else "1" + window  # "/h" means "/1h"
-    return Rate(int(match.group(1)), parse_duration(window))
 
 
 def _check_rate(value: str) -> str:

@@ -1,5 +1,5 @@
-"""ratelimit: "N per window" limits (users' rate_limit), counted when MAIL FROM is accepted,
-as Postfix's anvil counts message requests.
+"""ratelimit: "N per window" limits, as Postfix's anvil keeps them: users' rate_limit,
+counted when MAIL FROM is accepted, and failed AUTH per client address.
 
 `RateLimiter` is what smtpd asks. In one process, a SlidingWindow answers; with ingest
 workers, the main process keeps the one SlidingWindow and workers ask it over the handoff
@@ -12,12 +12,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from relay.policy import Rate
+from relay.config import Rate
 
 
 class RateLimiter(Protocol):
     async def take(self, key: str, rate: Rate) -> bool:
         """Count one event for `key` if `rate` allows it; False when over the limit."""
+
+    async def peek(self, key: str, rate: Rate) -> bool:
+        """Whether `rate` allows one more event for `key` (nothing is counted)."""
 
 
 class SlidingWindow:
@@ -41,6 +44,9 @@ class SlidingWindow:
 
     async def take(self, key: str, rate: Rate) -> bool:
         return self.take_now(key, rate)
+
+    async def peek(self, key: str, rate: Rate) -> bool:
+        return self.allows(key, rate)
 
     def _recent(self, key: str, rate: Rate) -> deque[float]:
         events = self._events.setdefault(key, deque())

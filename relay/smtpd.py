@@ -35,9 +35,9 @@ from relay.addresses import address_problem
 from relay.cleanup import Cleanup, Origin, inspect
 from relay.config import SmtpSection
 from relay.errors import LocalFailure, Rejected
-from relay.passwords import verify_password
 from relay.policy import AccessPolicy, User
 from relay.ratelimit import RateLimiter, SlidingWindow
+from relay.smtpd_auth import AuthGuard
 
 log = logging.getLogger("relay.smtpd")
 
@@ -71,6 +71,7 @@ class RelaySession(Session):
         self.started = time.monotonic()
         self.accepted = 0
         self.rejected = 0
+        self.auth_failures = 0
         self.user = ""
 
     @property
@@ -185,6 +186,8 @@ class RelaySMTP(SMTP):
         self._auth_methods = {mechanism: _AuthMechAttr(getattr(self, name), True)
                               for mechanism, name in mechanisms.items()}
         self._registry = registry
+        self._auth = handler.auth
+        self._credentials: tuple[str, LoginPassword] | None = None  # AUTH, being checked
         self._plain_replies = True  # greeting, HELO/EHLO: no enhanced codes (RFC 2034)
 
     def _create_session(self) -> Session:
@@ -202,6 +205,47 @@ class RelaySMTP(SMTP):
         if transport is not None and not transport.is_closing():
             transport.write(f"{reply.SHUTTING_DOWN}\r\n".encode())
             transport.close()
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        """aiosmtpd's AUTH exchange; the credentials it collects are checked here,
+        asynchronously (relay.smtpd_auth)."""
+        session = self.session
+        if (isinstance(session, RelaySession) and self._tls_protocol is not None
+                and not session.authenticated and arg
+                and await self._auth.locked_out(_client_ip(session))):
+            _refuse(session, reply.AUTH_LOCKED_OUT)
+            await self.push(str(reply.AUTH_LOCKED_OUT))
+            return
+        self._credentials = None
+        await super().smtp_AUTH(arg)
+        credentials, self._credentials = self._credentials, None
+        if credentials is None or not isinstance(session, RelaySession):
+            return  # aiosmtpd has answered: a syntax error, or the client gave up
+        mechanism, login = credentials
+        name = login.login.decode("utf-8", "replace")
+        if await self._auth.check(name, login.password.decode("utf-8", "replace")):
+            session.authenticated = True
+            session.auth_data = session.user = name
+            session.login_data = login.login
+            await self.push(str(reply.AUTH_OK))
+            return
+        session.auth_failures += 1
+        log.warning("auth failed client=[%s] mechanism=%s user=%s failures=%d",
+                    _client_ip(session), mechanism, name, session.auth_failures)
+        if await self._auth.failed(_client_ip(session), session.auth_failures):
+            _refuse(session, reply.AUTH_TOO_MANY_FAILURES)
+            await self.push(str(reply.AUTH_TOO_MANY_FAILURES))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await self.push(str(reply.AUTH_FAILED))
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        # aiosmtpd asks this synchronously; smtp_AUTH checks the credentials afterwards,
+        # off the event loop. "handled": aiosmtpd answers nothing itself.
+        if isinstance(auth_data, LoginPassword):
+            self._credentials = (mechanism, auth_data)
+        return AuthResult(success=False, handled=isinstance(auth_data, LoginPassword))
 
     async def smtp_MAIL(self, arg: str) -> None:
         if self._registry.closing:
@@ -325,27 +369,13 @@ class SubmissionHandler:
 
     def __post_init__(self) -> None:
         self.handle_EHLO = _Presigned(self.handle_EHLO)  # type: ignore[method-assign,assignment]
+        self.auth = AuthGuard(self.settings, self.access, self.rates)
 
     cleanup: Cleanup
     settings: SmtpSection
     access: Callable[[], AccessPolicy]  # the policy in force (swapped on reload)
     free_space: Callable[[], int] | None = None
     rates: RateLimiter = field(default_factory=SlidingWindow)
-
-    def authenticate(self, server: SMTP, session: Session, envelope: Envelope,
-                     mechanism: str, auth_data: Any) -> AuthResult:
-        if not isinstance(auth_data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        name = auth_data.login.decode("utf-8", "replace")
-        user = self.access().user(name)
-        password = auth_data.password.decode("utf-8", "replace")
-        if user is None or not verify_password(password, user.password_hash):
-            log.warning("auth failed client=[%s] mechanism=%s user=%s",
-                        _client_ip(session), mechanism, name)
-            return AuthResult(success=False, handled=False)
-        if isinstance(session, RelaySession):
-            session.user = name
-        return AuthResult(success=True, auth_data=name)
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:

@@ -11,7 +11,8 @@ Wire format, one JSON object per line. Request: {"id", "from", "rcpts", "size", 
 Reply: {"id", "ok": true} or {"id", "ok": false, "full": bool, "error": "..."}. A worker
 announces that it listens with {"ready": true} (no reply), and asks for a rate-limit slot
 with {"id", "rate_key", "count", "window"} (reply {"id", "ok"}): the main process keeps
-the one window, so a user's limit holds across workers. Every few seconds it reports the
+the one window, so a user's limit holds across workers; with "peek": true it only asks
+whether the limit allows one more. Every few seconds it reports the
 SMTP sessions it served since the last report, {"sessions": [plain, tls]} (no reply), for
 the main process's metrics.
 EOF on the socket tells the worker that the owner is gone: it must stop taking mail.
@@ -29,8 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from relay.config import Rate
 from relay.errors import LocalFailure
-from relay.policy import Rate
 from relay.queue.base import MessageMeta, NewMessage
 from relay.queue.local import LocalQueue
 from relay.queue.spoolfiles import SpoolFiles
@@ -66,10 +67,15 @@ class HandoffStore:
 
     async def take(self, key: str, rate: Rate) -> bool:
         """RateLimiter: the main process counts, for every worker at once."""
+        return await self._ask_rate(key, rate, peek=False)
+
+    async def peek(self, key: str, rate: Rate) -> bool:
+        return await self._ask_rate(key, rate, peek=True)
+
+    async def _ask_rate(self, key: str, rate: Rate, peek: bool) -> bool:
         self._requests += 1
-        request_id = f"rate-{self._requests}"
-        answer = await self._ask({"id": request_id, "rate_key": key, "count": rate.count,
-                                  "window": rate.window})
+        answer = await self._ask({"id": f"rate-{self._requests}", "rate_key": key,
+                                  "count": rate.count, "window": rate.window, "peek": peek})
         return bool(answer["ok"])
 
     async def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -164,8 +170,9 @@ async def serve_handoff(queue: LocalQueue, sock: socket.socket, rates: SlidingWi
                 events.sessions(*map(int, request["sessions"]))
                 continue
             if "rate_key" in request:
-                allowed = rates.take_now(request["rate_key"],
-                                         Rate(int(request["count"]), float(request["window"])))
+                rate = Rate(int(request["count"]), float(request["window"]))
+                check = rates.allows if request.get("peek") else rates.take_now
+                allowed = check(request["rate_key"], rate)
                 writer.write(_encode({"id": request["id"], "ok": allowed}))
                 continue
             task = asyncio.create_task(index(_meta(request)))
