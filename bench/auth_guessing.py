@@ -32,7 +32,7 @@ from pathlib import Path
 import trustme
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from relay.passwords import hash_password  # noqa: E402
+from relay.passwords import hash_password
 
 
 def free_port() -> int:
