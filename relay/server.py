@@ -102,7 +102,8 @@ class Relay:
             self._listeners = await serve_listeners(handler, config.smtp, hostname,
                                                     self._sessions, self._sockets, self._tls)
         self._admin = AdminServer(
-            create_app(Services(self.queue, cleanup, token, self.wake_scheduler, self.scrape)),
+            create_app(Services(self.queue, cleanup, token, self.wake_scheduler, self.scrape,
+                                config.smtp.max_message_size)),
             config.admin.listen)
         self._admin.start()
         self._scheduler.start()

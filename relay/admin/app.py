@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from relay import metrics
 from relay.admin.broadcast_routes import broadcast_routes, openapi_schemas
 from relay.admin.errors import ApiError, error_body, field_name
+from relay.admin.gate import Gate
 from relay.admin.idempotency import IdempotencyKeys
 from relay.admin.queue_routes import queue_routes
 from relay.admin.send_routes import send_routes
@@ -42,6 +43,7 @@ class Services:
     token: str
     wake: Callable[[], None]  # the scheduler: new or released mail
     scrape: Callable[[], Awaitable[bytes]]  # the Prometheus exposition, fresh
+    max_message_size: int  # [smtp] max_message_size holds for the API too
 
 
 def create_app(services: Services) -> FastAPI:
@@ -49,22 +51,15 @@ def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="relay admin API", version="1", openapi_url=None, docs_url=None,
                   redoc_url=None)
     _install_error_handlers(app)
-    token = services.token.encode()
-
-    def require_token(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                                 token):
-            raise ApiError(401, "unauthorized", "missing or wrong bearer token")
+    # The token and the body limits, before any route reads a byte (admin.gate).
+    app.add_middleware(Gate, token=services.token,
+                       max_message_size=services.max_message_size)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    authorized = [Depends(require_token)]
-
-    @app.get("/openapi.json", dependencies=authorized, include_in_schema=False)
+    @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = app.openapi()
@@ -72,23 +67,27 @@ def create_app(services: Services) -> FastAPI:
                 openapi_schemas())
         return app.openapi()
 
-    @app.get("/metrics", dependencies=authorized, response_class=Response,
+    @app.get("/metrics", response_class=Response,
              responses={200: {"content": {metrics.CONTENT_TYPE: {}}}})
     async def prometheus() -> Response:
         return Response(await services.scrape(), media_type=metrics.CONTENT_TYPE)
 
-    app.include_router(queue_routes(services.queue, services.wake), dependencies=authorized)
+    app.include_router(queue_routes(services.queue, services.wake))
     keys = IdempotencyKeys(services.queue)
-    app.include_router(send_routes(services.cleanup, keys), dependencies=authorized)
-    app.include_router(broadcast_routes(services.queue, services.wake, keys),
-                       dependencies=authorized)
+    app.include_router(send_routes(services.cleanup, keys, services.max_message_size))
+    app.include_router(broadcast_routes(services.queue, services.wake, keys,
+                                        services.max_message_size))
     return app
 
 
+_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+
+
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(HTTPException)
+    @app.exception_handler(HTTPException)  # ours, FastAPI's and Starlette's (404, 405)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        code = exc.code if isinstance(exc, ApiError) else "http_error"
+        code = exc.code if isinstance(exc, ApiError) else _CODES.get(exc.status_code,
+                                                                      "http_error")
         field = exc.field if isinstance(exc, ApiError) else None
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return JSONResponse(error_body(code, str(exc.detail), field), exc.status_code,

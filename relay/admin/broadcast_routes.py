@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -64,8 +65,8 @@ class SuppressionEntry(BaseModel):
     reason: str = "added by an operator"
 
 
-def broadcast_routes(queue: Queue, wake: Callable[[], None],
-                     keys: IdempotencyKeys) -> APIRouter:
+def broadcast_routes(queue: Queue, wake: Callable[[], None], keys: IdempotencyKeys,
+                     max_message_size: int) -> APIRouter:
     router = APIRouter()
 
     @router.post(
@@ -83,15 +84,16 @@ def broadcast_routes(queue: Queue, wake: Callable[[], None],
                      ) -> dict[str, Any]:
         """A broadcast: one template, many recipients, each rendered when it is sent."""
         body = _Body(request)
+        store = functools.partial(_store, queue, body, max_message_size=max_message_size)
         if idempotency_key is None:
-            answer = await _store(queue, body, None)
+            answer = await store(None)
         else:
             async with keys.held(idempotency_key):
                 earlier = await queue.idempotent_answer(idempotency_key)
                 if earlier is not None:
                     await body.drain()  # the digest needs the whole body
                     return replay(earlier, body.digest())
-                answer = await _store(queue, body, idempotency_key)
+                answer = await store(idempotency_key)
         wake()
         return answer
 
@@ -228,19 +230,30 @@ async def _iterate(items: list[Any]) -> AsyncIterator[Any]:
 
 
 async def _parsed(lines: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+    index = 0
     async for line in lines:
         try:
-            yield json.loads(line)
+            yield _loads(line, f"recipients[{index}]")
         except ValueError:
             yield _NOT_JSON
+        index += 1
 
 
 _NOT_JSON = object()
 
 
+def _loads(data: bytes, what: str) -> Any:
+    """json.loads, with JSON nested deeper than Python recurses (a hostile body) a 400
+    naming the part instead of a RecursionError."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ApiError(400, "invalid", f"the {what} is nested too deeply", what) from None
+
+
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        parsed = json.loads(data)
+        parsed = _loads(data, what)
     except ValueError:
         parsed = None
     if not isinstance(parsed, dict):
@@ -257,8 +270,13 @@ def _template(document: dict[str, Any]) -> Template:
         raise ApiError(422, "invalid", message, field_name(first.get("loc", ()))) from None
 
 
-async def _store(queue: Queue, body: _Body, idempotency_key: str | None) -> dict[str, Any]:
+async def _store(queue: Queue, body: _Body, idempotency_key: str | None, *,
+                 max_message_size: int) -> dict[str, Any]:
     template, recipients = await body.template_and_recipients()
+    stored_template = template.model_dump_json(by_alias=True).encode()
+    if len(stored_template) > max_message_size:
+        raise ApiError(413, "too_large", f"the template is {len(stored_template)} bytes; "
+                       f"max_message_size is {max_message_size}", "template")
     try:
         sender, smtputf8 = envelope_sender(template)
     except ComposeError as exc:
@@ -270,8 +288,7 @@ async def _store(queue: Queue, body: _Body, idempotency_key: str | None) -> dict
     chunk: list[tuple[str, str]] = []
     accepting = False
     try:
-        await queue.open_broadcast(broadcast_id, sender,
-                                   template.model_dump_json(by_alias=True).encode(), smtputf8)
+        await queue.open_broadcast(broadcast_id, sender, stored_template, smtputf8)
         async for index, item in _enumerate(recipients):
             checked = ("not a JSON object" if item is _NOT_JSON
                        else check_recipient(needed, item))

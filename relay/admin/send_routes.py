@@ -39,11 +39,12 @@ class Accepted(BaseModel):
     recipients: int
 
 
-def send_routes(cleanup: Cleanup, keys: IdempotencyKeys) -> APIRouter:
+def send_routes(cleanup: Cleanup, keys: IdempotencyKeys, max_message_size: int) -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/messages", status_code=202, response_model=Accepted,
                  responses={409: {"description": "Idempotency-Key reused with another body"},
+                            413: {"description": "over max_message_size"},
                             422: {"description": "invalid message; `field` names the part"},
                             503: {"description": "the spool cannot take it now; retry"}})
     async def send_message(message: MessageBody, request: Request,
@@ -67,6 +68,10 @@ def send_routes(cleanup: Cleanup, keys: IdempotencyKeys) -> APIRouter:
                         else raw_message(message))
         except ComposeError as exc:
             raise ApiError(422, "invalid", str(exc), exc.field) from None
+        if len(composed.data) > max_message_size:
+            field = "raw" if isinstance(message, RawMessage) else "body"
+            raise ApiError(413, "too_large", f"the message is {len(composed.data)} bytes; "
+                           f"max_message_size is {max_message_size}", field)
         client = request.client.host if request.client else "unknown"
         try:
             queue_id = await cleanup.submit(
