@@ -70,6 +70,8 @@ TEMPLATE = json.dumps({"from": "app@sender.test", "subject": "s", "text": "hi {{
     ("POST", "/v1/broadcasts", {"content": TEMPLATE[:-1] + ', "recipients": [{"email": '
                                 '"a@example.test", "fields": {"name": ' + DEEP + "}}]}",
                                 "headers": {"Content-Type": "application/json"}}, 400, None),
+    ("POST", "/v1/broadcasts", {"content": b"[" * (9 * MB), "headers": {
+        "Content-Type": "application/json"}}, 413, "body"),
     ("POST", "/v1/messages", {"content": DEEP, "headers": {
         "Content-Type": "application/json"}}, 400, None),
     ("POST", "/v1/messages", {"json": raw(2 * MB)}, 413, "raw"),
