@@ -49,7 +49,7 @@ def domain_problem(domain: str) -> str | None:
     """Why `domain` cannot be a mail domain, or None."""
     if domain.startswith("["):
         inner = domain[1:-1]
-        if not domain.endswith("]") or not _is_ip(inner.removeprefix("IPv6:")):
+        if not domain.endswith("]") or not is_ip(inner.removeprefix("IPv6:")):
             return f"invalid address literal {domain}"
         return None
     if not domain:
@@ -80,7 +80,7 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text)
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
     except ValueError:

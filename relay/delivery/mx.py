@@ -9,7 +9,6 @@ In relayhost mode the one upstream is the only hop.
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import dns.nameserver
 import dns.resolver
 
 from relay import reply
-from relay.addresses import domain_problem
+from relay.addresses import domain_problem, is_ip
 from relay.config import split_hostport
 from relay.errors import DeliveryError, Scope
 
@@ -89,7 +88,7 @@ class NextHops:
 
     async def for_relayhost(self, relayhost: str) -> list[Hop]:
         host, port = split_hostport(relayhost, 25)  # "[host]:port" as in Postfix: no MX
-        if _is_ip(host):
+        if is_ip(host):
             return [Hop(host, host, port)]
         addresses = await self._addresses(host)
         if not addresses:
@@ -119,7 +118,7 @@ class NextHops:
         return await self._addresses(host, soft=True)
 
     async def _addresses(self, host: str, soft: bool = False) -> list[str]:
-        if _is_ip(host):
+        if is_ip(host):
             return [host]
         found: list[str] = []
         failures = 0
@@ -136,17 +135,9 @@ class NextHops:
         return found
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _address_literal(domain: str) -> str | None:
     """`user@[192.0.2.1]` (RFC 5321 section 4.1.3) names its host directly."""
     if domain.startswith("[") and domain.endswith("]"):
         inner = domain[1:-1].removeprefix("IPv6:").removeprefix("ipv6:")
-        return inner if _is_ip(inner) else None
+        return inner if is_ip(inner) else None
     return None

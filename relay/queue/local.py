@@ -359,24 +359,24 @@ class LocalQueue:
         return bool(await self._write(partial(broadcasts.unsuppress, address)))
 
     async def flush(self, selection: Selection) -> int:
-        where, params = _selection_sql(selection)
-        if where is None:
-            return 0
-        return int(await self._write(partial(
-            _update_count,
-            f"UPDATE recipients SET state = 'queued', next_attempt_at = ? "
-            f"WHERE {_DUE} AND ({where})", [self._clock(), *params])))
+        return await self._queue_now(selection, _DUE)
 
     async def requeue(self, selection: Selection) -> int:
+        # Active and held ones too, but not a broadcast still being uploaded (its
+        # recipients wait, held, until it is accepted).
+        return await self._queue_now(selection, f"{_WAITING} AND message_id NOT IN "
+                                                "(SELECT id FROM broadcasts "
+                                                "WHERE state = 'receiving')")
+
+    async def _queue_now(self, selection: Selection, which: str) -> int:
+        """Recipients of `selection` that match `which` to `queued`, due now; how many."""
         where, params = _selection_sql(selection)
         if where is None:
             return 0
         return int(await self._write(partial(
             _update_count,
             f"UPDATE recipients SET state = 'queued', next_attempt_at = ? "
-            f"WHERE {_WAITING} AND ({where}) AND message_id NOT IN "
-            "(SELECT id FROM broadcasts WHERE state = 'receiving')",  # not yet accepted
-            [self._clock(), *params])))
+            f"WHERE {which} AND ({where})", [self._clock(), *params])))
 
     async def hold(self, message_id: str) -> int:
         return int(await self._write(partial(

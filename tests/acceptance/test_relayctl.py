@@ -21,7 +21,7 @@ from tests.acceptance.conftest import MakeRelay
 from tests.support.client import message, send_blocking
 from tests.support.dns_server import DnsServer
 from tests.support.policy_server import PolicyServer, server_context
-from tests.support.process import relayctl, relayctl_path
+from tests.support.process import RelayProcess, relayctl, relayctl_path
 from tests.support.relayconf import write_relay_config
 from tests.support.sink import Sink
 
@@ -69,8 +69,9 @@ def test_4xx_then_relayctl_flush_delivers(relay_process: MakeRelay, dns_server: 
     assert relay.stop() == 0
 
 
-def test_hold_release_delete_show(relay_process: MakeRelay, dns_server: DnsServer,
-                                  make_sink: Callable[..., Sink]) -> None:
+def two_deferred(relay_process: MakeRelay, dns_server: DnsServer,
+                 make_sink: Callable[..., Sink]) -> tuple[RelayProcess, Sink, list[str]]:
+    """A relay with two messages deferred by a sink that answers 451; their ids."""
     dns_server.add("example.test", "A", "127.0.0.2")
     sink = make_sink("127.0.0.2")
     sink.default_rcpt_reply = "451 4.3.0 busy"
@@ -80,6 +81,12 @@ def test_hold_release_delete_show(relay_process: MakeRelay, dns_server: DnsServe
            for n in range(2)]
     until(lambda: all(r["state"] == "deferred" for m in queue_json(relay.config)
                       for r in m["recipients"]), "deferrals")
+    return relay, sink, ids
+
+
+def test_hold_release_delete_show(relay_process: MakeRelay, dns_server: DnsServer,
+                                  make_sink: Callable[..., Sink]) -> None:
+    relay, _, ids = two_deferred(relay_process, dns_server, make_sink)
     shape = relayctl(relay.config, "queue", "summary").stdout.splitlines()
     assert shape[0].split()[:3] == ["T", "5", "10"]
     assert shape[1].split()[:3] == ["TOTAL", "2", "2"] and shape[2].split()[:2] == [
@@ -108,15 +115,7 @@ def test_hold_release_delete_show(relay_process: MakeRelay, dns_server: DnsServe
 def test_requeue_puts_held_and_deferred_mail_back(relay_process: MakeRelay,
                                                   dns_server: DnsServer,
                                                   make_sink: Callable[..., Sink]) -> None:
-    dns_server.add("example.test", "A", "127.0.0.2")
-    sink = make_sink("127.0.0.2")
-    sink.default_rcpt_reply = "451 4.3.0 busy"
-    relay = relay_process().start()
-    port = smtp_port(relay.config)
-    ids = [send_blocking(port, "app@sender.test", [f"r{n}@example.test"], message()).split()[-1]
-           for n in range(2)]
-    until(lambda: all(r["state"] == "deferred" for m in queue_json(relay.config)
-                      for r in m["recipients"]), "deferrals")
+    relay, sink, ids = two_deferred(relay_process, dns_server, make_sink)
     assert relayctl(relay.config, "queue", "hold", ids[0]).returncode == 0
     sink.default_rcpt_reply = "250 2.1.5 Ok"
     nothing = relayctl(relay.config, "queue", "requeue")
