@@ -1,6 +1,7 @@
 #!/bin/sh
 # Create .venv with the relay installed. With --test, also what the test suite needs:
-# the test extras from PyPI and the Debian tools the tests drive (swaks, systemd-analyze).
+# the test extras from PyPI and the Debian tools the tests drive (swaks, systemd-analyze,
+# PostgreSQL).
 # Idempotent: a second run only checks.
 set -eu
 cd "$(dirname "$0")/.."
@@ -31,8 +32,9 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 if [ "$want_tests" = yes ]; then
     # systemd: systemd-analyze checks the unit; Mail::DKIM (with CryptX) and OpenDKIM's
-    # library verify the DKIM signatures independently of dkimpy (OpenDKIM: Ed25519 too)
-    apt_install swaks systemd libmail-dkim-perl libcryptx-perl libopendkim11
+    # library verify the DKIM signatures independently of dkimpy (OpenDKIM: Ed25519 too);
+    # postgresql: the cluster backend's tests run a server of their own (initdb, pg_ctl)
+    apt_install swaks systemd libmail-dkim-perl libcryptx-perl libopendkim11 postgresql
     .venv/bin/python -m pip install -q -e ".[test]"
 else
     .venv/bin/python -m pip install -q -e .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import ssl
 import subprocess
@@ -13,6 +14,7 @@ import trustme
 
 from tests.support.dns_server import DnsServer
 from tests.support.net import free_port
+from tests.support.postgres import PostgresServer, running_postgres
 from tests.support.sink import Sink
 
 SINK_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
@@ -30,6 +32,24 @@ def _stop_gpg_agents(request: pytest.FixtureRequest) -> Iterator[None]:
     for keyring in directory.rglob("pubring.kbx"):
         subprocess.run(["gpgconf", "--homedir", str(keyring.parent), "--kill", "gpg-agent"],
                        capture_output=True, timeout=30, check=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (tests take a database each). Skipped where
+    PostgreSQL is not installed, except in CI, where scripts/setup.sh --test installs it."""
+    with running_postgres() as server:
+        if server is None:
+            if os.environ.get("CI"):
+                pytest.fail("PostgreSQL is not installed: run scripts/setup.sh --test")
+            pytest.skip("PostgreSQL is not installed (scripts/setup.sh --test installs it)")
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database of its own."""
+    return postgres_server.fresh_database()
 
 
 @pytest.fixture

@@ -1,0 +1,422 @@
+"""queue.postgres: the cluster backend. Several relay nodes share one queue in PostgreSQL.
+
+Contract (queue.base) across nodes:
+- Durable before 250: `store` returns once the transaction holding the message (body
+  included) has committed with `synchronous_commit` on. Messages that arrive together share
+  one transaction (group commit), so throughput is not one round trip per message.
+- Leases, not locks: `claim_due` takes due recipients with `FOR UPDATE SKIP LOCKED` into a
+  lease (owner node, the attempt number as fencing token, an expiry in the database's
+  clock); `renew_leases` extends it; an outcome applies only while the token matches, so a
+  node that lost its lease (paused, cut off) changes nothing and its late result is logged
+  as a possible duplicate. An expired lease makes the recipient due again; nothing is ever
+  deleted because a lease expired.
+- Every time is the database's (`clock_timestamp()`), never a node's: a deferral is stored
+  as a delay from the database's now.
+- The hot tables hold only what is queued: a message leaves with its recipients in the
+  transaction that makes its last one final (the message row is locked first, so two
+  nodes finishing its last two recipients at once cannot both leave it behind).
+Broadcasts and suppressions: queue.postgres_broadcasts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from relay.errors import LocalFailure
+from relay.queue import postgres_broadcasts as broadcasts
+from relay.queue.base import (
+    IDEMPOTENCY_WINDOW,
+    SUMMARY_AGE_BUCKETS,
+    BroadcastStatus,
+    Claimed,
+    DomainShape,
+    Idempotency,
+    IdempotentAnswer,
+    MessageInfo,
+    NewMessage,
+    Outcome,
+    QueueStats,
+    RecipientInfo,
+    Selection,
+    State,
+    Suppression,
+)
+from relay.queue.postgres_groupcommit import StoreBatches, remember_answer
+from relay.queue.postgres_schema import migrate
+
+log = logging.getLogger("relay.queue")
+
+NOW = "extract(epoch from clock_timestamp())"
+DEFAULT_LEASE = 120.0
+_CLAIMABLE = "state IN ('queued', 'deferred', 'active')"
+_DUE = "state IN ('queued', 'deferred')"
+_WAITING = "state NOT IN ('delivered', 'bounced')"
+# PostgreSQL or the connection failed: the caller answers 451 / retries.
+DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def node_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class PostgresQueue:
+    """Queue backend for a cluster: every table in one PostgreSQL database."""
+
+    def __init__(self, dsn: str, lease: float = DEFAULT_LEASE, owner: str | None = None,
+                 pool_size: int = 10) -> None:
+        self._dsn = dsn
+        self._lease = lease
+        self.owner = owner or node_name()
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._batches: StoreBatches | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=self._pool_size,
+                server_settings={"synchronous_commit": "on", "application_name": "relay"})
+            async with self._pool.acquire() as connection:
+                await migrate(connection)
+                await broadcasts.abandon_stale_uploads(connection)
+        except DATABASE_ERRORS as exc:
+            if self._pool is not None:
+                await self._pool.close()
+                self._pool = None
+            raise LocalFailure(f"queue database: {_describe(exc)}") from exc
+        self._batches = StoreBatches(self._pool)
+
+    async def close(self) -> None:
+        if self._batches is not None:
+            await self._batches.close()
+        if self._pool is not None:
+            await self._pool.close()
+        self._pool = self._batches = None
+
+    # -- intake ----------------------------------------------------------------------
+
+    async def store(self, message: NewMessage) -> None:
+        if self._batches is None:
+            raise LocalFailure("queue is not open")
+        await self._batches.submit(message)
+
+    # -- delivery --------------------------------------------------------------------
+
+    async def claim_due(self, limit: int) -> list[Claimed]:
+        rows = await self._fetch(
+            f"WITH due AS (SELECT id FROM recipients WHERE {_CLAIMABLE} "
+            f"AND next_attempt_at <= {NOW} ORDER BY next_attempt_at LIMIT $1 "
+            "FOR UPDATE SKIP LOCKED), "
+            "claimed AS (UPDATE recipients r SET state = 'active', attempts = r.attempts + 1, "
+            f"last_attempt_at = {NOW}, next_attempt_at = {NOW} + $2, lease_owner = $3 "
+            "FROM due WHERE r.id = due.id "
+            "RETURNING r.id, r.message_id, r.address, r.domain, r.attempts, r.fields) "
+            "SELECT c.id, c.message_id, c.address, c.domain, c.attempts, m.mail_from, "
+            "m.received_at, m.smtputf8, c.fields FROM claimed c "
+            "JOIN messages m ON m.id = c.message_id ORDER BY c.id",
+            limit, self._lease, self.owner)
+        return [Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows]
+
+    async def renew_leases(self, claims: Sequence[tuple[int, int]]) -> None:
+        if claims:
+            await self._execute(
+                f"UPDATE recipients r SET next_attempt_at = {NOW} + $3 "
+                "FROM unnest($1::bigint[], $2::integer[]) AS c(id, attempt) "
+                "WHERE r.id = c.id AND r.attempts = c.attempt AND r.state = 'active'",
+                [c[0] for c in claims], [c[1] for c in claims], self._lease)
+
+    async def next_due_at(self) -> float | None:
+        found = await self._fetchval(
+            f"SELECT MIN(next_attempt_at) FROM recipients WHERE {_CLAIMABLE}")
+        return None if found is None else float(found)
+
+    async def read_body(self, message_id: str) -> bytes:
+        body = await self._fetchval("SELECT body FROM messages WHERE id = $1", message_id)
+        if body is None:
+            raise FileNotFoundError(message_id)  # deleted meanwhile, as the local backend
+        return bytes(body)
+
+    async def record(self, outcomes: Sequence[Outcome]) -> None:
+        if not outcomes:
+            return
+        now = time.time()  # only to turn the node's retry times into delays
+        async with self._transaction() as connection:
+            applied = await connection.fetch(
+                "UPDATE recipients r SET state = o.state, last_reply = o.reply, "
+                "lease_owner = NULL, next_attempt_at = CASE WHEN o.delay IS NULL "
+                f"THEN r.next_attempt_at ELSE {NOW} + o.delay END "
+                "FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[], "
+                "$5::float8[]) AS o(id, attempt, state, reply, delay) "
+                "WHERE r.id = o.id AND r.attempts = o.attempt AND r.state = 'active' "
+                "RETURNING r.id, r.message_id",
+                [o.recipient_id for o in outcomes], [o.attempt for o in outcomes],
+                [o.state.value for o in outcomes], [o.reply for o in outcomes],
+                [None if o.next_attempt_at is None else max(o.next_attempt_at - now, 0.0)
+                 for o in outcomes])
+            if len(applied) < len(outcomes):
+                log.warning("%d delivery outcomes came after their lease was lost (taken over "
+                            "by another node, requeued or deleted): not recorded; what they "
+                            "delivered may be delivered again", len(outcomes) - len(applied))
+            ids = {r[0] for r in applied}
+            await broadcasts.record([o for o in outcomes if o.broadcast and o.recipient_id in
+                                     ids], connection)
+            await _finish_messages(connection, sorted({r[1] for r in applied}))
+
+    # -- operator commands -----------------------------------------------------------
+
+    async def list_messages(self, state: State | None = None,
+                            domain: str | None = None) -> list[MessageInfo]:
+        conditions, params = ["TRUE"], []
+        if state is not None:
+            params.append(state.value)
+            conditions.append(f"id IN (SELECT message_id FROM recipients WHERE state = "
+                              f"${len(params)})")
+        if domain is not None:
+            params.append(domain.lower())
+            conditions.append(f"id IN (SELECT message_id FROM recipients WHERE domain = "
+                              f"${len(params)})")
+        conditions.append("id NOT IN (SELECT id FROM broadcasts WHERE state = 'receiving')")
+        rows = await self._fetch(
+            "SELECT id, mail_from, size, received_at FROM messages "
+            f"WHERE {' AND '.join(conditions)} ORDER BY received_at, id", *params)
+        return await self._with_recipients(rows)
+
+    async def get_message(self, message_id: str) -> MessageInfo | None:
+        rows = await self._fetch("SELECT id, mail_from, size, received_at FROM messages "
+                                 "WHERE id = $1", message_id)
+        found = await self._with_recipients(rows)
+        return found[0] if found else None
+
+    async def _with_recipients(self, rows: list[asyncpg.Record]) -> list[MessageInfo]:
+        messages = {r[0]: MessageInfo(r[0], r[1], r[2], r[3]) for r in rows}
+        if not messages:
+            return []
+        for row in await self._fetch(
+                "SELECT message_id, address, state, attempts, next_attempt_at, last_reply "
+                "FROM recipients WHERE message_id = ANY($1::text[]) ORDER BY id",
+                list(messages)):
+            next_at = row[4] if row[2] in (State.QUEUED.value, State.DEFERRED.value) else None
+            messages[row[0]].recipients.append(
+                RecipientInfo(row[1], State(row[2]), row[3], next_at, row[5]))
+        return list(messages.values())
+
+    async def stats(self) -> QueueStats:
+        depth = {State(r[0]): r[1] for r in await self._fetch(
+            f"SELECT state, COUNT(*) FROM recipients WHERE {_WAITING} GROUP BY state")}
+        oldest = await self._fetchval("SELECT MIN(received_at) FROM messages")
+        return QueueStats(depth, None if oldest is None else float(oldest))
+
+    async def idempotent_answer(self, key: str) -> IdempotentAnswer | None:
+        row = await self._fetchrow(
+            f"SELECT digest, answer FROM idempotency WHERE key = $1 AND created_at > {NOW} - $2",
+            key, IDEMPOTENCY_WINDOW)
+        return None if row is None else IdempotentAnswer(row[0], row[1])
+
+    async def summary(self, state: State | None = None) -> list[DomainShape]:
+        bucket = " ".join(f"WHEN age < {limit} THEN {i}"
+                          for i, limit in enumerate(SUMMARY_AGE_BUCKETS))
+        condition, params = f"r.{_WAITING}", []
+        if state is not None:
+            condition, params = "r.state = $1", [state.value]
+        rows = await self._fetch(
+            f"SELECT domain, CASE {bucket} ELSE {len(SUMMARY_AGE_BUCKETS)} END AS bucket, "
+            "COUNT(*) FROM (SELECT r.domain AS domain, "
+            f"({NOW} - m.received_at) / 60.0 AS age FROM recipients r "
+            f"JOIN messages m ON m.id = r.message_id WHERE {condition}) AS aged "
+            "GROUP BY 1, 2", *params)
+        shapes: dict[str, list[int]] = {}
+        for domain, index, count in rows:
+            shapes.setdefault(domain, [0] * (len(SUMMARY_AGE_BUCKETS) + 1))[index] = count
+        return sorted((DomainShape(d, sum(c), c) for d, c in shapes.items()),
+                      key=lambda shape: (-shape.total, shape.domain))
+
+    async def flush(self, selection: Selection) -> int:
+        return await self._queue_now(selection, _DUE)
+
+    async def requeue(self, selection: Selection) -> int:
+        return await self._queue_now(selection, f"{_WAITING} AND message_id NOT IN "
+                                                "(SELECT id FROM broadcasts "
+                                                "WHERE state = 'receiving')")
+
+    async def _queue_now(self, selection: Selection, which: str) -> int:
+        where, params = _selection_sql(selection, first=1)
+        if where is None:
+            return 0
+        return _count(await self._execute(
+            f"UPDATE recipients SET state = 'queued', next_attempt_at = {NOW}, "
+            f"lease_owner = NULL WHERE {which} AND ({where})", *params))
+
+    async def hold(self, message_id: str) -> int:
+        return _count(await self._execute(
+            f"UPDATE recipients SET state = 'held' WHERE message_id = $1 AND {_DUE}",
+            message_id))
+
+    async def release(self, message_id: str) -> int:
+        return _count(await self._execute(
+            f"UPDATE recipients SET state = 'queued', next_attempt_at = {NOW} "
+            "WHERE message_id = $1 AND state = 'held'", message_id))
+
+    async def delete(self, message_id: str) -> bool:
+        return _count(await self._execute("DELETE FROM messages WHERE id = $1 AND id NOT IN "
+                                          "(SELECT id FROM broadcasts)", message_id)) > 0
+
+    # -- broadcasts (queue.postgres_broadcasts) -------------------------------------
+
+    async def open_broadcast(self, broadcast_id: str, mail_from: str, template: bytes,
+                             smtputf8: bool) -> None:
+        async with self._transaction() as connection:
+            await broadcasts.open_broadcast(connection, broadcast_id, mail_from, template,
+                                            smtputf8)
+
+    async def add_broadcast_recipients(self, broadcast_id: str,
+                                       recipients: Sequence[tuple[str, str]]) -> int:
+        async with self._transaction() as connection:
+            return await broadcasts.add_recipients(connection, broadcast_id, recipients)
+
+    async def accept_broadcast(self, broadcast_id: str, rejected: int,
+                               idempotency: Idempotency | None,
+                               answer: dict[str, Any]) -> None:
+        async with self._transaction() as connection:
+            await broadcasts.accept(connection, broadcast_id, rejected)
+            if idempotency is not None:
+                await remember_answer(connection, [(idempotency, answer)])
+            await _finish_messages(connection, [broadcast_id])
+
+    async def abandon_broadcast(self, broadcast_id: str) -> None:
+        async with self._transaction() as connection:
+            await broadcasts.abandon(connection, broadcast_id)
+
+    async def broadcast_status(self, broadcast_id: str) -> BroadcastStatus | None:
+        async with self._connection() as connection:
+            return await broadcasts.status(connection, broadcast_id)
+
+    async def cancel_broadcast(self, broadcast_id: str) -> BroadcastStatus | None:
+        async with self._transaction() as connection:
+            if not await broadcasts.cancel(connection, broadcast_id):
+                return None
+            await _finish_messages(connection, [broadcast_id])
+        return await self.broadcast_status(broadcast_id)
+
+    async def suppressions(self) -> list[Suppression]:
+        rows = await self._fetch(
+            "SELECT address, reason, created_at FROM suppressions ORDER BY address")
+        return [Suppression(r[0], r[1], r[2]) for r in rows]
+
+    async def suppress(self, address: str, reason: str) -> bool:
+        return _count(await self._execute(
+            "INSERT INTO suppressions (address, reason, created_at) "
+            f"VALUES (lower($1), $2, {NOW}) ON CONFLICT DO NOTHING", address, reason)) > 0
+
+    async def unsuppress(self, address: str) -> bool:
+        return _count(await self._execute(
+            "DELETE FROM suppressions WHERE address = lower($1)", address)) > 0
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _connection(self) -> Any:
+        if self._pool is None:
+            raise LocalFailure("queue is not open")
+        return _Failing(self._pool.acquire())
+
+    def _transaction(self) -> Any:
+        if self._pool is None:
+            raise LocalFailure("queue is not open")
+        return _Failing(self._pool.acquire(), transaction=True)
+
+    async def _fetch(self, sql: str, *params: Any) -> list[asyncpg.Record]:
+        async with self._connection() as connection:
+            return list(await connection.fetch(sql, *params))
+
+    async def _fetchrow(self, sql: str, *params: Any) -> asyncpg.Record | None:
+        async with self._connection() as connection:
+            return await connection.fetchrow(sql, *params)
+
+    async def _fetchval(self, sql: str, *params: Any) -> Any:
+        async with self._connection() as connection:
+            return await connection.fetchval(sql, *params)
+
+    async def _execute(self, sql: str, *params: Any) -> str:
+        async with self._connection() as connection:
+            return str(await connection.execute(sql, *params))
+
+
+class _Failing:
+    """A pooled connection (in a transaction, if asked) whose database errors become
+    LocalFailure: the callers' one failure type (451 4.3.0 to a client, a retry with
+    backoff for the scheduler)."""
+
+    def __init__(self, acquiring: Any, transaction: bool = False) -> None:
+        self._acquiring = acquiring
+        self._transaction = transaction
+        self._open: Any = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        try:
+            connection = await self._acquiring.__aenter__()
+            if self._transaction:
+                self._open = connection.transaction()
+                await self._open.__aenter__()
+        except DATABASE_ERRORS as exc:
+            await self._acquiring.__aexit__(type(exc), exc, None)
+            raise LocalFailure(f"queue database: {_describe(exc)}") from exc
+        return connection
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if self._open is not None:
+                await self._open.__aexit__(kind, exc, tb)
+        except DATABASE_ERRORS as failed:
+            exc = exc or failed
+        finally:
+            await self._acquiring.__aexit__(kind, exc, tb)
+        if isinstance(exc, DATABASE_ERRORS):
+            raise LocalFailure(f"queue database: {_describe(exc)}") from exc
+
+
+async def _finish_messages(connection: asyncpg.Connection, message_ids: list[str]) -> None:
+    """Those of `message_ids` whose recipients are all final leave the queue (a broadcast
+    keeps its counts and gets its finish time). The rows are locked first, in order: of
+    two nodes finishing a message's last recipients at once, the second sees the first's
+    commit."""
+    if not message_ids:
+        return
+    await connection.execute("SELECT id FROM messages WHERE id = ANY($1::text[]) ORDER BY id "
+                             "FOR UPDATE", message_ids)
+    finished = [r[0] for r in await connection.fetch(
+        "DELETE FROM messages m WHERE m.id = ANY($1::text[]) AND NOT EXISTS ("
+        "SELECT 1 FROM recipients r WHERE r.message_id = m.id "
+        "AND r.state NOT IN ('delivered', 'bounced')) AND m.id NOT IN "
+        "(SELECT id FROM broadcasts WHERE state = 'receiving') RETURNING m.id", message_ids)]
+    if finished:
+        await connection.execute(f"UPDATE broadcasts SET finished_at = {NOW} "
+                                 "WHERE id = ANY($1::text[]) AND finished_at IS NULL",
+                                 finished)
+
+
+def _selection_sql(selection: Selection, first: int) -> tuple[str | None, list[Any]]:
+    if selection.all:
+        return "TRUE", []
+    if selection.domain:
+        return f"domain = ${first}", [selection.domain.lower()]
+    if selection.ids:
+        return f"message_id = ANY(${first}::text[])", [list(selection.ids)]
+    return None, []
+
+
+def _count(status: str) -> int:
+    """The row count of a command status such as "UPDATE 3"."""
+    return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+

@@ -1,0 +1,112 @@
+"""queue.postgres_groupcommit: new messages committed many to a transaction.
+
+Each SMTP session waits for its message to be committed before it answers 250. While one
+transaction is in flight, the messages that arrive queue up; the next transaction takes
+all of them (group commit): a few round trips and one WAL flush for a whole group rather
+than for every message. A group that fails is tried again one message at a time, so one
+bad message fails alone; a database that is down fails them all with LocalFailure
+(451 4.3.0 to the client, which tries again later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from relay.errors import LocalFailure
+from relay.queue.base import IDEMPOTENCY_WINDOW, Idempotency, NewMessage, domain_of
+
+NOW = "extract(epoch from clock_timestamp())"
+MAX_BATCH = 500
+
+
+class StoreBatches:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._waiting: list[tuple[NewMessage, asyncio.Future[None]]] = []
+        self._running: asyncio.Task[None] | None = None
+
+    async def submit(self, message: NewMessage) -> None:
+        """Return once `message` is committed; LocalFailure if it could not be."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((message, future))
+        if self._running is None:
+            self._running = asyncio.create_task(self._drain(), name="queue-group-commit")
+        await future  # a client that goes away cancels only its wait: the commit may land
+
+    async def close(self) -> None:
+        if self._running is not None:
+            await self._running
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+                messages = [message for message, _ in batch]
+                try:
+                    await self._commit(messages)
+                    failures: list[BaseException | None] = [None] * len(batch)
+                except Exception as exc:
+                    failures = [exc] if len(batch) == 1 else await self._singly(messages)
+                for (_, future), failure in zip(batch, failures, strict=True):
+                    if future.done():
+                        continue
+                    if failure is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(_local_failure(failure))
+        finally:
+            self._running = None
+
+    async def _singly(self, messages: list[NewMessage]) -> list[BaseException | None]:
+        failures: list[BaseException | None] = []
+        for message in messages:
+            try:
+                await self._commit([message])
+                failures.append(None)
+            except Exception as exc:
+                failures.append(exc)
+        return failures
+
+    async def _commit(self, messages: list[NewMessage]) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "INSERT INTO messages (id, mail_from, size, received_at, smtputf8, body) "
+                f"SELECT id, mail_from, size, {NOW}, smtputf8, body FROM unnest("
+                "$1::text[], $2::text[], $3::integer[], $4::boolean[], $5::bytea[]) "
+                "AS m(id, mail_from, size, smtputf8, body)",
+                [m.id for m in messages], [m.mail_from for m in messages],
+                [len(m.data) for m in messages], [m.smtputf8 for m in messages],
+                [m.data for m in messages])
+            owners = [(m.id, rcpt) for m in messages for rcpt in m.recipients]
+            await connection.execute(
+                "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at) "
+                f"SELECT message_id, address, domain, 'queued', {NOW} FROM unnest("
+                "$1::text[], $2::text[], $3::text[]) AS r(message_id, address, domain)",
+                [o[0] for o in owners], [o[1] for o in owners],
+                [domain_of(o[1]) for o in owners])
+            keyed = [(m.idempotency, {"id": m.id, "recipients": len(m.recipients)})
+                     for m in messages if m.idempotency is not None]
+            if keyed:
+                await remember_answer(connection, keyed)
+
+
+async def remember_answer(connection: asyncpg.Connection,
+                          answers: Sequence[tuple[Idempotency, dict[str, Any]]]) -> None:
+    """API answers kept for their Idempotency-Key, in the transaction of what they stored;
+    keys older than the window go at the same time."""
+    await connection.execute(f"DELETE FROM idempotency WHERE created_at < {NOW} - $1",
+                             IDEMPOTENCY_WINDOW)
+    await connection.executemany(
+        f"INSERT INTO idempotency (key, digest, answer, created_at) VALUES ($1, $2, $3, {NOW})",
+        [(key.key, key.digest, json.dumps(answer)) for key, answer in answers])
+
+
+def _local_failure(exc: BaseException) -> LocalFailure:
+    if isinstance(exc, LocalFailure):
+        return exc
+    return LocalFailure(f"queue database: {str(exc) or type(exc).__name__}")

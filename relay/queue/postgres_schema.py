@@ -1,0 +1,99 @@
+"""queue.postgres_schema: the PostgreSQL backend's tables, created and migrated at start.
+
+Migrations are numbered and applied in order, each in the transaction that records it in
+`relay_migrations`, under one advisory lock: nodes that start together wait for each other
+instead of racing, and a database is never left half-migrated. `relayctl db status` reads
+the version.
+
+The hot tables hold only what is queued: a message leaves (with its recipients) in the
+transaction that makes its last recipient final. Due work is found through a partial
+index; for an `active` recipient `next_attempt_at` is its lease's expiry, in the
+database's clock (seconds since the epoch, as every time here).
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+MIGRATION_LOCK = 0x72656C6179  # pg_advisory_xact_lock key: "relay"
+
+MIGRATIONS: list[str] = [
+    # 1: messages, recipients, broadcasts, suppressions, idempotency keys, domain slots.
+    """
+    CREATE TABLE messages (
+        id text PRIMARY KEY,
+        mail_from text NOT NULL,
+        size integer NOT NULL,
+        received_at double precision NOT NULL,
+        smtputf8 boolean NOT NULL DEFAULT false,
+        body bytea NOT NULL
+    );
+    CREATE TABLE recipients (
+        id bigserial PRIMARY KEY,
+        message_id text NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        address text NOT NULL,
+        domain text NOT NULL,
+        state text NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        next_attempt_at double precision NOT NULL,
+        last_attempt_at double precision,
+        last_reply text NOT NULL DEFAULT '',
+        fields text,
+        lease_owner text
+    );
+    CREATE INDEX recipients_claimable ON recipients (next_attempt_at)
+        WHERE state IN ('queued', 'deferred', 'active');
+    CREATE INDEX recipients_by_message ON recipients (message_id, state);
+    CREATE INDEX recipients_by_domain ON recipients (domain);
+    CREATE TABLE broadcasts (
+        id text PRIMARY KEY,
+        state text NOT NULL,
+        total integer NOT NULL DEFAULT 0,
+        suppressed integer NOT NULL DEFAULT 0,
+        rejected integer NOT NULL DEFAULT 0,
+        delivered integer NOT NULL DEFAULT 0,
+        bounced integer NOT NULL DEFAULT 0,
+        cancelled integer NOT NULL DEFAULT 0,
+        created_at double precision NOT NULL,
+        accepted_at double precision,
+        finished_at double precision,
+        cancelled_at double precision
+    );
+    CREATE TABLE suppressions (
+        address text PRIMARY KEY,
+        reason text NOT NULL,
+        created_at double precision NOT NULL
+    );
+    CREATE TABLE idempotency (
+        key text PRIMARY KEY,
+        digest text NOT NULL,
+        answer text NOT NULL,
+        created_at double precision NOT NULL
+    );
+    CREATE INDEX idempotency_by_age ON idempotency (created_at);
+    """,
+]
+
+
+async def migrate(connection: asyncpg.Connection) -> int:
+    """Bring the database to the newest version; returns it."""
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS relay_migrations (version integer PRIMARY KEY, "
+            "applied_at timestamptz NOT NULL DEFAULT now())")
+        done = await version(connection)
+        for number, statements in enumerate(MIGRATIONS[done:], start=done + 1):
+            await connection.execute(statements)
+            await connection.execute("INSERT INTO relay_migrations (version) VALUES ($1)",
+                                     number)
+    return len(MIGRATIONS)
+
+
+async def version(connection: asyncpg.Connection) -> int:
+    """The version a database has (0: none)."""
+    exists = await connection.fetchval("SELECT to_regclass('relay_migrations') IS NOT NULL")
+    if not exists:
+        return 0
+    return int(await connection.fetchval(
+        "SELECT COALESCE(MAX(version), 0) FROM relay_migrations"))

@@ -1,0 +1,209 @@
+"""The queue contract (queue.base), one suite for both backends: the local spool and
+PostgreSQL (a real server, a database per test)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from relay.queue import (
+    Claimed,
+    Idempotency,
+    NewMessage,
+    Outcome,
+    Queue,
+    Selection,
+    State,
+    new_queue_id,
+)
+from relay.queue.local import LocalQueue
+from relay.queue.postgres import PostgresQueue
+
+LEASE = 1.0  # seconds: short, so that expiry is seen within a test
+_T = TypeVar("_T")
+
+
+@pytest.fixture(params=["local", "postgres"])
+async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Queue]:
+    made: Queue
+    if request.param == "local":
+        made = LocalQueue(tmp_path / "spool", lease=LEASE)
+    else:
+        made = PostgresQueue(request.getfixturevalue("postgres_dsn"), lease=LEASE)
+    await made.open()
+    yield made
+    await made.close()
+
+
+def message(*recipients: str, idempotency: Idempotency | None = None) -> NewMessage:
+    return NewMessage(new_queue_id(), "app@sender.test", recipients or ("a@example.test",),
+                      b"Subject: contract\r\n\r\nbody\r\n", idempotency=idempotency)
+
+
+async def eventually(probe: Callable[[], Awaitable[_T]], accept: Callable[[_T], bool],
+                     timeout: float = 10.0) -> _T:
+    """Probe until `accept` (a lease or a retry time, in the backend's own clock, passes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if accept(value):
+            return value
+        assert time.monotonic() < deadline, f"never accepted: {value!r}"
+        await asyncio.sleep(0.05)
+
+
+def outcome(claim: Claimed, state: State, reply: str = "250 2.0.0 ok", **kwargs: Any
+            ) -> Outcome:
+    return Outcome(claim.recipient_id, claim.attempts, state, reply, **kwargs)
+
+
+async def test_stored_mail_is_claimed_once_and_leaves_when_final(queue: Queue) -> None:
+    stored = message("a@example.test", "b@Example.TEST")
+    await queue.store(stored)
+    info = await queue.get_message(stored.id)
+    assert info is not None and [r.state for r in info.recipients] == [State.QUEUED] * 2
+    assert (await queue.stats()).depth == {State.QUEUED: 2}
+    claimed = await queue.claim_due(10)
+    assert sorted(c.domain for c in claimed) == ["example.test", "example.test"]
+    assert {c.attempts for c in claimed} == {1} and claimed[0].mail_from == "app@sender.test"
+    assert await queue.claim_due(10) == []  # leased
+    assert await queue.read_body(stored.id) == stored.data
+    await queue.record([outcome(claimed[0], State.DELIVERED)])
+    assert await queue.get_message(stored.id) is not None  # one recipient still active
+    await queue.record([outcome(claimed[1], State.BOUNCED, "550 5.1.1 gone")])
+    assert await queue.get_message(stored.id) is None
+    assert await queue.list_messages() == []
+
+    async def body_gone() -> bool:  # the local backend removes it once the commit is durable
+        try:
+            await queue.read_body(stored.id)
+        except FileNotFoundError:
+            return True
+        return False
+
+    await eventually(body_gone, bool)
+
+
+async def test_an_expired_lease_returns_the_work_and_fences_the_late_outcome(
+        queue: Queue) -> None:
+    stored = message()
+    await queue.store(stored)
+    [first] = await queue.claim_due(10)
+    [second] = await eventually(lambda: queue.claim_due(10), bool)  # after LEASE seconds
+    assert (second.recipient_id, second.attempts) == (first.recipient_id, 2)
+    await queue.record([outcome(first, State.DELIVERED)])  # the lost lease: ignored
+    info = await queue.get_message(stored.id)
+    assert info is not None and info.recipients[0].state is State.ACTIVE
+    await queue.record([outcome(second, State.DELIVERED)])
+    assert await queue.get_message(stored.id) is None
+
+
+async def test_renewed_leases_hold(queue: Queue) -> None:
+    await queue.store(message())
+    [claim] = await queue.claim_due(10)
+    for _ in range(4):  # twice the lease in all, renewed every half lease
+        await asyncio.sleep(LEASE / 2)
+        await queue.renew_leases([(claim.recipient_id, claim.attempts)])
+        assert await queue.claim_due(10) == []
+
+
+async def test_deferred_recipients_come_back_when_due(queue: Queue) -> None:
+    stored = message()
+    await queue.store(stored)
+    [claim] = await queue.claim_due(10)
+    await queue.record([outcome(claim, State.DEFERRED, "451 4.2.0 later",
+                                next_attempt_at=time.time() + 0.5)])
+    info = await queue.get_message(stored.id)
+    assert info is not None and info.recipients[0].state is State.DEFERRED
+    assert info.recipients[0].last_reply == "451 4.2.0 later"
+    due_at = await queue.next_due_at()
+    assert due_at is not None and due_at > time.time() - 1
+    [again] = await eventually(lambda: queue.claim_due(10), bool)
+    assert again.attempts == 2
+
+
+async def test_operator_commands(queue: Queue) -> None:
+    held, other = message("h@example.test"), message("o@other.test")
+    await queue.store(held)
+    await queue.store(other)
+    assert await queue.hold(held.id) == 1
+    assert [c.address for c in await queue.claim_due(10)] == ["o@other.test"]
+    assert [m.id for m in await queue.list_messages(state=State.HELD)] == [held.id]
+    assert [m.id for m in await queue.list_messages(domain="OTHER.test")] == [other.id]
+    shape = await queue.summary()
+    assert [(s.domain, s.total, s.by_age[0]) for s in shape] == [
+        ("example.test", 1, 1), ("other.test", 1, 1)]
+    assert await queue.release(held.id) == 1
+    assert await queue.flush(Selection()) == 0  # nothing selected
+    assert await queue.flush(Selection(domain="example.test")) == 1
+    assert await queue.requeue(Selection(ids=[other.id])) == 1  # the active one too
+    assert {m.id for m in await queue.list_messages(state=State.QUEUED)} == {held.id, other.id}
+    assert await queue.delete(held.id) is True
+    assert await queue.delete(held.id) is False
+    assert [m.id for m in await queue.list_messages()] == [other.id]
+
+
+async def test_idempotency_keys_are_stored_with_the_message(queue: Queue) -> None:
+    stored = message(idempotency=Idempotency("key-1", "digest-1"))
+    await queue.store(stored)
+    answer = await queue.idempotent_answer("key-1")
+    assert answer is not None and answer.digest == "digest-1" and stored.id in answer.answer
+    assert await queue.idempotent_answer("key-2") is None
+
+
+async def test_messages_stored_together_are_each_durable(queue: Queue) -> None:
+    batch = [message(f"r{n}@example.test") for n in range(50)]
+    await asyncio.gather(*(queue.store(m) for m in batch))
+    assert {m.id for m in await queue.list_messages()} == {m.id for m in batch}
+
+
+async def test_broadcasts_are_stored_once_and_counted(queue: Queue) -> None:
+    assert await queue.suppress("Gone@Example.test", "bounced earlier") is True
+    assert await queue.suppress("gone@example.test", "again") is False
+    await queue.open_broadcast("B1", "news@sender.test", b'{"subject": "hi"}', False)
+    skipped = await queue.add_broadcast_recipients(
+        "B1", [("a@example.test", '{"name": "A"}'), ("gone@example.test", "{}"),
+               ("b@example.test", '{"name": "B"}')])
+    assert skipped == 1
+    assert await queue.claim_due(10) == []  # not due before it is accepted
+    await queue.accept_broadcast("B1", 3, Idempotency("bk", "bd"), {"id": "B1"})
+    status = await queue.broadcast_status("B1")
+    assert status is not None and (status.total, status.suppressed, status.rejected,
+                                   status.queued) == (2, 1, 3, 2)
+    claimed = sorted(await queue.claim_due(10), key=lambda c: c.address)
+    assert [c.fields for c in claimed] == ['{"name": "A"}', '{"name": "B"}']
+    await queue.record([outcome(claimed[0], State.DELIVERED, broadcast=True),
+                        outcome(claimed[1], State.BOUNCED, "550 5.1.1 no", broadcast=True)])
+    status = await queue.broadcast_status("B1")
+    assert status is not None and (status.state, status.delivered, status.bounced) == (
+        "done", 1, 1)
+    assert {s.address for s in await queue.suppressions()} == {"gone@example.test",
+                                                               "b@example.test"}
+    assert await queue.unsuppress("GONE@example.test") is True
+
+
+async def test_a_cancelled_broadcast_drops_what_was_not_sent(queue: Queue) -> None:
+    await queue.open_broadcast("B2", "news@sender.test", b"{}", False)
+    await queue.add_broadcast_recipients("B2", [(f"r{n}@example.test", "{}")
+                                                for n in range(3)])
+    await queue.accept_broadcast("B2", 0, None, {})
+    [claim] = await queue.claim_due(1)
+    status = await queue.cancel_broadcast("B2")
+    assert status is not None and (status.state, status.cancelled) == ("cancelled", 2)
+    await queue.record([outcome(claim, State.DELIVERED, broadcast=True)])
+    status = await queue.broadcast_status("B2")
+    assert status is not None and status.delivered == 1 and status.finished_at is not None
+    assert await queue.cancel_broadcast("nope") is None
+
+
+async def test_an_abandoned_upload_leaves_nothing(queue: Queue) -> None:
+    await queue.open_broadcast("B3", "news@sender.test", b"{}", False)
+    await queue.add_broadcast_recipients("B3", [("a@example.test", "{}")])
+    await queue.abandon_broadcast("B3")
+    assert await queue.broadcast_status("B3") is None
+    assert await queue.list_messages() == []
