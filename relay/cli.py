@@ -8,6 +8,7 @@ admin API. Every failure is one line on stderr and exit status 2, never a traceb
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import mimetypes
@@ -29,6 +30,7 @@ from relay.listeners import ServerTls
 from relay.logsetup import configure_logging, event_loop_runner
 from relay.passwords import hash_password
 from relay.policy import load_policies
+from relay.queue.postgres import database_dsn, schema_status, where
 
 
 @click.group()
@@ -73,6 +75,27 @@ def check(ctx: click.Context) -> None:
     relayhost_credentials(config.delivery)
     trust_store(config.delivery.ca_file)
     click.echo(f"{config.source}: ok (policies in {config.policies.path}: ok)")
+
+
+@main.group(name="db")
+def db_group() -> None:
+    """The queue database (postgres backend)."""
+
+
+@db_group.command(name="status")
+@config_option
+@click.pass_context
+@one_line_errors
+def db_status(ctx: click.Context) -> None:
+    """Say which schema version the queue database has."""
+    config = load_config(ctx)
+    if config.queue.backend != "postgres":
+        raise RelayError("db status: [queue] backend is local: there is no database")
+    dsn = database_dsn(config.queue)
+    current, newest = asyncio.run(schema_status(dsn))
+    state = ("up to date" if current == newest else
+             f"{newest - current} migrations to apply (a starting relay applies them)")
+    click.echo(f"{where(dsn)}: schema version {current} of {newest}, {state}")
 
 
 @main.command(name="hash-password")

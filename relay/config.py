@@ -169,11 +169,22 @@ class SmtpSection(_Section):
 
 class QueueSection(_Section):
     backend: Literal["local", "postgres"] = "local"
-    path: Path = Path("spool")
+    path: Path = Path("spool")  # local backend: message files and index; always: the token
+    # postgres backend: the database, as a DSN or (better: a password stays out of the
+    # configuration and the environment) a file holding it, e.g. a mounted secret.
     dsn: str = ""
+    dsn_file: str = ""
     # How long a claimed recipient stays leased without a renewal; the scheduler renews
     # its leases every quarter of this.
     lease: Duration = Field(parse_duration("2m"), ge=1.0)
+
+    @model_validator(mode="after")
+    def _postgres_needs_a_database(self) -> QueueSection:
+        if self.backend == "postgres" and not (self.dsn or self.dsn_file):
+            raise ValueError("the postgres backend needs dsn or dsn_file")
+        if self.dsn and self.dsn_file:
+            raise ValueError("give dsn or dsn_file, not both")
+        return self
 
 
 class DeliverySection(_Section):
@@ -303,8 +314,11 @@ def _resolve_paths(config: Config, base: Path, source: str) -> Config:
     def resolve(p: str | Path) -> Path:
         return Path(p) if Path(p).is_absolute() else base / p
 
+    queue: dict[str, Any] = {"path": resolve(config.queue.path)}
+    if config.queue.dsn_file:
+        queue["dsn_file"] = str(resolve(config.queue.dsn_file))
     update: dict[str, Any] = {
-        "queue": config.queue.model_copy(update={"path": resolve(config.queue.path)}),
+        "queue": config.queue.model_copy(update=queue),
         "policies": config.policies.model_copy(update={"path": resolve(config.policies.path)}),
         "source": source,
     }

@@ -24,7 +24,6 @@ from relay.config import Config
 from relay.delivery import DeliveryAgent, NextHops, relayhost_credentials
 from relay.delivery.mta_sts import StrictTransport
 from relay.delivery.transform import Transform
-from relay.errors import ConfigError
 from relay.ingest import IngestWorkers
 from relay.listeners import ListenSockets, ServerTls, bind_listeners, serve_listeners
 from relay.metrics import Metrics
@@ -32,6 +31,7 @@ from relay.outcomes import OutcomeRecorder
 from relay.policy import Policies, load_policies
 from relay.queue import Queue, QueueStats, State
 from relay.queue.local import LocalQueue
+from relay.queue.postgres import PostgresQueue, database_dsn, where
 from relay.reload import reload
 from relay.scheduler import Scheduler
 from relay.sdnotify import Notifier
@@ -43,9 +43,17 @@ STATUS_INTERVAL = 10.0  # seconds between STATUS= updates to systemd
 
 
 def build_queue(config: Config) -> Queue:
-    if config.queue.backend == "local":
-        return LocalQueue(config.queue.path, lease=config.queue.lease)
-    raise ConfigError("queue.backend: the postgres backend is not available in this version")
+    settings = config.queue
+    if settings.backend == "postgres":
+        return PostgresQueue(database_dsn(settings), lease=settings.lease)
+    return LocalQueue(settings.path, lease=settings.lease)
+
+
+def queue_description(config: Config) -> str:
+    """Where the queue is, for the start-up line (a database without its password)."""
+    if config.queue.backend == "postgres":
+        return f"postgres {where(database_dsn(config.queue))}"
+    return f"{config.queue.path} (local)"
 
 
 class Relay:
@@ -68,6 +76,8 @@ class Relay:
         config = self.config
         credentials = relayhost_credentials(config.delivery)
         self._tls = ServerTls(config.smtp)  # here, not only in workers that would crash-loop
+        # The spool directory holds the token and caches, whatever the queue backend.
+        config.queue.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         token = load_or_create_token(config.admin_token_path, create=not config.admin.token_file)
         await self.queue.open()
         hostname = config.server.hostname
@@ -108,9 +118,9 @@ class Relay:
         self._admin.start()
         self._scheduler.start()
         self._started = True
-        log.info("relay started: smtp=%s admin=%s queue=%s (%s) ingest=%s",
+        log.info("relay started: smtp=%s admin=%s queue=%s ingest=%s",
                  ",".join(config.smtp.listen + config.smtp.tls_listen), config.admin.listen,
-                 config.queue.path, config.queue.backend,
+                 queue_description(config),
                  f"{config.smtp.workers} worker processes" if self._ingest else "in-process")
 
     def _stored(self) -> None:

@@ -25,11 +25,14 @@ import os
 import socket
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
-from relay.errors import LocalFailure
+from relay.config import QueueSection
+from relay.errors import ConfigError, LocalFailure
 from relay.queue import postgres_broadcasts as broadcasts
 from relay.queue.base import (
     IDEMPOTENCY_WINDOW,
@@ -49,7 +52,7 @@ from relay.queue.base import (
     Suppression,
 )
 from relay.queue.postgres_groupcommit import StoreBatches, remember_answer
-from relay.queue.postgres_schema import migrate
+from relay.queue.postgres_schema import MIGRATIONS, migrate, version
 
 log = logging.getLogger("relay.queue")
 
@@ -60,6 +63,35 @@ _DUE = "state IN ('queued', 'deferred')"
 _WAITING = "state NOT IN ('delivered', 'bounced')"
 # PostgreSQL or the connection failed: the caller answers 451 / retries.
 DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def database_dsn(settings: QueueSection) -> str:
+    """The DSN of `[queue]`, read from `dsn_file` when given (never logged)."""
+    if not settings.dsn_file:
+        return settings.dsn
+    try:
+        return Path(settings.dsn_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"queue.dsn_file: {settings.dsn_file}: {exc.strerror}") from exc
+
+
+def where(dsn: str) -> str:
+    """The database a DSN names, without its password, for log lines."""
+    parts = urlsplit(dsn)
+    host = parts.hostname or "localhost"
+    return f"{host}:{parts.port or 5432}{parts.path or ''}"
+
+
+async def schema_status(dsn: str) -> tuple[int, int]:
+    """(the version the database has, the newest this relay knows)."""
+    try:
+        connection = await asyncpg.connect(dsn, timeout=10)
+    except DATABASE_ERRORS as exc:
+        raise LocalFailure(f"queue database {where(dsn)}: {_describe(exc)}") from exc
+    try:
+        return await version(connection), len(MIGRATIONS)
+    finally:
+        await connection.close()
 
 
 def node_name() -> str:

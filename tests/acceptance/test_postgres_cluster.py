@@ -1,0 +1,93 @@
+"""Relay nodes (`relayctl serve` processes) sharing one queue in a real PostgreSQL: mail
+sent to either node is delivered once; a node killed with its deliveries in flight loses
+nothing: its leases expire and another node sends the mail again (duplicates no more than
+it had leased)."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.acceptance.test_relayctl import queue_json, smtp_port, until
+from tests.support.client import send_blocking
+from tests.support.dns_server import DnsServer
+from tests.support.process import RelayProcess, relayctl
+from tests.support.relayconf import write_relay_config
+from tests.support.sink import Sink
+
+_TEST_ID = re.compile(rb"X-Test-Id: (\d+)")
+MakeNode = Callable[..., RelayProcess]
+
+
+@pytest.fixture
+def make_node(tmp_path: Path, dns_server: DnsServer, mx_port: int,
+              postgres_dsn: str) -> Iterator[MakeNode]:
+    nodes: list[RelayProcess] = []
+
+    def make(name: str, **overrides: dict[str, Any]) -> RelayProcess:
+        directory = tmp_path / name
+        directory.mkdir()
+        overrides.setdefault("queue", {}).update({"backend": "postgres", "dsn_file": "dsn"})
+        (directory / "dsn").write_text(postgres_dsn + "\n")
+        config = write_relay_config(directory, dns_server.address, mx_port, overrides)
+        node = RelayProcess(config, directory / "relay.log")
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.kill()
+
+
+def numbered(number: int) -> bytes:
+    return f"Subject: {number}\r\nX-Test-Id: {number}\r\n\r\nbody\r\n".encode()
+
+
+def test_two_nodes_share_one_queue(make_node: MakeNode, dns_server: DnsServer,
+                                   make_sink: Callable[..., Sink]) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    first = make_node("a")
+    status = relayctl(first.config, "db", "status")
+    assert status.returncode == 0 and "schema version 0 of 1" in status.stdout, status.stderr
+    first.start()
+    second = make_node("b").start()
+    assert "queue=postgres 127.0.0.1:" in first.log() and "dsn" not in first.log()
+    for number in range(40):
+        node = (first, second)[number % 2]
+        send_blocking(smtp_port(node.config), "app@sender.test", [f"r{number}@example.test"],
+                      numbered(number))
+    sink.wait_for(40)
+    until(lambda: queue_json(first.config) == [], "the queue to empty")
+    numbers = sorted(int(_TEST_ID.search(m.content).group(1))  # type: ignore[union-attr]
+                     for m in sink.messages)
+    assert numbers == list(range(40))  # each once
+    status = relayctl(second.config, "db", "status")
+    assert "schema version 1 of 1, up to date" in status.stdout
+    assert first.stop() == 0 and second.stop() == 0
+
+
+def test_a_killed_node_leaves_its_work_to_the_others(
+        make_node: MakeNode, dns_server: DnsServer, make_sink: Callable[..., Sink]) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    sink.data_gate = threading.Event()
+    doomed = make_node("doomed", queue={"lease": "2s"}).start()
+    for number in range(10):
+        send_blocking(smtp_port(doomed.config), "app@sender.test",
+                      [f"r{number}@example.test"], numbered(number))
+    sink.wait_at_gate(10)  # every message leased by the doomed node and in flight
+    doomed.kill()
+    survivor = make_node("survivor", queue={"lease": "2s"}).start()
+    sink.data_gate.set()
+    until(lambda: queue_json(survivor.config) == [], "the survivor to deliver", timeout=60)
+    numbers = [int(_TEST_ID.search(m.content).group(1))  # type: ignore[union-attr]
+               for m in sink.messages]
+    assert sorted(set(numbers)) == list(range(10))  # nothing lost
+    assert len(numbers) <= 10 + 10  # duplicates only of what the dead node had leased
+    assert survivor.stop() == 0
