@@ -85,6 +85,10 @@ def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ('[smtp]\nlisten = ["nonsense:port"]\n', "smtp.listen.0: invalid address"),
     ('[smtp]\nlisen = []\n', "smtp.lisen: unknown key"),
     ('[queue]\nbackend = "mysql"\n', "queue.backend: Input should be 'local' or 'postgres'"),
+    ('[queue]\nbackend = "postgres"\n', "queue: the postgres backend needs dsn or dsn_file"),
+    ('[queue]\ndsn = "postgresql://x"\ndsn_file = "f"\n', "queue: give dsn or dsn_file, not both"),
+    ('[queue]\nlease = "0s"\n', "queue.lease: Input should be greater than or equal to 1"),
+    ('[smtp]\nauth_failure_limit = "lots"\n', "smtp.auth_failure_limit: invalid rate 'lots'"),
     ('[delivery\n', "relay.toml: "),
 ])
 def test_errors_name_the_key_in_one_line(tmp_path: Path, body: str, message: str) -> None:
