@@ -30,6 +30,7 @@ from relay.admin.idempotency import IdempotencyKeys
 from relay.admin.queue_routes import queue_routes
 from relay.admin.send_routes import send_routes
 from relay.cleanup import Cleanup
+from relay.errors import LocalFailure
 from relay.listeners import bind_tcp
 from relay.queue import Queue
 
@@ -55,8 +56,13 @@ def create_app(services: Services) -> FastAPI:
     app.add_middleware(Gate, token=services.token,
                        max_message_size=services.max_message_size)
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={503: {"description": "the queue cannot be used now"}})
     async def healthz() -> dict[str, str]:
+        """Ready for mail: 200, or 503 while the queue (its database) cannot be used."""
+        try:
+            await asyncio.wait_for(services.queue.check(), HEALTH_TIMEOUT)
+        except (LocalFailure, TimeoutError) as exc:
+            raise ApiError(503, "not_ready", str(exc) or "the queue does not answer") from None
         return {"status": "ok"}
 
     @app.get("/openapi.json", include_in_schema=False)
@@ -80,6 +86,7 @@ def create_app(services: Services) -> FastAPI:
     return app
 
 
+HEALTH_TIMEOUT = 2.0  # seconds; a probe that waits longer is as good as a failure
 _CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 
 

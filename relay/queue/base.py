@@ -206,6 +206,10 @@ class Queue(MessageStore, Protocol):
 
     async def close(self) -> None: ...
 
+    async def check(self) -> None:
+        """Raise LocalFailure when the store cannot be used now (a database that cannot be
+        reached): what readiness probes ask."""
+
     async def claim_due(self, limit: int) -> list[Claimed]:
         """Lease up to `limit` due recipients and count the attempt."""
 

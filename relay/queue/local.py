@@ -159,6 +159,10 @@ class LocalQueue:
             self._io = None
         self.files.unlock()
 
+    async def check(self) -> None:
+        if self._committer is None:
+            raise LocalFailure("queue is not open")
+
     # -- intake ----------------------------------------------------------------------
 
     async def store(self, message: NewMessage) -> None:

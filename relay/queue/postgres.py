@@ -58,6 +58,7 @@ log = logging.getLogger("relay.queue")
 
 NOW = "extract(epoch from clock_timestamp())"
 DEFAULT_LEASE = 120.0
+CONNECT_TIMEOUT = 5.0  # seconds: a database that is down is a quick 451, not a minute's wait
 _CLAIMABLE = "state IN ('queued', 'deferred', 'active')"
 _DUE = "state IN ('queued', 'deferred')"
 _WAITING = "state NOT IN ('delivered', 'bounced')"
@@ -115,7 +116,9 @@ class PostgresQueue:
     async def open(self) -> None:
         try:
             self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=1, max_size=self._pool_size,
+                # No floor of idle connections: asyncpg would reconnect them in the
+                # background while the database is down, a traceback each time.
+                self._dsn, min_size=0, max_size=self._pool_size, timeout=CONNECT_TIMEOUT,
                 server_settings={"synchronous_commit": "on", "application_name": "relay"})
             async with self._pool.acquire() as connection:
                 await migrate(connection)
@@ -133,6 +136,9 @@ class PostgresQueue:
         if self._pool is not None:
             await self._pool.close()
         self._pool = self._batches = None
+
+    async def check(self) -> None:
+        await self._fetchval("SELECT 1")
 
     # -- intake ----------------------------------------------------------------------
 
@@ -394,12 +400,15 @@ class _Failing:
     async def __aenter__(self) -> asyncpg.Connection:
         try:
             connection = await self._acquiring.__aenter__()
-            if self._transaction:
+        except DATABASE_ERRORS as exc:
+            raise LocalFailure(f"queue database: {_describe(exc)}") from exc
+        if self._transaction:
+            try:
                 self._open = connection.transaction()
                 await self._open.__aenter__()
-        except DATABASE_ERRORS as exc:
-            await self._acquiring.__aexit__(type(exc), exc, None)
-            raise LocalFailure(f"queue database: {_describe(exc)}") from exc
+            except DATABASE_ERRORS as exc:
+                await self._acquiring.__aexit__(type(exc), exc, None)
+                raise LocalFailure(f"queue database: {_describe(exc)}") from exc
         return connection
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:

@@ -1,21 +1,27 @@
 """Relay nodes (`relayctl serve` processes) sharing one queue in a real PostgreSQL: mail
 sent to either node is delivered once; a node killed with its deliveries in flight loses
 nothing: its leases expire and another node sends the mail again (duplicates no more than
-it had leased)."""
+it had leased); PostgreSQL stopped under load: new mail gets 4xx and /healthz says not
+ready meanwhile, nothing acknowledged is lost, and the node recovers without a restart."""
 
 from __future__ import annotations
 
 import re
+import smtplib
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+
+from relay import config as config_module
 
 from tests.acceptance.test_relayctl import queue_json, smtp_port, until
 from tests.support.client import send_blocking
 from tests.support.dns_server import DnsServer
+from tests.support.postgres import PostgresServer
 from tests.support.process import RelayProcess, relayctl
 from tests.support.relayconf import write_relay_config
 from tests.support.sink import Sink
@@ -91,3 +97,44 @@ def test_a_killed_node_leaves_its_work_to_the_others(
     assert sorted(set(numbers)) == list(range(10))  # nothing lost
     assert len(numbers) <= 10 + 10  # duplicates only of what the dead node had leased
     assert survivor.stop() == 0
+
+
+def test_a_database_outage_is_4xx_then_recovery_without_restart(
+        make_node: MakeNode, dns_server: DnsServer, make_sink: Callable[..., Sink],
+        postgres_server: PostgresServer) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    node = make_node("node").start()
+    port = smtp_port(node.config)
+    health = f"http://{config_module.load(node.config).admin.listen}/healthz"
+    acked: list[int] = []
+    refused: list[int] = []
+
+    def send(numbers: range) -> None:
+        for number in numbers:
+            try:
+                send_blocking(port, "app@sender.test", [f"r{number}@example.test"],
+                              numbered(number))
+                acked.append(number)
+            except smtplib.SMTPResponseException as exc:
+                assert 400 <= exc.smtp_code < 500, exc  # never a 5xx for our own trouble
+                refused.append(number)
+
+    send(range(0, 20))
+    postgres_server.pause()
+    try:
+        send(range(20, 25))
+        down = httpx.get(health, timeout=30)
+        assert down.status_code == 503 and down.json()["error"]["code"] == "not_ready"
+    finally:
+        postgres_server.resume()
+    until(lambda: httpx.get(health, timeout=30).status_code == 200, "ready again",
+          timeout=60)
+    send(range(25, 45))
+    assert refused and set(refused) <= set(range(20, 25))
+    until(lambda: queue_json(node.config) == [], "the queue to empty", timeout=60)
+    arrived = {int(_TEST_ID.search(m.content).group(1))  # type: ignore[union-attr]
+               for m in sink.messages}
+    assert set(acked) <= arrived  # every acknowledged message arrived
+    assert "Traceback" not in node.log()
+    assert node.stop() == 0
