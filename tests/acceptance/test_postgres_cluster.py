@@ -17,7 +17,6 @@ import httpx
 import pytest
 
 from relay import config as config_module
-
 from tests.acceptance.test_relayctl import queue_json, smtp_port, until
 from tests.support.client import send_blocking
 from tests.support.dns_server import DnsServer
