@@ -11,7 +11,9 @@ Every claimed recipient is leased (queue.base): the scheduler renews the leases 
 holds every `lease_renewal` seconds, before it claims anything more, so its own work never
 expires under it while a worker waits to write an outcome; a job that ends without one
 (a bug) lets its lease run out and comes back. A claim or renewal that fails (a full disk)
-is retried with a growing delay and logged once (relay.trouble).
+is retried with a growing delay and logged once (relay.trouble). A worker holds a
+connection slot of its destination (Queue.take_slot), so that with several nodes on one
+queue the destination's connection limit holds for them all.
 
 Stopping: no new claims; workers finish the job in hand (up to a timeout); whatever was
 claimed but not finished stays `active` in the queue and comes back when its lease expires
@@ -45,6 +47,8 @@ CLAIM_BATCH = 500
 KEPT_PACES = 10_000
 MAX_SLEEP = 30.0
 BUSY_SLEEP = 1.0
+SLOT_RETRY = 0.1  # seconds before asking again for a destination's connection slot
+MAX_SLOT_RETRY = 2.0
 
 
 @dataclass
@@ -155,6 +159,7 @@ class Scheduler:
         if time.monotonic() < self._renew_at:
             return
         await self._queue.renew_leases(sorted(self._held))
+        await self._queue.renew_slots()
         self._renewals.succeeded()
         self._renew_at = time.monotonic() + self._lease_renewal
 
@@ -209,6 +214,36 @@ class Scheduler:
             self._dispatch(destination.jobs.popleft())
 
     async def _work(self, destination: _Destination) -> None:
+        slot = await self._take_slot(destination)
+        if slot is None:
+            return  # stopping, or the jobs went to other workers meanwhile
+        try:
+            await self._work_with_slot(destination)
+        finally:
+            try:
+                await self._queue.release_slot(slot)
+            except Exception as exc:  # it expires with its lease
+                log.warning("releasing a connection slot for %s failed: %s",
+                            destination.name, exc)
+
+    async def _take_slot(self, destination: _Destination) -> str | None:
+        """A connection slot counted across every node sharing the queue: the cluster's
+        connections to a destination stay within its limit. Waits while all are taken."""
+        delay = SLOT_RETRY
+        while not self._stopping and destination.jobs:
+            try:
+                slot = await self._queue.take_slot(destination.name,
+                                                   destination.pace.connections)
+            except Exception as exc:
+                slot = None
+                await self._back_off(self._claims.failed(exc))
+            if slot is not None:
+                return slot
+            await self._back_off(delay)
+            delay = min(delay * 2, MAX_SLOT_RETRY)
+        return None
+
+    async def _work_with_slot(self, destination: _Destination) -> None:
         async with self._connections:
             session = self._agent.session(destination.name)
             try:

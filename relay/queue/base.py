@@ -216,6 +216,16 @@ class Queue(MessageStore, Protocol):
     async def renew_leases(self, claims: Sequence[tuple[int, int]]) -> None:
         """Extend the leases of (recipient_id, attempt) claims still being worked on."""
 
+    async def take_slot(self, destination: str, limit: int) -> str | None:
+        """A connection slot for `destination`, counted across every node that shares the
+        queue (at most `limit` at once), leased like recipients; its token, or None when
+        all are taken. A single node's backend needs none: its scheduler counts."""
+
+    async def renew_slots(self) -> None:
+        """Extend the leases of the slots this node holds."""
+
+    async def release_slot(self, token: str) -> None: ...
+
     async def next_due_at(self) -> float | None:
         """When the earliest queued or deferred recipient (or lease) becomes due."""
 

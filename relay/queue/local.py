@@ -202,6 +202,15 @@ class LocalQueue:
             await self._write(partial(_renew_leases, claims, self._clock() + self._lease),
                               durable=False)
 
+    async def take_slot(self, destination: str, limit: int) -> str | None:
+        return "local"  # one node: the scheduler's own count is the whole relay's
+
+    async def renew_slots(self) -> None:
+        pass
+
+    async def release_slot(self, token: str) -> None:
+        pass
+
     async def next_due_at(self) -> float | None:
         row = await self._read_one(
             f"SELECT MIN(next_attempt_at) FROM recipients WHERE {_CLAIMABLE}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Sequence
@@ -110,6 +111,7 @@ class PostgresQueue:
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._batches: StoreBatches | None = None
+        self._slots: set[str] = set()  # tokens of the destination slots this node holds
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -171,6 +173,33 @@ class PostgresQueue:
                 "FROM unnest($1::bigint[], $2::integer[]) AS c(id, attempt) "
                 "WHERE r.id = c.id AND r.attempts = c.attempt AND r.state = 'active'",
                 [c[0] for c in claims], [c[1] for c in claims], self._lease)
+
+    async def take_slot(self, destination: str, limit: int) -> str | None:
+        token = secrets.token_hex(16)
+        taken = await self._fetchval(
+            f"WITH free AS (SELECT s FROM generate_series(0, $2 - 1) AS s WHERE NOT EXISTS ("
+            "SELECT 1 FROM destination_slots d WHERE d.destination = $1 AND d.slot = s "
+            f"AND d.expires_at > {NOW}) ORDER BY s LIMIT 1) "
+            "INSERT INTO destination_slots (destination, slot, owner, token, expires_at) "
+            f"SELECT $1, s, $3, $4, {NOW} + $5 FROM free "
+            "ON CONFLICT (destination, slot) DO UPDATE SET owner = EXCLUDED.owner, "
+            "token = EXCLUDED.token, expires_at = EXCLUDED.expires_at "
+            f"WHERE destination_slots.expires_at <= {NOW} RETURNING slot",
+            destination, limit, self.owner, token, self._lease)
+        if taken is None:  # all taken, or another node took the free one first
+            return None
+        self._slots.add(token)
+        return token
+
+    async def renew_slots(self) -> None:
+        if self._slots:
+            await self._execute(f"UPDATE destination_slots SET expires_at = {NOW} + $2 "
+                                "WHERE token = ANY($1::text[])", list(self._slots),
+                                self._lease)
+
+    async def release_slot(self, token: str) -> None:
+        self._slots.discard(token)
+        await self._execute("DELETE FROM destination_slots WHERE token = $1", token)
 
     async def next_due_at(self) -> float | None:
         found = await self._fetchval(

@@ -72,6 +72,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX idempotency_by_age ON idempotency (created_at);
     """,
+    # 2: connections to a destination, leased across nodes (max_connections per domain).
+    """
+    CREATE TABLE destination_slots (
+        destination text NOT NULL,
+        slot integer NOT NULL,
+        owner text NOT NULL,
+        token text NOT NULL,
+        expires_at double precision NOT NULL,
+        PRIMARY KEY (destination, slot)
+    );
+    CREATE INDEX destination_slots_by_token ON destination_slots (token);
+    """,
 ]
 
 

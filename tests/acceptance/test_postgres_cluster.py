@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from relay import config as config_module
+from relay.queue.postgres_schema import MIGRATIONS
 from tests.acceptance.test_relayctl import queue_json, smtp_port, until
 from tests.support.client import send_blocking
 from tests.support.dns_server import DnsServer
@@ -59,7 +60,9 @@ def test_two_nodes_share_one_queue(make_node: MakeNode, dns_server: DnsServer,
     sink = make_sink("127.0.0.2")
     first = make_node("a")
     status = relayctl(first.config, "db", "status")
-    assert status.returncode == 0 and "schema version 0 of 1" in status.stdout, status.stderr
+    newest = len(MIGRATIONS)
+    assert status.returncode == 0 and f"schema version 0 of {newest}" in status.stdout, (
+        status.stderr)
     first.start()
     second = make_node("b").start()
     assert "queue=postgres 127.0.0.1:" in first.log() and "dsn" not in first.log()
@@ -73,8 +76,29 @@ def test_two_nodes_share_one_queue(make_node: MakeNode, dns_server: DnsServer,
                      for m in sink.messages)
     assert numbers == list(range(40))  # each once
     status = relayctl(second.config, "db", "status")
-    assert "schema version 1 of 1, up to date" in status.stdout
+    assert f"schema version {newest} of {newest}, up to date" in status.stdout
     assert first.stop() == 0 and second.stop() == 0
+
+
+def test_a_destination_connection_limit_holds_for_the_cluster(
+        make_node: MakeNode, dns_server: DnsServer, make_sink: Callable[..., Sink]) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    sink.data_delay = 0.2  # sessions stay open long enough to overlap
+    limit = {"delivery": {"max_connections_per_domain": 2}}
+    nodes = [make_node(name, **limit).start() for name in ("a", "b")]
+    senders = [threading.Thread(target=lambda node=node, first=first: [
+        send_blocking(smtp_port(node.config), "app@sender.test", [f"r{n}@example.test"],
+                      numbered(n)) for n in range(first, first + 12)])
+        for node, first in zip(nodes, (0, 12), strict=True)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(60)
+    sink.wait_for(24, timeout=60)
+    assert 1 <= sink.max_concurrent <= 2  # two nodes, yet two connections at most
+    for node in nodes:
+        assert node.stop() == 0
 
 
 def test_a_killed_node_leaves_its_work_to_the_others(

@@ -207,3 +207,29 @@ async def test_an_abandoned_upload_leaves_nothing(queue: Queue) -> None:
     await queue.abandon_broadcast("B3")
     assert await queue.broadcast_status("B3") is None
     assert await queue.list_messages() == []
+
+
+async def test_destination_slots_are_limited_leased_and_released(postgres_dsn: str) -> None:
+    """Two nodes on one database share a destination's connection limit."""
+    nodes = [PostgresQueue(postgres_dsn, lease=LEASE, owner=f"node{n}") for n in (1, 2)]
+    for node in nodes:
+        await node.open()
+    try:
+        first = await nodes[0].take_slot("example.test", 2)
+        second = await nodes[1].take_slot("example.test", 2)
+        assert first and second and first != second
+        assert await nodes[0].take_slot("example.test", 2) is None  # the cluster's limit
+        assert await nodes[1].take_slot("other.test", 2) is not None  # per destination
+        await nodes[1].release_slot(second)
+        third = await nodes[0].take_slot("example.test", 2)
+        assert third is not None
+        for _ in range(3):  # renewed: still held after more than a lease
+            await asyncio.sleep(LEASE / 2)
+            await nodes[0].renew_slots()
+        assert await nodes[1].take_slot("example.test", 2) is None
+        # Node 1 stops renewing (it died): its slots come free once their lease expires.
+        assert await eventually(lambda: nodes[1].take_slot("example.test", 2),
+                                lambda slot: slot is not None) is not None
+    finally:
+        for node in nodes:
+            await node.close()
