@@ -32,6 +32,7 @@ from relay.policy import Policies, load_policies
 from relay.queue import Queue, QueueStats, State
 from relay.queue.local import LocalQueue
 from relay.queue.postgres import PostgresQueue, database_dsn, where
+from relay.ratelimit import SlidingWindow
 from relay.reload import reload
 from relay.scheduler import Scheduler
 from relay.sdnotify import Notifier
@@ -107,8 +108,11 @@ class Relay:
         else:
             free_space = (self.queue.files.free_bytes if isinstance(self.queue, LocalQueue)
                           else None)
+            # With several nodes on one database, rate limits are counted there.
+            rates = (self.queue if isinstance(self.queue, PostgresQueue)
+                     else SlidingWindow())
             handler = SubmissionHandler(cleanup, config.smtp, lambda: self.policies.access,
-                                        free_space=free_space)
+                                        free_space=free_space, rates=rates)
             self._listeners = await serve_listeners(handler, config.smtp, hostname,
                                                     self._sessions, self._sockets, self._tls)
         self._admin = AdminServer(

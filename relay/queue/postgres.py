@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from relay.config import QueueSection
+from relay.config import QueueSection, Rate
 from relay.errors import ConfigError, LocalFailure
 from relay.queue import postgres_broadcasts as broadcasts
 from relay.queue.base import (
@@ -237,6 +237,23 @@ class PostgresQueue:
             await broadcasts.record([o for o in outcomes if o.broadcast and o.recipient_id in
                                      ids], connection)
             await _finish_messages(connection, sorted({r[1] for r in applied}))
+
+    # -- limits for the whole cluster (relay.ratelimit.RateLimiter) --------------------
+
+    async def take(self, key: str, rate: Rate) -> bool:
+        """Count one event for `key` if `rate` allows it, for every node at once (the key
+        is locked for the transaction: two nodes cannot both take the last one)."""
+        async with self._transaction() as connection:
+            await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", key)
+            if not await _rate_allows(connection, key, rate):
+                return False
+            await connection.execute(f"INSERT INTO rate_events (key, at) VALUES ($1, {NOW})",
+                                     key)
+            return True
+
+    async def peek(self, key: str, rate: Rate) -> bool:
+        async with self._connection() as connection:
+            return await _rate_allows(connection, key, rate)
 
     # -- operator commands -----------------------------------------------------------
 
@@ -450,6 +467,14 @@ class _Failing:
             await self._acquiring.__aexit__(kind, exc, tb)
         if isinstance(exc, DATABASE_ERRORS):
             raise LocalFailure(f"queue database: {_describe(exc)}") from exc
+
+
+async def _rate_allows(connection: asyncpg.Connection, key: str, rate: Rate) -> bool:
+    """Events of `key` older than the window go; whether one more fits in it."""
+    await connection.execute(f"DELETE FROM rate_events WHERE key = $1 AND at <= {NOW} - $2",
+                             key, rate.window)
+    recent = await connection.fetchval("SELECT COUNT(*) FROM rate_events WHERE key = $1", key)
+    return int(recent) < rate.count
 
 
 async def _finish_messages(connection: asyncpg.Connection, message_ids: list[str]) -> None:

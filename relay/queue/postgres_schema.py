@@ -84,6 +84,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX destination_slots_by_token ON destination_slots (token);
     """,
+    # 3: events counted against "N per window" limits (users' rate_limit, failed AUTH),
+    # for every node at once.
+    """
+    CREATE TABLE rate_events (
+        key text NOT NULL,
+        at double precision NOT NULL
+    );
+    CREATE INDEX rate_events_by_key ON rate_events (key, at);
+    """,
 ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,15 +16,17 @@ from typing import Any
 
 import httpx
 import pytest
+import trustme
 
 from relay import config as config_module
+from relay.passwords import hash_password
 from relay.queue.postgres_schema import MIGRATIONS
 from tests.acceptance.test_relayctl import queue_json, smtp_port, until
 from tests.support.client import send_blocking
 from tests.support.dns_server import DnsServer
 from tests.support.postgres import PostgresServer
 from tests.support.process import RelayProcess, relayctl
-from tests.support.relayconf import write_relay_config
+from tests.support.relayconf import write_access_policy, write_relay_config
 from tests.support.sink import Sink
 
 _TEST_ID = re.compile(rb"X-Test-Id: (\d+)")
@@ -161,3 +164,31 @@ def test_a_database_outage_is_4xx_then_recovery_without_restart(
     assert set(acked) <= arrived  # every acknowledged message arrived
     assert "Traceback" not in node.log()
     assert node.stop() == 0
+
+
+def test_a_users_rate_limit_holds_for_the_cluster(
+        make_node: MakeNode, server_cert: tuple[str, str], ca: trustme.CA) -> None:
+    cert, key = server_cert
+    nodes = []
+    for name in ("a", "b"):
+        node = make_node(name, smtp={"tls_cert": cert, "tls_key": key})
+        write_access_policy(node.config.parent, f"""
+trusted_networks = []
+[[users]]
+name = "app1"
+password_hash = "{hash_password('pw-for-app1')}"
+allowed_senders = ["@sender.test"]
+rate_limit = "3/h"
+""")
+        nodes.append(node.start())
+    context = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+    codes = []
+    for attempt in range(5):
+        node = nodes[attempt % 2]
+        with smtplib.SMTP("127.0.0.1", smtp_port(node.config), timeout=30) as client:
+            client.starttls(context=context)
+            client.login("app1", "pw-for-app1")
+            codes.append(client.mail("app@sender.test")[0])
+    assert codes == [250, 250, 250, 451, 451]  # three for the cluster, not per node
+    for node in nodes:
+        assert node.stop() == 0

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from relay.config import Rate
 from relay.queue import (
     Claimed,
     Idempotency,
@@ -230,6 +231,27 @@ async def test_destination_slots_are_limited_leased_and_released(postgres_dsn: s
         # Node 1 stops renewing (it died): its slots come free once their lease expires.
         assert await eventually(lambda: nodes[1].take_slot("example.test", 2),
                                 lambda slot: slot is not None) is not None
+    finally:
+        for node in nodes:
+            await node.close()
+
+
+async def test_rate_limits_hold_for_the_cluster(postgres_dsn: str) -> None:
+    nodes = [PostgresQueue(postgres_dsn, owner=f"node{n}") for n in (1, 2)]
+    for node in nodes:
+        await node.open()
+    try:
+        three_an_hour, short = Rate(3, 3600.0), Rate(1, 0.5)
+        taken = [await nodes[n % 2].take("user app1", three_an_hour) for n in range(4)]
+        assert taken == [True, True, True, False]
+        assert await nodes[1].peek("user app1", three_an_hour) is False
+        assert await nodes[0].peek("user other", three_an_hour) is True
+        # Both nodes at once for the last one: exactly one gets it.
+        results = await asyncio.gather(*(node.take("user burst", Rate(1, 3600.0))
+                                         for node in nodes))
+        assert sorted(results) == [False, True]
+        assert await nodes[0].take("auth 127.0.0.9", short) is True
+        assert await eventually(lambda: nodes[1].take("auth 127.0.0.9", short), bool)
     finally:
         for node in nodes:
             await node.close()
