@@ -35,6 +35,8 @@ if [ "$want_tests" = yes ]; then
     # library verify the DKIM signatures independently of dkimpy (OpenDKIM: Ed25519 too);
     # postgresql: the cluster backend's tests run a server of their own (initdb, pg_ctl)
     apt_install swaks systemd libmail-dkim-perl libcryptx-perl libopendkim11 postgresql
+    # kubectl renders deploy/kubernetes (kustomize); Debian's package where none is installed
+    command -v kubectl >/dev/null 2>&1 || apt_install kubernetes-client
     .venv/bin/python -m pip install -q -e ".[test]"
 else
     .venv/bin/python -m pip install -q -e .
