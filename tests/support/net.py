@@ -2,7 +2,9 @@
 
 Ports come from below the kernel's ephemeral range: a port the kernel hands out itself
 (bind to port 0) may be given again as the local port of some client connection between
-the moment it is chosen and the moment a test's server binds it."""
+the moment it is chosen and the moment a test's server binds it. A port is handed out
+once per test session: two ports chosen for one relay (SMTP and admin) are never the same,
+though neither is bound yet."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 _RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _CHOOSER = random.SystemRandom()
+_HANDED_OUT: set[int] = set()
 
 
 def _outside_ephemeral() -> range:
@@ -28,7 +31,8 @@ def free_port(hosts: Sequence[str] = ("127.0.0.1",), kind: int = socket.SOCK_STR
     candidates = _outside_ephemeral()
     for _ in range(200):
         port = _CHOOSER.choice(candidates)
-        if all(_is_free(host, port, kind) for host in hosts):
+        if port not in _HANDED_OUT and all(_is_free(host, port, kind) for host in hosts):
+            _HANDED_OUT.add(port)
             return port
     raise RuntimeError(f"no common free port on {hosts}")
 
