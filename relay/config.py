@@ -174,6 +174,9 @@ class QueueSection(_Section):
     # configuration and the environment) a file holding it, e.g. a mounted secret.
     dsn: str = ""
     dsn_file: str = ""
+    # New work wakes every node (LISTEN/NOTIFY); false: nodes poll (a pooler in
+    # transaction mode cannot hold a LISTEN).
+    notify: bool = True
     # How long a claimed recipient stays leased without a renewal; the scheduler renews
     # its leases every quarter of this.
     lease: Duration = Field(parse_duration("2m"), ge=1.0)

@@ -46,7 +46,8 @@ STATUS_INTERVAL = 10.0  # seconds between STATUS= updates to systemd
 def build_queue(config: Config) -> Queue:
     settings = config.queue
     if settings.backend == "postgres":
-        return PostgresQueue(database_dsn(settings), lease=settings.lease)
+        return PostgresQueue(database_dsn(settings), lease=settings.lease,
+                             notify=settings.notify)
     return LocalQueue(settings.path, lease=settings.lease)
 
 
@@ -121,6 +122,8 @@ class Relay:
             config.admin.listen)
         self._admin.start()
         self._scheduler.start()
+        if isinstance(self.queue, PostgresQueue):
+            self.queue.listen(self.wake_scheduler)  # mail stored or released by any node
         self._started = True
         log.info("relay started: smtp=%s admin=%s queue=%s ingest=%s",
                  ",".join(config.smtp.listen + config.smtp.tls_listen), config.admin.listen,

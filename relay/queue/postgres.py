@@ -25,7 +25,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,18 +53,17 @@ from relay.queue.base import (
     Suppression,
 )
 from relay.queue.postgres_groupcommit import StoreBatches, remember_answer
+from relay.queue.postgres_notify import NOTIFY, Listener
+from relay.queue.postgres_pool import DATABASE_ERRORS, NOW, Failing, count_of, describe
 from relay.queue.postgres_schema import MIGRATIONS, migrate, version
 
 log = logging.getLogger("relay.queue")
 
-NOW = "extract(epoch from clock_timestamp())"
 DEFAULT_LEASE = 120.0
 CONNECT_TIMEOUT = 5.0  # seconds: a database that is down is a quick 451, not a minute's wait
 _CLAIMABLE = "state IN ('queued', 'deferred', 'active')"
 _DUE = "state IN ('queued', 'deferred')"
 _WAITING = "state NOT IN ('delivered', 'bounced')"
-# PostgreSQL or the connection failed: the caller answers 451 / retries.
-DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 def database_dsn(settings: QueueSection) -> str:
@@ -89,7 +88,7 @@ async def schema_status(dsn: str) -> tuple[int, int]:
     try:
         connection = await asyncpg.connect(dsn, timeout=10)
     except DATABASE_ERRORS as exc:
-        raise LocalFailure(f"queue database {where(dsn)}: {_describe(exc)}") from exc
+        raise LocalFailure(f"queue database {where(dsn)}: {describe(exc)}") from exc
     try:
         return await version(connection), len(MIGRATIONS)
     finally:
@@ -104,8 +103,10 @@ class PostgresQueue:
     """Queue backend for a cluster: every table in one PostgreSQL database."""
 
     def __init__(self, dsn: str, lease: float = DEFAULT_LEASE, owner: str | None = None,
-                 pool_size: int = 10) -> None:
+                 pool_size: int = 10, notify: bool = True) -> None:
         self._dsn = dsn
+        self._notify = notify
+        self._listener: Listener | None = None
         self._lease = lease
         self.owner = owner or node_name()
         self._pool_size = pool_size
@@ -129,10 +130,20 @@ class PostgresQueue:
             if self._pool is not None:
                 await self._pool.close()
                 self._pool = None
-            raise LocalFailure(f"queue database: {_describe(exc)}") from exc
+            raise LocalFailure(f"queue database: {describe(exc)}") from exc
         self._batches = StoreBatches(self._pool)
 
+    def listen(self, wake: Callable[[], None]) -> None:
+        """Call `wake` when any node makes work due (queue.postgres_notify); nothing with
+        `notify = false`, where nodes poll."""
+        if self._notify and self._listener is None:
+            self._listener = Listener(self._dsn, wake)
+            self._listener.start()
+
     async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
         if self._batches is not None:
             await self._batches.close()
         if self._pool is not None:
@@ -335,22 +346,30 @@ class PostgresQueue:
         where, params = _selection_sql(selection, first=1)
         if where is None:
             return 0
-        return _count(await self._execute(
+        return await self._made_due(
             f"UPDATE recipients SET state = 'queued', next_attempt_at = {NOW}, "
-            f"lease_owner = NULL WHERE {which} AND ({where})", *params))
+            f"lease_owner = NULL WHERE {which} AND ({where})", *params)
 
     async def hold(self, message_id: str) -> int:
-        return _count(await self._execute(
+        return count_of(await self._execute(
             f"UPDATE recipients SET state = 'held' WHERE message_id = $1 AND {_DUE}",
             message_id))
 
     async def release(self, message_id: str) -> int:
-        return _count(await self._execute(
+        return await self._made_due(
             f"UPDATE recipients SET state = 'queued', next_attempt_at = {NOW} "
-            "WHERE message_id = $1 AND state = 'held'", message_id))
+            "WHERE message_id = $1 AND state = 'held'", message_id)
+
+    async def _made_due(self, update: str, *params: Any) -> int:
+        """Run an UPDATE that makes recipients due now and tell every node; how many."""
+        async with self._transaction() as connection:
+            count = count_of(await connection.execute(update, *params))
+            if count:
+                await connection.execute(NOTIFY)
+        return count
 
     async def delete(self, message_id: str) -> bool:
-        return _count(await self._execute("DELETE FROM messages WHERE id = $1 AND id NOT IN "
+        return count_of(await self._execute("DELETE FROM messages WHERE id = $1 AND id NOT IN "
                                           "(SELECT id FROM broadcasts)", message_id)) > 0
 
     # -- broadcasts (queue.postgres_broadcasts) -------------------------------------
@@ -371,6 +390,7 @@ class PostgresQueue:
                                answer: dict[str, Any]) -> None:
         async with self._transaction() as connection:
             await broadcasts.accept(connection, broadcast_id, rejected)
+            await connection.execute(NOTIFY)
             if idempotency is not None:
                 await remember_answer(connection, [(idempotency, answer)])
             await _finish_messages(connection, [broadcast_id])
@@ -396,12 +416,12 @@ class PostgresQueue:
         return [Suppression(r[0], r[1], r[2]) for r in rows]
 
     async def suppress(self, address: str, reason: str) -> bool:
-        return _count(await self._execute(
+        return count_of(await self._execute(
             "INSERT INTO suppressions (address, reason, created_at) "
             f"VALUES (lower($1), $2, {NOW}) ON CONFLICT DO NOTHING", address, reason)) > 0
 
     async def unsuppress(self, address: str) -> bool:
-        return _count(await self._execute(
+        return count_of(await self._execute(
             "DELETE FROM suppressions WHERE address = lower($1)", address)) > 0
 
     # -- plumbing --------------------------------------------------------------------
@@ -409,12 +429,12 @@ class PostgresQueue:
     def _connection(self) -> Any:
         if self._pool is None:
             raise LocalFailure("queue is not open")
-        return _Failing(self._pool.acquire())
+        return Failing(self._pool.acquire())
 
     def _transaction(self) -> Any:
         if self._pool is None:
             raise LocalFailure("queue is not open")
-        return _Failing(self._pool.acquire(), transaction=True)
+        return Failing(self._pool.acquire(), transaction=True)
 
     async def _fetch(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         async with self._connection() as connection:
@@ -431,42 +451,6 @@ class PostgresQueue:
     async def _execute(self, sql: str, *params: Any) -> str:
         async with self._connection() as connection:
             return str(await connection.execute(sql, *params))
-
-
-class _Failing:
-    """A pooled connection (in a transaction, if asked) whose database errors become
-    LocalFailure: the callers' one failure type (451 4.3.0 to a client, a retry with
-    backoff for the scheduler)."""
-
-    def __init__(self, acquiring: Any, transaction: bool = False) -> None:
-        self._acquiring = acquiring
-        self._transaction = transaction
-        self._open: Any = None
-
-    async def __aenter__(self) -> asyncpg.Connection:
-        try:
-            connection = await self._acquiring.__aenter__()
-        except DATABASE_ERRORS as exc:
-            raise LocalFailure(f"queue database: {_describe(exc)}") from exc
-        if self._transaction:
-            try:
-                self._open = connection.transaction()
-                await self._open.__aenter__()
-            except DATABASE_ERRORS as exc:
-                await self._acquiring.__aexit__(type(exc), exc, None)
-                raise LocalFailure(f"queue database: {_describe(exc)}") from exc
-        return connection
-
-    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        try:
-            if self._open is not None:
-                await self._open.__aexit__(kind, exc, tb)
-        except DATABASE_ERRORS as failed:
-            exc = exc or failed
-        finally:
-            await self._acquiring.__aexit__(kind, exc, tb)
-        if isinstance(exc, DATABASE_ERRORS):
-            raise LocalFailure(f"queue database: {_describe(exc)}") from exc
 
 
 async def _rate_allows(connection: asyncpg.Connection, key: str, rate: Rate) -> bool:
@@ -505,13 +489,3 @@ def _selection_sql(selection: Selection, first: int) -> tuple[str | None, list[A
     if selection.ids:
         return f"message_id = ANY(${first}::text[])", [list(selection.ids)]
     return None, []
-
-
-def _count(status: str) -> int:
-    """The row count of a command status such as "UPDATE 3"."""
-    return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-

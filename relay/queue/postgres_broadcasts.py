@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import asyncpg
 
 from relay.queue.base import BroadcastStatus, Outcome, domain_of
+from relay.queue.postgres_pool import NOW
 
 log = logging.getLogger("relay.queue")
 
-NOW = "extract(epoch from clock_timestamp())"
 STALE_UPLOAD = 6 * 3600.0  # seconds: an upload still "receiving" after this is dead
 # A permanent refusal by the recipient's server; not our own expiry after max_age.
 _HARD_BOUNCE = "r.last_reply LIKE '5%' AND r.last_reply NOT LIKE '554 5.4.7%'"

@@ -19,8 +19,9 @@ import asyncpg
 
 from relay.errors import LocalFailure
 from relay.queue.base import IDEMPOTENCY_WINDOW, Idempotency, NewMessage, domain_of
+from relay.queue.postgres_notify import NOTIFY
+from relay.queue.postgres_pool import NOW, describe
 
-NOW = "extract(epoch from clock_timestamp())"
 MAX_BATCH = 500
 
 
@@ -89,6 +90,7 @@ class StoreBatches:
                 "$1::text[], $2::text[], $3::text[]) AS r(message_id, address, domain)",
                 [o[0] for o in owners], [o[1] for o in owners],
                 [domain_of(o[1]) for o in owners])
+            await connection.execute(NOTIFY)  # every node: new mail (on commit)
             keyed = [(m.idempotency, {"id": m.id, "recipients": len(m.recipients)})
                      for m in messages if m.idempotency is not None]
             if keyed:
@@ -109,4 +111,4 @@ async def remember_answer(connection: asyncpg.Connection,
 def _local_failure(exc: BaseException) -> LocalFailure:
     if isinstance(exc, LocalFailure):
         return exc
-    return LocalFailure(f"queue database: {str(exc) or type(exc).__name__}")
+    return LocalFailure(f"queue database: {describe(exc)}")

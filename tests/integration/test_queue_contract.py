@@ -255,3 +255,32 @@ async def test_rate_limits_hold_for_the_cluster(postgres_dsn: str) -> None:
     finally:
         for node in nodes:
             await node.close()
+
+
+@pytest.mark.parametrize("notify", [True, False])
+async def test_new_work_wakes_the_other_nodes(postgres_dsn: str, notify: bool) -> None:
+    """LISTEN/NOTIFY: mail stored, released or flushed on one node wakes the others;
+    with notify = false nobody is woken (nodes poll)."""
+    storing, idle = (PostgresQueue(postgres_dsn, notify=notify) for _ in range(2))
+    await storing.open()
+    await idle.open()
+    woken = asyncio.Event()
+    idle.listen(woken.set)
+    try:
+        if notify:
+            await asyncio.wait_for(woken.wait(), 10)  # once at first: it listens now
+        woken.clear()
+        stored = message()
+        await storing.store(stored)
+        if notify:
+            await asyncio.wait_for(woken.wait(), 10)
+            woken.clear()
+            await storing.hold(stored.id)
+            await storing.release(stored.id)
+            await asyncio.wait_for(woken.wait(), 10)
+        else:
+            await asyncio.sleep(0.5)
+            assert not woken.is_set()
+    finally:
+        await storing.close()
+        await idle.close()
