@@ -15,9 +15,9 @@ is retried with a growing delay and logged once (relay.trouble). A worker holds 
 connection slot of its destination (Queue.take_slot), so that with several nodes on one
 queue the destination's connection limit holds for them all.
 
-Stopping: no new claims; workers finish the job in hand (up to a timeout); whatever was
-claimed but not finished stays `active` in the queue and comes back when its lease expires
-or at the next start.
+Stopping: no new claims; workers finish the jobs in hand (up to a timeout) while their
+leases are renewed; whatever was claimed but not settled is then returned to the queue,
+due now (or, if that fails, when its lease expires).
 """
 
 from __future__ import annotations
@@ -124,10 +124,35 @@ class Scheduler:
             await self._task
         workers = [t for d in self._destinations.values() for t in d.workers]
         if workers:
+            # The leases of what is in hand are renewed until it is done.
+            renewing = asyncio.create_task(self._renew_while_draining())
             _, pending = await asyncio.wait(workers, timeout=timeout)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
+        await self._return_leases()
+
+    async def _renew_while_draining(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_renewal)
+            try:
+                await self._queue.renew_leases(sorted(self._held))
+                await self._queue.renew_slots()
+            except Exception as exc:
+                self._renewals.failed(exc)
+
+    async def _return_leases(self) -> None:
+        """What was claimed and not settled (not started, or cut off at the timeout) is due
+        again now, for another node, instead of when its lease would expire."""
+        if not self._held:
+            return
+        try:
+            await self._queue.return_leases(sorted(self._held))
+        except Exception as exc:
+            log.warning("returning %d claimed recipients failed (%s): they come back when "
+                        "their leases expire", len(self._held), exc)
 
     async def _run(self) -> None:
         while not self._stopping:

@@ -216,6 +216,9 @@ class Queue(MessageStore, Protocol):
     async def renew_leases(self, claims: Sequence[tuple[int, int]]) -> None:
         """Extend the leases of (recipient_id, attempt) claims still being worked on."""
 
+    async def return_leases(self, claims: Sequence[tuple[int, int]]) -> None:
+        """Give (recipient_id, attempt) claims back unworked: due again now."""
+
     async def take_slot(self, destination: str, limit: int) -> str | None:
         """A connection slot for `destination`, counted across every node that shares the
         queue (at most `limit` at once), leased like recipients; its token, or None when

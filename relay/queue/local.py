@@ -211,6 +211,10 @@ class LocalQueue:
     async def release_slot(self, token: str) -> None:
         pass
 
+    async def return_leases(self, claims: Sequence[tuple[int, int]]) -> None:
+        if claims:
+            await self._write(partial(_return_leases, claims, self._clock()))
+
     async def next_due_at(self) -> float | None:
         row = await self._read_one(
             f"SELECT MIN(next_attempt_at) FROM recipients WHERE {_CLAIMABLE}")
@@ -534,6 +538,13 @@ def _renew_leases(claims: Sequence[tuple[int, int]], until: float,
     db.executemany("UPDATE recipients SET next_attempt_at = ? "
                    "WHERE id = ? AND state = 'active' AND attempts = ?",
                    [(until, recipient_id, attempt) for recipient_id, attempt in claims])
+
+
+def _return_leases(claims: Sequence[tuple[int, int]], now: float,
+                   db: sqlite3.Connection) -> None:
+    db.executemany("UPDATE recipients SET state = 'queued', next_attempt_at = ? "
+                   "WHERE id = ? AND state = 'active' AND attempts = ?",
+                   [(now, recipient_id, attempt) for recipient_id, attempt in claims])
 
 
 def _delete_messages(message_ids: list[str], db: sqlite3.Connection) -> int:

@@ -212,6 +212,14 @@ class PostgresQueue:
         self._slots.discard(token)
         await self._execute("DELETE FROM destination_slots WHERE token = $1", token)
 
+    async def return_leases(self, claims: Sequence[tuple[int, int]]) -> None:
+        if claims:
+            await self._made_due(
+                f"UPDATE recipients r SET state = 'queued', next_attempt_at = {NOW}, "
+                "lease_owner = NULL FROM unnest($1::bigint[], $2::integer[]) AS c(id, attempt) "
+                "WHERE r.id = c.id AND r.attempts = c.attempt AND r.state = 'active'",
+                [c[0] for c in claims], [c[1] for c in claims])
+
     async def next_due_at(self) -> float | None:
         found = await self._fetchval(
             f"SELECT MIN(next_attempt_at) FROM recipients WHERE {_CLAIMABLE}")

@@ -104,6 +104,17 @@ async def test_an_expired_lease_returns_the_work_and_fences_the_late_outcome(
     assert await queue.get_message(stored.id) is None
 
 
+async def test_returned_leases_are_due_at_once(queue: Queue) -> None:
+    stored = message()
+    await queue.store(stored)
+    [claim] = await queue.claim_due(10)
+    await queue.return_leases([(claim.recipient_id, claim.attempts)])
+    [again] = await queue.claim_due(10)  # at once, not after the lease
+    assert (again.recipient_id, again.attempts) == (claim.recipient_id, 2)
+    await queue.return_leases([(claim.recipient_id, claim.attempts)])  # stale: ignored
+    assert await queue.claim_due(10) == []
+
+
 async def test_renewed_leases_hold(queue: Queue) -> None:
     await queue.store(message())
     [claim] = await queue.claim_due(10)
