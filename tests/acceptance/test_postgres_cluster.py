@@ -2,11 +2,15 @@
 sent to either node is delivered once; a node killed with its deliveries in flight loses
 nothing: its leases expire and another node sends the mail again (duplicates no more than
 it had leased); PostgreSQL stopped under load: new mail gets 4xx and /healthz says not
-ready meanwhile, nothing acknowledged is lost, and the node recovers without a restart."""
+ready meanwhile, nothing acknowledged is lost, and the node recovers without a restart; a
+paused node changes nothing once its leases were taken over; connection and rate limits
+hold for the cluster."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import signal
 import smtplib
 import ssl
 import threading
@@ -14,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import trustme
@@ -27,7 +32,7 @@ from tests.support.dns_server import DnsServer
 from tests.support.postgres import PostgresServer
 from tests.support.process import RelayProcess, relayctl
 from tests.support.relayconf import write_access_policy, write_relay_config
-from tests.support.sink import Sink
+from tests.support.sink import Received, Sink
 
 _TEST_ID = re.compile(rb"X-Test-Id: (\d+)")
 MakeNode = Callable[..., RelayProcess]
@@ -192,3 +197,117 @@ rate_limit = "3/h"
     assert codes == [250, 250, 250, 451, 451]  # three for the cluster, not per node
     for node in nodes:
         assert node.stop() == 0
+
+
+def test_a_paused_node_changes_nothing_after_its_lease_was_taken_over(
+        make_node: MakeNode, dns_server: DnsServer, make_sink: Callable[..., Sink]) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    sink.data_gate = threading.Event()
+    short_lease = {"queue": {"lease": "2s"}}
+    paused = make_node("paused", **short_lease).start()
+    for number in range(5):
+        send_blocking(smtp_port(paused.config), "app@sender.test",
+                      [f"r{number}@example.test"], numbered(number))
+    sink.wait_at_gate(5)  # the paused node holds every lease, its transactions in flight
+    assert paused.process is not None
+    paused.process.send_signal(signal.SIGSTOP)
+    try:
+        other = make_node("other", **short_lease).start()
+        sink.wait_at_gate(10)  # the leases expired: the other node sends them too
+        sink.data_gate.set()
+        until(lambda: queue_json(other.config) == [], "the other node to finish", timeout=60)
+    finally:
+        paused.process.send_signal(signal.SIGCONT)
+    # Awake again, the paused node hears its 250s and changes nothing: its lease is gone.
+    paused.wait_for_lines("came after their lease was lost", timeout=60)
+    assert queue_json(other.config) == []
+    numbers = [int(_TEST_ID.search(m.content).group(1))  # type: ignore[union-attr]
+               for m in sink.messages]
+    assert sorted(set(numbers)) == list(range(5)) and len(numbers) == 10
+    assert paused.stop() == 0 and other.stop() == 0
+
+
+class ClusterLoad:
+    """CLIENTS connections spread over the nodes, each sending its share; a session
+    broken by a killed node leaves its message unacknowledged (it got no 250), and the
+    client goes on with the next node."""
+
+    def __init__(self, nodes: list[RelayProcess], messages: int, clients: int = 6) -> None:
+        self.ports = [smtp_port(node.config) for node in nodes]
+        self.messages, self.clients = messages, clients
+        self.acked: set[int] = set()
+        self.lock = threading.Lock()
+        self.halfway = threading.Event()
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._client, args=(n,)) for n in range(self.clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+        self.halfway.set()
+
+    def _client(self, index: int) -> None:
+        todo = list(range(index, self.messages, self.clients))
+        port = index
+        while todo:
+            port += 1
+            try:
+                with smtplib.SMTP("127.0.0.1", self.ports[port % len(self.ports)],
+                                  timeout=30) as client:
+                    while todo:
+                        client.sendmail("load@sender.test", ["sink@example.test"],
+                                        numbered(todo[0]))
+                        with self.lock:
+                            self.acked.add(todo.pop(0))
+                            if len(self.acked) >= self.messages // 3:
+                                self.halfway.set()
+            except (smtplib.SMTPException, OSError):
+                pass  # that node died: this message got no 250; try the next node
+
+
+def test_kill_9_of_one_node_of_three_under_load(
+        make_node: MakeNode, dns_server: DnsServer, make_sink: Callable[..., Sink],
+        postgres_dsn: str) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    nodes = [make_node(name, queue={"lease": "3s"}).start() for name in ("a", "b", "c")]
+    load = ClusterLoad(nodes, messages=2000)
+    sender = threading.Thread(target=load.run)
+    sender.start()
+    assert load.halfway.wait(180)
+    victim = nodes[2]
+    assert victim.process is not None
+    victim_pid = victim.process.pid
+    victim.kill()
+    leased = asyncio.run(_leased_by(postgres_dsn, victim_pid))
+    sender.join(300)
+    acked = set(load.acked)
+    survivors = nodes[:2]
+
+    def all_acked_arrived(messages: list[Received]) -> bool:
+        return acked <= {_test_id(m) for m in messages}
+
+    received = [_test_id(m) for m in sink.wait_until(all_acked_arrived, timeout=180)]
+    until(lambda: queue_json(survivors[0].config) == [], "the survivors to finish",
+          timeout=60)  # the dead node's leases came back and were delivered
+    duplicates = len(received) - len(set(received))
+    assert duplicates <= leased, (duplicates, leased)
+    for node in survivors:
+        assert node.stop() == 0
+
+
+async def _leased_by(dsn: str, pid: int) -> int:
+    """How many recipients the node with this pid holds leases on (its owner ends in it)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        return int(await connection.fetchval(
+            "SELECT COUNT(*) FROM recipients WHERE state = 'active' AND lease_owner LIKE $1",
+            f"%:{pid}"))
+    finally:
+        await connection.close()
+
+
+def _test_id(message: Received) -> int:
+    return int(_TEST_ID.search(message.content).group(1))  # type: ignore[union-attr]
