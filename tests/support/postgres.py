@@ -3,8 +3,9 @@ a temporary directory and `pg_ctl` on a free loopback port, run as the `postgres
 the tests run as root (the server refuses to run as root), stopped at the end.
 
 Each test gets a database of its own (`fresh_database`), so tests never see each other's
-rows. The server runs with fsync off: what is tested is the relay's use of transactions,
-not the disk under PostgreSQL.
+rows. For tests the server runs with fsync off (what is tested is the relay's use of
+transactions, not the disk under PostgreSQL); benchmarks ask for `durable=True`, and get
+pg_stat_statements to count queries.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ def find_bin_dir() -> Path | None:
 
 
 class PostgresServer:
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, durable: bool = False) -> None:
         self.bin_dir = bin_dir
+        self._durability = ("-c shared_preload_libraries=pg_stat_statements" if durable
+                            else "-c fsync=off -c full_page_writes=off")
         self.port = free_port()
         self.host = "127.0.0.1"
         self._root = Path(tempfile.mkdtemp(prefix="relay-pg-"))
@@ -58,10 +61,7 @@ class PostgresServer:
     def start(self) -> PostgresServer:
         self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust",
                   "-E", "UTF8", "--no-sync", "--locale=C")
-        options = (f"-c listen_addresses={self.host} -p {self.port} -k {self._root} "
-                   "-c fsync=off -c full_page_writes=off -c max_connections=200")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self._root / "server.log"),
-                  "-o", options, "-w", "-t", "60", "start")
+        self.resume()
         return self
 
     def stop(self) -> None:
@@ -74,8 +74,9 @@ class PostgresServer:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def resume(self) -> None:
+        """Start the server (again)."""
         options = (f"-c listen_addresses={self.host} -p {self.port} -k {self._root} "
-                   "-c fsync=off -c full_page_writes=off -c max_connections=200")
+                   f"-c max_connections=200 {self._durability}")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self._root / "server.log"),
                   "-o", options, "-w", "-t", "60", "start")
 
