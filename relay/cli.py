@@ -30,7 +30,7 @@ from relay.listeners import ServerTls
 from relay.logsetup import configure_logging, event_loop_runner
 from relay.passwords import hash_password
 from relay.policy import load_policies
-from relay.queue.postgres import database_dsn, schema_status, where
+from relay.queue.postgres_pool import database_dsn, schema_status, where
 
 
 @click.group()

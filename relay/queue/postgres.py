@@ -21,19 +21,16 @@ Broadcasts and suppressions: queue.postgres_broadcasts.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 
-from relay.config import QueueSection, Rate
-from relay.errors import ConfigError, LocalFailure
+from relay.config import Rate
+from relay.errors import LocalFailure
 from relay.queue import postgres_broadcasts as broadcasts
 from relay.queue.base import (
     IDEMPOTENCY_WINDOW,
@@ -54,49 +51,52 @@ from relay.queue.base import (
 )
 from relay.queue.postgres_groupcommit import StoreBatches, remember_answer
 from relay.queue.postgres_notify import NOTIFY, Listener
-from relay.queue.postgres_pool import DATABASE_ERRORS, NOW, Failing, count_of, describe
-from relay.queue.postgres_schema import MIGRATIONS, migrate, version
+from relay.queue.postgres_pool import (
+    DATABASE_ERRORS,
+    NOW,
+    Failing,
+    count_of,
+    describe,
+    node_name,
+)
+from relay.queue.postgres_schema import migrate
 
 log = logging.getLogger("relay.queue")
 
 DEFAULT_LEASE = 120.0
+PREFETCH_SIZE = 256 * 1024  # bodies up to this size come with the claim
+PREFETCH_BYTES = 64 * 1024 * 1024  # and at most this much of them is kept
 CONNECT_TIMEOUT = 5.0  # seconds: a database that is down is a quick 451, not a minute's wait
 _CLAIMABLE = "state IN ('queued', 'deferred', 'active')"
 _DUE = "state IN ('queued', 'deferred')"
 _WAITING = "state NOT IN ('delivered', 'bounced')"
 
 
-def database_dsn(settings: QueueSection) -> str:
-    """The DSN of `[queue]`, read from `dsn_file` when given (never logged)."""
-    if not settings.dsn_file:
-        return settings.dsn
-    try:
-        return Path(settings.dsn_file).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"queue.dsn_file: {settings.dsn_file}: {exc.strerror}") from exc
+class BodyCache:
+    """Message bodies by id, the oldest dropped beyond `capacity` bytes."""
 
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._size = 0
+        self._bodies: OrderedDict[str, bytes] = OrderedDict()
 
-def where(dsn: str) -> str:
-    """The database a DSN names, without its password, for log lines."""
-    parts = urlsplit(dsn)
-    host = parts.hostname or "localhost"
-    return f"{host}:{parts.port or 5432}{parts.path or ''}"
+    def keep(self, message_id: str, body: bytes) -> None:
+        if message_id in self._bodies:
+            self._bodies.move_to_end(message_id)
+            return
+        self._bodies[message_id] = body
+        self._size += len(body)
+        while self._size > self._capacity and self._bodies:
+            self._size -= len(self._bodies.popitem(last=False)[1])
 
+    def get(self, message_id: str) -> bytes | None:
+        return self._bodies.get(message_id)
 
-async def schema_status(dsn: str) -> tuple[int, int]:
-    """(the version the database has, the newest this relay knows)."""
-    try:
-        connection = await asyncpg.connect(dsn, timeout=10)
-    except DATABASE_ERRORS as exc:
-        raise LocalFailure(f"queue database {where(dsn)}: {describe(exc)}") from exc
-    try:
-        return await version(connection), len(MIGRATIONS)
-    finally:
-        await connection.close()
-
-
-def node_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    def forget(self, message_ids: list[str]) -> None:
+        for message_id in message_ids:
+            body = self._bodies.pop(message_id, None)
+            if body is not None:
+                self._size -= len(body)
 
 
 class PostgresQueue:
@@ -113,6 +113,8 @@ class PostgresQueue:
         self._pool: asyncpg.Pool | None = None
         self._batches: StoreBatches | None = None
         self._slots: set[str] = set()  # tokens of the destination slots this node holds
+        # Bodies of small messages come with their claim: no query per message to read it.
+        self._bodies = BodyCache(PREFETCH_BYTES)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -172,9 +174,13 @@ class PostgresQueue:
             "FROM due WHERE r.id = due.id "
             "RETURNING r.id, r.message_id, r.address, r.domain, r.attempts, r.fields) "
             "SELECT c.id, c.message_id, c.address, c.domain, c.attempts, m.mail_from, "
-            "m.received_at, m.smtputf8, c.fields FROM claimed c "
+            "m.received_at, m.smtputf8, c.fields, "
+            "CASE WHEN m.size <= $4 THEN m.body END FROM claimed c "
             "JOIN messages m ON m.id = c.message_id ORDER BY c.id",
-            limit, self._lease, self.owner)
+            limit, self._lease, self.owner, PREFETCH_SIZE)
+        for row in rows:
+            if row[9] is not None:
+                self._bodies.keep(row[1], bytes(row[9]))
         return [Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows]
 
     async def renew_leases(self, claims: Sequence[tuple[int, int]]) -> None:
@@ -226,6 +232,9 @@ class PostgresQueue:
         return None if found is None else float(found)
 
     async def read_body(self, message_id: str) -> bytes:
+        cached = self._bodies.get(message_id)
+        if cached is not None:
+            return cached
         body = await self._fetchval("SELECT body FROM messages WHERE id = $1", message_id)
         if body is None:
             raise FileNotFoundError(message_id)  # deleted meanwhile, as the local backend
@@ -255,7 +264,8 @@ class PostgresQueue:
             ids = {r[0] for r in applied}
             await broadcasts.record([o for o in outcomes if o.broadcast and o.recipient_id in
                                      ids], connection)
-            await _finish_messages(connection, sorted({r[1] for r in applied}))
+            finished = await _finish_messages(connection, sorted({r[1] for r in applied}))
+        self._bodies.forget(finished)
 
     # -- limits for the whole cluster (relay.ratelimit.RateLimiter) --------------------
 
@@ -377,6 +387,7 @@ class PostgresQueue:
         return count
 
     async def delete(self, message_id: str) -> bool:
+        self._bodies.forget([message_id])
         return count_of(await self._execute("DELETE FROM messages WHERE id = $1 AND id NOT IN "
                                           "(SELECT id FROM broadcasts)", message_id)) > 0
 
@@ -469,13 +480,14 @@ async def _rate_allows(connection: asyncpg.Connection, key: str, rate: Rate) -> 
     return int(recent) < rate.count
 
 
-async def _finish_messages(connection: asyncpg.Connection, message_ids: list[str]) -> None:
+async def _finish_messages(connection: asyncpg.Connection,
+                           message_ids: list[str]) -> list[str]:
     """Those of `message_ids` whose recipients are all final leave the queue (a broadcast
     keeps its counts and gets its finish time). The rows are locked first, in order: of
     two nodes finishing a message's last recipients at once, the second sees the first's
     commit."""
     if not message_ids:
-        return
+        return []
     await connection.execute("SELECT id FROM messages WHERE id = ANY($1::text[]) ORDER BY id "
                              "FOR UPDATE", message_ids)
     finished = [r[0] for r in await connection.fetch(
@@ -487,6 +499,7 @@ async def _finish_messages(connection: asyncpg.Connection, message_ids: list[str
         await connection.execute(f"UPDATE broadcasts SET finished_at = {NOW} "
                                  "WHERE id = ANY($1::text[]) AND finished_at IS NULL",
                                  finished)
+    return finished
 
 
 def _selection_sql(selection: Selection, first: int) -> tuple[str | None, list[Any]]:

@@ -1,14 +1,21 @@
-"""queue.postgres_pool: the PostgreSQL backend's connections, and their failures as the
-relay's one failure type: LocalFailure (451 4.3.0 to a client, a retry with a growing delay
-for the scheduler), never a database exception escaping into SMTP or HTTP."""
+"""queue.postgres_pool: the PostgreSQL backend's connections: where the database is (the
+DSN, from a file when given, never logged), and database failures as the relay's one
+failure type, LocalFailure (451 4.3.0 to a client, a retry with a growing delay for the
+scheduler), never a database exception escaping into SMTP or HTTP."""
 
 from __future__ import annotations
 
+import os
+import socket
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
-from relay.errors import LocalFailure
+from relay.config import QueueSection
+from relay.errors import ConfigError, LocalFailure
+from relay.queue.postgres_schema import MIGRATIONS, version
 
 # Every time in the queue is the database's, in seconds since the epoch (never a node's).
 NOW = "extract(epoch from clock_timestamp())"
@@ -60,3 +67,35 @@ def count_of(status: str) -> int:
 def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
+
+def database_dsn(settings: QueueSection) -> str:
+    """The DSN of `[queue]`, read from `dsn_file` when given (never logged)."""
+    if not settings.dsn_file:
+        return settings.dsn
+    try:
+        return Path(settings.dsn_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"queue.dsn_file: {settings.dsn_file}: {exc.strerror}") from exc
+
+
+def where(dsn: str) -> str:
+    """The database a DSN names, without its password, for log lines."""
+    parts = urlsplit(dsn)
+    host = parts.hostname or "localhost"
+    return f"{host}:{parts.port or 5432}{parts.path or ''}"
+
+
+async def schema_status(dsn: str) -> tuple[int, int]:
+    """(the version the database has, the newest this relay knows)."""
+    try:
+        connection = await asyncpg.connect(dsn, timeout=10)
+    except DATABASE_ERRORS as exc:
+        raise LocalFailure(f"queue database {where(dsn)}: {describe(exc)}") from exc
+    try:
+        return await version(connection), len(MIGRATIONS)
+    finally:
+        await connection.close()
+
+
+def node_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
