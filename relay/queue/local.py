@@ -7,11 +7,9 @@ Every index write goes through one group-committing writer thread; ingest worker
 processes write their files themselves and hand the rows to it (queue.handoff). Operator
 queries read through a separate aiosqlite connection.
 
-Recovery on open: partial writes in tmp/ are dropped (never acknowledged), and so are the
-index rows of such a file (its rename never reached the disk, so neither did its 250);
-recipients that were `active` when the process died go back to `queued`; finished
-messages are cleaned up; files without rows are moved to orphans/ and rows without any
-file to the quarantine table, each with a log line.
+The index's schema and the recovery that reconciles it with the files at start are in
+queue.local_index. Active recipients are leased (queue.base): for them next_attempt_at is
+the lease's expiry.
 """
 
 from __future__ import annotations
@@ -50,54 +48,13 @@ from relay.queue.base import (
     Suppression,
     domain_of,
 )
-from relay.queue.groupcommit import GroupCommitter, PresyncFailed, connect
-from relay.queue.local_sql import IDS, finish_messages, remember_answer
+from relay.queue.groupcommit import GroupCommitter, PresyncFailed
+from relay.queue.local_index import open_index, recover
+from relay.queue.local_sql import IDS, delete_messages, finish_messages, remember_answer
 from relay.queue.spoolfiles import SpoolFiles, storage_failure
 
 log = logging.getLogger("relay.queue")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id TEXT PRIMARY KEY,
-    mail_from TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    received_at REAL NOT NULL,
-    smtputf8 INTEGER NOT NULL DEFAULT 0,
-    done INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS recipients (
-    id INTEGER PRIMARY KEY,
-    message_id TEXT NOT NULL,
-    address TEXT NOT NULL,
-    domain TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    last_attempt_at REAL,
-    last_reply TEXT NOT NULL DEFAULT '',
-    fields TEXT  -- a broadcast recipient's fields (JSON)
-);
-DROP INDEX IF EXISTS recipients_by_message;
-CREATE INDEX IF NOT EXISTS recipients_by_message_state ON recipients(message_id, state);
-DROP INDEX IF EXISTS recipients_due;
--- For an active recipient next_attempt_at is when its lease expires.
-CREATE INDEX IF NOT EXISTS recipients_claimable ON recipients(next_attempt_at)
-    WHERE state IN ('queued', 'deferred', 'active');
-CREATE TABLE IF NOT EXISTS idempotency (
-    key TEXT PRIMARY KEY,
-    digest TEXT NOT NULL,
-    answer TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency(created_at);
-CREATE TABLE IF NOT EXISTS quarantine (
-    message_id TEXT NOT NULL,
-    mail_from TEXT NOT NULL,
-    recipients TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    at REAL NOT NULL
-);
-"""
 
 _T = TypeVar("_T")
 IO_THREADS = 8
@@ -136,9 +93,9 @@ class LocalQueue:
                                    PREVIOUS_WORKERS_TIMEOUT)
         self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="spool-io")
         writer = await loop.run_in_executor(
-            None, _open_index, self.files.create_private(self._db_path.name))
+            None, open_index, self.files.create_private(self._db_path.name))
         self._committer = GroupCommitter(writer, presync=self.files.sync_messages_dir)
-        await self._committer.run_now(partial(_recover, self.files, self._clock()))
+        await self._committer.run_now(partial(recover, self.files, self._clock()))
         self._reader_db = await aiosqlite.connect(self._db_path, isolation_level=None)
         await self._reader_db.execute("PRAGMA busy_timeout=10000")
         self._committer.start()
@@ -149,7 +106,7 @@ class LocalQueue:
             if self._removals:
                 await asyncio.wait(self._removals)
             if self._unlinked:
-                await self._write(partial(_delete_messages, self._take_unlinked()))
+                await self._write(partial(delete_messages, self._take_unlinked()))
             await self._committer.close()
         if self._reader_db is not None:
             await self._reader_db.close()
@@ -408,7 +365,7 @@ class LocalQueue:
             "WHERE message_id = ? AND state = 'held'", [self._clock(), message_id])))
 
     async def delete(self, message_id: str) -> bool:
-        deleted = await self._write(partial(_delete_messages, [message_id]))
+        deleted = await self._write(partial(delete_messages, [message_id]))
         if deleted:
             self.files.remove(message_id)
         return bool(deleted)
@@ -435,46 +392,8 @@ class LocalQueue:
         rows = await self._read_all(sql, [])
         return rows[0] if rows else None
 
-def _open_index(path: Path) -> sqlite3.Connection:
-    db = connect(path)
-    columns = {r[1] for r in db.execute("PRAGMA table_info(recipients)")}
-    if columns and "fields" not in columns:  # a spool from before broadcasts
-        db.execute("ALTER TABLE recipients ADD COLUMN fields TEXT")
-    db.executescript(SCHEMA + broadcasts.SCHEMA)
-    return db
-
 
 # Write operations: run in the writer thread, inside the group committer's transaction.
-
-def _recover(files: SpoolFiles, now: float, db: sqlite3.Connection) -> None:
-    unrenamed = files.clear_tmp()
-    files.remove_all(broadcasts.recover(db))
-    returned = db.execute("UPDATE recipients SET state = 'queued', next_attempt_at = ? "
-                          "WHERE state = 'active'", (now,))
-    if returned.rowcount:
-        log.warning("recovery: %d in-flight recipients returned to the queue",
-                    returned.rowcount)
-    db.execute(
-        "UPDATE messages SET done = 1 WHERE NOT EXISTS (SELECT 1 FROM recipients r "
-        "WHERE r.message_id = messages.id AND r.state NOT IN ('delivered', 'bounced'))")
-    finished = [r[0] for r in db.execute("SELECT id FROM messages WHERE done = 1")]
-    files.remove_all(finished)
-    _delete_messages(finished, db)
-    indexed = {r[0] for r in db.execute("SELECT id FROM messages")}
-    on_disk = files.message_ids()
-    for message_id in sorted(on_disk - indexed):
-        target = files.move_to_orphans(message_id)
-        log.warning("recovery: message file without index entry (a write cut short before "
-                    "its 250, or a lost index row) moved to %s", target)
-    for message_id in sorted((indexed - on_disk) & unrenamed):
-        _delete_messages([message_id], db)
-        log.warning("recovery: %s: index entry of a write cut short before its 250 removed",
-                    message_id)
-    for message_id in sorted(indexed - on_disk - unrenamed):
-        _quarantine(db, message_id, "message file missing", now)
-        log.error("recovery: %s: index entry without message file moved to quarantine",
-                  message_id)
-
 
 def _insert_message(meta: MessageMeta, now: float, db: sqlite3.Connection) -> None:
     db.execute(
@@ -529,7 +448,7 @@ def _record(outcomes: Sequence[Outcome], unlinked: list[str], now: float,
     broadcasts.record(applied, now, db)
     finished = finish_messages(message_ids, now, db)
     if unlinked:
-        _delete_messages(unlinked, db)
+        delete_messages(unlinked, db)
     return finished
 
 
@@ -547,27 +466,8 @@ def _return_leases(claims: Sequence[tuple[int, int]], now: float,
                    [(now, recipient_id, attempt) for recipient_id, attempt in claims])
 
 
-def _delete_messages(message_ids: list[str], db: sqlite3.Connection) -> int:
-    ids = json.dumps(message_ids)
-    db.execute(f"DELETE FROM recipients WHERE message_id IN {IDS}", (ids,))
-    return db.execute(f"DELETE FROM messages WHERE id IN {IDS}", (ids,)).rowcount
-
-
 def _update_count(sql: str, params: Sequence[Any], db: sqlite3.Connection) -> int:
     return db.execute(sql, params).rowcount
-
-
-def _quarantine(db: sqlite3.Connection, message_id: str, reason: str, now: float) -> None:
-    rows = db.execute(
-        "SELECT address FROM recipients WHERE message_id = ? "
-        "AND state NOT IN ('delivered', 'bounced')", (message_id,)).fetchall()
-    sender = db.execute("SELECT mail_from FROM messages WHERE id = ?", (message_id,)).fetchone()
-    db.execute(
-        "INSERT INTO quarantine (message_id, mail_from, recipients, reason, at) "
-        "VALUES (?,?,?,?,?)",
-        (message_id, sender[0] if sender else "", json.dumps([r[0] for r in rows]),
-         reason, now))
-    _delete_messages([message_id], db)
 
 
 def _selection_sql(selection: Selection) -> tuple[str | None, list[Any]]:

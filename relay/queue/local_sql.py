@@ -37,3 +37,9 @@ def finish_messages(message_ids: Sequence[str], now: float,
         db.execute(f"UPDATE broadcasts SET finished_at = ? WHERE id IN {IDS} "
                    "AND finished_at IS NULL", (now, ids))
     return finished
+
+
+def delete_messages(message_ids: list[str], db: sqlite3.Connection) -> int:
+    ids = json.dumps(message_ids)
+    db.execute(f"DELETE FROM recipients WHERE message_id IN {IDS}", (ids,))
+    return db.execute(f"DELETE FROM messages WHERE id IN {IDS}", (ids,)).rowcount
