@@ -292,3 +292,40 @@ class Queue(MessageStore, Protocol):
     async def release(self, message_id: str) -> int: ...
 
     async def delete(self, message_id: str) -> bool: ...
+
+
+# Shared by the backends: their query results into the records above.
+
+def messages_with_recipients(messages: Sequence[Sequence[Any]],
+                             recipients: Sequence[Sequence[Any]]) -> list[MessageInfo]:
+    """Rows (id, mail_from, size, received_at) and (message_id, address, state,
+    attempts, next_attempt_at, last_reply), recipients in their order."""
+    found = {r[0]: MessageInfo(r[0], r[1], r[2], r[3]) for r in messages}
+    for row in recipients:
+        next_at = row[4] if row[2] in (State.QUEUED.value, State.DEFERRED.value) else None
+        found[row[0]].recipients.append(
+            RecipientInfo(row[1], State(row[2]), row[3], next_at, row[5]))
+    return list(found.values())
+
+
+def domain_shapes(counts: Sequence[Sequence[Any]]) -> list[DomainShape]:
+    """Rows (domain, age bucket, count) as qshape's table, busiest first."""
+    shapes: dict[str, list[int]] = {}
+    for domain, index, count in counts:
+        shapes.setdefault(domain, [0] * (len(SUMMARY_AGE_BUCKETS) + 1))[index] = count
+    return sorted((DomainShape(d, sum(c), c) for d, c in shapes.items()),
+                  key=lambda shape: (-shape.total, shape.domain))
+
+
+def broadcast_status_of(broadcast_id: str, row: Sequence[Any], deferred: int) -> BroadcastStatus:
+    """From a row (state, total, suppressed, rejected, delivered, bounced, cancelled,
+    created_at, accepted_at, finished_at, cancelled_at) and the count of deferred ones."""
+    state, total, suppressed, rejected, delivered, bounced, cancelled = row[:7]
+    unsent = total - delivered - bounced - cancelled
+    if state == "sending" and row[9] is not None:
+        state = "done"
+    return BroadcastStatus(
+        id=broadcast_id, state=state, total=total, queued=unsent - deferred,
+        deferred=deferred, delivered=delivered, bounced=bounced, cancelled=cancelled,
+        suppressed=suppressed, rejected=rejected, created_at=row[7], accepted_at=row[8],
+        finished_at=row[9], cancelled_at=row[10])

@@ -42,11 +42,13 @@ from relay.queue.base import (
     NewMessage,
     Outcome,
     QueueStats,
-    RecipientInfo,
     Selection,
     State,
     Suppression,
+    broadcast_status_of,
     domain_of,
+    domain_shapes,
+    messages_with_recipients,
 )
 from relay.queue.groupcommit import GroupCommitter, PresyncFailed
 from relay.queue.local_index import open_index, recover
@@ -236,18 +238,13 @@ class LocalQueue:
         return found[0] if found else None
 
     async def _with_recipients(self, rows: list[sqlite3.Row]) -> list[MessageInfo]:
-        messages = {r[0]: MessageInfo(r[0], r[1], r[2], r[3]) for r in rows}
-        if not messages:
+        if not rows:
             return []
-        for row in await self._read_all(
+        recipients = await self._read_all(
             "SELECT message_id, address, state, attempts, next_attempt_at, last_reply "
             f"FROM recipients WHERE message_id IN {IDS} ORDER BY id",
-            [json.dumps(list(messages))],
-        ):
-            next_at = row[4] if row[2] in (State.QUEUED.value, State.DEFERRED.value) else None
-            messages[row[0]].recipients.append(
-                RecipientInfo(row[1], State(row[2]), row[3], next_at, row[5]))
-        return list(messages.values())
+            [json.dumps([r[0] for r in rows])])
+        return messages_with_recipients(rows, recipients)
 
     async def stats(self) -> QueueStats:
         depth = {State(r[0]): r[1] for r in await self._read_all(
@@ -275,11 +272,7 @@ class LocalQueue:
             "FROM (SELECT r.domain AS domain, (? - m.received_at) / 60.0 AS age "
             f"FROM recipients r JOIN messages m ON m.id = r.message_id WHERE {condition}) "
             "GROUP BY 1, 2", params)
-        shapes: dict[str, list[int]] = {}
-        for domain, index, count in rows:
-            shapes.setdefault(domain, [0] * (len(SUMMARY_AGE_BUCKETS) + 1))[index] = count
-        return sorted((DomainShape(d, sum(c), c) for d, c in shapes.items()),
-                      key=lambda shape: (-shape.total, shape.domain))
+        return domain_shapes(rows)
 
     # -- broadcasts (queue.local_broadcasts) ------------------------------------------
 
@@ -311,7 +304,7 @@ class LocalQueue:
         if not found:
             return None
         [(deferred,)] = await self._read_all(broadcasts.DEFERRED, [broadcast_id])
-        return broadcasts.status(broadcast_id, found[0], int(deferred))
+        return broadcast_status_of(broadcast_id, found[0], int(deferred))
 
     async def cancel_broadcast(self, broadcast_id: str) -> BroadcastStatus | None:
         finished = await self._write(partial(broadcasts.cancel, broadcast_id, self._clock()))

@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from relay.queue.base import BroadcastStatus, Idempotency, Outcome, domain_of
+from relay.queue.base import Idempotency, Outcome, domain_of
 from relay.queue.local_sql import IDS, finish_messages, remember_answer
 
 log = logging.getLogger("relay.queue")
@@ -145,19 +145,6 @@ def cancel(broadcast_id: str, now: float, db: sqlite3.Connection) -> list[str] |
 STATUS = ("SELECT state, total, suppressed, rejected, delivered, bounced, cancelled, "
           "created_at, accepted_at, finished_at, cancelled_at FROM broadcasts WHERE id = ?")
 DEFERRED = "SELECT COUNT(*) FROM recipients WHERE message_id = ? AND state = 'deferred'"
-
-
-def status(broadcast_id: str, row: Sequence[Any], deferred: int) -> BroadcastStatus:
-    """From a STATUS row and the DEFERRED count."""
-    state, total, suppressed, rejected, delivered, bounced, cancelled = row[:7]
-    unsent = total - delivered - bounced - cancelled
-    if state == "sending" and row[9] is not None:
-        state = "done"
-    return BroadcastStatus(
-        id=broadcast_id, state=state, total=total, queued=unsent - deferred,
-        deferred=deferred, delivered=delivered, bounced=bounced, cancelled=cancelled,
-        suppressed=suppressed, rejected=rejected, created_at=row[7], accepted_at=row[8],
-        finished_at=row[9], cancelled_at=row[10])
 
 
 def suppress(address: str, reason: str, now: float, db: sqlite3.Connection) -> bool:

@@ -44,10 +44,11 @@ from relay.queue.base import (
     NewMessage,
     Outcome,
     QueueStats,
-    RecipientInfo,
     Selection,
     State,
     Suppression,
+    domain_shapes,
+    messages_with_recipients,
 )
 from relay.queue.postgres_groupcommit import StoreBatches, remember_answer
 from relay.queue.postgres_notify import NOTIFY, Listener
@@ -310,17 +311,13 @@ class PostgresQueue:
         return found[0] if found else None
 
     async def _with_recipients(self, rows: list[asyncpg.Record]) -> list[MessageInfo]:
-        messages = {r[0]: MessageInfo(r[0], r[1], r[2], r[3]) for r in rows}
-        if not messages:
+        if not rows:
             return []
-        for row in await self._fetch(
-                "SELECT message_id, address, state, attempts, next_attempt_at, last_reply "
-                "FROM recipients WHERE message_id = ANY($1::text[]) ORDER BY id",
-                list(messages)):
-            next_at = row[4] if row[2] in (State.QUEUED.value, State.DEFERRED.value) else None
-            messages[row[0]].recipients.append(
-                RecipientInfo(row[1], State(row[2]), row[3], next_at, row[5]))
-        return list(messages.values())
+        recipients = await self._fetch(
+            "SELECT message_id, address, state, attempts, next_attempt_at, last_reply "
+            "FROM recipients WHERE message_id = ANY($1::text[]) ORDER BY id",
+            [r[0] for r in rows])
+        return messages_with_recipients(rows, recipients)
 
     async def stats(self) -> QueueStats:
         depth = {State(r[0]): r[1] for r in await self._fetch(
@@ -346,11 +343,7 @@ class PostgresQueue:
             f"({NOW} - m.received_at) / 60.0 AS age FROM recipients r "
             f"JOIN messages m ON m.id = r.message_id WHERE {condition}) AS aged "
             "GROUP BY 1, 2", *params)
-        shapes: dict[str, list[int]] = {}
-        for domain, index, count in rows:
-            shapes.setdefault(domain, [0] * (len(SUMMARY_AGE_BUCKETS) + 1))[index] = count
-        return sorted((DomainShape(d, sum(c), c) for d, c in shapes.items()),
-                      key=lambda shape: (-shape.total, shape.domain))
+        return domain_shapes(rows)
 
     async def flush(self, selection: Selection) -> int:
         return await self._queue_now(selection, _DUE)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from relay.queue.base import BroadcastStatus, Outcome, domain_of
+from relay.queue.base import BroadcastStatus, Outcome, broadcast_status_of, domain_of
 from relay.queue.postgres_pool import NOW
 
 log = logging.getLogger("relay.queue")
@@ -126,13 +126,4 @@ async def status(connection: asyncpg.Connection, broadcast_id: str) -> Broadcast
         broadcast_id)
     if row is None:
         return None
-    state, total, suppressed, rejected, delivered, bounced, cancelled = row[:7]
-    deferred = int(row[11])
-    unsent = total - delivered - bounced - cancelled
-    if state == "sending" and row[9] is not None:
-        state = "done"
-    return BroadcastStatus(
-        id=broadcast_id, state=state, total=total, queued=unsent - deferred,
-        deferred=deferred, delivered=delivered, bounced=bounced, cancelled=cancelled,
-        suppressed=suppressed, rejected=rejected, created_at=row[7], accepted_at=row[8],
-        finished_at=row[9], cancelled_at=row[10])
+    return broadcast_status_of(broadcast_id, row[:11], int(row[11]))
