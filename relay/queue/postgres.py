@@ -50,7 +50,7 @@ from relay.queue.base import (
     domain_shapes,
     messages_with_recipients,
 )
-from relay.queue.postgres_groupcommit import StoreBatches, remember_answer
+from relay.queue.postgres_groupcommit import GroupCommit, message_commits, remember_answer
 from relay.queue.postgres_notify import NOTIFY, Listener
 from relay.queue.postgres_pool import (
     DATABASE_ERRORS,
@@ -112,7 +112,8 @@ class PostgresQueue:
         self.owner = owner or node_name()
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
-        self._batches: StoreBatches | None = None
+        self._batches: GroupCommit[NewMessage] | None = None
+        self._records: GroupCommit[Sequence[Outcome]] | None = None
         self._slots: set[str] = set()  # tokens of the destination slots this node holds
         # Bodies of small messages come with their claim: no query per message to read it.
         self._bodies = BodyCache(PREFETCH_BYTES)
@@ -134,7 +135,8 @@ class PostgresQueue:
                 await self._pool.close()
                 self._pool = None
             raise LocalFailure(f"queue database: {describe(exc)}") from exc
-        self._batches = StoreBatches(self._pool)
+        self._batches = message_commits(self._pool)
+        self._records = GroupCommit(self._record_together)
 
     def listen(self, wake: Callable[[], None]) -> None:
         """Call `wake` when any node makes work due (queue.postgres_notify); nothing with
@@ -147,11 +149,12 @@ class PostgresQueue:
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
-        if self._batches is not None:
-            await self._batches.close()
+        for writes in (self._batches, self._records):
+            if writes is not None:
+                await writes.close()
         if self._pool is not None:
             await self._pool.close()
-        self._pool = self._batches = None
+        self._pool = self._batches = self._records = None
 
     async def check(self) -> None:
         await self._fetchval("SELECT 1")
@@ -242,8 +245,15 @@ class PostgresQueue:
         return bytes(body)
 
     async def record(self, outcomes: Sequence[Outcome]) -> None:
+        """Outcomes of jobs that finish together share one transaction (group commit)."""
         if not outcomes:
             return
+        if self._records is None:
+            raise LocalFailure("queue is not open")
+        await self._records.submit(outcomes)
+
+    async def _record_together(self, groups: list[Sequence[Outcome]]) -> None:
+        outcomes = [outcome for group in groups for outcome in group]
         now = time.time()  # only to turn the node's retry times into delays
         async with self._transaction() as connection:
             applied = await connection.fetch(

@@ -1,19 +1,20 @@
-"""queue.postgres_groupcommit: new messages committed many to a transaction.
+"""queue.postgres_groupcommit: writes committed many to a transaction.
 
-Each SMTP session waits for its message to be committed before it answers 250. While one
-transaction is in flight, the messages that arrive queue up; the next transaction takes
-all of them (group commit): a few round trips and one WAL flush for a whole group rather
-than for every message. A group that fails is tried again one message at a time, so one
-bad message fails alone; a database that is down fails them all with LocalFailure
-(451 4.3.0 to the client, which tries again later).
+Each SMTP session waits for its message to be committed before it answers 250, and each
+delivery worker for its outcomes to be recorded. While one transaction is in flight, the
+writes that arrive queue up; the next transaction takes all of them (group commit): a few
+round trips and one WAL flush for a whole group rather than for every message. A group
+that fails is tried again one write at a time, so one bad write fails alone; a database
+that is down fails them all with LocalFailure (451 4.3.0 to a client, which tries again
+later; a retry with a growing delay for outcomes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
@@ -23,21 +24,24 @@ from relay.queue.postgres_notify import NOTIFY
 from relay.queue.postgres_pool import NOW, describe
 
 MAX_BATCH = 500
+_Write = TypeVar("_Write")
 
 
-class StoreBatches:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-        self._waiting: list[tuple[NewMessage, asyncio.Future[None]]] = []
+class GroupCommit(Generic[_Write]):
+    """Writes of one kind, committed together by `commit` (one transaction for a list)."""
+
+    def __init__(self, commit: Callable[[list[_Write]], Awaitable[None]]) -> None:
+        self._commit = commit
+        self._waiting: list[tuple[_Write, asyncio.Future[None]]] = []
         self._running: asyncio.Task[None] | None = None
 
-    async def submit(self, message: NewMessage) -> None:
-        """Return once `message` is committed; LocalFailure if it could not be."""
+    async def submit(self, write: _Write) -> None:
+        """Return once `write` is committed; LocalFailure if it could not be."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((message, future))
+        self._waiting.append((write, future))
         if self._running is None:
             self._running = asyncio.create_task(self._drain(), name="queue-group-commit")
-        await future  # a client that goes away cancels only its wait: the commit may land
+        await future  # a caller that goes away cancels only its wait: the commit may land
 
     async def close(self) -> None:
         if self._running is not None:
@@ -47,12 +51,12 @@ class StoreBatches:
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-                messages = [message for message, _ in batch]
+                writes = [write for write, _ in batch]
                 try:
-                    await self._commit(messages)
+                    await self._commit(writes)
                     failures: list[BaseException | None] = [None] * len(batch)
                 except Exception as exc:
-                    failures = [exc] if len(batch) == 1 else await self._singly(messages)
+                    failures = [exc] if len(batch) == 1 else await self._singly(writes)
                 for (_, future), failure in zip(batch, failures, strict=True):
                     if future.done():
                         continue
@@ -63,18 +67,22 @@ class StoreBatches:
         finally:
             self._running = None
 
-    async def _singly(self, messages: list[NewMessage]) -> list[BaseException | None]:
+    async def _singly(self, writes: list[_Write]) -> list[BaseException | None]:
         failures: list[BaseException | None] = []
-        for message in messages:
+        for write in writes:
             try:
-                await self._commit([message])
+                await self._commit([write])
                 failures.append(None)
             except Exception as exc:
                 failures.append(exc)
         return failures
 
-    async def _commit(self, messages: list[NewMessage]) -> None:
-        async with self._pool.acquire() as connection, connection.transaction():
+
+def message_commits(pool: asyncpg.Pool) -> GroupCommit[NewMessage]:
+    """New messages, their recipients and Idempotency-Keys, many to a transaction."""
+
+    async def commit(messages: list[NewMessage]) -> None:
+        async with pool.acquire() as connection, connection.transaction():
             await connection.execute(
                 "INSERT INTO messages (id, mail_from, size, received_at, smtputf8, body) "
                 f"SELECT id, mail_from, size, {NOW}, smtputf8, body FROM unnest("
@@ -95,6 +103,9 @@ class StoreBatches:
                      for m in messages if m.idempotency is not None]
             if keyed:
                 await remember_answer(connection, keyed)
+
+    return GroupCommit(commit)
+
 
 
 async def remember_answer(connection: asyncpg.Connection,
