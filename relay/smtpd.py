@@ -226,7 +226,6 @@ class RelaySMTP(SMTP):
         if await self._auth.check(name, login.password.decode("utf-8", "replace")):
             session.authenticated = True
             session.auth_data = session.user = name
-            session.login_data = login.login
             await self.push(str(reply.AUTH_OK))
             return
         session.auth_failures += 1

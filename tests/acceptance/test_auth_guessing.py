@@ -61,6 +61,10 @@ def test_guessing_is_slowed_cut_off_and_locked_out(
     other = session("127.0.0.10")
     assert other.docmd("AUTH", plain("app1", "s3cret-pass"))[0] == 235
     other.close()
+    challenged = session("127.0.0.10")  # AUTH LOGIN's challenge and response, as nodemailer
+    challenged.user, challenged.password = "app1", "s3cret-pass"
+    assert challenged.auth("LOGIN", challenged.auth_login)[0] == 235
+    challenged.close()
 
     relay.wait_for_lines("auth failed", count=5)
     assert "Traceback" not in relay.log()
