@@ -53,6 +53,7 @@ from relay.queue.base import (
 from relay.queue.postgres_groupcommit import GroupCommit, message_commits, remember_answer
 from relay.queue.postgres_notify import NOTIFY, Listener
 from relay.queue.postgres_pool import (
+    CONNECT_TIMEOUT,
     DATABASE_ERRORS,
     NOW,
     Failing,
@@ -67,7 +68,6 @@ log = logging.getLogger("relay.queue")
 DEFAULT_LEASE = 120.0
 PREFETCH_SIZE = 256 * 1024  # bodies up to this size come with the claim
 PREFETCH_BYTES = 64 * 1024 * 1024  # and at most this much of them is kept
-CONNECT_TIMEOUT = 5.0  # seconds: a database that is down is a quick 451, not a minute's wait
 _CLAIMABLE = "state IN ('queued', 'deferred', 'active')"
 _DUE = "state IN ('queued', 'deferred')"
 _WAITING = "state NOT IN ('delivered', 'bounced')"

@@ -19,13 +19,13 @@ from typing import Any
 
 import asyncpg
 
+from relay.queue.postgres_pool import CONNECT_TIMEOUT, DATABASE_ERRORS
 from relay.trouble import Trouble
 
 log = logging.getLogger("relay.queue")
 
 CHANNEL = "relay_queue"
 NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
-CONNECT_TIMEOUT = 5.0
 
 
 class Listener:
@@ -49,8 +49,7 @@ class Listener:
         while True:
             try:
                 await self._listen_once(trouble)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
-                    TimeoutError) as exc:
+            except DATABASE_ERRORS as exc:
                 await asyncio.sleep(trouble.failed(exc))
 
     async def _listen_once(self, trouble: Trouble) -> None:

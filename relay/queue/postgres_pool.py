@@ -19,6 +19,7 @@ from relay.queue.postgres_schema import MIGRATIONS, version
 
 # Every time in the queue is the database's, in seconds since the epoch (never a node's).
 NOW = "extract(epoch from clock_timestamp())"
+CONNECT_TIMEOUT = 5.0  # seconds: a database that is down is a quick 451, not a minute's wait
 # PostgreSQL or the connection failed: the caller answers 451 / retries.
 DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
