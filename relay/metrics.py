@@ -49,6 +49,10 @@ class Metrics:
         self.spool_free = Gauge(
             "relay_spool_free_bytes", "Free space on the spool's file system.",
             registry=registry)
+        self.leased = Gauge(
+            "relay_node_leased_recipients", "Recipients this node holds leases on (being "
+            "delivered or about to be); relay_queue_recipients is the whole queue's, every "
+            "node's with the postgres backend.", registry=registry)
         self.mta_sts_fetches = Counter(
             "relay_mta_sts_policy_fetches", "MTA-STS policy fetches, by result (ok, failed).",
             ["result"], registry=registry)
@@ -77,11 +81,12 @@ class Metrics:
             self.sessions.labels("yes").inc(tls)
 
     def queue_state(self, depth: Mapping[State, int], oldest_age: float,
-                    spool_free: int | None) -> None:
+                    spool_free: int | None, leased: int) -> None:
         for state in State:
             if state not in (State.DELIVERED, State.BOUNCED):
                 self.queue_depth.labels(state.value).set(depth.get(state, 0))
         self.oldest_age.set(oldest_age)
+        self.leased.set(leased)
         if spool_free is not None:
             self.spool_free.set(spool_free)
 

@@ -106,6 +106,11 @@ class Scheduler:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def leased(self) -> int:
+        """Recipients this node holds leases on."""
+        return len(self._held)
+
     def wake(self) -> None:
         """New or released mail: look for due work now."""
         self._wakeup.set()

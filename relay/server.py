@@ -144,7 +144,8 @@ class Relay:
         """GET /metrics: the counters, and the queue as it is now."""
         stats = await self.queue.stats()
         free = (self.queue.files.free_bytes() if isinstance(self.queue, LocalQueue) else None)
-        self.metrics.queue_state(stats.depth, _age(stats), free)
+        leased = self._scheduler.leased if self._scheduler is not None else 0
+        self.metrics.queue_state(stats.depth, _age(stats), free, leased)
         self.metrics.sessions_ended(*self._sessions.take_ended())  # in-process SMTP
         return self.metrics.exposition()
 

@@ -85,7 +85,22 @@ def test_two_nodes_share_one_queue(make_node: MakeNode, dns_server: DnsServer,
     assert numbers == list(range(40))  # each once
     status = relayctl(second.config, "db", "status")
     assert f"schema version {newest} of {newest}, up to date" in status.stdout
+    # Each node's /metrics gives the cluster's queue depth: mail deferred by the first node
+    # shows on the second.
+    sink.default_rcpt_reply = "451 4.3.0 busy"
+    send_blocking(smtp_port(first.config), "app@sender.test", ["late@example.test"],
+                  numbered(99))
+    until(lambda: 'relay_queue_recipients{state="deferred"} 1.0' in metrics(second),
+          "the second node to see the deferral")
+    assert "relay_node_leased_recipients 0.0" in metrics(second)
     assert first.stop() == 0 and second.stop() == 0
+
+
+def metrics(node: RelayProcess) -> str:
+    loaded = config_module.load(node.config)
+    token = loaded.admin_token_path.read_text().strip()
+    return httpx.get(f"http://{loaded.admin.listen}/metrics", timeout=30,
+                     headers={"Authorization": f"Bearer {token}"}).text
 
 
 def test_a_destination_connection_limit_holds_for_the_cluster(
