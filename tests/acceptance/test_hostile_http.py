@@ -122,3 +122,12 @@ def test_a_message_up_to_the_limit_is_taken(api: httpx.Client, relay: RelayProce
     response = api.post("/v1/messages", json=raw(MB // 2))
     assert response.status_code == 202, response.text
     assert "Traceback" not in relay.log()
+
+
+def test_a_chunked_body_is_limited_while_it_is_read(api: httpx.Client) -> None:
+    """No Content-Length (chunked): the limit holds as the body streams in."""
+    chunks = iter([b'{"ids": ["' + b"x" * MB] + [b"x" * MB] * 3 + [b'"]}'])
+    response = api.post("/v1/queue/flush", content=chunks,
+                        headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert error_of(response)["code"] == "too_large"
