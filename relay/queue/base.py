@@ -294,7 +294,13 @@ class Queue(MessageStore, Protocol):
     async def delete(self, message_id: str) -> bool: ...
 
 
-# Shared by the backends: their query results into the records above.
+# Shared by the backends: SQL both dialects read alike, and their query results into the
+# records above.
+
+# Which recipients `requeue` puts back: every one not final (active and held too), but
+# not those of a broadcast still being uploaded (they wait, held, until it is accepted).
+REQUEUABLE = ("state NOT IN ('delivered', 'bounced') AND message_id NOT IN "
+              "(SELECT id FROM broadcasts WHERE state = 'receiving')")
 
 def messages_with_recipients(messages: Sequence[Sequence[Any]],
                              recipients: Sequence[Sequence[Any]]) -> list[MessageInfo]:

@@ -31,6 +31,7 @@ from relay.errors import LocalFailure
 from relay.queue import local_broadcasts as broadcasts
 from relay.queue.base import (
     IDEMPOTENCY_WINDOW,
+    REQUEUABLE,
     SUMMARY_AGE_BUCKETS,
     BroadcastStatus,
     Claimed,
@@ -329,11 +330,7 @@ class LocalQueue:
         return await self._queue_now(selection, _DUE)
 
     async def requeue(self, selection: Selection) -> int:
-        # Active and held ones too, but not a broadcast still being uploaded (its
-        # recipients wait, held, until it is accepted).
-        return await self._queue_now(selection, f"{_WAITING} AND message_id NOT IN "
-                                                "(SELECT id FROM broadcasts "
-                                                "WHERE state = 'receiving')")
+        return await self._queue_now(selection, REQUEUABLE)
 
     async def _queue_now(self, selection: Selection, which: str) -> int:
         """Recipients of `selection` that match `which` to `queued`, due now; how many."""

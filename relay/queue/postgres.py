@@ -34,6 +34,7 @@ from relay.errors import LocalFailure
 from relay.queue import postgres_broadcasts as broadcasts
 from relay.queue.base import (
     IDEMPOTENCY_WINDOW,
+    REQUEUABLE,
     SUMMARY_AGE_BUCKETS,
     BroadcastStatus,
     Claimed,
@@ -359,9 +360,7 @@ class PostgresQueue:
         return await self._queue_now(selection, _DUE)
 
     async def requeue(self, selection: Selection) -> int:
-        return await self._queue_now(selection, f"{_WAITING} AND message_id NOT IN "
-                                                "(SELECT id FROM broadcasts "
-                                                "WHERE state = 'receiving')")
+        return await self._queue_now(selection, REQUEUABLE)
 
     async def _queue_now(self, selection: Selection, which: str) -> int:
         where, params = _selection_sql(selection, first=1)
