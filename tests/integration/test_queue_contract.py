@@ -24,6 +24,8 @@ from relay.queue import (
 )
 from relay.queue.local import LocalQueue
 from relay.queue.postgres import PostgresQueue
+from relay.queue.postgres_pool import schema_status
+from relay.queue.postgres_schema import MIGRATIONS
 
 LEASE = 1.0  # seconds: short, so that expiry is seen within a test
 _T = TypeVar("_T")
@@ -295,3 +297,15 @@ async def test_new_work_wakes_the_other_nodes(postgres_dsn: str, notify: bool) -
     finally:
         await storing.close()
         await idle.close()
+
+
+async def test_nodes_that_start_together_migrate_once(postgres_dsn: str) -> None:
+    """The schema is made under an advisory lock: five nodes starting at once all start."""
+    nodes = [PostgresQueue(postgres_dsn) for _ in range(5)]
+    await asyncio.gather(*(node.open() for node in nodes))
+    try:
+        assert await schema_status(postgres_dsn) == (len(MIGRATIONS), len(MIGRATIONS))
+        await nodes[0].store(message())
+        assert len(await nodes[4].list_messages()) == 1
+    finally:
+        await asyncio.gather(*(node.close() for node in nodes))
