@@ -66,6 +66,12 @@ def numbered(number: int) -> bytes:
     return f"Subject: {number}\r\nX-Test-Id: {number}\r\n\r\nbody\r\n".encode()
 
 
+def send_numbered(node: RelayProcess, number: int) -> None:
+    """Message `number` to r<number>@example.test through `node`'s SMTP."""
+    send_blocking(smtp_port(node.config), "app@sender.test", [f"r{number}@example.test"],
+                  numbered(number))
+
+
 def test_two_nodes_share_one_queue(make_node: MakeNode, dns_server: DnsServer,
                                    make_sink: Callable[..., Sink]) -> None:
     dns_server.add("example.test", "A", "127.0.0.2")
@@ -81,12 +87,10 @@ def test_two_nodes_share_one_queue(make_node: MakeNode, dns_server: DnsServer,
     assert PASSWORD not in first.log() + second.log() + status.stdout + status.stderr
     for number in range(40):
         node = (first, second)[number % 2]
-        send_blocking(smtp_port(node.config), "app@sender.test", [f"r{number}@example.test"],
-                      numbered(number))
+        send_numbered(node, number)
     sink.wait_for(40)
     until(lambda: queue_json(first.config) == [], "the queue to empty")
-    numbers = sorted(int(_TEST_ID.search(m.content).group(1))  # type: ignore[union-attr]
-                     for m in sink.messages)
+    numbers = sorted(_test_id(m) for m in sink.messages)
     assert numbers == list(range(40))  # each once
     status = relayctl(second.config, "db", "status")
     assert f"schema version {newest} of {newest}, up to date" in status.stdout
@@ -136,15 +140,13 @@ def test_a_killed_node_leaves_its_work_to_the_others(
     sink.data_gate = threading.Event()
     doomed = make_node("doomed", queue={"lease": "2s"}).start()
     for number in range(10):
-        send_blocking(smtp_port(doomed.config), "app@sender.test",
-                      [f"r{number}@example.test"], numbered(number))
+        send_numbered(doomed, number)
     sink.wait_at_gate(10)  # every message leased by the doomed node and in flight
     doomed.kill()
     survivor = make_node("survivor", queue={"lease": "2s"}).start()
     sink.data_gate.set()
     until(lambda: queue_json(survivor.config) == [], "the survivor to deliver", timeout=60)
-    numbers = [int(_TEST_ID.search(m.content).group(1))  # type: ignore[union-attr]
-               for m in sink.messages]
+    numbers = [_test_id(m) for m in sink.messages]
     assert sorted(set(numbers)) == list(range(10))  # nothing lost
     assert len(numbers) <= 10 + 10  # duplicates only of what the dead node had leased
     assert survivor.stop() == 0
@@ -195,8 +197,7 @@ def test_a_database_outage_is_4xx_then_recovery_without_restart(
         sending.clear()
         sender.join(60)
     until(lambda: queue_json(node.config) == [], "the queue to empty", timeout=60)
-    arrived = {int(_TEST_ID.search(m.content).group(1))  # type: ignore[union-attr]
-               for m in sink.messages}
+    arrived = {_test_id(m) for m in sink.messages}
     assert set(acked) <= arrived  # every acknowledged message arrived
     assert "Traceback" not in node.log()
     assert node.stop() == 0
@@ -238,8 +239,7 @@ def test_a_paused_node_changes_nothing_after_its_lease_was_taken_over(
     short_lease = {"queue": {"lease": "2s"}}
     paused = make_node("paused", **short_lease).start()
     for number in range(5):
-        send_blocking(smtp_port(paused.config), "app@sender.test",
-                      [f"r{number}@example.test"], numbered(number))
+        send_numbered(paused, number)
     sink.wait_at_gate(5)  # the paused node holds every lease, its transactions in flight
     assert paused.process is not None
     paused.process.send_signal(signal.SIGSTOP)
@@ -253,8 +253,7 @@ def test_a_paused_node_changes_nothing_after_its_lease_was_taken_over(
     # Awake again, the paused node hears its 250s and changes nothing: its lease is gone.
     paused.wait_for_lines("came after their lease was lost", timeout=60)
     assert queue_json(other.config) == []
-    numbers = [int(_TEST_ID.search(m.content).group(1))  # type: ignore[union-attr]
-               for m in sink.messages]
+    numbers = [_test_id(m) for m in sink.messages]
     assert sorted(set(numbers)) == list(range(5)) and len(numbers) == 10
     assert paused.stop() == 0 and other.stop() == 0
 
