@@ -59,13 +59,31 @@ class Template(BaseModel):
     def _header_names(cls, headers: dict[str, str]) -> dict[str, str]:
         # the same rules as for one message
         StructuredMessage.model_validate({"from": "a@b.example", "headers": headers})
+        for value in headers.values():
+            _placeholders_closed(value)
         return headers
+
+    @field_validator("from_", "reply_to", "subject", "text", "html", "unsubscribe_url")
+    @classmethod
+    def _closed(cls, text: str | None) -> str | None:
+        return _placeholders_closed(text) if text is not None else None
 
     def fields(self) -> frozenset[str]:
         """Every field the template refers to."""
         texts = [self.from_, self.reply_to or "", self.subject, self.text or "",
                  self.html or "", self.unsubscribe_url or "", *self.headers.values()]
         return frozenset(name for text in texts for name in _PLACEHOLDER.findall(text))
+
+
+def _placeholders_closed(text: str) -> str:
+    """`text`, or ValueError where a `{{` does not start a well-formed {{field}}: sent as
+    it is, it would reach every recipient."""
+    rest = _PLACEHOLDER.sub("", text)
+    start = rest.find("{{")
+    if start >= 0:
+        raise ValueError(f"{rest[start:start + 24]!r} is not a placeholder: write "
+                         "{{field}}, a field name of letters, digits, '_', '.' or '-'")
+    return text
 
 
 class Recipient(BaseModel):

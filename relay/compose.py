@@ -42,7 +42,12 @@ _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _SIMPLE_ADDRESS = re.compile(rf"({_ATOM}(?:\.{_ATOM})*)@({_LABEL}(?:\.{_LABEL})+)")
 
-OneLine = Annotated[str, StringConstraints(pattern=r"^[^\r\n]*$", max_length=998)]
+ONE_LINE = r"^[^\r\n]*$"
+MIME_TYPE = r"^[!#-'*+.0-9A-Z^-~]+/[!#-'*+.0-9A-Z^-~]+$"
+# What a value that does not match one of the patterns above is told.
+PATTERN_MEANINGS = {ONE_LINE: "cannot contain line breaks",
+                    MIME_TYPE: "is not a MIME type such as text/plain"}
+OneLine = Annotated[str, StringConstraints(pattern=ONE_LINE, max_length=998)]
 
 
 class ComposeError(ValueError):
@@ -57,8 +62,8 @@ class Attachment(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     filename: OneLine = Field(min_length=1)
-    content_type: OneLine = Field(default="application/octet-stream",
-                                  pattern=r"^[!#-'*+.0-9A-Z^-~]+/[!#-'*+.0-9A-Z^-~]+$")
+    content_type: Annotated[str, StringConstraints(pattern=MIME_TYPE, max_length=255)] = (
+        "application/octet-stream")
     content: str  # base64
 
     def decoded(self, index: int) -> bytes:

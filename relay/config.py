@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -55,12 +56,23 @@ def parse_duration(value: object) -> float:
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
+def format_duration(seconds: float) -> str:
+    """The other way: 300.0 is "5m", 5400.0 is "90m", 0.5 is "500ms"."""
+    for unit, size in sorted(_DURATION_UNITS.items(), key=lambda item: -item[1]):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    return f"{seconds:g}s"
+
+
 @dataclass(frozen=True)
 class Rate:
     """At most `count` events per `window` seconds."""
 
     count: int
     window: float
+
+    def __str__(self) -> str:
+        return f"{self.count}/{format_duration(self.window)}"
 
 
 def parse_rate(value: str) -> Rate | None:
@@ -278,21 +290,35 @@ def load(explicit: str | Path | None = None) -> Config:
     try:
         config = _with_file(data)()
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from exc
+        raise ConfigError(describe_validation_error(exc, lambda loc: _origin(loc, source))
+                          ) from exc
     base = path.parent if path else Path.cwd()
-    return _resolve_paths(config, base.resolve(), source)
+    return resolve_paths(config, base.resolve(), source)
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line: `section.key: what is wrong` for every error."""
+def describe_validation_error(exc: ValidationError,
+                              origin: Callable[[tuple[Any, ...]], str] | None = None) -> str:
+    """One line: `section.key: what is wrong` for every error, each after where the value
+    came from when `origin` says."""
     parts = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         message = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key"
-        parts.append(f"{key}: {message}")
+        parts.append(f"{origin(tuple(err['loc']))}: " if origin else "")
+        parts[-1] += f"{key}: {message}"
     return "; ".join(parts)
+
+
+def _origin(loc: tuple[Any, ...], source: str) -> str:
+    """Where the value of the key at `loc` came from: its environment override (named,
+    its value never shown: it may be a secret), else the file."""
+    for depth in (2, 1):  # RELAY_SMTP__MAX_RECIPIENTS, or a whole section as JSON
+        name = "RELAY_" + "__".join(str(part) for part in loc[:depth]).upper()
+        if len(loc) >= depth and any(key.upper() == name for key in os.environ):
+            return f"environment variable {name}"
+    return source
 
 
 def _with_file(data: dict[str, Any]) -> type[Config]:
@@ -313,7 +339,7 @@ def _with_file(data: dict[str, Any]) -> type[Config]:
     return FileConfig
 
 
-def _resolve_paths(config: Config, base: Path, source: str) -> Config:
+def resolve_paths(config: Config, base: Path, source: str) -> Config:
     def resolve(p: str | Path) -> Path:
         return Path(p) if Path(p).is_absolute() else base / p
 

@@ -97,4 +97,5 @@ def event_loop_runner() -> Runner:
         import uvloop
     except ImportError:
         return asyncio.run
-    return uvloop.run
+    runner: Runner = uvloop.run
+    return runner

@@ -18,7 +18,7 @@ import signal
 import time
 
 from relay.admin import AdminServer, Services, create_app
-from relay.admin_token import load_or_create_token
+from relay.admin.token import load_or_create_token
 from relay.cleanup import Cleanup
 from relay.config import Config
 from relay.delivery import DeliveryAgent, NextHops, relayhost_credentials

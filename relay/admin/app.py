@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 
 from relay import metrics
 from relay.admin.broadcast_routes import broadcast_routes, openapi_schemas
-from relay.admin.errors import ApiError, error_body, field_name
+from relay.admin.errors import ApiError, error_body, validation_error
 from relay.admin.gate import Gate
 from relay.admin.idempotency import IdempotencyKeys
 from relay.admin.queue_routes import queue_routes
@@ -102,10 +102,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-        return JSONResponse(error_body("invalid", message, field_name(first.get("loc", ()))),
-                            422)
+        error = validation_error(exc.errors())
+        return JSONResponse(error_body(error.code, str(error.detail), error.field), 422)
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -18,14 +18,16 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
+from starlette.requests import ClientDisconnect
 
-from relay.admin.errors import ApiError, field_name
+from relay.admin.errors import ApiError, validation_error
 from relay.admin.idempotency import IdempotencyKeys, replay
 from relay.broadcast import Recipient, Template, check_recipient, envelope_sender
 from relay.compose import ComposeError, mailbox
@@ -35,8 +37,11 @@ from relay.queue import BroadcastStatus, Idempotency, Queue, new_queue_id
 CHUNK = 5000  # recipients per index write while a broadcast is uploaded
 MAX_LINE = 1024 * 1024  # bytes per NDJSON line
 MAX_LISTED_REJECTIONS = 10_000  # in the answer; rejected_total counts them all
-EVENT_INTERVAL = 1.0  # seconds between Server-Sent Events
+EVENT_INTERVAL = 1.0  # seconds between looks at a broadcast's counts
+KEEPALIVE_EVERY = 15  # looks without a change between two keepalive comments
 NDJSON = "application/x-ndjson"
+
+log = logging.getLogger("relay.admin")
 
 
 class BroadcastRequest(Template):
@@ -85,15 +90,21 @@ def broadcast_routes(queue: Queue, wake: Callable[[], None], keys: IdempotencyKe
         """A broadcast: one template, many recipients, each rendered when it is sent."""
         body = _Body(request)
         store = functools.partial(_store, queue, body, max_message_size=max_message_size)
-        if idempotency_key is None:
-            answer = await store(None)
-        else:
-            async with keys.held(idempotency_key):
-                earlier = await queue.idempotent_answer(idempotency_key)
-                if earlier is not None:
-                    await body.drain()  # the digest needs the whole body
-                    return replay(earlier, body.digest())
-                answer = await store(idempotency_key)
+        try:
+            if idempotency_key is None:
+                answer = await store(None)
+            else:
+                async with keys.held(idempotency_key):
+                    earlier = await queue.idempotent_answer(idempotency_key)
+                    if earlier is not None:
+                        await body.drain()  # the digest needs the whole body
+                        return replay(earlier, body.digest())
+                    answer = await store(idempotency_key)
+        except ClientDisconnect:
+            log.warning("broadcast upload from [%s] ended by the client after %d bytes: "
+                        "nothing stored", request.client.host if request.client else "?",
+                        body.received)
+            raise ApiError(400, "incomplete", "the client ended the upload", "body") from None
         wake()
         return answer
 
@@ -113,7 +124,12 @@ def broadcast_routes(queue: Queue, wake: Callable[[], None], keys: IdempotencyKe
 
     @router.post("/v1/broadcasts/{broadcast_id}/cancel", response_model=BroadcastStatus)
     async def cancel(broadcast_id: str) -> BroadcastStatus:
-        """Stop what has not been sent; recipients being sent right now finish."""
+        """Stop what has not been sent; recipients being sent right now finish. A
+        broadcast already done or cancelled is a 409."""
+        before = await _existing(queue, broadcast_id)
+        if before.state in ("done", "cancelled"):
+            raise ApiError(409, "finished", f"broadcast {broadcast_id} is {before.state} "
+                           "already: nothing left to cancel", "id")
         cancelled = await queue.cancel_broadcast(broadcast_id)
         if cancelled is None:
             raise ApiError(404, "not_found", f"no broadcast {broadcast_id}", "id")
@@ -162,11 +178,19 @@ async def _existing(queue: Queue, broadcast_id: str) -> BroadcastStatus:
 
 
 async def _event_stream(queue: Queue, broadcast_id: str) -> AsyncIterator[str]:
+    """An event when the counts change (the first one at once), a comment now and then
+    so that proxies keep the connection, and the end when nothing is left to send."""
+    sent, quiet = "", 0
     while True:
         current = await queue.broadcast_status(broadcast_id)
         if current is None:
             return
-        yield f"event: status\ndata: {json.dumps(dataclasses.asdict(current))}\n\n"
+        data = json.dumps(dataclasses.asdict(current))
+        if data != sent:
+            yield f"event: status\ndata: {data}\n\n"
+            sent, quiet = data, 0
+        elif (quiet := quiet + 1) % KEEPALIVE_EVERY == 0:
+            yield ": still sending\n\n"
         if current.state in ("done", "cancelled") and current.queued == 0:
             return
         await asyncio.sleep(EVENT_INTERVAL)
@@ -182,13 +206,18 @@ class _Body:
         content_type = request.headers.get("content-type", "").split(";")[0].strip()
         self.ndjson = content_type == NDJSON
         self._stream = request.stream()
+        self.received = 0  # bytes
 
     def digest(self) -> str:
         return self._hash.hexdigest()
 
     async def drain(self) -> None:
         async for chunk in self._stream:
-            self._hash.update(chunk)
+            self._update(chunk)
+
+    def _update(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self.received += len(chunk)
 
     async def template_and_recipients(self) -> tuple[Template, AsyncIterator[Any]]:
         if not self.ndjson:
@@ -204,14 +233,14 @@ class _Body:
     async def _whole(self) -> bytes:
         chunks = []
         async for chunk in self._stream:
-            self._hash.update(chunk)
+            self._update(chunk)
             chunks.append(chunk)
         return b"".join(chunks)
 
     async def _lines(self) -> AsyncIterator[bytes]:
         pending = b""
         async for chunk in self._stream:
-            self._hash.update(chunk)
+            self._update(chunk)
             pending += chunk
             *complete, pending = pending.split(b"\n")
             for line in complete:
@@ -265,9 +294,7 @@ def _template(document: dict[str, Any]) -> Template:
     try:
         return Template.model_validate(document)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-        raise ApiError(422, "invalid", message, field_name(first.get("loc", ()))) from None
+        raise validation_error(exc.errors()) from None
 
 
 async def _store(queue: Queue, body: _Body, idempotency_key: str | None, *,
@@ -307,6 +334,9 @@ async def _store(queue: Queue, body: _Body, idempotency_key: str | None, *,
         if chunk:
             suppressed += await queue.add_broadcast_recipients(broadcast_id, chunk)
             accepted += len(chunk)
+        if not accepted + rejected_total:
+            raise ApiError(422, "invalid", "a broadcast needs at least one recipient",
+                           "recipients")
         answer = {"id": broadcast_id, "accepted": accepted - suppressed,
                   "suppressed": suppressed,
                   "rejected": [r.model_dump() for r in rejected],

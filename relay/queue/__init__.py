@@ -16,6 +16,7 @@ from relay.queue.base import (
     QueueStats,
     RecipientInfo,
     Selection,
+    ShapeKey,
     State,
     Suppression,
     domain_of,
@@ -25,6 +26,6 @@ from relay.queue.base import (
 __all__ = [
     "SUMMARY_AGE_BUCKETS", "BroadcastStatus", "Claimed", "DomainShape", "Idempotency",
     "IdempotentAnswer", "MessageInfo", "MessageMeta", "MessageStore", "NewMessage", "Outcome",
-    "Queue", "QueueStats", "RecipientInfo", "Selection", "State", "Suppression", "domain_of",
-    "new_queue_id",
+    "Queue", "QueueStats", "RecipientInfo", "Selection", "ShapeKey", "State", "Suppression",
+    "domain_of", "new_queue_id",
 ]

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 
 class State(StrEnum):
@@ -171,13 +171,16 @@ class QueueStats:
 @dataclass(frozen=True)
 class DomainShape:
     """One row of `relayctl queue summary` (Postfix's qshape): a destination domain and
-    how many of its recipients waiting in the queue fall in each age bucket."""
+    how many of its recipients waiting in the queue fall in each age bucket (or a sender
+    domain and its messages)."""
 
     domain: str
     total: int
     by_age: list[int]  # one count per bucket of SUMMARY_AGE_BUCKETS
 
 
+# What queue summary groups by: the recipient's domain (qshape) or the sender's (qshape -s).
+ShapeKey = Literal["recipient", "sender"]
 # Upper bounds (minutes) of qshape's age buckets; the last bucket is everything older.
 SUMMARY_AGE_BUCKETS = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
 
@@ -248,8 +251,10 @@ class Queue(MessageStore, Protocol):
     async def idempotent_answer(self, key: str) -> IdempotentAnswer | None:
         """The answer stored with `key` within IDEMPOTENCY_WINDOW, if any."""
 
-    async def summary(self, state: State | None = None) -> list[DomainShape]:
-        """Waiting recipients per destination domain and age bucket, busiest first."""
+    async def summary(self, state: State | None = None,
+                      by: ShapeKey = "recipient") -> list[DomainShape]:
+        """Waiting recipients per destination domain and age bucket, busiest first; with
+        `by="sender"`, messages per sender domain (qshape -s)."""
 
     # -- broadcasts (stored once: a template and a row per recipient) -----------------
 
@@ -287,20 +292,34 @@ class Queue(MessageStore, Protocol):
         (Postfix's `postsuper -r`); an outcome still due from a delivery in flight is then
         ignored. Returns how many."""
 
-    async def hold(self, message_id: str) -> int: ...
+    async def hold(self, selection: Selection) -> int:
+        """Hold the waiting (queued, deferred) recipients; return how many."""
 
-    async def release(self, message_id: str) -> int: ...
+    async def release(self, selection: Selection) -> int:
+        """Held recipients back to `queued`, due now; return how many."""
 
-    async def delete(self, message_id: str) -> bool: ...
+    async def delete(self, selection: Selection) -> int:
+        """Remove messages and all their recipients (not broadcasts: those are cancelled);
+        return how many messages."""
+
+    async def missing(self, message_ids: Sequence[str]) -> list[str]:
+        """Those of `message_ids` that are not in the queue, in their order."""
 
 
 # Shared by the backends: SQL both dialects read alike, and their query results into the
 # records above.
 
-# Which recipients `requeue` puts back: every one not final (active and held too), but
-# not those of a broadcast still being uploaded (they wait, held, until it is accepted).
-REQUEUABLE = ("state NOT IN ('delivered', 'bounced') AND message_id NOT IN "
-              "(SELECT id FROM broadcasts WHERE state = 'receiving')")
+# The recipients of a broadcast still being uploaded wait, held, until it is accepted:
+# operator commands leave them alone.
+NOT_RECEIVING = "message_id NOT IN (SELECT id FROM broadcasts WHERE state = 'receiving')"
+# Which recipients each operator command changes (requeue: every one not final, active and
+# held too, like postsuper -r).
+FLUSHABLE = HOLDABLE = "state IN ('queued', 'deferred')"
+RELEASABLE = f"state = 'held' AND {NOT_RECEIVING}"
+REQUEUABLE = f"state NOT IN ('delivered', 'bounced') AND {NOT_RECEIVING}"
+# The messages `delete` removes, given a condition on their recipients.
+DELETABLE = ("SELECT id FROM messages WHERE id NOT IN (SELECT id FROM broadcasts) "
+             "AND id IN (SELECT message_id FROM recipients WHERE {})")
 
 def messages_with_recipients(messages: Sequence[Sequence[Any]],
                              recipients: Sequence[Sequence[Any]]) -> list[MessageInfo]:
@@ -314,11 +333,27 @@ def messages_with_recipients(messages: Sequence[Sequence[Any]],
     return list(found.values())
 
 
-def domain_shapes(counts: Sequence[Sequence[Any]]) -> list[DomainShape]:
-    """Rows (domain, age bucket, count) as qshape's table, busiest first."""
+def summary_sql(by: ShapeKey, now: str, condition: str) -> str:
+    """qshape's query for both dialects: rows (key, age bucket, count), the bucket computed
+    in SQL so that a million recipients never become Python rows. `now` is the SQL for the
+    current time; the key is the recipient's domain, or the sender (grouped by its domain
+    in domain_shapes, messages counted once)."""
+    bucket = " ".join(f"WHEN age < {limit} THEN {i}"
+                      for i, limit in enumerate(SUMMARY_AGE_BUCKETS))
+    key, count = (("r.domain", "COUNT(*)") if by == "recipient"
+                  else ("m.mail_from", "COUNT(DISTINCT message_id)"))
+    return (f"SELECT key, CASE {bucket} ELSE {len(SUMMARY_AGE_BUCKETS)} END AS bucket, "
+            f"{count} FROM (SELECT {key} AS key, r.message_id AS message_id, "
+            f"({now} - m.received_at) / 60.0 AS age FROM recipients r "
+            f"JOIN messages m ON m.id = r.message_id WHERE {condition}) AS aged GROUP BY 1, 2")
+
+
+def domain_shapes(counts: Sequence[Sequence[Any]], by: ShapeKey) -> list[DomainShape]:
+    """Rows (key, age bucket, count) of summary_sql as qshape's table, busiest first."""
     shapes: dict[str, list[int]] = {}
-    for domain, index, count in counts:
-        shapes.setdefault(domain, [0] * (len(SUMMARY_AGE_BUCKETS) + 1))[index] = count
+    for key, index, count in counts:
+        domain = key if by == "recipient" else domain_of(key) or "MAILER-DAEMON"
+        shapes.setdefault(domain, [0] * (len(SUMMARY_AGE_BUCKETS) + 1))[index] += count
     return sorted((DomainShape(d, sum(c), c) for d, c in shapes.items()),
                   key=lambda shape: (-shape.total, shape.domain))
 

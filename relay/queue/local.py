@@ -30,9 +30,12 @@ import aiosqlite
 from relay.errors import LocalFailure
 from relay.queue import local_broadcasts as broadcasts
 from relay.queue.base import (
+    DELETABLE,
+    FLUSHABLE,
+    HOLDABLE,
     IDEMPOTENCY_WINDOW,
+    RELEASABLE,
     REQUEUABLE,
-    SUMMARY_AGE_BUCKETS,
     BroadcastStatus,
     Claimed,
     DomainShape,
@@ -44,16 +47,24 @@ from relay.queue.base import (
     Outcome,
     QueueStats,
     Selection,
+    ShapeKey,
     State,
     Suppression,
     broadcast_status_of,
     domain_of,
     domain_shapes,
     messages_with_recipients,
+    summary_sql,
 )
 from relay.queue.groupcommit import GroupCommitter, PresyncFailed
 from relay.queue.local_index import open_index, recover
-from relay.queue.local_sql import IDS, delete_messages, finish_messages, remember_answer
+from relay.queue.local_sql import (
+    IDS,
+    delete_messages,
+    delete_selected,
+    finish_messages,
+    remember_answer,
+)
 from relay.queue.spoolfiles import SpoolFiles, storage_failure
 
 log = logging.getLogger("relay.queue")
@@ -62,7 +73,6 @@ log = logging.getLogger("relay.queue")
 _T = TypeVar("_T")
 IO_THREADS = 8
 PREVIOUS_WORKERS_TIMEOUT = 60.0
-_DUE = "state IN ('queued', 'deferred')"
 _CLAIMABLE = "state IN ('queued', 'deferred', 'active')"  # active: once its lease expired
 DEFAULT_LEASE = 120.0
 _WAITING = "state NOT IN ('delivered', 'bounced')"
@@ -259,21 +269,14 @@ class LocalQueue:
             [key, self._clock() - IDEMPOTENCY_WINDOW])
         return IdempotentAnswer(rows[0][0], rows[0][1]) if rows else None
 
-    async def summary(self, state: State | None = None) -> list[DomainShape]:
-        # The bucket is computed in SQL, so a million recipients never become Python rows.
-        bucket = " ".join(f"WHEN age < {limit} THEN {i}"
-                          for i, limit in enumerate(SUMMARY_AGE_BUCKETS))
+    async def summary(self, state: State | None = None,
+                      by: ShapeKey = "recipient") -> list[DomainShape]:
         params: list[Any] = [self._clock()]
         condition = f"r.{_WAITING}"
         if state is not None:
             condition = "r.state = ?"
             params.append(state.value)
-        rows = await self._read_all(
-            f"SELECT domain, CASE {bucket} ELSE {len(SUMMARY_AGE_BUCKETS)} END, COUNT(*) "
-            "FROM (SELECT r.domain AS domain, (? - m.received_at) / 60.0 AS age "
-            f"FROM recipients r JOIN messages m ON m.id = r.message_id WHERE {condition}) "
-            "GROUP BY 1, 2", params)
-        return domain_shapes(rows)
+        return domain_shapes(await self._read_all(summary_sql(by, "?", condition), params), by)
 
     # -- broadcasts (queue.local_broadcasts) ------------------------------------------
 
@@ -327,38 +330,46 @@ class LocalQueue:
         return bool(await self._write(partial(broadcasts.unsuppress, address)))
 
     async def flush(self, selection: Selection) -> int:
-        return await self._queue_now(selection, _DUE)
+        return await self._queue_now(selection, FLUSHABLE)
 
     async def requeue(self, selection: Selection) -> int:
         return await self._queue_now(selection, REQUEUABLE)
 
+    async def release(self, selection: Selection) -> int:
+        return await self._queue_now(selection, RELEASABLE)
+
     async def _queue_now(self, selection: Selection, which: str) -> int:
         """Recipients of `selection` that match `which` to `queued`, due now; how many."""
-        where, params = _selection_sql(selection)
+        return await self._update_selected(
+            "UPDATE recipients SET state = 'queued', next_attempt_at = ?", [self._clock()],
+            which, selection)
+
+    async def hold(self, selection: Selection) -> int:
+        return await self._update_selected("UPDATE recipients SET state = 'held'", [],
+                                           HOLDABLE, selection)
+
+    async def _update_selected(self, update: str, params: list[Any], which: str,
+                               selection: Selection) -> int:
+        where, selected = _selection_sql(selection)
         if where is None:
             return 0
         return int(await self._write(partial(
-            _update_count,
-            f"UPDATE recipients SET state = 'queued', next_attempt_at = ? "
-            f"WHERE {which} AND ({where})", [self._clock(), *params])))
+            _update_count, f"{update} WHERE {which} AND ({where})", [*params, *selected])))
 
-    async def hold(self, message_id: str) -> int:
-        return int(await self._write(partial(
-            _update_count,
-            f"UPDATE recipients SET state = 'held' WHERE message_id = ? AND {_DUE}",
-            [message_id])))
-
-    async def release(self, message_id: str) -> int:
-        return int(await self._write(partial(
-            _update_count,
-            "UPDATE recipients SET state = 'queued', next_attempt_at = ? "
-            "WHERE message_id = ? AND state = 'held'", [self._clock(), message_id])))
-
-    async def delete(self, message_id: str) -> bool:
-        deleted = await self._write(partial(delete_messages, [message_id]))
-        if deleted:
+    async def delete(self, selection: Selection) -> int:
+        where, params = _selection_sql(selection)
+        if where is None:
+            return 0
+        deleted = await self._write(partial(delete_selected, DELETABLE.format(where), params))
+        for message_id in deleted:
             self.files.remove(message_id)
-        return bool(deleted)
+        return len(deleted)
+
+    async def missing(self, message_ids: Sequence[str]) -> list[str]:
+        found = {row[0] for row in await self._read_all(
+            f"SELECT id FROM messages WHERE id IN {IDS} AND done = 0",
+            [json.dumps(list(message_ids))])}
+        return [message_id for message_id in message_ids if message_id not in found]
 
     # -- plumbing --------------------------------------------------------------------
 

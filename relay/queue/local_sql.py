@@ -43,3 +43,10 @@ def delete_messages(message_ids: list[str], db: sqlite3.Connection) -> int:
     ids = json.dumps(message_ids)
     db.execute(f"DELETE FROM recipients WHERE message_id IN {IDS}", (ids,))
     return db.execute(f"DELETE FROM messages WHERE id IN {IDS}", (ids,)).rowcount
+
+
+def delete_selected(select_ids: str, params: Sequence[Any], db: sqlite3.Connection) -> list[str]:
+    """Delete the messages `select_ids` finds; their ids (whose files go next)."""
+    message_ids = [row[0] for row in db.execute(select_ids, params)]
+    delete_messages(message_ids, db)
+    return message_ids

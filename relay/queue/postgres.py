@@ -33,9 +33,12 @@ from relay.config import Rate
 from relay.errors import LocalFailure
 from relay.queue import postgres_broadcasts as broadcasts
 from relay.queue.base import (
+    DELETABLE,
+    FLUSHABLE,
+    HOLDABLE,
     IDEMPOTENCY_WINDOW,
+    RELEASABLE,
     REQUEUABLE,
-    SUMMARY_AGE_BUCKETS,
     BroadcastStatus,
     Claimed,
     DomainShape,
@@ -46,10 +49,12 @@ from relay.queue.base import (
     Outcome,
     QueueStats,
     Selection,
+    ShapeKey,
     State,
     Suppression,
     domain_shapes,
     messages_with_recipients,
+    summary_sql,
 )
 from relay.queue.postgres_groupcommit import GroupCommit, message_commits, remember_answer
 from relay.queue.postgres_notify import NOTIFY, Listener
@@ -70,7 +75,6 @@ DEFAULT_LEASE = 120.0
 PREFETCH_SIZE = 256 * 1024  # bodies up to this size come with the claim
 PREFETCH_BYTES = 64 * 1024 * 1024  # and at most this much of them is kept
 _CLAIMABLE = "state IN ('queued', 'deferred', 'active')"
-_DUE = "state IN ('queued', 'deferred')"
 _WAITING = "state NOT IN ('delivered', 'bounced')"
 
 
@@ -342,25 +346,21 @@ class PostgresQueue:
             key, IDEMPOTENCY_WINDOW)
         return None if row is None else IdempotentAnswer(row[0], row[1])
 
-    async def summary(self, state: State | None = None) -> list[DomainShape]:
-        bucket = " ".join(f"WHEN age < {limit} THEN {i}"
-                          for i, limit in enumerate(SUMMARY_AGE_BUCKETS))
+    async def summary(self, state: State | None = None,
+                      by: ShapeKey = "recipient") -> list[DomainShape]:
         condition, params = f"r.{_WAITING}", []
         if state is not None:
             condition, params = "r.state = $1", [state.value]
-        rows = await self._fetch(
-            f"SELECT domain, CASE {bucket} ELSE {len(SUMMARY_AGE_BUCKETS)} END AS bucket, "
-            "COUNT(*) FROM (SELECT r.domain AS domain, "
-            f"({NOW} - m.received_at) / 60.0 AS age FROM recipients r "
-            f"JOIN messages m ON m.id = r.message_id WHERE {condition}) AS aged "
-            "GROUP BY 1, 2", *params)
-        return domain_shapes(rows)
+        return domain_shapes(await self._fetch(summary_sql(by, NOW, condition), *params), by)
 
     async def flush(self, selection: Selection) -> int:
-        return await self._queue_now(selection, _DUE)
+        return await self._queue_now(selection, FLUSHABLE)
 
     async def requeue(self, selection: Selection) -> int:
         return await self._queue_now(selection, REQUEUABLE)
+
+    async def release(self, selection: Selection) -> int:
+        return await self._queue_now(selection, RELEASABLE)
 
     async def _queue_now(self, selection: Selection, which: str) -> int:
         where, params = _selection_sql(selection, first=1)
@@ -370,15 +370,12 @@ class PostgresQueue:
             f"UPDATE recipients SET state = 'queued', next_attempt_at = {NOW}, "
             f"lease_owner = NULL WHERE {which} AND ({where})", *params)
 
-    async def hold(self, message_id: str) -> int:
+    async def hold(self, selection: Selection) -> int:
+        where, params = _selection_sql(selection, first=1)
+        if where is None:
+            return 0
         return count_of(await self._execute(
-            f"UPDATE recipients SET state = 'held' WHERE message_id = $1 AND {_DUE}",
-            message_id))
-
-    async def release(self, message_id: str) -> int:
-        return await self._made_due(
-            f"UPDATE recipients SET state = 'queued', next_attempt_at = {NOW} "
-            "WHERE message_id = $1 AND state = 'held'", message_id)
+            f"UPDATE recipients SET state = 'held' WHERE {HOLDABLE} AND ({where})", *params))
 
     async def _made_due(self, update: str, *params: Any) -> int:
         """Run an UPDATE that makes recipients due now and tell every node; how many."""
@@ -388,10 +385,20 @@ class PostgresQueue:
                 await connection.execute(NOTIFY)
         return count
 
-    async def delete(self, message_id: str) -> bool:
-        self._bodies.forget([message_id])
-        return count_of(await self._execute("DELETE FROM messages WHERE id = $1 AND id NOT IN "
-                                          "(SELECT id FROM broadcasts)", message_id)) > 0
+    async def delete(self, selection: Selection) -> int:
+        where, params = _selection_sql(selection, first=1)
+        if where is None:
+            return 0
+        deleted = [row[0] for row in await self._fetch(
+            f"DELETE FROM messages WHERE id IN ({DELETABLE.format(where)}) RETURNING id",
+            *params)]
+        self._bodies.forget(deleted)
+        return len(deleted)
+
+    async def missing(self, message_ids: Sequence[str]) -> list[str]:
+        found = {row[0] for row in await self._fetch(
+            "SELECT id FROM messages WHERE id = ANY($1::text[])", list(message_ids))}
+        return [message_id for message_id in message_ids if message_id not in found]
 
     # -- broadcasts (queue.postgres_broadcasts) -------------------------------------
 

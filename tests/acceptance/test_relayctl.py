@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -84,31 +85,65 @@ def two_deferred(relay_process: MakeRelay, dns_server: DnsServer,
     return relay, sink, ids
 
 
-def test_hold_release_delete_show(relay_process: MakeRelay, dns_server: DnsServer,
-                                  make_sink: Callable[..., Sink]) -> None:
+def test_operator_commands_like_postsuper_and_postcat(relay_process: MakeRelay,
+                                                     dns_server: DnsServer,
+                                                     make_sink: Callable[..., Sink]) -> None:
     relay, _, ids = two_deferred(relay_process, dns_server, make_sink)
     shape = relayctl(relay.config, "queue", "summary").stdout.splitlines()
     assert shape[0].split()[:3] == ["T", "5", "10"]
     assert shape[1].split()[:3] == ["TOTAL", "2", "2"] and shape[2].split()[:2] == [
         "example.test", "2"]
+    by_sender = relayctl(relay.config, "queue", "summary", "--by", "sender").stdout
+    assert by_sender.splitlines()[2].split()[:2] == ["sender.test", "2"]
     summary = json.loads(relayctl(relay.config, "queue", "summary", "--state", "held",
                                   "--json").stdout)
     assert summary["domains"] == []
+
     held = relayctl(relay.config, "queue", "hold", ids[0])
-    assert held.returncode == 0 and "held" in held.stdout
+    assert (held.returncode, held.stdout) == (0, "1 recipient held\n")
+    again = relayctl(relay.config, "queue", "hold", ids[0])
+    assert (again.returncode, again.stdout) == (
+        0, "0 recipients held (none was waiting: held already, or being delivered)\n")
     assert f"{ids[0]}!" in relayctl(relay.config, "queue", "list").stdout
-    shown = json.loads(relayctl(relay.config, "queue", "show", ids[0]).stdout)
-    assert shown["recipients"][0]["state"] == "held"
+    shown = relayctl(relay.config, "queue", "show", ids[0]).stdout
+    assert f"Queue ID: {ids[0]}" in shown and "Sender:   app@sender.test" in shown
+    assert re.search(r"r0@example\.test +held +1 +- +451 4\.3\.0 busy", shown), shown
+    as_json = json.loads(relayctl(relay.config, "queue", "show", "--json", ids[0]).stdout)
+    assert as_json["recipients"][0]["state"] == "held"
     # -c also after the command, as in `relayctl serve -c relay.toml`
-    after = subprocess.run([relayctl_path(), "queue", "show", ids[0], "-c", str(relay.config)],
+    after = subprocess.run([relayctl_path(), "queue", "show", ids[0], "--json",
+                            "-c", str(relay.config)],
                            capture_output=True, text=True, timeout=60, check=False)
-    assert json.loads(after.stdout) == shown
-    assert relayctl(relay.config, "queue", "release", ids[0]).returncode == 0
-    assert relayctl(relay.config, "queue", "delete", ids[1]).returncode == 0
+    assert json.loads(after.stdout) == as_json
+
+    catted = subprocess.run([relayctl_path(), "-c", str(relay.config), "queue", "cat", ids[1]],
+                            capture_output=True, timeout=60, check=False)
+    assert catted.returncode == 0
+    assert catted.stdout.startswith(f"*** ENVELOPE RECORDS {ids[1]} ***\n".encode())
+    assert b"sender: app@sender.test\nrecipient: r1@example.test (deferred" in catted.stdout
+    assert b"\r\nSubject: test\r\n" in catted.stdout and b"Received: " in catted.stdout
+    assert catted.stdout.endswith(f"*** END OF MESSAGE {ids[1]} ***\n".encode())
+    header = relayctl(relay.config, "queue", "cat", "-h", ids[1]).stdout
+    assert "Subject: test" in header and "ENVELOPE" not in header and "hello" not in header
+
+    # Several ids and ids on standard input (mailq's marks ignored), like postsuper -H -.
+    released = relayctl(relay.config, "queue", "release", "-", stdin=f"{ids[0]}!\n{ids[1]}\n")
+    assert (released.returncode, released.stdout) == (0, "1 recipient released\n")
+    unknown = relayctl(relay.config, "queue", "delete", ids[1], "NOSUCHID")
+    assert unknown.returncode == 1 and unknown.stdout == "1 message deleted\n"
+    assert unknown.stderr == "relayctl: queue delete: no message NOSUCHID in the queue\n"
+    for command in ("flush", "hold", "release", "requeue", "delete"):
+        gone = relayctl(relay.config, "queue", command, ids[1])
+        assert gone.returncode == 1, command
+        assert gone.stderr == f"relayctl: queue {command}: no message {ids[1]} in the queue\n"
     assert [m["id"] for m in queue_json(relay.config)] == [ids[0]]
     missing = relayctl(relay.config, "queue", "show", ids[1])
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
     assert "no message" in missing.stderr
+    finished = relayctl(relay.config, "queue", "list", "--state", "delivered")
+    assert finished.returncode == 2 and finished.stderr.count("\n") == 1
+    assert "delivered recipients have left the queue" in finished.stderr
+    assert relayctl(relay.config, "queue", "delete", "--all").stdout == "1 message deleted\n"
     assert relay.stop() == 0
 
 
@@ -230,7 +265,7 @@ def test_relayctl_send(relay_process: MakeRelay, dns_server: DnsServer,
                     "ann@example.test", "--subject", "Report", "--text", "-", "--attach",
                     str(attachment), "--header", "X-Job: 7", stdin="see attached\n")
     assert sent.returncode == 0, sent.stderr
-    assert sent.stdout.startswith("queued as ") and "(1 recipients)" in sent.stdout
+    assert sent.stdout.startswith("queued as ") and sent.stdout.endswith(" (1 recipient)\n")
     arrived = sink.wait_for(1)[0]
     assert b"X-Job: 7" in arrived.content and b'filename="report.csv"' in arrived.content
 
@@ -257,7 +292,13 @@ def test_relayctl_broadcast_and_suppression(relay_process: MakeRelay, dns_server
     assert "rejected #20 bad:" in submitted.stdout
     broadcast_id = submitted.stdout.split()[1].rstrip(":")
     followed = relayctl(relay.config, "broadcast", "status", broadcast_id, "--follow")
-    assert followed.stdout.splitlines()[-1].startswith(f"{broadcast_id} done: 20 total")
+    lines = followed.stdout.splitlines()
+    assert lines[-1].startswith(f"{broadcast_id} done: 20 total")
+    assert all(a != b for a, b in zip(lines, lines[1:], strict=False))  # changes only
+    cancelled = relayctl(relay.config, "broadcast", "cancel", broadcast_id)
+    assert cancelled.returncode == 2
+    assert cancelled.stderr == (f"relayctl: broadcast {broadcast_id} is done already: "
+                                "nothing left to cancel (id)\n")
 
     assert relayctl(relay.config, "suppression", "add", "C1@example.test").returncode == 0
     listed = relayctl(relay.config, "suppression", "list").stdout
@@ -266,6 +307,13 @@ def test_relayctl_broadcast_and_suppression(relay_process: MakeRelay, dns_server
     csv_file.write_text("email,name\nc0@example.test,Zo\u00eb\nc1@example.test,Al\n")
     template_file = tmp_path / "template.json"
     template_file.write_text(json.dumps(template))
+    no_email = tmp_path / "no-email.csv"
+    no_email.write_text("address,name\nc9@example.test,X\n")
+    refused = relayctl(relay.config, "broadcast", "submit", str(no_email), "--template",
+                       str(template_file))
+    assert refused.returncode == 2 and refused.stderr == (
+        f"relayctl: broadcast submit: {no_email} has no 'email' column (it has: address, "
+        "name)\n")
     submitted = relayctl(relay.config, "broadcast", "submit", str(csv_file), "--template",
                          str(template_file))
     assert "1 accepted, 1 suppressed, 0 rejected" in submitted.stdout, submitted.stderr
@@ -280,6 +328,7 @@ def test_relayctl_broadcast_and_suppression(relay_process: MakeRelay, dns_server
     missing = relayctl(relay.config, "broadcast", "status", "NOSUCH")
     assert missing.returncode == 2 and "no broadcast NOSUCH" in missing.stderr
     assert relay.stop() == 0
+    assert "Traceback" not in relay.log_path.read_text()
 
 
 def test_relayctl_dkim_keygen_and_check(dns_server: DnsServer, mx_port: int,

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from relay import config as config_module
-from relay.admin_client import AdminClient
+from relay.cli.client import AdminClient
 from relay.config import Config, split_hostport
 from relay.queue import MessageInfo, State
 from relay.server import Relay

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from relay.admin_client import AdminClientError
+from relay.cli.client import AdminClientError
 from relay.queue import State
 from tests.integration.conftest import StartRelay
 from tests.support.client import message, send
@@ -63,7 +63,7 @@ async def test_hold_release_delete_and_errors(start_relay: StartRelay) -> None:
     assert (await relay.api("POST", f"/v1/queue/{queue_id}/hold")) == {"held": 0}
     assert (await relay.api("POST", f"/v1/queue/{queue_id}/release")) == {"released": 1}
     await relay.api("POST", f"/v1/queue/{queue_id}/hold")
-    assert (await relay.api("DELETE", f"/v1/queue/{queue_id}")) == {"deleted": True}
+    assert (await relay.api("DELETE", f"/v1/queue/{queue_id}")) == {"deleted": 1}
     assert not (relay.config.queue.path / "messages" / queue_id).exists()
     with pytest.raises(AdminClientError, match="no message"):
         await relay.api("GET", f"/v1/queue/{queue_id}")

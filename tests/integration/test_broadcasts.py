@@ -8,11 +8,13 @@ import asyncio
 import email
 import email.policy
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from relay.queue.local import LocalQueue
 from tests.integration.conftest import StartRelay, check_idempotency
@@ -203,6 +205,14 @@ async def test_idempotent_broadcast_and_bad_templates(start_relay: StartRelay) -
             return response.status_code, response.json()["error"]["field"]
 
         assert await error({**TEMPLATE, "subject": "a\r\nb"}) == (422, "subject")
+        unclosed = await client.post("/v1/broadcasts", json={**TEMPLATE, "text": "Hi {{name"})
+        assert unclosed.status_code == 422 and unclosed.json()["error"] == {
+            "code": "invalid", "field": "text", "message": "'{{name' is not a placeholder: "
+            "write {{field}}, a field name of letters, digits, '_', '.' or '-'"}
+        empty = await client.post("/v1/broadcasts", json={**TEMPLATE, "recipients": []})
+        assert empty.status_code == 422 and empty.json()["error"] == {
+            "code": "invalid", "field": "recipients",
+            "message": "a broadcast needs at least one recipient"}
         assert await error({**TEMPLATE, "from": "{{who}}@sender.test"}) == (422, "from")
         assert await error({**TEMPLATE, "recipients": {"a": 1}}) == (422, "recipients")
         assert await error([1, 2]) == (422, "body")
@@ -216,6 +226,33 @@ async def test_idempotent_broadcast_and_bad_templates(start_relay: StartRelay) -
             assert (await anonymous.request(method, path, json=body)).status_code == 401
     messages = await relay.relay.queue.list_messages()
     assert len(messages) == 1  # the one broadcast, once
+
+
+async def test_a_client_that_ends_its_upload_early_is_one_log_line(
+        start_relay: StartRelay, caplog: pytest.LogCaptureFixture) -> None:
+    relay = await start_relay()
+    token = relay.config.admin_token_path.read_text().strip()
+    host, port = relay.admin.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    start = "\n".join(json.dumps(line) for line in [TEMPLATE] + [
+        {"email": f"r{n}@example.test", "fields": {"name": "N", "code": "1", "team": "T"}}
+        for n in range(50)]).encode() + b"\n"
+    writer.write(b"POST /v1/broadcasts HTTP/1.1\r\nHost: relay\r\n"
+                 b"Authorization: Bearer " + token.encode() + b"\r\n"
+                 b"Content-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 + f"{len(start):x}\r\n".encode() + start + b"\r\n")
+    await writer.drain()
+    writer.close()  # mid-upload: no last chunk
+    await writer.wait_closed()
+    deadline = asyncio.get_running_loop().time() + 10
+    while not any("ended by the client" in r.getMessage() for r in caplog.records):
+        assert asyncio.get_running_loop().time() < deadline, caplog.text
+        await asyncio.sleep(0.02)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"broadcast upload from [127.0.0.1] ended by the client after {len(start)} bytes: "
+        "nothing stored"]
+    assert not any(r.exc_info for r in caplog.records)
+    assert await relay.relay.queue.list_messages() == []
 
 
 async def test_an_upload_cut_short_is_removed_at_the_next_start(tmp_path: Path) -> None:

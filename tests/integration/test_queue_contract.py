@@ -145,21 +145,49 @@ async def test_operator_commands(queue: Queue) -> None:
     held, other = message("h@example.test"), message("o@other.test")
     await queue.store(held)
     await queue.store(other)
-    assert await queue.hold(held.id) == 1
+    assert await queue.hold(Selection([held.id])) == 1
+    assert await queue.hold(Selection([held.id])) == 0  # held already
     assert [c.address for c in await queue.claim_due(10)] == ["o@other.test"]
     assert [m.id for m in await queue.list_messages(state=State.HELD)] == [held.id]
     assert [m.id for m in await queue.list_messages(domain="OTHER.test")] == [other.id]
     shape = await queue.summary()
     assert [(s.domain, s.total, s.by_age[0]) for s in shape] == [
         ("example.test", 1, 1), ("other.test", 1, 1)]
-    assert await queue.release(held.id) == 1
+    assert await queue.release(Selection(all=True)) == 1
     assert await queue.flush(Selection()) == 0  # nothing selected
     assert await queue.flush(Selection(domain="example.test")) == 1
     assert await queue.requeue(Selection(ids=[other.id])) == 1  # the active one too
     assert {m.id for m in await queue.list_messages(state=State.QUEUED)} == {held.id, other.id}
-    assert await queue.delete(held.id) is True
-    assert await queue.delete(held.id) is False
+    assert await queue.missing(["NOSUCHID", held.id, "ANOTHER"]) == ["NOSUCHID", "ANOTHER"]
+    assert await queue.delete(Selection([held.id])) == 1
+    assert await queue.delete(Selection([held.id])) == 0
+    assert await queue.missing([held.id]) == [held.id]
     assert [m.id for m in await queue.list_messages()] == [other.id]
+
+
+async def test_operator_commands_by_domain_and_all(queue: Queue) -> None:
+    first, second, third = (message("a@example.test", "b@other.test"),
+                            message("c@example.test"), message("d@third.test"))
+    for stored in (first, second, third):
+        await queue.store(stored)
+    assert await queue.hold(Selection(domain="example.test")) == 2  # recipients
+    assert await queue.release(Selection(domain="example.test")) == 2
+    assert await queue.hold(Selection(all=True)) == 4
+    assert await queue.delete(Selection(domain="Example.TEST")) == 2  # messages, whole
+    assert [m.id for m in await queue.list_messages()] == [third.id]
+    assert await queue.delete(Selection(all=True)) == 1
+    assert await queue.list_messages() == []
+
+
+async def test_summary_by_sender_counts_messages_per_sender_domain(queue: Queue) -> None:
+    for sender, recipients in (("app@Shop.test", ("a@x.test", "b@y.test")),
+                               ("news@shop.test", ("c@x.test",)),
+                               ("", ("d@x.test",))):
+        await queue.store(NewMessage(new_queue_id(), sender, recipients, b"\r\n"))
+    shapes = await queue.summary(by="sender")
+    assert [(s.domain, s.total, s.by_age[0]) for s in shapes] == [
+        ("shop.test", 2, 2), ("MAILER-DAEMON", 1, 1)]
+    assert [(s.domain, s.total) for s in await queue.summary()] == [("x.test", 3), ("y.test", 1)]
 
 
 async def test_idempotency_keys_are_stored_with_the_message(queue: Queue) -> None:
@@ -288,8 +316,8 @@ async def test_new_work_wakes_the_other_nodes(postgres_dsn: str, notify: bool) -
         if notify:
             await asyncio.wait_for(woken.wait(), 10)
             woken.clear()
-            await storing.hold(stored.id)
-            await storing.release(stored.id)
+            await storing.hold(Selection([stored.id]))
+            await storing.release(Selection([stored.id]))
             await asyncio.wait_for(woken.wait(), 10)
         else:
             await asyncio.sleep(0.5)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from relay.cli import format_mailq, format_qshape
+from relay.cli.queue import format_mailq, format_qshape
 
 
 def test_empty_queue() -> None:

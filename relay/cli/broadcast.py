@@ -1,4 +1,4 @@
-"""cli_broadcast: `relayctl broadcast submit|status|cancel` and `relayctl suppression`,
+"""cli.broadcast: `relayctl broadcast submit|status|cancel` and `relayctl suppression`,
 clients of the admin API's /v1/broadcasts and /v1/suppressions."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from relay.cli_support import admin_client, config_option, one_line_errors
+from relay.cli.support import admin_client, config_option, one_line_errors
 from relay.errors import RelayError
 
 
@@ -27,7 +27,8 @@ def broadcast() -> None:
 @click.argument("recipients", type=click.Path(exists=True, dir_okay=False))
 @click.option("--template", "template_file", type=click.File("r", encoding="utf-8"),
               help="the template (JSON) for a CSV file; an NDJSON file starts with it")
-@click.option("--idempotency-key")
+@click.option("--idempotency-key",
+              help="the same key and file within 24 hours make one broadcast")
 @config_option
 @click.pass_context
 @one_line_errors
@@ -42,8 +43,14 @@ def broadcast_submit(ctx: click.Context, recipients: str, template_file: Any,
         raise RelayError("broadcast submit: --template is for CSV files; an NDJSON file "
                          "starts with its template")
     size = os.path.getsize(recipients)
+    # What the client can find wrong is found before the upload starts.
+    template = _template_line(template_file.read()) if is_csv else b""
+    columns = _csv_columns(recipients) if is_csv else []
+    if is_csv and "email" not in columns:
+        raise RelayError(f"broadcast submit: {recipients} has no 'email' column (it has: "
+                         f"{', '.join(columns) or 'none'})")
     with click.progressbar(length=size, label="uploading", file=sys.stderr) as progress:
-        chunks = (_csv_as_ndjson(recipients, template_file.read(), progress) if is_csv
+        chunks = (_csv_as_ndjson(recipients, template, progress) if is_csv
                   else _file_chunks(recipients, progress))
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         answer = admin_client(ctx).upload("/v1/broadcasts", chunks, "application/x-ndjson",
@@ -62,12 +69,26 @@ def _file_chunks(path: str, progress: Any) -> Iterator[bytes]:
             yield chunk
 
 
-def _csv_as_ndjson(path: str, template: str, progress: Any) -> Iterator[bytes]:
+def _template_line(template: str) -> bytes:
     try:
-        first = json.dumps(json.loads(template))
-    except ValueError:
-        raise RelayError("broadcast submit: --template is not JSON") from None
-    yield first.encode() + b"\n"
+        parsed = json.loads(template)
+    except ValueError as exc:
+        raise RelayError(f"broadcast submit: --template is not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise RelayError("broadcast submit: --template is not a JSON object")
+    return json.dumps(parsed).encode() + b"\n"
+
+
+def _csv_columns(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as file:
+            return next(csv.reader(file), [])
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise RelayError(f"broadcast submit: {path}: not a UTF-8 CSV file: {exc}") from None
+
+
+def _csv_as_ndjson(path: str, template: bytes, progress: Any) -> Iterator[bytes]:
+    yield template
     with open(path, "rb") as file:
         def counted_lines() -> Iterator[str]:
             for line in file:
@@ -75,8 +96,6 @@ def _csv_as_ndjson(path: str, template: str, progress: Any) -> Iterator[bytes]:
                 yield line.decode("utf-8-sig" if progress.pos == len(line) else "utf-8")
 
         rows = csv.DictReader(counted_lines())
-        if "email" not in (rows.fieldnames or []):
-            raise RelayError(f"broadcast submit: {path} has no 'email' column")
         batch: list[str] = []
         for row in rows:
             address = row.pop("email")
@@ -100,8 +119,12 @@ def broadcast_status(ctx: click.Context, broadcast_id: str, follow: bool) -> Non
     if not follow:
         click.echo(format_broadcast(client.request("GET", f"/v1/broadcasts/{broadcast_id}")))
         return
+    last = ""
     for counts in client.events(f"/v1/broadcasts/{broadcast_id}/events"):
-        click.echo(format_broadcast(counts))
+        line = format_broadcast(counts)
+        if line != last:  # the stream ends with the final counts, printed like any change
+            click.echo(line)
+            last = line
 
 
 @broadcast.command(name="cancel")
@@ -110,7 +133,7 @@ def broadcast_status(ctx: click.Context, broadcast_id: str, follow: bool) -> Non
 @click.pass_context
 @one_line_errors
 def broadcast_cancel(ctx: click.Context, broadcast_id: str) -> None:
-    """Stop sending what has not been sent."""
+    """Stop sending what has not been sent (a finished broadcast is an error)."""
     counts = admin_client(ctx).request("POST", f"/v1/broadcasts/{broadcast_id}/cancel")
     click.echo(format_broadcast(counts))
 
@@ -133,6 +156,7 @@ def suppression() -> None:
 @click.pass_context
 @one_line_errors
 def suppression_list(ctx: click.Context) -> None:
+    """Print the suppressed addresses: address, since when, why."""
     entries = admin_client(ctx).request("GET", "/v1/suppressions")["suppressions"]
     for entry in entries:
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["created_at"]))
@@ -141,11 +165,13 @@ def suppression_list(ctx: click.Context) -> None:
 
 @suppression.command(name="add")
 @click.argument("address")
-@click.option("--reason", default="added by an operator")
+@click.option("--reason", default="added by an operator", show_default=True,
+              help="why, as the list will show it")
 @config_option
 @click.pass_context
 @one_line_errors
 def suppression_add(ctx: click.Context, address: str, reason: str) -> None:
+    """Add ADDRESS: broadcasts skip it from now on."""
     added = admin_client(ctx).request("POST", "/v1/suppressions",
                                  {"address": address, "reason": reason})["added"]
     click.echo(f"{address}: {'suppressed' if added else 'was already suppressed'}")
@@ -157,5 +183,6 @@ def suppression_add(ctx: click.Context, address: str, reason: str) -> None:
 @click.pass_context
 @one_line_errors
 def suppression_remove(ctx: click.Context, address: str) -> None:
+    """Remove ADDRESS: broadcasts send to it again."""
     admin_client(ctx).request("DELETE", f"/v1/suppressions/{urllib.parse.quote(address)}")
     click.echo(f"{address}: no longer suppressed")

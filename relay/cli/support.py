@@ -11,11 +11,31 @@ from typing import Any, TypeVar
 import click
 
 from relay import config as config_module
-from relay.admin_client import AdminClient
+from relay.cli.client import AdminClient
 from relay.config import Config
 from relay.errors import RelayError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class OneLineUsageErrors(click.Group):
+    """A command group whose usage errors (a bad option value, a missing argument) are
+    one line on stderr and exit status 2, like every other relayctl error, instead of
+    click's usage block."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else "relayctl"
+            click.echo(f"{where}: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("relayctl: aborted", err=True)
+            sys.exit(1)
 
 
 def one_line_errors(command: F) -> F:

@@ -9,7 +9,7 @@ import asyncio
 import click
 import dns.exception
 
-from relay.cli_support import config_option, load_config, one_line_errors
+from relay.cli.support import config_option, load_config, one_line_errors
 from relay.config import DeliverySection
 from relay.delivery.mta_sts import (
     HttpsFetcher,

@@ -1,4 +1,4 @@
-"""admin_token: the bearer token shared by the admin API and relayctl.
+"""admin.token: the bearer token shared by the admin API and relayctl.
 
 From `[admin] token_file`, or made at first start as `<queue path>/admin.token` with mode
 0600. It never appears in argv or logs.

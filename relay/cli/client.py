@@ -1,4 +1,4 @@
-"""admin_client: what relayctl uses to talk to the running relay's admin API.
+"""cli.client: what relayctl uses to talk to the running relay's admin API.
 
 The URL and token come from the same configuration the relay runs with, so `relayctl`
 needs no flags beyond `-c`. Failures become one-line AdminClientError messages.
@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from relay.admin_token import load_or_create_token
+from relay.admin.token import load_or_create_token
 from relay.config import Config, split_hostport
 from relay.errors import RelayError
 
@@ -46,6 +46,11 @@ class AdminClient:
                                              **(headers or {})},
                         timeout=self._timeout) as response:
             return json.loads(response.read() or b"null")
+
+    def read(self, path: str) -> bytes:
+        """A GET whose answer is not JSON (a queued message), as bytes."""
+        with self._open("GET", path, None, {}, timeout=self._timeout) as response:
+            return bytes(response.read())
 
     def upload(self, path: str, chunks: Iterable[bytes], content_type: str,
                headers: dict[str, str] | None = None) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from relay.cli_support import config_option, load_config, one_line_errors
+from relay.cli.support import config_option, load_config, one_line_errors
 from relay.errors import RelayError
 from relay.policy import load_policies
 

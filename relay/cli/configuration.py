@@ -1,0 +1,104 @@
+"""cli.configuration: `relayctl config check|show`, the configuration as the relay reads it
+(relay.toml, then the RELAY_* environment), like `postconf` and `postconf -n`."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+from pydantic import BaseModel
+
+from relay.cli.support import config_option, load_config, one_line_errors
+from relay.config import Config, Rate, format_duration, parse_duration, resolve_paths
+from relay.delivery.client import relayhost_credentials
+from relay.delivery.mta_sts import trust_store
+from relay.listeners import ServerTls
+from relay.policy import load_policies
+
+MASK = "********"
+
+
+@click.group(name="config")
+def config_group() -> None:
+    """The configuration: check it, show it."""
+
+
+@config_group.command()
+@config_option
+@click.pass_context
+@one_line_errors
+def check(ctx: click.Context) -> None:
+    """Validate relay.toml, the policies, and the files they name."""
+    config = load_config(ctx)
+    load_policies(config.policies.path)
+    ServerTls(config.smtp)  # loads the certificate and key, or says why not
+    relayhost_credentials(config.delivery)
+    trust_store(config.delivery.ca_file)
+    click.echo(f"{config.source}: ok (policies in {config.policies.path}: ok)")
+
+
+@config_group.command()
+@click.option("-n", "--changed", is_flag=True,
+              help="only the keys whose value is not the default (postconf -n)")
+@config_option
+@click.pass_context
+@one_line_errors
+def show(ctx: click.Context, changed: bool) -> None:
+    """Print the effective configuration as TOML, environment overrides applied and
+    secrets masked (postconf)."""
+    config = load_config(ctx)
+    base = (Path(config.source).resolve().parent if config.source != "(defaults)"
+            else Path.cwd())  # where relative paths were resolved
+    defaults = resolve_paths(Config.model_validate({}), base, config.source)
+    click.echo(f"# {config.source}, with RELAY_* overrides; secrets masked")
+    for name in Config.model_fields:
+        section = getattr(config, name)
+        if not isinstance(section, BaseModel):
+            continue
+        lines = [f"{key} = {_toml(shown(section, key, value))}"
+                 for key, value in section if not changed
+                 or value != getattr(getattr(defaults, name), key)]
+        if lines:
+            click.echo(f"\n[{name}]\n" + "\n".join(lines))
+
+
+def shown(section: BaseModel, key: str, value: Any) -> Any:
+    """`value` as it may be shown: a password inside a DSN, and any secret kept in the
+    configuration itself, masked; durations as durations."""
+    if isinstance(value, float) and _is_duration(section, key):
+        return format_duration(value)
+    if not isinstance(value, str) or not value or key.endswith("_file"):
+        return value
+    if "dsn" in key:
+        return _masked_dsn(value)
+    if any(word in key for word in ("password", "secret", "token")):
+        return MASK
+    return value
+
+
+def _masked_dsn(dsn: str) -> str:
+    password = urlsplit(dsn).password if "://" in dsn else None
+    if password:
+        dsn = dsn.replace(f":{password}@", f":{MASK}@", 1)
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", rf"\g<1>{MASK}", dsn)
+
+
+def _is_duration(section: BaseModel, field: str) -> bool:
+    metadata = type(section).model_fields[field].metadata
+    return any(getattr(item, "func", None) is parse_duration for item in metadata)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    if isinstance(value, Rate | Path):
+        value = str(value)
+    return json.dumps(value, ensure_ascii=False)

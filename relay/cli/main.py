@@ -1,0 +1,90 @@
+"""cli.main: the `relayctl` command group, and the commands that are not clients of the
+admin API: serve, config, db, hash-password. The others come from their topic's module.
+
+Every failure is one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+
+from relay.cli.broadcast import broadcast, suppression
+from relay.cli.configuration import config_group
+from relay.cli.keys import dkim, pgp
+from relay.cli.mta_sts import mta_sts
+from relay.cli.queue import queue
+from relay.cli.send import send
+from relay.cli.support import OneLineUsageErrors, config_option, load_config, one_line_errors
+from relay.errors import RelayError
+from relay.logsetup import configure_logging, event_loop_runner
+from relay.passwords import hash_password
+from relay.queue.postgres_pool import database_dsn, schema_status, where
+
+
+@click.group(cls=OneLineUsageErrors)
+@click.version_option(package_name="relay", prog_name="relayctl")
+@config_option
+def main() -> None:
+    """Manage the relay."""
+
+
+@main.command()
+@config_option
+@click.pass_context
+@one_line_errors
+def serve(ctx: click.Context) -> None:
+    """Run the relay in the foreground."""
+    from relay.server import serve as run
+
+    config = load_config(ctx)
+    flush_log = configure_logging(config)
+    try:
+        event_loop_runner()(run(config))
+    except OSError as exc:
+        raise RelayError(f"cannot start: {exc}") from exc
+    finally:
+        flush_log()  # the log ends before a one-line error is printed
+
+
+@main.group(name="db")
+def db_group() -> None:
+    """The queue database (postgres backend)."""
+
+
+@db_group.command(name="status")
+@config_option
+@click.pass_context
+@one_line_errors
+def db_status(ctx: click.Context) -> None:
+    """Say which schema version the queue database has."""
+    config = load_config(ctx)
+    if config.queue.backend != "postgres":
+        raise RelayError("db status: [queue] backend is local: there is no database")
+    dsn = database_dsn(config.queue)
+    current, newest = asyncio.run(schema_status(dsn))
+    state = ("up to date" if current == newest else
+             f"{newest - current} migrations to apply (a starting relay applies them)")
+    click.echo(f"{where(dsn)}: schema version {current} of {newest}, {state}")
+
+
+@main.command(name="hash-password")
+@one_line_errors
+def hash_password_command() -> None:
+    """Read a password on stdin and print its hash for policies/access.toml."""
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise RelayError("no password on standard input")
+    click.echo(hash_password(password))
+
+
+main.add_command(config_group)
+main.add_command(queue)
+main.add_command(send)
+main.add_command(broadcast)
+main.add_command(suppression)
+main.add_command(dkim)
+main.add_command(pgp)
+main.add_command(mta_sts)
