@@ -73,6 +73,23 @@ def domain_problem(domain: str) -> str | None:
     return None
 
 
+_SELECTOR_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+
+
+def dkim_key_name_problem(domain: str, selector: str) -> str | None:
+    """Why `domain` and `selector` cannot name a DKIM key record (RFC 6376 3.1:
+    `selector._domainkey.domain`), or None."""
+    problem = "an address literal" if domain.startswith("[") else domain_problem(domain)
+    if problem:
+        return f"domain {domain!r}: {problem}"
+    if not all(_SELECTOR_LABEL.match(label) for label in selector.split(".")):
+        return (f"selector {selector!r}: letters, digits and inner hyphens only, in labels "
+                "of up to 63 separated by dots")
+    if len(f"{selector}._domainkey.{domain}") > MAX_DOMAIN:
+        return f"{selector}._domainkey.{domain} is longer than {MAX_DOMAIN} octets"
+    return None
+
+
 def printable(text: str) -> str:
     """`text` with control characters escaped (\\x00, \\r), for log lines."""
     if not _CONTROL.search(text):

@@ -17,8 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
+from relay.addresses import dkim_key_name_problem
 from relay.config import Rate, describe_validation_error, parse_rate
 from relay.errors import ConfigError
 from relay.passwords import is_valid_hash
@@ -151,7 +160,7 @@ class DkimKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     domain: str = Field(min_length=1)
-    selector: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    selector: str = Field(min_length=1)  # checked with the domain: _names_a_record
     private_key: Path  # relative to the policies directory
     algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
     _key: bytes = PrivateAttr(b"")  # the file's contents, read when the policy loads
@@ -159,6 +168,13 @@ class DkimKey(BaseModel):
     @property
     def key(self) -> bytes:
         return self._key
+
+    @model_validator(mode="after")
+    def _names_a_record(self) -> DkimKey:
+        problem = dkim_key_name_problem(self.domain, self.selector)
+        if problem:
+            raise ValueError(problem)
+        return self
 
     def covers(self, domain: str) -> bool:
         """Whether mail From: `domain` is signed with this key (its domain or a parent)."""

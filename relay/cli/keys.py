@@ -1,4 +1,4 @@
-"""cli_keys: `relayctl dkim keygen|check` and `relayctl pgp import|list`: the keys that
+"""cli.keys: `relayctl dkim keygen|check` and `relayctl pgp import|list`: the keys that
 policies/dkim.toml and policies/pgp.toml use."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from relay.addresses import dkim_key_name_problem
 from relay.cli.support import config_option, load_config, one_line_errors
 from relay.errors import RelayError
 from relay.policy import load_policies
@@ -25,8 +26,10 @@ def dkim() -> None:
 @click.argument("domain")
 @click.argument("selector")
 @click.option("--algorithm", type=click.Choice(["rsa-sha256", "ed25519-sha256"]),
-              default="rsa-sha256", show_default=True)
-@click.option("--bits", type=click.IntRange(1024, 4096), default=2048, show_default=True)
+              default="rsa-sha256", show_default=True,
+              help="RSA is what every verifier knows; Ed25519 (RFC 8463) goes beside it")
+@click.option("--bits", type=click.IntRange(1024, 4096), default=2048, show_default=True,
+              help="RSA key size")
 @click.option("--directory", type=click.Path(file_okay=False),
               help="where the key file goes (default: <policies>/dkim)")
 @config_option
@@ -36,6 +39,10 @@ def dkim_keygen(ctx: click.Context, domain: str, selector: str, algorithm: str, 
                 directory: str | None) -> None:
     """Write a new private key (mode 0600) and print its DNS TXT record."""
     from relay.delivery import dkim as dkim_keys
+
+    problem = dkim_key_name_problem(domain, selector)
+    if problem:
+        raise RelayError(f"dkim keygen: {problem}")
 
     target_dir = Path(directory) if directory else load_config(ctx).policies.path / "dkim"
     target_dir.mkdir(parents=True, exist_ok=True)

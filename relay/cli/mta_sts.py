@@ -1,4 +1,4 @@
-"""cli_mta_sts: `relayctl mta-sts DOMAIN`: the MTA-STS policy a recipient domain publishes
+"""cli.mta_sts: `relayctl mta-sts DOMAIN`: the MTA-STS policy a recipient domain publishes
 now (fetched afresh, as the relay would with `[delivery]`'s resolver, port and trust
 store) and which of its MX hosts an enforced policy lets the relay use."""
 

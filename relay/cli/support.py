@@ -1,4 +1,4 @@
-"""cli_support: what every relayctl command shares: -c FILE wherever it is given, the
+"""cli.support: what every relayctl command shares: -c FILE wherever it is given, the
 configuration and admin API client it names, and one-line errors with exit status 2."""
 
 from __future__ import annotations

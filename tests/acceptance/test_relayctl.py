@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import itertools
 import json
 import re
 import shutil
@@ -294,7 +295,7 @@ def test_relayctl_broadcast_and_suppression(relay_process: MakeRelay, dns_server
     followed = relayctl(relay.config, "broadcast", "status", broadcast_id, "--follow")
     lines = followed.stdout.splitlines()
     assert lines[-1].startswith(f"{broadcast_id} done: 20 total")
-    assert all(a != b for a, b in zip(lines, lines[1:], strict=False))  # changes only
+    assert all(a != b for a, b in itertools.pairwise(lines))  # changes only
     cancelled = relayctl(relay.config, "broadcast", "cancel", broadcast_id)
     assert cancelled.returncode == 2
     assert cancelled.stderr == (f"relayctl: broadcast {broadcast_id} is done already: "
@@ -359,6 +360,16 @@ def test_relayctl_dkim_keygen_and_check(dns_server: DnsServer, mx_port: int,
         .rstrip(" )")]
     wrong = relayctl(config, "dkim", "check", "sender.test", "k1")
     assert wrong.returncode == 2 and "another key" in wrong.stderr
+
+    for domain, selector, complaint in (
+            ("not a domain", "k3", "domain 'not a domain': domain has characters"),
+            ("sender.test", "bad selector!", "selector 'bad selector!': letters, digits"),
+            ("[127.0.0.1]", "k3", "domain '[127.0.0.1]': an address literal")):
+        refused = relayctl(config, "dkim", "keygen", domain, selector)
+        assert refused.returncode == 2 and refused.stdout == ""
+        assert refused.stderr.startswith(f"relayctl: dkim keygen: {complaint}")
+    assert sorted(p.name for p in (tmp_path / "policies" / "dkim").iterdir()) == [
+        "sender.test.k1.key", "sender.test.k2.pem"]
 
 
 @pytest.mark.skipif(shutil.which("gpg") is None, reason="gpg is not installed")

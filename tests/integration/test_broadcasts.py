@@ -233,7 +233,7 @@ async def test_a_client_that_ends_its_upload_early_is_one_log_line(
     relay = await start_relay()
     token = relay.config.admin_token_path.read_text().strip()
     host, port = relay.admin.base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    _reader, writer = await asyncio.open_connection(host, int(port))
     start = "\n".join(json.dumps(line) for line in [TEMPLATE] + [
         {"email": f"r{n}@example.test", "fields": {"name": "N", "code": "1", "team": "T"}}
         for n in range(50)]).encode() + b"\n"
@@ -249,8 +249,8 @@ async def test_a_client_that_ends_its_upload_early_is_one_log_line(
         assert asyncio.get_running_loop().time() < deadline, caplog.text
         await asyncio.sleep(0.02)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
-        f"broadcast upload from [127.0.0.1] ended by the client after {len(start)} bytes: "
-        "nothing stored"]
+        (f"broadcast upload from [127.0.0.1] ended by the client after {len(start)} bytes: "
+        "nothing stored")]
     assert not any(r.exc_info for r in caplog.records)
     assert await relay.relay.queue.list_messages() == []
 

@@ -94,8 +94,8 @@ async def test_bad_input_is_a_4xx_naming_the_field(start_relay: StartRelay) -> N
             422, "headers.X-A", "header values cannot contain line breaks")
         assert (await _error(client, {**good, "attachments": [
             {"filename": "a", "content": "", "content_type": "text"}]}))[1:] == (
-            "attachments[0].content_type", "attachments[0].content_type is not a MIME type "
-            "such as text/plain")
+            "attachments[0].content_type", ("attachments[0].content_type is not a MIME type "
+            "such as text/plain"))
         assert (await _error(client, {**good, "headers": {"Bad Name": "v"}}))[:2] == (
             422, "headers")
         assert (await _error(client, {**good, "to": ["a@example.test", "nobody"]}))[:2] == (

@@ -79,3 +79,11 @@ def test_sliding_window() -> None:
 
 def test_the_shipped_example_policies_load() -> None:
     load_policies(Path(__file__).parents[2] / "policies")
+
+
+def test_a_dkim_key_must_name_a_dns_record(tmp_path: Path) -> None:
+    (tmp_path / "k.pem").write_text("not read: the names are refused first")
+    (tmp_path / "dkim.toml").write_text(
+        '[[keys]]\ndomain = "example.com"\nselector = "s 1"\nprivate_key = "k.pem"\n')
+    with pytest.raises(ConfigError, match=r"dkim.toml: keys\.0: selector 's 1': letters"):
+        load_policies(tmp_path)
