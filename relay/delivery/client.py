@@ -10,6 +10,7 @@ transaction, and per-recipient replies for RCPT.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import ssl
 from collections.abc import Sequence
@@ -119,7 +120,7 @@ class SmtpConnection:
             raise _site_error(refused, hop) from exc
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
             client.close()
-            failure = Reply(451, "4.4.1", f"connect to {hop}: {str(exc) or type(exc).__name__}")
+            failure = Reply(451, "4.4.1", f"connect to {hop}: {connect_failure(exc)}")
             raise _site_error(failure, hop) from exc
         return cls(hop, client, command_timeout)
 
@@ -330,3 +331,27 @@ def _connection_reply(hop: Hop, exc: BaseException, doing: str = "") -> Reply:
     what = str(exc) or type(exc).__name__
     where = f"{doing} " if doing else ""
     return Reply(451, "4.4.2", f"lost connection with {hop} {where}({what})".replace("  ", " "))
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Why a connection (or its greeting, EHLO or TLS handshake) failed, said once and
+    the way Postfix says it: "Connection refused", not the library's wrapping of the
+    socket error's wrapping."""
+    cause = exc.__cause__ if isinstance(exc, aiosmtplib.SMTPConnectError) else None
+    if isinstance(exc, aiosmtplib.SMTPConnectTimeoutError):
+        greeting = isinstance(exc.__cause__, aiosmtplib.SMTPTimeoutError)
+        return ("timed out while receiving the initial server greeting" if greeting
+                else "Connection timed out")
+    if isinstance(cause, aiosmtplib.SMTPServerDisconnected):
+        return "lost connection while receiving the initial server greeting"
+    if isinstance(cause, OSError) and cause.errno:
+        return os.strerror(cause.errno)
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.strerror or exc.reason or exc}"
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return "lost connection during the EHLO or STARTTLS exchange"
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return "conversation timed out"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__

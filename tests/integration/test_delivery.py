@@ -45,6 +45,18 @@ async def test_falls_back_to_next_mx_when_first_refuses_connections(
     assert (await wait(backup, 1))[0].rcpt_tos == ["ann@example.test"]
 
 
+async def test_a_refused_connection_is_deferred_with_the_reason_said_once(
+        start_relay: StartRelay, dns_server: DnsServer) -> None:
+    dns_server.add("example.test", "MX", "10 mx1.example.test.")
+    dns_server.add("mx1.example.test", "A", "127.0.0.4")  # nothing listens there
+    relay = await start_relay()
+    reply = await send(relay.smtp_port, "app@sender.test", ["ann@example.test"], message())
+    info = await relay.until_state(reply.split()[-1], State.DEFERRED)
+    port = relay.config.delivery.port
+    assert info.recipients[0].last_reply == (
+        f"451 4.4.1 connect to mx1.example.test[127.0.0.4]:{port}: Connection refused")
+
+
 async def test_falls_back_to_next_mx_on_4xx_before_data(
         start_relay: StartRelay, dns_server: DnsServer,
         make_sink: Callable[..., Sink]) -> None:
