@@ -6,7 +6,9 @@
 #     each only if it does not exist yet (a re-run upgrades the package and keeps them),
 #   - systemd/relay.service, enabled and started (restarted on an upgrade).
 # Where things go can be changed for a staged install: RELAY_PREFIX, RELAY_ETC,
-# RELAY_STATE, RELAY_UNIT_DIR, RELAY_USER; RELAY_NO_SYSTEMCTL=1 leaves systemd alone.
+# RELAY_STATE, RELAY_UNIT_DIR, RELAY_USER, RELAY_HOSTNAME (what relay.toml says),
+# RELAY_PYTHON (default /usr/bin/python3, the system's); RELAY_NO_SYSTEMCTL=1 leaves
+# systemd alone.
 set -eu
 cd "$(dirname "$0")/.."
 source_dir=$(pwd)
@@ -16,19 +18,35 @@ etc=${RELAY_ETC:-/etc/relay}
 state=${RELAY_STATE:-/var/lib/relay}
 unit_dir=${RELAY_UNIT_DIR:-/etc/systemd/system}
 user=${RELAY_USER:-relay}
+hostname=${RELAY_HOSTNAME:-$(hostname -f 2>/dev/null || hostname)}
+python=${RELAY_PYTHON:-/usr/bin/python3}
 
 say() { echo "install: $*"; }
+warn() { echo "install: warning: $*" >&2; }
+
+# How to run a command as the relay's user, in the hints below: sudo where there is one.
+as_user() {
+    if command -v sudo >/dev/null 2>&1; then echo "sudo -u $user"; else echo "runuser -u $user --"; fi
+}
 
 if [ "$(id -u)" != 0 ]; then
     echo "install: run as root (it creates a user and a systemd unit)" >&2
     exit 2
 fi
 
-if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
+if [ ! -x "$python" ]; then
+    echo "install: $python not found: install python3 (3.11 or later), or name one with" \
+         "RELAY_PYTHON" >&2
+    exit 2
+fi
+if ! "$python" -c "import ensurepip, venv" >/dev/null 2>&1; then
     say "installing python3-venv"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
 fi
-[ -x "$prefix/bin/python" ] || python3 -m venv "$prefix"
+if [ ! -x "$prefix/bin/python" ]; then
+    say "creating the virtualenv $prefix with $python ($("$python" --version 2>&1))"
+    "$python" -m venv "$prefix"
+fi
 "$prefix/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$prefix/bin/python" -m pip install -q --upgrade "$source_dir"
 install -m 0644 README.md "$prefix/README.md"
@@ -39,6 +57,9 @@ if ! id "$user" >/dev/null 2>&1; then
     say "created system user $user"
 fi
 group=$(id -gn "$user")
+# The spool's parent, the relay user's own: systemd makes /var/lib/relay (StateDirectory=)
+# but not a state directory elsewhere, nor one for a relay started by hand.
+install -d -m 0750 -o "$user" -g "$group" "$state"
 
 install -d -m 0755 "$etc"
 install -d -m 0750 -o root -g "$group" "$etc/policies"
@@ -64,7 +85,7 @@ if [ ! -e "$config" ]; then
 # Reload policies and certificates: systemctl reload relay. Other changes: restart.
 
 [server]
-hostname = "$(hostname -f 2>/dev/null || hostname)"
+hostname = "$hostname"
 
 [smtp]
 # Port 25 on every address: only the networks and users in policies/access.toml may relay
@@ -91,6 +112,11 @@ format = "text"
 EOF
     chmod 0644 "$config"
     say "created $config"
+    case "$hostname" in
+        *.*) ;;
+        *) warn "the host name '$hostname' is not a fully qualified domain name: receivers" \
+                "check the name the relay greets with; set [server] hostname in $config" ;;
+    esac
 fi
 "$prefix/bin/relayctl" -c "$config" config check
 
@@ -101,13 +127,13 @@ s#^Group=relay#Group=$group#" systemd/relay.service > "$unit_dir/relay.service"
 chmod 0644 "$unit_dir/relay.service"
 say "installed $unit_dir/relay.service"
 
-if [ "${RELAY_NO_SYSTEMCTL:-0}" = 1 ]; then
-    say "done (systemd left alone: RELAY_NO_SYSTEMCTL=1)"
-    exit 0
-fi
-if [ ! -d /run/systemd/system ]; then
-    say "done; systemd is not running here: start it with"
-    say "  sudo -u $user $prefix/bin/relayctl serve -c $config"
+if [ "${RELAY_NO_SYSTEMCTL:-0}" = 1 ] || [ ! -d /run/systemd/system ]; then
+    if [ "${RELAY_NO_SYSTEMCTL:-0}" = 1 ]; then
+        say "done (systemd left alone: RELAY_NO_SYSTEMCTL=1); start the relay with"
+    else
+        say "done; systemd is not running here: start the relay with"
+    fi
+    say "  $(as_user) $prefix/bin/relayctl serve -c $config"
     exit 0
 fi
 systemctl daemon-reload

@@ -8,6 +8,7 @@ import shutil
 import smtplib
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,23 @@ def test_install_script_sets_up_a_working_relay(tmp_path: Path) -> None:
               "RELAY_STATE": tmp_path / "state", "RELAY_UNIT_DIR": tmp_path / "units"}
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     env |= {k: str(v) for k, v in staged.items()} | {"RELAY_USER": "root",
-                                                     "RELAY_NO_SYSTEMCTL": "1"}
+                                                     "RELAY_NO_SYSTEMCTL": "1",
+                                                     "RELAY_HOSTNAME": "relaybox"}
+    system_python = Path("/usr/bin/python3")
+    if not system_python.exists():  # the default; elsewhere, name the one running the tests
+        system_python = Path(sys.executable)
+        env["RELAY_PYTHON"] = str(system_python)
     result = subprocess.run(["sh", str(REPO / "scripts" / "install.sh")], env=env,
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert f"creating the virtualenv {staged['RELAY_PREFIX']} with {system_python} (Python 3." \
+        in result.stdout
+    assert ("install: warning: the host name 'relaybox' is not a fully qualified domain name"
+            in result.stderr)
+    state = staged["RELAY_STATE"]
+    assert state.is_dir() and stat.S_IMODE(state.stat().st_mode) == 0o750
+    as_user = "sudo -u root" if shutil.which("sudo") else "runuser -u root --"
+    assert f"  {as_user} {staged['RELAY_PREFIX']}/bin/relayctl serve -c" in result.stdout
 
     etc, prefix = staged["RELAY_ETC"], staged["RELAY_PREFIX"]
     token = etc / "admin.token"
