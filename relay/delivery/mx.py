@@ -31,7 +31,10 @@ class Hop:
     port: int
 
     def __str__(self) -> str:
-        return f"{self.name}[{self.address}]:{self.port}"
+        # Postfix's host[address]:port; an address literal is not said twice.
+        name = self.name.strip("[]").removeprefix("IPv6:") if self.name.startswith("[") \
+            else self.name
+        return f"{name}[{self.address}]:{self.port}"
 
 
 def resolver(nameservers: Sequence[str], timeout: float = 10.0) -> dns.asyncresolver.Resolver:

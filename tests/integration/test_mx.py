@@ -51,6 +51,6 @@ async def test_address_literals_and_relayhost(dns_server: DnsServer) -> None:
     dns_server.add("smtp.provider.test", "A", "127.0.0.5")
     hops = NextHops([dns_server.address], 25)
     assert [str(h) for h in await hops.for_domain("[127.0.0.9]")] == [
-        "[127.0.0.9][127.0.0.9]:25"]
+        "127.0.0.9[127.0.0.9]:25"]  # as Postfix says it: the literal once
     assert [str(h) for h in await hops.for_relayhost("[smtp.provider.test]:587")] == [
         "smtp.provider.test[127.0.0.5]:587"]
