@@ -53,7 +53,10 @@ def show(ctx: click.Context, changed: bool) -> None:
     config = load_config(ctx)
     base = (Path(config.source).resolve().parent if config.source != "(defaults)"
             else Path.cwd())  # where relative paths were resolved
-    defaults = resolve_paths(Config.model_validate({}), base, config.source)
+    # The sections' own defaults: Config() would read the environment.
+    defaults = resolve_paths(Config.model_construct(**{
+        name: type(getattr(config, name))() for name in Config.model_fields
+        if isinstance(getattr(config, name), BaseModel)}), base, config.source)
     click.echo(f"# {config.source}, with RELAY_* overrides; secrets masked")
     for name in Config.model_fields:
         section = getattr(config, name)

@@ -189,6 +189,26 @@ def test_restart_delivers_what_was_queued(relay_process: MakeRelay, dns_server: 
     assert relay.stop() == 0
 
 
+def test_config_show_is_the_effective_configuration_with_secrets_masked(
+        tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text('[smtp]\nmax_recipients = 50\n[queue]\nbackend = "postgres"\n'
+                      'dsn = "postgresql://relay:s3cret@db.internal:5433/relay"\n')
+    env = {"RELAY_DELIVERY__CONNECT_TIMEOUT": "90s", "RELAY_SMTP__TIMEOUT": "300"}
+    shown = relayctl(config, "config", "show", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "s3cret" not in shown.stdout
+    for line in ("max_recipients = 50", 'dsn = "postgresql://relay:********@db.internal:5433/relay"',
+                 'connect_timeout = "90s"', 'timeout = "5m"', 'auth_failure_limit = "10/10m"',
+                 f'path = "{tmp_path / "spool"}"', "[delivery]", 'tls = "opportunistic"'):
+        assert f"\n{line}\n" in shown.stdout, line
+    changed = relayctl(config, "config", "show", "-n", env=env).stdout
+    assert [line for line in changed.splitlines()[1:] if line] == [
+        "[smtp]", "max_recipients = 50", "[queue]", 'backend = "postgres"',
+        'dsn = "postgresql://relay:********@db.internal:5433/relay"', "[delivery]",
+        'connect_timeout = "90s"']
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, relay_process: MakeRelay) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[delivery]\nport = "twenty-five"\n')

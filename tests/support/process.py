@@ -21,10 +21,12 @@ def relayctl_path() -> str:
     return found
 
 
-def relayctl(config: Path, *args: str, stdin: str | None = None,
-             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def relayctl(config: Path, *args: str, stdin: str | None = None, timeout: float = 60,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`relayctl -c CONFIG ARGS...`, with `env` added to the environment."""
     return subprocess.run([relayctl_path(), "-c", str(config), *args], input=stdin,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+                          capture_output=True, text=True, timeout=timeout, check=False,
+                          env={**os.environ, **env} if env else None)
 
 
 class RelayProcess:

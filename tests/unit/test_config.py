@@ -109,3 +109,17 @@ def test_the_repository_relay_toml_is_valid() -> None:
     config = config_module.load(Path(__file__).parents[2] / "relay.toml")
     assert config.smtp.listen == ["127.0.0.1:2525"]
     assert config.admin.listen == "127.0.0.1:8025"
+
+
+def test_a_bad_environment_override_is_blamed_on_its_variable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "relay.toml"
+    path.write_text('[delivery]\nport = "twenty-five"\n')
+    monkeypatch.setenv("RELAY_SMTP__MAX_RECIPIENTS", "abc")
+    with pytest.raises(ConfigError) as error:
+        config_module.load(path)
+    from_env, from_file = str(error.value).split("; ")
+    assert from_file.startswith(f"{path}: delivery.port: ")
+    assert from_env.startswith("environment variable RELAY_SMTP__MAX_RECIPIENTS: "
+                               "smtp.max_recipients: Input should be a valid integer")
+    assert "abc" not in str(error.value)  # a value from the environment may be a secret
