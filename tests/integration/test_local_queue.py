@@ -125,7 +125,7 @@ async def test_requeue_puts_every_waiting_recipient_back(tmp_path: Path) -> None
     held = NewMessage(new_queue_id(), "a@sender.test", ["h@example.test"], b"x\r\n")
     active = NewMessage(new_queue_id(), "a@sender.test", ["a@example.test"], b"y\r\n")
     await queue.store(held)
-    await queue.hold(held.id)
+    await queue.hold(Selection([held.id]))
     await queue.store(active)
     [claimed] = await queue.claim_due(10)
     assert await queue.requeue(Selection()) == 0  # nothing selected
