@@ -1,20 +1,19 @@
 """queue.groupcommit: the one writer of the SQLite index, committing many requests at once.
 
-Concurrent SMTP sessions each need their message committed before they answer 250. One
-commit (and fsync) per message would cap throughput, so requests queue here and a single
-writer thread runs whatever has accumulated as one transaction (group commit): every
-request's statements, then COMMIT, and meanwhile the fsync of the spool directory (once
-for every message file renamed into it); a new message's request returns when both are
-done. The thread takes requests straight from a thread-safe
+Many requests come at once (new messages to index, claims, outcomes). One commit (and
+fsync) each would cap throughput, so requests queue here and a single writer thread runs
+whatever has accumulated as one transaction (group commit): every request's statements,
+then COMMIT. The thread takes requests straight from a thread-safe
 queue and hands the results back to the event loop in one callback per batch: going
 through aiosqlite statement by statement, or through an executor and an asyncio queue per
 batch, cost more than the SQL itself (bench/README.md). A failing batch is rolled back and
 retried one request at a time, so one bad request fails alone.
 
-Commits that need not be durable at once (delivery outcomes, claims) skip the fsync; the
-WAL is sequential, so the next durable commit makes them durable too. `after_durable`
-runs a callback once that has happened (or after `sync_delay`, with an fsync of its own):
-the local queue removes a delivered message's file only then.
+Commits that need not be durable at once (new messages, whose queue files are; delivery
+outcomes; claims) skip the fsync; the WAL is sequential, so the next durable commit makes
+them durable too. `after_durable` runs a callback once that has happened (or after
+`sync_delay`, with an fsync of its own): the local queue removes a delivered message's
+file only then.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,28 +45,21 @@ def connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-class PresyncFailed(Exception):
-    """The statements were committed, but the fsync that had to go with them failed."""
-
-
 @dataclass
 class _Request:
     op: WriteOp
     future: asyncio.Future[Any]
-    presync: bool  # needs the spool directory fsynced with its commit
     durable: bool  # must survive a power loss once committed (new mail: yes)
 
 
 class GroupCommitter:
-    def __init__(self, db: sqlite3.Connection, presync: Callable[[], None],
-                 max_batch: int = 1024, sync_delay: float = SYNC_DELAY) -> None:
+    def __init__(self, db: sqlite3.Connection, max_batch: int = 1024,
+                 sync_delay: float = SYNC_DELAY) -> None:
         self._db = db
         self._sync_delay = sync_delay
-        self._presync = presync
         self._max_batch = max_batch
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="queue-writer", daemon=True)
-        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-dir-sync")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._durable = True  # connect() sets synchronous=FULL
@@ -79,14 +70,14 @@ class GroupCommitter:
         self._loop = asyncio.get_running_loop()
         self._thread.start()
 
-    async def submit(self, op: WriteOp, presync: bool = False, durable: bool = True) -> Any:
+    async def submit(self, op: WriteOp, durable: bool = True) -> Any:
         """Run `op` in the next group commit. `durable=False` lets the commit skip its fsync:
         the WAL is sequential, so the next durable commit makes it durable too, and a crash
         of the process loses nothing either way; only a power cut can forget it."""
         if self._closing or self._loop is None:
             raise RuntimeError("queue is closed")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._requests.put(_Request(op, future, presync, durable or presync))
+        self._requests.put(_Request(op, future, durable))
         return await future
 
     def after_durable(self, callback: Callable[[], None]) -> None:
@@ -105,7 +96,7 @@ class GroupCommitter:
             done: asyncio.Future[Any] = self._loop.create_future()
             # A failed sync is logged by the writer; the timer is armed again in _settle.
             done.add_done_callback(lambda future: future.exception())
-            self._requests.put(_Request(_sync_wal, done, presync=False, durable=True))
+            self._requests.put(_Request(_sync_wal, done, durable=True))
 
     async def run_now(self, op: WriteOp) -> Any:
         """Run `op` in its own transaction before start() (start-up, recovery)."""
@@ -124,7 +115,6 @@ class GroupCommitter:
         if self._thread.is_alive():
             self._requests.put(None)
             await asyncio.to_thread(self._thread.join)
-        self._syncer.shutdown(wait=True)
         if self._sync_timer is not None:
             self._sync_timer.cancel()
         self._db.close()
@@ -143,7 +133,7 @@ class GroupCommitter:
                     break
                 batch.append(request)
             try:
-                results = self._commit(batch)
+                results = self._commit_statements(batch)
             except BaseException as exc:  # the waiting sessions must hear of it
                 results = [(False, exc)] * len(batch)
             assert self._loop is not None
@@ -151,23 +141,6 @@ class GroupCommitter:
             self._loop.call_soon_threadsafe(self._settle, batch, results, durable)
             if stop:
                 return
-
-    def _commit(self, batch: list[_Request]) -> list[Result]:
-        """In the writer thread: the spool directory fsync, on a thread of its own, at the
-        same time as the transaction (the file system serves both with one journal commit);
-        a request that needed it succeeds only if both did."""
-        syncing = (self._syncer.submit(self._presync)
-                   if any(request.presync for request in batch) else None)
-        results = self._commit_statements(batch)
-        if syncing is not None:
-            try:
-                syncing.result()
-            except Exception as exc:
-                log.error("fsync of the spool directory failed: %s", exc)
-                failed = PresyncFailed(f"fsync of the spool directory: {exc}")
-                results = [(False, failed) if request.presync else result
-                           for request, result in zip(batch, results, strict=True)]
-        return results
 
     def _commit_statements(self, batch: list[_Request]) -> list[Result]:
         """The batch as one transaction, or singly if that fails."""

@@ -1,20 +1,22 @@
 """queue.handoff: how an ingest worker process stores mail into the queue that the main
 process owns.
 
-The worker writes the body itself (temp file, fsync, rename: SpoolFiles.write) and then
-asks the owner, over a socket, to index it. The owner's group commit fsyncs the spool
-directory and commits the rows for every worker at once, and only its "ok" lets the worker
-answer 250. One process writes the index, so processes never wait on each other's SQLite
-locks (measured: two writing processes were slower than one, bench/README.md).
+The worker writes the queue file itself (envelope, message and completion mark, fsynced
+under its final name: SpoolFiles.write); that is the one fsync its 250 waits for. Then it
+tells the owner, over a socket, to index the message, and does not wait: the owner
+commits the rows of every worker at once (group commit, no fsync of their own: the file is
+the durable copy), retrying with a growing delay while it cannot (a full disk); if the
+owner dies first, its successor's recovery indexes the file. One process writes the index,
+so processes never wait on each other's SQLite locks (measured: two writing processes were
+slower than one, bench/README.md).
 
-Wire format, one JSON object per line. Request: {"id", "from", "rcpts", "size", "utf8"}.
-Reply: {"id", "ok": true} or {"id", "ok": false, "full": bool, "error": "..."}. A worker
-announces that it listens with {"ready": true} (no reply), and asks for a rate-limit slot
-with {"id", "rate_key", "count", "window"} (reply {"id", "ok"}): the main process keeps
-the one window, so a user's limit holds across workers; with "peek": true it only asks
-whether the limit allows one more. Every few seconds it reports the
-SMTP sessions it served since the last report, {"sessions": [plain, tls]} (no reply), for
-the main process's metrics.
+Wire format, one JSON object per line. To index: {"id", "from", "rcpts", "size", "utf8",
+"at"} (no reply). A worker announces that it listens with {"ready": true} (no reply), and
+asks for a rate-limit slot with {"id", "rate_key", "count", "window"} (reply {"id",
+"ok"}): the main process keeps the one window, so a user's limit holds across workers;
+with "peek": true it only asks whether the limit allows one more. Every few seconds it
+reports the SMTP sessions it served since the last report, {"sessions": [plain, tls]} (no
+reply), for the main process's metrics.
 EOF on the socket tells the worker that the owner is gone: it must stop taking mail.
 """
 
@@ -25,6 +27,7 @@ import contextlib
 import json
 import logging
 import socket
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,9 +37,9 @@ from relay.config import Rate
 from relay.errors import LocalFailure
 from relay.queue.base import MessageMeta, NewMessage
 from relay.queue.local import LocalQueue
-from relay.queue.spoolfiles import SpoolFiles
+from relay.queue.spoolfiles import Envelope, SpoolFiles
 from relay.ratelimit import SlidingWindow
-from relay.reply import SPOOL_FULL
+from relay.trouble import Trouble
 
 log = logging.getLogger("relay.queue")
 
@@ -97,17 +100,15 @@ class HandoffStore:
     async def store(self, message: NewMessage) -> None:
         if self.owner_gone.is_set():
             raise LocalFailure("the queue owner is gone")  # before writing a file for nobody
+        envelope = Envelope(message.mail_from, tuple(message.recipients), len(message.data),
+                            message.smtputf8, time.time())
         if self.alone():
-            self.files.write(message.id, message.data)
+            self.files.write(message.id, envelope, message.data)
         else:
             await asyncio.get_running_loop().run_in_executor(
-                self._io, self.files.write, message.id, message.data)
-        answer = await self._ask(_request(message.meta))
-        if not answer["ok"]:
-            failure = LocalFailure(str(answer.get("error", "indexing failed")))
-            if answer.get("full"):
-                failure.reply = SPOOL_FULL
-            raise failure
+                self._io, self.files.write, message.id, envelope, message.data)
+        # Durable now: the 250 need not wait for the index (see the module's docstring).
+        self._writer.write(_encode(_request(message.meta, envelope.received_at)))
 
     async def _read_replies(self) -> None:
         try:
@@ -147,18 +148,20 @@ async def serve_handoff(queue: LocalQueue, sock: socket.socket, rates: SlidingWi
     """The owner's side for one worker connection, until the worker hangs up."""
     reader, writer = await asyncio.open_connection(sock=sock, limit=_LIMIT)
     tasks: set[asyncio.Task[None]] = set()
+    trouble = Trouble("indexing new mail", log)
 
-    async def index(meta: MessageMeta) -> None:
-        try:
-            await queue.index(meta)
-        except LocalFailure as exc:
-            answer = {"id": meta.id, "ok": False, "error": str(exc),
-                      "full": exc.reply is SPOOL_FULL}
-        else:
-            answer = {"id": meta.id, "ok": True}
-            events.stored()
-        if not writer.is_closing():
-            writer.write(_encode(answer))
+    async def index(meta: MessageMeta, received_at: float) -> None:
+        # Acknowledged already: retried until it is in (or, if this process stops first,
+        # left to the next start's recovery, which indexes the file).
+        while True:
+            try:
+                await queue.index(meta, received_at)
+            except Exception as exc:
+                await asyncio.sleep(trouble.failed(exc))
+            else:
+                trouble.succeeded()
+                events.stored()
+                return
 
     try:
         while line := await _read_line(reader):
@@ -175,7 +178,7 @@ async def serve_handoff(queue: LocalQueue, sock: socket.socket, rates: SlidingWi
                 allowed = check(request["rate_key"], rate)
                 writer.write(_encode({"id": request["id"], "ok": allowed}))
                 continue
-            task = asyncio.create_task(index(_meta(request)))
+            task = asyncio.create_task(index(_meta(request), float(request["at"])))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if tasks:
@@ -192,9 +195,9 @@ async def _read_line(reader: asyncio.StreamReader) -> bytes:
         return b""
 
 
-def _request(meta: MessageMeta) -> dict[str, Any]:
+def _request(meta: MessageMeta, received_at: float) -> dict[str, Any]:
     return {"id": meta.id, "from": meta.mail_from, "rcpts": list(meta.recipients),
-            "size": meta.size, "utf8": meta.smtputf8}
+            "size": meta.size, "utf8": meta.smtputf8, "at": received_at}
 
 
 def _meta(request: dict[str, Any]) -> MessageMeta:

@@ -51,21 +51,20 @@ from relay.queue.base import (
     State,
     Suppression,
     broadcast_status_of,
-    domain_of,
     domain_shapes,
     messages_with_recipients,
     summary_sql,
 )
-from relay.queue.groupcommit import GroupCommitter, PresyncFailed
+from relay.queue.groupcommit import GroupCommitter
 from relay.queue.local_index import open_index, recover
 from relay.queue.local_sql import (
     IDS,
     delete_messages,
     delete_selected,
     finish_messages,
-    remember_answer,
+    insert_message,
 )
-from relay.queue.spoolfiles import SpoolFiles, storage_failure
+from relay.queue.spoolfiles import Envelope, SpoolFiles, storage_failure
 
 log = logging.getLogger("relay.queue")
 
@@ -107,7 +106,7 @@ class LocalQueue:
         self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="spool-io")
         writer = await loop.run_in_executor(
             None, open_index, self.files.create_private(self._db_path.name))
-        self._committer = GroupCommitter(writer, presync=self.files.sync_messages_dir)
+        self._committer = GroupCommitter(writer)
         await self._committer.run_now(partial(recover, self.files, self._clock()))
         self._reader_db = await aiosqlite.connect(self._db_path, isolation_level=None)
         await self._reader_db.execute("PRAGMA busy_timeout=10000")
@@ -136,29 +135,35 @@ class LocalQueue:
     # -- intake ----------------------------------------------------------------------
 
     async def store(self, message: NewMessage) -> None:
-        await self.write_file(message)
-        await self.index(message.meta)
-
-    async def write_file(self, message: NewMessage) -> None:
-        """Step one of storing: the body, fsynced, in place (LocalFailure if not)."""
-        await self._in_io_thread(self.files.write, message.id, message.data)
-
-    async def index(self, meta: MessageMeta) -> None:
-        """Step two (the owner only): fsync the directory and commit the index rows, both
-        shared with whatever else is waiting (group commit)."""
+        envelope = self.envelope_of(message)
+        await self.write_file(message.id, envelope, message.data)
         try:
-            await self._write(partial(_insert_message, meta, self._clock()), presync=True)
+            # Durable at once only with an Idempotency-Key, which lives in the index alone;
+            # the rest is in the queue file.
+            await self.index(message.meta, envelope.received_at,
+                             durable=message.idempotency is not None)
         except asyncio.CancelledError:
-            # The client went away; the commit may still land, so the file stays.
-            raise
-        except PresyncFailed as exc:
-            # The row is in, the directory entry perhaps not: no 250, but the file stays
-            # for the row (the client may send it again: a duplicate, nothing lost).
-            raise storage_failure(exc, f"indexing message {meta.id}") from exc
+            raise  # the client went away; the commit may still land, so the file stays
         except Exception as exc:
-            # The row was not committed: no acknowledgement, and no orphan file left behind.
-            self.files.remove(meta.id)
-            raise storage_failure(exc, f"indexing message {meta.id}") from exc
+            # Not indexed, not acknowledged: no file left for recovery to index later.
+            self.files.remove(message.id)
+            raise storage_failure(exc, f"indexing message {message.id}") from exc
+
+    def envelope_of(self, message: NewMessage, broadcast: bool = False) -> Envelope:
+        return Envelope(message.mail_from, tuple(message.recipients), len(message.data),
+                        message.smtputf8, self._clock(), broadcast)
+
+    async def write_file(self, message_id: str, envelope: Envelope, data: bytes) -> None:
+        """Step one of storing: the queue file, fsynced under its final name; once it is
+        written the message may be acknowledged (LocalFailure if it was not)."""
+        await self._in_io_thread(self.files.write, message_id, envelope, data)
+
+    async def index(self, meta: MessageMeta, received_at: float, durable: bool = False) -> None:
+        """Step two (the owner only): the index rows, in the next group commit; not
+        durable by themselves (the queue file is), so this costs no fsync. Raises what the
+        commit raised."""
+        await self._write(partial(insert_message, meta, received_at, self._clock()),
+                          durable=durable)
 
     # -- delivery --------------------------------------------------------------------
 
@@ -282,9 +287,11 @@ class LocalQueue:
 
     async def open_broadcast(self, broadcast_id: str, mail_from: str, template: bytes,
                              smtputf8: bool) -> None:
-        await self.write_file(NewMessage(broadcast_id, mail_from, (), template, smtputf8))
+        template_file = NewMessage(broadcast_id, mail_from, (), template, smtputf8)
+        await self.write_file(broadcast_id, self.envelope_of(template_file, broadcast=True),
+                              template)
         await self._write(partial(broadcasts.open_broadcast, broadcast_id, mail_from,
-                                  len(template), smtputf8, self._clock()), presync=True)
+                                  len(template), smtputf8, self._clock()))
 
     async def add_broadcast_recipients(self, broadcast_id: str,
                                        recipients: Sequence[tuple[str, str]]) -> int:
@@ -373,10 +380,10 @@ class LocalQueue:
 
     # -- plumbing --------------------------------------------------------------------
 
-    async def _write(self, op: Any, presync: bool = False, durable: bool = True) -> Any:
+    async def _write(self, op: Any, durable: bool = True) -> Any:
         if self._committer is None:
             raise LocalFailure("queue is not open")
-        return await self._committer.submit(op, presync=presync, durable=durable)
+        return await self._committer.submit(op, durable=durable)
 
     async def _in_io_thread(self, function: Callable[..., _T], *args: Any) -> _T:
         if self._io is None:
@@ -395,19 +402,6 @@ class LocalQueue:
 
 
 # Write operations: run in the writer thread, inside the group committer's transaction.
-
-def _insert_message(meta: MessageMeta, now: float, db: sqlite3.Connection) -> None:
-    db.execute(
-        "INSERT INTO messages (id, mail_from, size, received_at, smtputf8) VALUES (?,?,?,?,?)",
-        (meta.id, meta.mail_from, meta.size, now, int(meta.smtputf8)))
-    db.executemany(
-        "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at) "
-        "VALUES (?, ?, ?, 'queued', ?)",
-        [(meta.id, rcpt, domain_of(rcpt), now) for rcpt in meta.recipients])
-    if meta.idempotency is not None:
-        remember_answer(db, meta.idempotency, {"id": meta.id,
-                                               "recipients": len(meta.recipients)}, now)
-
 
 def _claim_due(limit: int, now: float, lease: float,
                db: sqlite3.Connection) -> list[Claimed]:

@@ -1,11 +1,14 @@
 """queue.local_index: the local backend's SQLite index: its schema, opening it, and the
 recovery that makes it agree with the message files at start.
 
-Recovery on open: partial writes in tmp/ are dropped (never acknowledged), and so are the
-index rows of such a file (its rename never reached the disk, so neither did its 250);
-recipients that were `active` when the process died go back to `queued`, due now;
-finished messages are cleaned up; files without rows are moved to orphans/ and rows
-without any file to the quarantine table, each with a log line.
+Recovery on open: the index is derived from the queue files, so a complete queue file
+without rows (acknowledged, its rows not yet committed, or the index lost) is indexed
+again, every recipient queued (one delivered before may go again: at-least-once); a file
+without its completion mark was cut short before its 250 and is removed. Recipients
+that were `active` when the process died go back to `queued`, due now; finished
+messages are cleaned up; a file that is not a queue file is moved to orphans/ and rows
+without any file go to the quarantine table, each with a log line. (tmp/ holds partial
+writes of spools from before the queue file format: dropped, with their rows.)
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import sqlite3
 from pathlib import Path
 
 from relay.queue import local_broadcasts as broadcasts
+from relay.queue.base import MessageMeta
 from relay.queue.groupcommit import connect
-from relay.queue.local_sql import delete_messages
+from relay.queue.local_sql import delete_messages, insert_message
 from relay.queue.spoolfiles import SpoolFiles
 
 log = logging.getLogger("relay.queue")
@@ -91,10 +95,13 @@ def recover(files: SpoolFiles, now: float, db: sqlite3.Connection) -> None:
     delete_messages(finished, db)
     indexed = {r[0] for r in db.execute("SELECT id FROM messages")}
     on_disk = files.message_ids()
-    for message_id in sorted(on_disk - indexed):
-        target = files.move_to_orphans(message_id)
-        log.warning("recovery: message file without index entry (a write cut short before "
-                    "its 250, or a lost index row) moved to %s", target)
+    again = [message_id for message_id in sorted(on_disk - indexed)
+             if index_again(files, message_id, now, db)]
+    if again:
+        # One line, however many: after a lost index that is every message in the spool.
+        log.warning("recovery: %d queue files indexed again (acknowledged before their index "
+                    "rows were committed, or the index was lost): %s%s", len(again),
+                    " ".join(again[:5]), " ..." if len(again) > 5 else "")
     for message_id in sorted((indexed - on_disk) & unrenamed):
         delete_messages([message_id], db)
         log.warning("recovery: %s: index entry of a write cut short before its 250 removed",
@@ -103,6 +110,33 @@ def recover(files: SpoolFiles, now: float, db: sqlite3.Connection) -> None:
         quarantine(db, message_id, "message file missing", now)
         log.error("recovery: %s: index entry without message file moved to quarantine",
                   message_id)
+
+
+def index_again(files: SpoolFiles, message_id: str, now: float,
+                db: sqlite3.Connection) -> bool:
+    """A queue file the index lacks: its rows again from its envelope (True), or a log
+    line saying why not."""
+    try:
+        envelope = files.envelope(message_id)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        target = files.move_to_orphans(message_id)
+        log.warning("recovery: %s is not a queue file (%s): moved to %s", message_id, exc,
+                    target)
+        return False
+    if envelope is None:
+        files.remove(message_id)
+        log.warning("recovery: %s: removing a queue file cut short before its 250 "
+                    "(no completion mark)", message_id)
+    elif envelope.broadcast:
+        files.remove(message_id)  # its recipients were never committed: never accepted
+        log.warning("recovery: %s: removing the template of a broadcast never accepted",
+                    message_id)
+    else:
+        meta = MessageMeta(message_id, envelope.mail_from, envelope.recipients,
+                           envelope.size, envelope.smtputf8)
+        insert_message(meta, envelope.received_at, now, db)
+        return True
+    return False
 
 
 def quarantine(db: sqlite3.Connection, message_id: str, reason: str, now: float) -> None:

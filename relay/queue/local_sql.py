@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from relay.queue.base import IDEMPOTENCY_WINDOW, Idempotency
+from relay.queue.base import IDEMPOTENCY_WINDOW, Idempotency, MessageMeta, domain_of
 
 IDS = "(SELECT value FROM json_each(?))"  # a JSON list bound as one parameter
 
@@ -20,6 +20,21 @@ def remember_answer(db: sqlite3.Connection, idempotency: Idempotency,
     db.execute("DELETE FROM idempotency WHERE created_at < ?", (now - IDEMPOTENCY_WINDOW,))
     db.execute("INSERT INTO idempotency (key, digest, answer, created_at) VALUES (?,?,?,?)",
                (idempotency.key, idempotency.digest, json.dumps(answer), now))
+
+
+def insert_message(meta: MessageMeta, received_at: float, now: float,
+                   db: sqlite3.Connection) -> None:
+    """A new message's index rows: every recipient queued, due now."""
+    db.execute(
+        "INSERT INTO messages (id, mail_from, size, received_at, smtputf8) VALUES (?,?,?,?,?)",
+        (meta.id, meta.mail_from, meta.size, received_at, int(meta.smtputf8)))
+    db.executemany(
+        "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at) "
+        "VALUES (?, ?, ?, 'queued', ?)",
+        [(meta.id, rcpt, domain_of(rcpt), now) for rcpt in meta.recipients])
+    if meta.idempotency is not None:
+        remember_answer(db, meta.idempotency, {"id": meta.id,
+                                               "recipients": len(meta.recipients)}, now)
 
 
 def finish_messages(message_ids: Sequence[str], now: float,

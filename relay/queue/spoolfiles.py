@@ -1,9 +1,13 @@
-"""queue.spoolfiles: the local backend's message files and their durable write order.
+"""queue.spoolfiles: the local backend's queue files, Postfix's rule.
 
-A message file counts only once it is complete and on disk: it is written under `tmp/`,
-fsynced, renamed into `messages/`, and the directory is fsynced (by the index writer, once
-for a whole group of messages, while it commits the index rows). Files are never
-silently deleted on recovery: anything unexpected is moved to `orphans/` and logged.
+A queue file holds everything the relay acknowledged: a first line naming the format, the
+envelope as one JSON line (sender, recipients, size, SMTPUTF8, arrival time), the message
+as received, and a completion mark. It is written under its final name in `messages/` and
+fsynced: that one fsync is what the 250 waits for. The index (SQLite) is derived from the
+files and may be committed after the 250; recovery indexes again a complete file the
+index lacks, and removes one without its mark (a write cut short, never acknowledged).
+Files are never silently deleted otherwise: anything unexpected is moved to `orphans/`
+and logged. (Spools from before this format hold the bare message; they are still read.)
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from relay.errors import LocalFailure, RelayError
@@ -23,6 +29,35 @@ log = logging.getLogger("relay.queue")
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
+FORMAT = b"RELAY-QUEUE-FILE 1\n"
+COMPLETE = b"\nRELAY-QUEUE-FILE-COMPLETE\n"
+_MAX_ENVELOPE = 16 * 1024 * 1024  # bytes: max_recipients addresses fit
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What a queue file says besides the message: enough to index it again."""
+
+    mail_from: str
+    recipients: tuple[str, ...]
+    size: int  # of the message, in bytes
+    smtputf8: bool
+    received_at: float
+    broadcast: bool = False  # a broadcast's template: its recipients are in the index only
+
+    def encode(self) -> bytes:
+        fields = {"from": self.mail_from, "rcpts": list(self.recipients), "size": self.size,
+                  "utf8": self.smtputf8, "at": self.received_at}
+        if self.broadcast:
+            fields["broadcast"] = True
+        return FORMAT + json.dumps(fields, ensure_ascii=False,
+                                   separators=(",", ":")).encode() + b"\n"
+
+    @classmethod
+    def decode(cls, line: bytes) -> Envelope:
+        fields = json.loads(line)
+        return cls(str(fields["from"]), tuple(map(str, fields["rcpts"])), int(fields["size"]),
+                   bool(fields["utf8"]), float(fields["at"]), bool(fields.get("broadcast")))
 
 
 class SpoolInUse(RelayError):
@@ -106,38 +141,49 @@ class SpoolFiles:
     def path(self, message_id: str) -> Path:
         return self.messages / message_id
 
-    def write(self, message_id: str, data: bytes) -> None:
-        """Write, fsync and rename into place; LocalFailure (452 4.3.1 for a full disk) when
-        that fails. The caller fsyncs the directory afterwards."""
+    def write(self, message_id: str, envelope: Envelope, data: bytes) -> None:
+        """Write the queue file under its final name and fsync it: once this returns, the
+        message may be acknowledged. LocalFailure (452 4.3.1 for a full disk) when not."""
         try:
-            self._write(message_id, data)
+            self._write(message_id, [envelope.encode(), data, COMPLETE])
         except OSError as exc:
             raise storage_failure(exc, f"writing message file {message_id}") from exc
 
-    def _write(self, message_id: str, data: bytes) -> None:
-        temp = self.tmp / message_id
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    def _write(self, message_id: str, parts: list[bytes]) -> None:
+        path = self.path(message_id)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, parts)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
-            _unlink_quietly(temp)
+            _unlink_quietly(path)  # no mark, never acknowledged: recovery would drop it
             raise
         os.close(fd)
-        os.rename(temp, self.path(message_id))
-
-    def sync_messages_dir(self) -> None:
-        fd = os.open(self.messages, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def read(self, message_id: str) -> bytes:
-        return self.path(message_id).read_bytes()
+        """The message as received, without the envelope and the mark."""
+        data = self.path(message_id).read_bytes()
+        if not data.startswith(FORMAT):
+            return data  # a file from before the format
+        start = data.index(b"\n", len(FORMAT)) + 1
+        return data[start:len(data) - len(COMPLETE)]
+
+    def envelope(self, message_id: str) -> Envelope | None:
+        """A complete queue file's envelope; None for one cut short before its mark.
+        ValueError for a file that is not a queue file (or one from before the format)."""
+        with self.path(message_id).open("rb") as file:
+            if file.read(len(FORMAT)) != FORMAT:
+                raise ValueError("not a queue file")
+            line = file.readline(_MAX_ENVELOPE)
+            if not line.endswith(b"\n"):
+                return None
+            envelope = Envelope.decode(line)
+            end = file.seek(0, os.SEEK_END)
+            if end != len(FORMAT) + len(line) + envelope.size + len(COMPLETE):
+                return None
+            file.seek(end - len(COMPLETE))
+            return envelope if file.read() == COMPLETE else None
 
     def remove(self, message_id: str) -> None:
         _unlink_quietly(self.path(message_id))
@@ -171,6 +217,18 @@ class SpoolFiles:
             stats = os.statvfs(self.root)
             self._free, self._free_checked_at = stats.f_bavail * stats.f_frsize, now
         return self._free
+
+
+def _write_all(fd: int, parts: list[bytes]) -> None:
+    """os.writev until every byte is written (a write may be short)."""
+    views = [memoryview(part) for part in parts if part]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
 
 
 def _make_private(path: Path, mode: int) -> None:

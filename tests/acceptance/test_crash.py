@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.acceptance.conftest import MakeRelay
-from tests.acceptance.test_relayctl import smtp_port
+from tests.acceptance.test_relayctl import queue_json, smtp_port, until
 from tests.support.dns_server import DnsServer
 from tests.support.sink import Received, Sink
 
@@ -155,3 +155,61 @@ def _test_id(message: Received) -> int:
     match = _TEST_ID.search(message.content)
     assert match is not None
     return int(match.group(1))
+
+
+def test_a_kill_between_the_250_and_the_index_commit_loses_nothing(
+        relay_process: MakeRelay, dns_server: DnsServer, make_sink: Callable[..., Sink],
+        tmp_path: Path) -> None:
+    """The 250 waits for the queue file's fsync only; the index rows follow. With the
+    main process (the index's writer) stopped, the ingest workers still answer 250; then
+    everything is killed before a single row is committed. Recovery indexes the files."""
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    relay = relay_process(smtp={"workers": 2}).start()
+    assert relay.process is not None
+    main = relay.process.pid
+    workers = [pid for pid in _children(main) if _is_ingest_worker(pid)]
+    os.kill(main, signal.SIGSTOP)
+    count = 40
+    with smtplib.SMTP("127.0.0.1", smtp_port(relay.config), timeout=30) as client:
+        for number in range(count):
+            client.sendmail("load@sender.test", ["sink@example.test"], _message(number))
+    for pid in [main, *workers]:
+        os.kill(pid, signal.SIGKILL)
+    relay.kill()
+    index = sqlite3.connect(tmp_path / "spool" / "index.sqlite3")
+    indexed = index.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    index.close()
+    assert indexed == 0  # every 250 went out before its rows were committed
+
+    relay.start()
+    received = sink.wait_until(lambda messages: len(messages) >= count, timeout=120)
+    assert sorted(_test_id(m) for m in received) == list(range(count))
+    assert relay.stop() == 0
+    assert f"recovery: {count} queue files indexed again" in relay.log()
+
+
+def test_the_queue_comes_back_from_its_files_alone(
+        relay_process: MakeRelay, dns_server: DnsServer, make_sink: Callable[..., Sink],
+        tmp_path: Path) -> None:
+    """The index is derived: deleted, it is rebuilt from the queue files at start, and
+    every message still in the spool is delivered."""
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    sink.default_rcpt_reply = "451 4.3.0 not now"
+    relay = relay_process().start()
+    count = 20
+    with smtplib.SMTP("127.0.0.1", smtp_port(relay.config), timeout=30) as client:
+        for number in range(count):
+            client.sendmail("load@sender.test", ["sink@example.test"], _message(number))
+    until(lambda: [r["state"] for m in queue_json(relay.config) for r in m["recipients"]]
+          == ["deferred"] * count, "every message deferred")
+    assert relay.stop() == 0
+    for path in (tmp_path / "spool").glob("index.sqlite3*"):
+        path.unlink()
+
+    sink.default_rcpt_reply = "250 2.1.5 Ok"
+    relay.start()
+    received = sink.wait_until(lambda messages: len(messages) >= count, timeout=120)
+    assert sorted(_test_id(m) for m in received) == list(range(count))
+    assert relay.stop() == 0

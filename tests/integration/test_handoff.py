@@ -21,8 +21,8 @@ async def test_worker_stores_through_the_owner_and_shares_rate_limits(tmp_path: 
     queue = LocalQueue(tmp_path / "spool")
     await queue.open()
     ours, theirs = socket.socketpair()
-    stored, ready, sessions = [], asyncio.Event(), asyncio.Queue()
-    events = WorkerEvents(stored=lambda: stored.append(1), ready=ready.set,
+    stored, ready, sessions = asyncio.Event(), asyncio.Event(), asyncio.Queue()
+    events = WorkerEvents(stored=stored.set, ready=ready.set,
                           sessions=lambda plain, tls: sessions.put_nowait((plain, tls)))
     owner = asyncio.create_task(serve_handoff(queue, ours, SlidingWindow(), events))
     store = await HandoffStore.connect(SpoolFiles(tmp_path / "spool"), theirs)
@@ -30,10 +30,12 @@ async def test_worker_stores_through_the_owner_and_shares_rate_limits(tmp_path: 
     await ready.wait()
 
     message = NewMessage(new_queue_id(), "a@sender.test", ["b@example.test"], b"Subject: x\r\n")
-    await store.store(message)
+    await store.store(message)  # returns once the queue file is fsynced: the 250 may go
+    assert (tmp_path / "spool" / "messages" / message.id).exists()
+    await asyncio.wait_for(stored.wait(), 10)  # the owner indexes it after that
     info = await queue.get_message(message.id)
     assert info is not None and info.recipients[0].state is State.QUEUED
-    assert await queue.read_body(message.id) == message.data and stored == [1]
+    assert await queue.read_body(message.id) == message.data
     assert [await store.take("app1", Rate(2, 60)) for _ in range(3)] == [True, True, False]
     store.report_sessions(3, 2)
     assert await sessions.get() == (3, 2)

@@ -6,9 +6,12 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from relay.queue import NewMessage, Outcome, Selection, State, new_queue_id
 from relay.queue.groupcommit import GroupCommitter, connect
 from relay.queue.local import LocalQueue
+from relay.queue.spoolfiles import Envelope, SpoolFiles
 
 
 def _insert(value: int, db: sqlite3.Connection) -> None:
@@ -16,7 +19,7 @@ def _insert(value: int, db: sqlite3.Connection) -> None:
 
 
 async def test_after_durable_waits_for_a_durable_commit(tmp_path: Path) -> None:
-    committer = GroupCommitter(connect(tmp_path / "db"), presync=lambda: None, sync_delay=3600)
+    committer = GroupCommitter(connect(tmp_path / "db"), sync_delay=3600)
     committer.start()
     await committer.submit(lambda db: db.execute("CREATE TABLE t (v)"))
     await committer.submit(lambda db: _insert(1, db), durable=False)
@@ -35,7 +38,7 @@ async def test_after_durable_waits_for_a_durable_commit(tmp_path: Path) -> None:
 
 
 async def test_after_durable_makes_its_own_sync_when_no_commit_comes(tmp_path: Path) -> None:
-    committer = GroupCommitter(connect(tmp_path / "db"), presync=lambda: None, sync_delay=0.01)
+    committer = GroupCommitter(connect(tmp_path / "db"), sync_delay=0.01)
     committer.start()
     await committer.submit(lambda db: db.execute("CREATE TABLE t (v)"), durable=False)
     covered = asyncio.Event()
@@ -61,13 +64,14 @@ async def test_a_delivered_message_leaves_with_its_file(tmp_path: Path) -> None:
 
 
 async def test_recovery_drops_the_row_of_a_file_that_never_left_tmp(tmp_path: Path) -> None:
-    """A crash between the rename and the directory fsync: the row may be on disk while
-    the file is still in tmp/ (and no 250 went out). Recovery drops both, quietly."""
+    """A spool from before the queue file format: a crash between the rename and the
+    directory fsync left the row on disk and the file in tmp/ (no 250 went out). Recovery
+    drops both, quietly; an acknowledged file that is gone goes to quarantine."""
     queue = LocalQueue(tmp_path / "spool")
     await queue.open()
     unrenamed = NewMessage(new_queue_id(), "a@sender.test", ["b@example.test"], b"x\r\n")
     (tmp_path / "spool" / "tmp" / unrenamed.id).write_bytes(unrenamed.data)
-    await queue.index(unrenamed.meta)
+    await queue.index(unrenamed.meta, 1.0)
     lost = NewMessage(new_queue_id(), "a@sender.test", ["c@example.test"], b"y\r\n")
     await queue.store(lost)
     await queue.close()
@@ -81,6 +85,47 @@ async def test_recovery_drops_the_row_of_a_file_that_never_left_tmp(tmp_path: Pa
     index.close()
     assert quarantined == [lost.id]  # only the file that had been acknowledged
     assert not list((tmp_path / "spool" / "tmp").iterdir())
+
+
+async def test_recovery_indexes_queue_files_the_index_lacks(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The index is derived from the queue files: a complete file without rows (its 250
+    went out before its rows were committed) is indexed again; a file without its
+    completion mark was never acknowledged and goes; anything else goes to orphans/."""
+    spool = tmp_path / "spool"
+    files = SpoolFiles(spool)
+    files.create_dirs()
+    acknowledged = NewMessage(new_queue_id(), "a@sender.test", ["b@x.test", "c@y.test"],
+                              b"Subject: kept\r\n\r\nbody\r\n", smtputf8=True)
+    files.write(acknowledged.id, Envelope(acknowledged.mail_from,
+                                          tuple(acknowledged.recipients),
+                                          len(acknowledged.data), True, 1234.5),
+                acknowledged.data)
+    cut_short = new_queue_id()
+    files.write(cut_short, Envelope("a@sender.test", ("d@x.test",), 6, False, 1.0), b"whole\n")
+    whole = files.path(cut_short).read_bytes()
+    files.path(cut_short).write_bytes(whole[:-5])  # the last write never reached the disk
+    template = new_queue_id()
+    files.write(template, Envelope("n@sender.test", (), 2, False, 1.0, broadcast=True), b"{}")
+    stranger = new_queue_id()
+    files.path(stranger).write_bytes(b"not a queue file\r\n")
+
+    queue = LocalQueue(spool)
+    await queue.open()
+    [info] = await queue.list_messages()
+    assert (info.id, info.mail_from, info.size, info.received_at) == (
+        acknowledged.id, "a@sender.test", len(acknowledged.data), 1234.5)
+    assert [(r.address, r.state) for r in info.recipients] == [
+        ("b@x.test", State.QUEUED), ("c@y.test", State.QUEUED)]
+    assert await queue.read_body(acknowledged.id) == acknowledged.data
+    claimed = await queue.claim_due(10)
+    assert {c.address for c in claimed} == {"b@x.test", "c@y.test"}
+    await queue.close()
+    assert sorted(p.name for p in (spool / "messages").iterdir()) == [acknowledged.id]
+    assert [p.name for p in (spool / "orphans").iterdir()] == [stranger]
+    again = [r.getMessage() for r in caplog.records if "indexed again" in r.getMessage()]
+    assert again == [(f"recovery: 1 queue files indexed again (acknowledged before their "
+                     f"index rows were committed, or the index was lost): {acknowledged.id}")]
 
 
 class Clock:
