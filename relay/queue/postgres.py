@@ -20,6 +20,7 @@ Broadcasts and suppressions: queue.postgres_broadcasts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -76,6 +77,7 @@ PREFETCH_SIZE = 256 * 1024  # bodies up to this size come with the claim
 PREFETCH_BYTES = 64 * 1024 * 1024  # and at most this much of them is kept
 _CLAIMABLE = "state IN ('queued', 'deferred', 'active')"
 _WAITING = "state NOT IN ('delivered', 'bounced')"
+POOL_CLOSE_TIMEOUT = 10.0  # seconds
 
 
 class BodyCache:
@@ -158,7 +160,13 @@ class PostgresQueue:
             if writes is not None:
                 await writes.close()
         if self._pool is not None:
-            await self._pool.close()
+            try:
+                # Waits for every connection to be released: bounded, a stop never hangs.
+                await asyncio.wait_for(self._pool.close(), POOL_CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.warning("queue database connections still busy after %.0fs: closed "
+                            "abruptly", POOL_CLOSE_TIMEOUT)
+                self._pool.terminate()
         self._pool = self._batches = self._records = None
 
     async def check(self) -> None:
