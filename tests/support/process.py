@@ -80,12 +80,7 @@ class RelayProcess:
         """SIGTERM and wait: the graceful stop."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            dump = subprocess.run(["/work/main/.venv/bin/py-spy", "dump", "--pid", str(self.process.pid)], capture_output=True, text=True)
-            open("/tmp/stopdump.txt", "w").write(dump.stdout + dump.stderr)
-            raise
+        code = self.process.wait(timeout)
         self._join_reader()
         return code
 
