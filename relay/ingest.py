@@ -47,6 +47,7 @@ from relay.smtpd import SessionRegistry, SubmissionHandler
 log = logging.getLogger("relay.ingest")
 
 RESTART_DELAY = 1.0
+INDEX_GRACE = 5.0  # seconds a stop waits for the index to take what workers stored
 SESSION_REPORT_INTERVAL = 2.0
 
 
@@ -149,6 +150,12 @@ class IngestWorkers:
             if process.returncode is None:
                 log.error("ingest worker pid %d did not stop; killing it", process.pid)
                 process.kill()
+        # What is left is new mail the index could not take yet (a full disk): its queue
+        # files are on disk, and the next start's recovery indexes them.
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=INDEX_GRACE)
+        for task in pending:
+            task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
 

@@ -184,6 +184,8 @@ async def serve_handoff(queue: LocalQueue, sock: socket.socket, rates: SlidingWi
         if tasks:
             await asyncio.wait(tasks)
     finally:
+        for task in tasks:  # cancelled (a stop that cannot wait): recovery indexes the files
+            task.cancel()
         writer.close()
 
 
