@@ -7,8 +7,8 @@
 #   - systemd/relay.service, enabled and started (restarted on an upgrade).
 # Where things go can be changed for a staged install: RELAY_PREFIX, RELAY_ETC,
 # RELAY_STATE, RELAY_UNIT_DIR, RELAY_USER, RELAY_HOSTNAME (what relay.toml says),
-# RELAY_PYTHON (default /usr/bin/python3, the system's); RELAY_NO_SYSTEMCTL=1 leaves
-# systemd alone.
+# RELAY_PYTHON (default: the system's /usr/bin/python3 when it is 3.11 or later, else
+# python3 on PATH); RELAY_NO_SYSTEMCTL=1 leaves systemd alone.
 set -eu
 cd "$(dirname "$0")/.."
 source_dir=$(pwd)
@@ -19,7 +19,7 @@ state=${RELAY_STATE:-/var/lib/relay}
 unit_dir=${RELAY_UNIT_DIR:-/etc/systemd/system}
 user=${RELAY_USER:-relay}
 hostname=${RELAY_HOSTNAME:-$(hostname -f 2>/dev/null || hostname)}
-python=${RELAY_PYTHON:-/usr/bin/python3}
+python=${RELAY_PYTHON:-}
 
 say() { echo "install: $*"; }
 warn() { echo "install: warning: $*" >&2; }
@@ -34,9 +34,18 @@ if [ "$(id -u)" != 0 ]; then
     exit 2
 fi
 
-if [ ! -x "$python" ]; then
-    echo "install: $python not found: install python3 (3.11 or later), or name one with" \
-         "RELAY_PYTHON" >&2
+recent_enough() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
+if [ -z "$python" ]; then
+    for candidate in /usr/bin/python3 "$(command -v python3 || true)"; do
+        if [ -x "$candidate" ] && recent_enough "$candidate"; then
+            python=$candidate
+            break
+        fi
+    done
+fi
+if [ -z "$python" ] || ! recent_enough "$python"; then
+    echo "install: no Python 3.11 or later (tried ${python:-/usr/bin/python3 and python3}):" \
+         "install one, or name it with RELAY_PYTHON" >&2
     exit 2
 fi
 if ! "$python" -c "import ensurepip, venv" >/dev/null 2>&1; then
