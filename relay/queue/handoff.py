@@ -100,8 +100,7 @@ class HandoffStore:
     async def store(self, message: NewMessage) -> None:
         if self.owner_gone.is_set():
             raise LocalFailure("the queue owner is gone")  # before writing a file for nobody
-        envelope = Envelope(message.mail_from, tuple(message.recipients), len(message.data),
-                            message.smtputf8, time.time())
+        envelope = Envelope.of(message, time.time())
         if self.alone():
             self.files.write(message.id, envelope, message.data)
         else:

@@ -150,8 +150,7 @@ class LocalQueue:
             raise storage_failure(exc, f"indexing message {message.id}") from exc
 
     def envelope_of(self, message: NewMessage, broadcast: bool = False) -> Envelope:
-        return Envelope(message.mail_from, tuple(message.recipients), len(message.data),
-                        message.smtputf8, self._clock(), broadcast)
+        return Envelope.of(message, self._clock(), broadcast)
 
     async def write_file(self, message_id: str, envelope: Envelope, data: bytes) -> None:
         """Step one of storing: the queue file, fsynced under its final name; once it is

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay.errors import LocalFailure, RelayError
+from relay.queue.base import NewMessage
 from relay.reply import SPOOL_FULL
 
 log = logging.getLogger("relay.queue")
@@ -44,6 +45,11 @@ class Envelope:
     smtputf8: bool
     received_at: float
     broadcast: bool = False  # a broadcast's template: its recipients are in the index only
+
+    @classmethod
+    def of(cls, message: NewMessage, received_at: float, broadcast: bool = False) -> Envelope:
+        return cls(message.mail_from, tuple(message.recipients), len(message.data),
+                   message.smtputf8, received_at, broadcast)
 
     def encode(self) -> bytes:
         fields = {"from": self.mail_from, "rcpts": list(self.recipients), "size": self.size,
