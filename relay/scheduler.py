@@ -126,7 +126,13 @@ class Scheduler:
         for destination in self._destinations.values():
             destination.arrived.set()
         if self._task is not None:
-            await self._task
+            # Bounded: a claim stuck on an unanswered queue must not hold the stop.
+            done, _ = await asyncio.wait({self._task}, timeout=timeout)
+            if done:
+                await self._task
+            else:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
         workers = [t for d in self._destinations.values() for t in d.workers]
         if workers:
             # The leases of what is in hand are renewed until it is done.
