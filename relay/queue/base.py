@@ -309,6 +309,8 @@ class Queue(MessageStore, Protocol):
 # Shared by the backends: SQL both dialects read alike, and their query results into the
 # records above.
 
+# Recipients not yet final: the queue's content.
+WAITING = "state NOT IN ('delivered', 'bounced')"
 # The recipients of a broadcast still being uploaded wait, held, until it is accepted:
 # operator commands leave them alone.
 NOT_RECEIVING = "message_id NOT IN (SELECT id FROM broadcasts WHERE state = 'receiving')"
@@ -316,7 +318,7 @@ NOT_RECEIVING = "message_id NOT IN (SELECT id FROM broadcasts WHERE state = 'rec
 # held too, like postsuper -r).
 FLUSHABLE = HOLDABLE = "state IN ('queued', 'deferred')"
 RELEASABLE = f"state = 'held' AND {NOT_RECEIVING}"
-REQUEUABLE = f"state NOT IN ('delivered', 'bounced') AND {NOT_RECEIVING}"
+REQUEUABLE = f"{WAITING} AND {NOT_RECEIVING}"
 # The messages `delete` removes, given a condition on their recipients.
 DELETABLE = ("SELECT id FROM messages WHERE id NOT IN (SELECT id FROM broadcasts) "
              "AND id IN (SELECT message_id FROM recipients WHERE {})")

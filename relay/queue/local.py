@@ -36,6 +36,7 @@ from relay.queue.base import (
     IDEMPOTENCY_WINDOW,
     RELEASABLE,
     REQUEUABLE,
+    WAITING,
     BroadcastStatus,
     Claimed,
     DomainShape,
@@ -74,7 +75,6 @@ IO_THREADS = 8
 PREVIOUS_WORKERS_TIMEOUT = 60.0
 _CLAIMABLE = "state IN ('queued', 'deferred', 'active')"  # active: once its lease expired
 DEFAULT_LEASE = 120.0
-_WAITING = "state NOT IN ('delivered', 'bounced')"
 
 
 class LocalQueue:
@@ -263,7 +263,7 @@ class LocalQueue:
 
     async def stats(self) -> QueueStats:
         depth = {State(r[0]): r[1] for r in await self._read_all(
-            f"SELECT state, COUNT(*) FROM recipients WHERE {_WAITING} GROUP BY state", [])}
+            f"SELECT state, COUNT(*) FROM recipients WHERE {WAITING} GROUP BY state", [])}
         oldest = await self._read_one("SELECT MIN(received_at) FROM messages WHERE done = 0")
         return QueueStats(depth, None if oldest is None else oldest[0])
 
@@ -276,7 +276,7 @@ class LocalQueue:
     async def summary(self, state: State | None = None,
                       by: ShapeKey = "recipient") -> list[DomainShape]:
         params: list[Any] = [self._clock()]
-        condition = f"r.{_WAITING}"
+        condition = f"r.{WAITING}"
         if state is not None:
             condition = "r.state = ?"
             params.append(state.value)

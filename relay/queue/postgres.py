@@ -40,6 +40,7 @@ from relay.queue.base import (
     IDEMPOTENCY_WINDOW,
     RELEASABLE,
     REQUEUABLE,
+    WAITING,
     BroadcastStatus,
     Claimed,
     DomainShape,
@@ -76,7 +77,6 @@ DEFAULT_LEASE = 120.0
 PREFETCH_SIZE = 256 * 1024  # bodies up to this size come with the claim
 PREFETCH_BYTES = 64 * 1024 * 1024  # and at most this much of them is kept
 _CLAIMABLE = "state IN ('queued', 'deferred', 'active')"
-_WAITING = "state NOT IN ('delivered', 'bounced')"
 POOL_CLOSE_TIMEOUT = 10.0  # seconds
 
 
@@ -344,7 +344,7 @@ class PostgresQueue:
 
     async def stats(self) -> QueueStats:
         depth = {State(r[0]): r[1] for r in await self._fetch(
-            f"SELECT state, COUNT(*) FROM recipients WHERE {_WAITING} GROUP BY state")}
+            f"SELECT state, COUNT(*) FROM recipients WHERE {WAITING} GROUP BY state")}
         oldest = await self._fetchval("SELECT MIN(received_at) FROM messages")
         return QueueStats(depth, None if oldest is None else float(oldest))
 
@@ -356,7 +356,7 @@ class PostgresQueue:
 
     async def summary(self, state: State | None = None,
                       by: ShapeKey = "recipient") -> list[DomainShape]:
-        condition, params = f"r.{_WAITING}", []
+        condition, params = f"r.{WAITING}", []
         if state is not None:
             condition, params = "r.state = $1", [state.value]
         return domain_shapes(await self._fetch(summary_sql(by, NOW, condition), *params), by)
