@@ -17,7 +17,6 @@ and the same outcome counted in the metrics.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -68,17 +67,14 @@ class OutcomeRecorder:
         await self._write(job, dsn, [v.outcome for v in verdicts])
 
     async def _write(self, job: Job, dsn: bytes | None, outcomes: list[Outcome]) -> None:
-        while True:
-            try:
-                if dsn is not None:
-                    await self._submit_dsn(job, dsn)
-                    dsn = None  # stored: not again when only the outcomes failed
-                await self._queue.record(outcomes)
-            except Exception as exc:
-                await asyncio.sleep(self._trouble.failed(exc))
-                continue
-            self._trouble.succeeded()
-            return
+        async def write_once() -> None:
+            nonlocal dsn
+            if dsn is not None:
+                await self._submit_dsn(job, dsn)
+                dsn = None  # stored: not again when only the outcomes failed
+            await self._queue.record(outcomes)
+
+        await self._trouble.until_done(write_once)
 
     def _decide(self, job: Job, attempt: Attempt, now: float) -> _Verdict:
         answer = attempt.reply

@@ -9,7 +9,9 @@ failures a minute are then three lines, and a busy loop never happens.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 FIRST_DELAY = 0.1  # seconds before the first retry
 MAX_DELAY = 5.0
@@ -44,6 +46,18 @@ class Trouble:
         self._cause = cause
         self.failures += 1
         return min(self._max_delay, self._first_delay * 2.0 ** (self.failures - 1))
+
+    async def until_done(self, operation: Callable[[], Awaitable[None]]) -> None:
+        """Run `operation` until it succeeds, waiting the growing delay after each
+        failure: for work that must not be given up (an outcome, acknowledged mail)."""
+        while True:
+            try:
+                await operation()
+            except Exception as exc:
+                await asyncio.sleep(self.failed(exc))
+            else:
+                self.succeeded()
+                return
 
     def succeeded(self) -> None:
         if self.failures:

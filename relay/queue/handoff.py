@@ -152,15 +152,8 @@ async def serve_handoff(queue: LocalQueue, sock: socket.socket, rates: SlidingWi
     async def index(meta: MessageMeta, received_at: float) -> None:
         # Acknowledged already: retried until it is in (or, if this process stops first,
         # left to the next start's recovery, which indexes the file).
-        while True:
-            try:
-                await queue.index(meta, received_at)
-            except Exception as exc:
-                await asyncio.sleep(trouble.failed(exc))
-            else:
-                trouble.succeeded()
-                events.stored()
-                return
+        await trouble.until_done(lambda: queue.index(meta, received_at))
+        events.stored()
 
     try:
         while line := await _read_line(reader):
