@@ -296,10 +296,15 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     for load in loads:
+        # Reps interleaved (relay, Postfix, relay, ...): a machine that slows down for a
+        # while slows both systems, not one of them.
+        runs: dict[str, list[Result]] = {name: [] for name in args.systems}
+        for _ in range(args.repeat):
+            for name in args.systems:
+                runs[name].append(measure(systems[name], load, args.count))
         medians: dict[str, Result] = {}
         for name in args.systems:
-            runs = [measure(systems[name], load, args.count) for _ in range(args.repeat)]
-            medians[name] = result = median_result(runs)
+            medians[name] = result = median_result(runs[name])
             print(f"{load.name:<14} {name:<8} {result.ingest_rate:>9.0f} {result.e2e_rate:>8.0f} "
                   f"{result.cpu_ms:>11.2f} {result.peak_rss_mb:>12.1f}", flush=True)
         if len(medians) == 2:

@@ -33,6 +33,7 @@ from relay.compose import (
     ComposeError,
     OneLine,
     StructuredMessage,
+    Tracked,
     compose,
     mailbox,
 )
@@ -41,7 +42,7 @@ _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.-]+)\s*\}\}")
 MAX_FIELD_LENGTH = 10_000
 
 
-class Template(BaseModel):
+class Template(Tracked):
     """The part of a broadcast that is stored once."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

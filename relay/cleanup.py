@@ -3,24 +3,38 @@
 It rejects input that cannot be a message (NUL bytes, lines over 998 octets, RFC 5322
 section 2.1.1) with 5.6.0, and is otherwise as lenient as Postfix. It prepends a
 `Received:` trace header (RFC 5321 section 4.4, protocol names from RFC 3848) and adds
-`Message-ID:` and `Date:` at the end of the header section when missing. The rest of the
-message stays byte-exact: 8-bit and SMTPUTF8 content is never re-encoded.
+`Message-ID:` and `Date:` at the end of the header section when missing, and removes
+`X-Relay-Metadata:` (the application's metadata for the message's history and events, a
+JSON object). The rest of the message stays byte-exact: 8-bit and SMTPUTF8 content is
+never re-encoded.
 """
 
 from __future__ import annotations
 
 import email.utils
 import functools
+import json
 import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from relay.errors import Rejected
-from relay.queue import Idempotency, MessageStore, NewMessage, new_queue_id
+from relay.queue import (
+    MAX_METADATA,
+    Idempotency,
+    MessageStore,
+    NewMessage,
+    Tracking,
+    new_queue_id,
+)
+from relay.queue.base import NO_TRACKING
 from relay.reply import malformed
 
 MAX_LINE = 998
+METADATA_HEADER_NAME = "X-Relay-Metadata"  # the application's metadata, removed here
+METADATA_HEADER = METADATA_HEADER_NAME.lower()
 _FIELD_NAME = re.compile(rb"[!-9;-~]+[ \t]*:")
 
 
@@ -40,6 +54,10 @@ class Inspected:
     header_end: int  # offset of the end of the header section
     header_names: frozenset[str]  # lower-cased
     from_values: tuple[str, ...]  # the From: fields, unfolded
+    subject: str = ""  # the first Subject: field, unfolded, RFC 2047 words as they are
+    # X-Relay-Metadata fields: (start, end) offsets of each, and their values unfolded
+    metadata_fields: tuple[tuple[int, int], ...] = ()
+    metadata_values: tuple[str, ...] = ()
 
     @property
     def from_addresses(self) -> tuple[str, ...]:
@@ -55,7 +73,8 @@ def inspect(data: bytes) -> Inspected:
     if _has_long_line(data):
         raise Rejected(malformed(f"line longer than {MAX_LINE} characters"))
     names: set[str] = set()
-    from_values: list[str] = []
+    kept: dict[str, list[str]] = {"from": [], "subject": [], METADATA_HEADER: []}
+    spans: list[list[int]] = []  # of the X-Relay-Metadata fields
     offset = 0
     current: str | None = None
     while offset < len(data):
@@ -63,17 +82,48 @@ def inspect(data: bytes) -> Inspected:
         end = len(data) if newline < 0 else newline + 1
         line = data[offset:end]
         if line[:1] in (b" ", b"\t") and current is not None:
-            if current == "from":
-                from_values[-1] += line.decode("utf-8", "replace")
+            if current in kept:
+                kept[current][-1] += line.decode("utf-8", "replace")
+                if current == METADATA_HEADER:
+                    spans[-1][1] = end
         elif (match := _FIELD_NAME.match(line)) is not None:
             current = match.group(0)[:-1].strip().decode("ascii").lower()
             names.add(current)
-            if current == "from":
-                from_values.append(line[match.end():].decode("utf-8", "replace"))
+            if current in kept:
+                kept[current].append(line[match.end():].decode("utf-8", "replace"))
+                if current == METADATA_HEADER:
+                    spans.append([offset, end])
         else:
             break  # the blank separator line, or a body without one: headers end here
         offset = end
-    return Inspected(offset, frozenset(names), tuple(from_values))
+    subjects = kept["subject"]
+    return Inspected(offset, frozenset(names), tuple(kept["from"]),
+                     _unfolded(subjects[0]) if subjects else "",
+                     tuple((start, stop) for start, stop in spans),
+                     tuple(map(_unfolded, kept[METADATA_HEADER])))
+
+
+def _unfolded(value: str) -> str:
+    return re.sub(r"\r?\n(?=[ \t])", "", value).strip()
+
+
+def application_tracking(inspected: Inspected, given: Tracking) -> Tracking:
+    """The history's subject and metadata: the API's `given` metadata over that of the
+    message's X-Relay-Metadata fields (a JSON object each). Raises Rejected (5.6.0) for
+    a field that is not a small JSON object."""
+    metadata: dict[str, Any] = {}
+    for value in inspected.metadata_values:
+        try:
+            found = json.loads(value)
+        except ValueError:
+            found = None
+        if not isinstance(found, dict) or len(value) > MAX_METADATA:
+            raise Rejected(malformed(f"{METADATA_HEADER_NAME} must be a JSON object of at "
+                                     f"most {MAX_METADATA} characters"))
+        metadata.update(found)
+    if given.metadata is not None:
+        metadata.update(given.metadata)
+    return Tracking(inspected.subject, metadata or None, given.tags)
 
 
 @functools.lru_cache(maxsize=4)
@@ -121,6 +171,19 @@ def missing_headers(inspected: Inspected, hostname: str, queue_id: str, now: flo
     return added
 
 
+def _without(header: bytes, fields: Sequence[tuple[int, int]]) -> bytes:
+    """The header section less the given fields (the application's metadata is for the
+    relay only: it never leaves)."""
+    if not fields:
+        return header
+    kept, start = [], 0
+    for begin, end in fields:
+        kept.append(header[start:begin])
+        start = end
+    kept.append(header[start:])
+    return b"".join(kept)
+
+
 class Cleanup:
     """Finishes messages and stores them; `on_stored` wakes the scheduler."""
 
@@ -134,9 +197,12 @@ class Cleanup:
 
     async def submit(self, mail_from: str, recipients: Sequence[str], data: bytes,
                      origin: Origin, inspected: Inspected | None = None,
-                     smtputf8: bool = False, idempotency: Idempotency | None = None) -> str:
-        """Store the finished message durably and return its queue id; raise Rejected."""
+                     smtputf8: bool = False, idempotency: Idempotency | None = None,
+                     tracking: Tracking = NO_TRACKING) -> str:
+        """Store the finished message durably and return its queue id; raise Rejected.
+        `tracking` is what the API says of the message for its history."""
         inspected = inspected or inspect(data)
+        tracking = application_tracking(inspected, tracking)
         queue_id = new_queue_id()
         now = self._clock()
         cut = inspected.header_end
@@ -145,12 +211,12 @@ class Cleanup:
         separator = b"\r\n" if body and not body.startswith((b"\r\n", b"\n")) else b""
         finished = b"".join((
             received_header(self._hostname, origin, queue_id, recipients, now),
-            data[:cut],
+            _without(data[:cut], inspected.metadata_fields),
             missing_headers(inspected, self._hostname, queue_id, now),
             separator,
             body,
         ))
         await self._queue.store(NewMessage(queue_id, mail_from, tuple(recipients), finished,
-                                           smtputf8, idempotency))
+                                           smtputf8, idempotency, tracking))
         self._on_stored()
         return queue_id

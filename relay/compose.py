@@ -16,15 +16,17 @@ from __future__ import annotations
 import base64
 import binascii
 import email.policy
+import json
 import re
 from email import errors
 from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from relay.addresses import address_problem
+from relay.queue import MAX_METADATA, Tracking
 
 # Headers the API sets itself, or that describe the MIME structure it builds.
 RESERVED_HEADERS = frozenset({
@@ -50,6 +52,28 @@ PATTERN_MEANINGS = {ONE_LINE: "cannot contain line breaks",
 OneLine = Annotated[str, StringConstraints(pattern=ONE_LINE, max_length=998)]
 
 
+TagName = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,64}$")]
+MAX_TAGS = 20
+
+
+class Tracked(BaseModel):
+    """What an application may attach to a message for its history and events: a small
+    JSON object and a few tags (no spaces, up to 64 characters each)."""
+
+    metadata: dict[str, Any] | None = None
+    tags: list[TagName] = Field(default=[], max_length=MAX_TAGS)
+
+    @field_validator("metadata")
+    @classmethod
+    def _small(cls, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+        if metadata is not None and len(json.dumps(metadata)) > MAX_METADATA:
+            raise ValueError(f"metadata is over {MAX_METADATA} characters of JSON")
+        return metadata
+
+    def tracking(self, subject: str = "") -> Tracking:
+        return Tracking(subject, self.metadata, tuple(self.tags))
+
+
 class ComposeError(ValueError):
     """Input that cannot become a message; `field` says which part of the request."""
 
@@ -73,7 +97,7 @@ class Attachment(BaseModel):
             raise ComposeError(f"attachments[{index}].content", "not valid base64") from None
 
 
-class StructuredMessage(BaseModel):
+class StructuredMessage(Tracked):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     from_: OneLine = Field(alias="from", min_length=3)
@@ -98,7 +122,7 @@ class StructuredMessage(BaseModel):
         return headers
 
 
-class RawMessage(BaseModel):
+class RawMessage(Tracked):
     model_config = ConfigDict(extra="forbid")
 
     mail_from: OneLine  # "" for the null sender

@@ -231,6 +231,10 @@ class AdminSection(_Section):
     token_file: str = ""
 
 
+class HistorySection(_Section):
+    retention: Duration = parse_duration("7d")  # message histories and events, after delivery
+
+
 class PoliciesSection(_Section):
     path: Path = Path("policies")
 
@@ -251,6 +255,7 @@ class Config(BaseSettings):
     delivery: DeliverySection = DeliverySection()
     retry: RetrySection = RetrySection()
     admin: AdminSection = AdminSection()
+    history: HistorySection = HistorySection()
     policies: PoliciesSection = PoliciesSection()
     log: LogSection = LogSection()
 

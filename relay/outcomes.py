@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from relay import bounce, reply, retry
 from relay.cleanup import Cleanup, Origin
@@ -64,7 +64,11 @@ class OutcomeRecorder:
             state = verdict.outcome.state
             self._metrics.delivery(state, verdict.attempt.recipient.domain,
                                    now - job.received_at if state is State.DELIVERED else None)
-        await self._write(job, dsn, [v.outcome for v in verdicts])
+        outcomes = [v.outcome for v in verdicts]
+        if dsn is not None:  # the bounce events say that the sender got a DSN
+            outcomes = [replace(o, dsn=True) if o.state is State.BOUNCED else o
+                        for o in outcomes]
+        await self._write(job, dsn, outcomes)
 
     async def _write(self, job: Job, dsn: bytes | None, outcomes: list[Outcome]) -> None:
         async def write_once() -> None:
@@ -93,9 +97,10 @@ class OutcomeRecorder:
             else:
                 state, retry_at = State.DEFERRED, decision.at
         claim = attempt.recipient
-        return _Verdict(attempt, answer, Outcome(claim.recipient_id, claim.attempts, state,
-                                                 str(answer), retry_at,
-                                                 broadcast=job.broadcast is not None))
+        return _Verdict(attempt, answer, Outcome(
+            claim.recipient_id, claim.attempts, state, str(answer), retry_at,
+            broadcast=job.broadcast is not None,
+            relay="" if attempt.relay == "none" else attempt.relay, tls=attempt.tls))
 
     def _build_dsn(self, job: Job, bounced: list[_Verdict], body: bytes, now: float) -> bytes:
         failed = [

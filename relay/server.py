@@ -24,6 +24,7 @@ from relay.config import Config
 from relay.delivery import DeliveryAgent, NextHops, relayhost_credentials
 from relay.delivery.mta_sts import StrictTransport
 from relay.delivery.transform import Transform
+from relay.history import HistoryPruner
 from relay.ingest import IngestWorkers
 from relay.listeners import ListenSockets, ServerTls, bind_listeners, serve_listeners
 from relay.metrics import Metrics
@@ -73,6 +74,7 @@ class Relay:
         self._sessions = SessionRegistry()
         self._admin: AdminServer | None = None
         self._scheduler: Scheduler | None = None
+        self._pruner = HistoryPruner(self.queue, config.history.retention)
         self._started = False
 
     async def start(self) -> None:
@@ -123,6 +125,7 @@ class Relay:
             config.admin.listen)
         self._admin.start()
         self._scheduler.start()
+        self._pruner.start()
         if isinstance(self.queue, PostgresQueue):
             self.queue.listen(self.wake_scheduler)  # mail stored or released by any node
         self._started = True
@@ -180,6 +183,7 @@ class Relay:
             await self._scheduler.stop(self._shutdown_timeout)
         if self._admin is not None:
             await self._admin.stop()
+        await self._pruner.stop()
         await self.queue.close()
         if self._started:
             log.info("relay stopped")

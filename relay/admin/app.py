@@ -26,6 +26,7 @@ from relay import metrics
 from relay.admin.broadcast_routes import broadcast_routes, openapi_schemas
 from relay.admin.errors import ApiError, error_body, validation_error
 from relay.admin.gate import Gate
+from relay.admin.history_routes import history_routes
 from relay.admin.idempotency import IdempotencyKeys
 from relay.admin.queue_routes import queue_routes
 from relay.admin.send_routes import send_routes
@@ -79,6 +80,7 @@ def create_app(services: Services) -> FastAPI:
         return Response(await services.scrape(), media_type=metrics.CONTENT_TYPE)
 
     app.include_router(queue_routes(services.queue, services.wake))
+    app.include_router(history_routes(services.queue))
     keys = IdempotencyKeys(services.queue)
     app.include_router(send_routes(services.cleanup, keys, services.max_message_size))
     app.include_router(broadcast_routes(services.queue, services.wake, keys,

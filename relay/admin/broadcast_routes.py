@@ -315,7 +315,8 @@ async def _store(queue: Queue, body: _Body, idempotency_key: str | None, *,
     chunk: list[tuple[str, str]] = []
     accepting = False
     try:
-        await queue.open_broadcast(broadcast_id, sender, stored_template, smtputf8)
+        await queue.open_broadcast(broadcast_id, sender, stored_template, smtputf8,
+                                   template.tracking(template.subject))
         async for index, item in _enumerate(recipients):
             checked = ("not a JSON object" if item is _NOT_JSON
                        else check_recipient(needed, item))

@@ -76,7 +76,8 @@ def send_routes(cleanup: Cleanup, keys: IdempotencyKeys, max_message_size: int) 
         try:
             queue_id = await cleanup.submit(
                 composed.mail_from, composed.recipients, composed.data,
-                Origin("HTTP", client), smtputf8=composed.smtputf8, idempotency=idempotency)
+                Origin("HTTP", client), smtputf8=composed.smtputf8, idempotency=idempotency,
+                tracking=message.tracking())
         except Rejected as exc:
             field = "raw" if isinstance(message, RawMessage) else "text"
             raise ApiError(422, "rejected", str(exc.reply), field) from None

@@ -48,6 +48,7 @@ class Attempt:
     recipient: Claimed
     reply: Reply
     relay: str  # "host[address]:port", or "none" when no connection was made
+    tls: str = ""  # the connection's TLS version; "" in the clear
 
 
 class DeliveryAgent:
@@ -84,8 +85,8 @@ class DestinationSession:
             connection, replies = await self._transact(job, addresses, body)
         except DeliveryError as exc:
             return [Attempt(r, exc.reply, exc.remote_host or "none") for r in job.recipients]
-        relay = str(connection.hop)
-        return [Attempt(r, replies[r.address], relay) for r in job.recipients]
+        relay, tls = str(connection.hop), connection.tls_version
+        return [Attempt(r, replies[r.address], relay, tls) for r in job.recipients]
 
     async def close(self) -> None:
         if self._connection is not None:

@@ -81,6 +81,13 @@ class SmtpConnection:
     def supports(self, extension: str) -> bool:
         return extension in self._extensions
 
+    @property
+    def tls_version(self) -> str:
+        """"TLSv1.3" and the like; "" for a connection in the clear."""
+        transport = self._client.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        return str(ssl_object.version() or "") if ssl_object is not None else ""
+
     @classmethod
     async def open(cls, hop: Hop, local_hostname: str, tls_mode: TlsMode,
                    connect_timeout: float, command_timeout: float,

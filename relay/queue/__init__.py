@@ -1,6 +1,7 @@
 """queue: the durable store. One interface (`Queue`), backends behind it."""
 
 from relay.queue.base import (
+    MAX_METADATA,
     SUMMARY_AGE_BUCKETS,
     BroadcastStatus,
     Claimed,
@@ -19,13 +20,14 @@ from relay.queue.base import (
     ShapeKey,
     State,
     Suppression,
+    Tracking,
     domain_of,
     new_queue_id,
 )
 
 __all__ = [
-    "SUMMARY_AGE_BUCKETS", "BroadcastStatus", "Claimed", "DomainShape", "Idempotency",
+    "MAX_METADATA",     "SUMMARY_AGE_BUCKETS", "BroadcastStatus", "Claimed", "DomainShape", "Idempotency",
     "IdempotentAnswer", "MessageInfo", "MessageMeta", "MessageStore", "NewMessage", "Outcome",
     "Queue", "QueueStats", "RecipientInfo", "Selection", "ShapeKey", "State", "Suppression",
-    "domain_of", "new_queue_id",
+    "Tracking", "domain_of", "new_queue_id",
 ]

@@ -18,7 +18,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from relay.queue.events import EventFilter, EventPage, MessageHistory
 
 
 class State(StrEnum):
@@ -61,6 +64,40 @@ class IdempotentAnswer:
 IDEMPOTENCY_WINDOW = 24 * 3600.0
 
 
+MAX_METADATA = 4096  # characters of JSON: an application's metadata for one message
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """What a message's history keeps besides its envelope (queue.events): its subject
+    as written (RFC 2047 words undecoded), and the application's metadata and tags."""
+
+    subject: str = ""
+    metadata: dict[str, Any] | None = None
+    tags: tuple[str, ...] = ()
+
+    def fields(self) -> dict[str, Any]:
+        """As JSON fields (a queue file's envelope, a handoff request); none when empty."""
+        found: dict[str, Any] = {}
+        if self.subject:
+            found["subj"] = self.subject
+        if self.metadata is not None:
+            found["meta"] = self.metadata
+        if self.tags:
+            found["tags"] = list(self.tags)
+        return found
+
+    @classmethod
+    def of_fields(cls, fields: dict[str, Any]) -> Tracking:
+        metadata = fields.get("meta")
+        return cls(str(fields.get("subj", "")),
+                   metadata if isinstance(metadata, dict) else None,
+                   tuple(map(str, fields.get("tags", ()))))
+
+
+NO_TRACKING = Tracking()
+
+
 @dataclass(frozen=True)
 class MessageMeta:
     """What the index records of a new message (its body is a file, or a column)."""
@@ -71,6 +108,7 @@ class MessageMeta:
     size: int
     smtputf8: bool = False
     idempotency: Idempotency | None = None
+    tracking: Tracking = NO_TRACKING
 
 
 @dataclass(frozen=True)
@@ -83,11 +121,12 @@ class NewMessage:
     data: bytes
     smtputf8: bool = False
     idempotency: Idempotency | None = None
+    tracking: Tracking = NO_TRACKING
 
     @property
     def meta(self) -> MessageMeta:
         return MessageMeta(self.id, self.mail_from, self.recipients, len(self.data),
-                           self.smtputf8, self.idempotency)
+                           self.smtputf8, self.idempotency, self.tracking)
 
 
 @dataclass(frozen=True)
@@ -115,6 +154,9 @@ class Outcome:
     reply: str
     next_attempt_at: float | None = None  # for DEFERRED
     broadcast: bool = False  # the recipient belongs to a broadcast (counted there)
+    relay: str = ""  # "host[address]:port" that answered; "" when none did
+    tls: str = ""  # the TLS version of that connection; "" without TLS
+    dsn: bool = False  # for BOUNCED: a DSN went to the sender
 
 
 @dataclass(frozen=True)
@@ -259,7 +301,7 @@ class Queue(MessageStore, Protocol):
     # -- broadcasts (stored once: a template and a row per recipient) -----------------
 
     async def open_broadcast(self, broadcast_id: str, mail_from: str, template: bytes,
-                             smtputf8: bool) -> None:
+                             smtputf8: bool, tracking: Tracking = NO_TRACKING) -> None:
         """Store the template; recipients follow with add_broadcast_recipients."""
 
     async def add_broadcast_recipients(self, broadcast_id: str,
@@ -304,6 +346,19 @@ class Queue(MessageStore, Protocol):
 
     async def missing(self, message_ids: Sequence[str]) -> list[str]:
         """Those of `message_ids` that are not in the queue, in their order."""
+
+    # -- what happened (queue.events) ---------------------------------------------------
+
+    async def history(self, message_id: str) -> MessageHistory | None:
+        """A message's envelope, subject, metadata and every recipient's timeline, while
+        it is queued and for the retention time after it left; None when unknown."""
+
+    async def events(self, wanted: EventFilter) -> EventPage:
+        """Events matching `wanted`, oldest first, at most `wanted.limit`."""
+
+    async def prune_history(self, before: float) -> int:
+        """Remove up to PRUNE_BATCH rows of history and events of messages that left the
+        queue before `before`; never anything of a message still queued. How many."""
 
 
 # Shared by the backends: SQL both dialects read alike, and their query results into the

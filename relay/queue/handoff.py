@@ -11,7 +11,7 @@ so processes never wait on each other's SQLite locks (measured: two writing proc
 slower than one, bench/README.md).
 
 Wire format, one JSON object per line. To index: {"id", "from", "rcpts", "size", "utf8",
-"at"} (no reply). A worker announces that it listens with {"ready": true} (no reply), and
+"at"} and the history's "subj", "meta", "tags" when there are any (no reply). A worker announces that it listens with {"ready": true} (no reply), and
 asks for a rate-limit slot with {"id", "rate_key", "count", "window"} (reply {"id",
 "ok"}): the main process keeps the one window, so a user's limit holds across workers;
 with "peek": true it only asks whether the limit allows one more. Every few seconds it
@@ -35,7 +35,7 @@ from typing import Any
 
 from relay.config import Rate
 from relay.errors import LocalFailure
-from relay.queue.base import MessageMeta, NewMessage
+from relay.queue.base import MessageMeta, NewMessage, Tracking
 from relay.queue.local import LocalQueue
 from relay.queue.spoolfiles import Envelope, SpoolFiles
 from relay.ratelimit import SlidingWindow
@@ -191,12 +191,14 @@ async def _read_line(reader: asyncio.StreamReader) -> bytes:
 
 def _request(meta: MessageMeta, received_at: float) -> dict[str, Any]:
     return {"id": meta.id, "from": meta.mail_from, "rcpts": list(meta.recipients),
-            "size": meta.size, "utf8": meta.smtputf8, "at": received_at}
+            "size": meta.size, "utf8": meta.smtputf8, "at": received_at,
+            **meta.tracking.fields()}
 
 
 def _meta(request: dict[str, Any]) -> MessageMeta:
     return MessageMeta(request["id"], request["from"], tuple(request["rcpts"]),
-                       int(request["size"]), bool(request["utf8"]))
+                       int(request["size"]), bool(request["utf8"]),
+                       tracking=Tracking.of_fields(request))
 
 
 def _encode(obj: dict[str, Any]) -> bytes:

@@ -44,6 +44,7 @@ from relay.queue.base import (
     IdempotentAnswer,
     MessageInfo,
     MessageMeta,
+    NO_TRACKING,
     NewMessage,
     Outcome,
     QueueStats,
@@ -51,12 +52,30 @@ from relay.queue.base import (
     ShapeKey,
     State,
     Suppression,
+    Tracking,
     broadcast_status_of,
     domain_shapes,
     messages_with_recipients,
     summary_sql,
 )
+from relay.queue import local_events
+from relay.queue.events import (
+    EVENT_COLUMNS,
+    EVENT_FROM,
+    HISTORY_COLUMNS,
+    MAX_PAGE,
+    OUTCOME_EVENT,
+    EventFilter,
+    EventPage,
+    EventType,
+    MessageHistory,
+    event_of,
+    filter_sql,
+    history_of,
+    outcome_data,
+)
 from relay.queue.groupcommit import GroupCommitter
+from relay.queue.local_events import add_events
 from relay.queue.local_index import open_index, recover
 from relay.queue.local_sql import (
     IDS,
@@ -285,12 +304,12 @@ class LocalQueue:
     # -- broadcasts (queue.local_broadcasts) ------------------------------------------
 
     async def open_broadcast(self, broadcast_id: str, mail_from: str, template: bytes,
-                             smtputf8: bool) -> None:
+                             smtputf8: bool, tracking: Tracking = NO_TRACKING) -> None:
         template_file = NewMessage(broadcast_id, mail_from, (), template, smtputf8)
         await self.write_file(broadcast_id, self.envelope_of(template_file, broadcast=True),
                               template)
         await self._write(partial(broadcasts.open_broadcast, broadcast_id, mail_from,
-                                  len(template), smtputf8, self._clock()))
+                                  len(template), smtputf8, tracking, self._clock()))
 
     async def add_broadcast_recipients(self, broadcast_id: str,
                                        recipients: Sequence[tuple[str, str]]) -> int:
@@ -336,37 +355,39 @@ class LocalQueue:
         return bool(await self._write(partial(broadcasts.unsuppress, address)))
 
     async def flush(self, selection: Selection) -> int:
-        return await self._queue_now(selection, FLUSHABLE)
+        return await self._queue_now(selection, FLUSHABLE, EventType.REQUEUED)
 
     async def requeue(self, selection: Selection) -> int:
-        return await self._queue_now(selection, REQUEUABLE)
+        return await self._queue_now(selection, REQUEUABLE, EventType.REQUEUED)
 
     async def release(self, selection: Selection) -> int:
-        return await self._queue_now(selection, RELEASABLE)
+        return await self._queue_now(selection, RELEASABLE, EventType.RELEASED)
 
-    async def _queue_now(self, selection: Selection, which: str) -> int:
+    async def _queue_now(self, selection: Selection, which: str, event: EventType) -> int:
         """Recipients of `selection` that match `which` to `queued`, due now; how many."""
         return await self._update_selected(
             "UPDATE recipients SET state = 'queued', next_attempt_at = ?", [self._clock()],
-            which, selection)
+            which, selection, event)
 
     async def hold(self, selection: Selection) -> int:
         return await self._update_selected("UPDATE recipients SET state = 'held'", [],
-                                           HOLDABLE, selection)
+                                           HOLDABLE, selection, EventType.HELD)
 
     async def _update_selected(self, update: str, params: list[Any], which: str,
-                               selection: Selection) -> int:
+                               selection: Selection, event: EventType) -> int:
         where, selected = _selection_sql(selection)
         if where is None:
             return 0
         return int(await self._write(partial(
-            _update_count, f"{update} WHERE {which} AND ({where})", [*params, *selected])))
+            _update_recording, f"{update} WHERE {which} AND ({where})", [*params, *selected],
+            event, self._clock())))
 
     async def delete(self, selection: Selection) -> int:
         where, params = _selection_sql(selection)
         if where is None:
             return 0
-        deleted = await self._write(partial(delete_selected, DELETABLE.format(where), params))
+        deleted = await self._write(partial(delete_selected, DELETABLE.format(where), params,
+                                            self._clock()))
         for message_id in deleted:
             self.files.remove(message_id)
         return len(deleted)
@@ -376,6 +397,33 @@ class LocalQueue:
             f"SELECT id FROM messages WHERE id IN {IDS} AND done = 0",
             [json.dumps(list(message_ids))])}
         return [message_id for message_id in message_ids if message_id not in found]
+
+    # -- what happened (queue.events) ---------------------------------------------------
+
+    async def history(self, message_id: str) -> MessageHistory | None:
+        rows = await self._read_all(
+            f"SELECT {HISTORY_COLUMNS} FROM history WHERE message_id = ?", [message_id])
+        if not rows:
+            return None
+        events = await self._read_all(
+            f"SELECT {EVENT_COLUMNS} FROM {EVENT_FROM} WHERE e.message_id = ? ORDER BY e.id",
+            [message_id])
+        return history_of(rows[0], [event_of(row) for row in events])
+
+    async def events(self, wanted: EventFilter) -> EventPage:
+        # One writer commits in id order: an id read is never followed by a smaller one.
+        if wanted.after and not wanted.after.isdigit():
+            raise ValueError("not a cursor of this queue")
+        after = int(wanted.after or 0)
+        where, params = filter_sql(wanted, lambda _: "?", ["e.id > ?"], [after])
+        rows = await self._read_all(
+            f"SELECT {EVENT_COLUMNS} FROM {EVENT_FROM} WHERE {where} ORDER BY e.id LIMIT ?",
+            [*params, min(wanted.limit, MAX_PAGE)])
+        found = [event_of(row) for row in rows]
+        return EventPage(found, str(found[-1].id) if found else str(after))
+
+    async def prune_history(self, before: float) -> int:
+        return int(await self._write(partial(local_events.prune, before), durable=False))
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -428,19 +476,25 @@ def _record(outcomes: Sequence[Outcome], unlinked: list[str], now: float,
             db: sqlite3.Connection) -> list[str]:
     # The lease fences the update: a recipient claimed again since (its lease expired),
     # or deleted, requeued or held by an operator meanwhile, is left alone.
-    applied = [o for o in outcomes if db.execute(
-        "UPDATE recipients SET state = ?, last_reply = ?, "
-        "next_attempt_at = COALESCE(?, next_attempt_at) "
-        "WHERE id = ? AND state = 'active' AND attempts = ?",
-        (o.state.value, o.reply, o.next_attempt_at, o.recipient_id, o.attempt)).rowcount]
+    applied: list[tuple[Outcome, str, str]] = []  # with the message id and address
+    for o in outcomes:
+        for message_id, address in db.execute(
+                "UPDATE recipients SET state = ?, last_reply = ?, "
+                "next_attempt_at = COALESCE(?, next_attempt_at) "
+                "WHERE id = ? AND state = 'active' AND attempts = ? "
+                "RETURNING message_id, address",
+                (o.state.value, o.reply, o.next_attempt_at, o.recipient_id,
+                 o.attempt)).fetchall():
+            applied.append((o, message_id, address))
     if len(applied) < len(outcomes):
         log.warning("%d delivery outcomes were for recipients claimed again, requeued or "
                     "deleted meanwhile: not recorded", len(outcomes) - len(applied))
-    message_ids = [r[0] for r in db.execute(
-        f"SELECT DISTINCT message_id FROM recipients WHERE id IN {IDS}",
-        (json.dumps([o.recipient_id for o in applied]),))]
-    broadcasts.record(applied, now, db)
-    finished = finish_messages(message_ids, now, db)
+    db.executemany("INSERT INTO events (type, at, message_id, recipient, data) "
+                   "VALUES (?, ?, ?, ?, ?)",
+                   [(OUTCOME_EVENT[o.state].value, now, message_id, address, outcome_data(o))
+                    for o, message_id, address in applied])
+    broadcasts.record([o for o, _, _ in applied], now, db)
+    finished = finish_messages(sorted({message_id for _, message_id, _ in applied}), now, db)
     if unlinked:
         delete_messages(unlinked, db)
     return finished
@@ -460,8 +514,12 @@ def _return_leases(claims: Sequence[tuple[int, int]], now: float,
                    [(now, recipient_id, attempt) for recipient_id, attempt in claims])
 
 
-def _update_count(sql: str, params: Sequence[Any], db: sqlite3.Connection) -> int:
-    return db.execute(sql, params).rowcount
+def _update_recording(sql: str, params: Sequence[Any], event: EventType, now: float,
+                      db: sqlite3.Connection) -> int:
+    """An operator's UPDATE of recipients, with an event for each it changed."""
+    changed = db.execute(f"{sql} RETURNING message_id, address", params).fetchall()
+    add_events(db, event, now, [(message_id, address, None) for message_id, address in changed])
+    return len(changed)
 
 
 def _selection_sql(selection: Selection) -> tuple[str | None, list[Any]]:

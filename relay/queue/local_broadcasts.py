@@ -19,7 +19,9 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from relay.queue.base import Idempotency, Outcome, domain_of
+from relay.queue.base import Idempotency, Outcome, Tracking, domain_of
+from relay.queue.events import EventType
+from relay.queue.local_events import add_events, open_history
 from relay.queue.local_sql import IDS, finish_messages, remember_answer
 
 log = logging.getLogger("relay.queue")
@@ -50,11 +52,12 @@ _HARD_BOUNCE = "r.last_reply LIKE '5%' AND r.last_reply NOT LIKE '554 5.4.7%'"
 
 
 def open_broadcast(broadcast_id: str, mail_from: str, size: int, smtputf8: bool,
-                   now: float, db: sqlite3.Connection) -> None:
+                   tracking: Tracking, now: float, db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO messages (id, mail_from, size, received_at, smtputf8) "
                "VALUES (?,?,?,?,?)", (broadcast_id, mail_from, size, now, int(smtputf8)))
     db.execute("INSERT INTO broadcasts (id, state, created_at) VALUES (?, 'receiving', ?)",
                (broadcast_id, now))
+    open_history(db, broadcast_id, mail_from, size, now, tracking)
 
 
 def add_recipients(broadcast_id: str, recipients: Sequence[tuple[str, str]], now: float,
@@ -69,6 +72,10 @@ def add_recipients(broadcast_id: str, recipients: Sequence[tuple[str, str]], now
         "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at, fields) "
         "VALUES (?, ?, ?, 'held', ?, ?)", rows)
     skipped = len(recipients) - len(rows)
+    if skipped:
+        add_events(db, EventType.SUPPRESSED, now, [
+            (broadcast_id, address, None) for address, _ in recipients
+            if address.lower() in suppressed])
     db.execute("UPDATE broadcasts SET total = total + ?, suppressed = suppressed + ? "
                "WHERE id = ?", (len(rows), skipped, broadcast_id))
     return skipped
@@ -78,6 +85,9 @@ def accept(broadcast_id: str, rejected: int, idempotency: Idempotency | None,
            answer: dict[str, Any], now: float, db: sqlite3.Connection) -> list[str]:
     """The upload is complete: its recipients become due. Returns [broadcast_id] when there
     is nothing to send at all (the message is finished at once)."""
+    db.execute("INSERT INTO events (type, at, message_id, recipient) SELECT ?, ?, "
+               "message_id, address FROM recipients WHERE message_id = ? AND state = 'held' "
+               "ORDER BY id", (EventType.ACCEPTED.value, now, broadcast_id))
     db.execute("UPDATE recipients SET state = 'queued', next_attempt_at = ? "
                "WHERE message_id = ? AND state = 'held'", (now, broadcast_id))
     db.execute("UPDATE broadcasts SET state = 'sending', accepted_at = ?, rejected = ? "
@@ -89,9 +99,10 @@ def accept(broadcast_id: str, rejected: int, idempotency: Idempotency | None,
 
 def abandon(broadcast_id: str, db: sqlite3.Connection) -> None:
     """An upload that failed before its 202: nothing of it stays."""
-    db.execute("DELETE FROM recipients WHERE message_id = ?", (broadcast_id,))
-    db.execute("DELETE FROM messages WHERE id = ?", (broadcast_id,))
-    db.execute("DELETE FROM broadcasts WHERE id = ?", (broadcast_id,))
+    for table, column in (("recipients", "message_id"), ("messages", "id"),
+                          ("broadcasts", "id"), ("events", "message_id"),
+                          ("history", "message_id")):
+        db.execute(f"DELETE FROM {table} WHERE {column} = ?", (broadcast_id,))
 
 
 def recover(db: sqlite3.Connection) -> list[str]:
@@ -135,10 +146,11 @@ def cancel(broadcast_id: str, now: float, db: sqlite3.Connection) -> list[str] |
         return []  # all sent already: nothing to cancel
     dropped = db.execute(
         "DELETE FROM recipients WHERE message_id = ? AND state IN ('queued', 'deferred', "
-        "'held')", (broadcast_id,)).rowcount
+        "'held') RETURNING address", (broadcast_id,)).fetchall()
+    add_events(db, EventType.CANCELLED, now, [(broadcast_id, a, None) for (a,) in dropped])
     db.execute("UPDATE broadcasts SET state = 'cancelled', cancelled = cancelled + ?, "
                "cancelled_at = COALESCE(cancelled_at, ?) WHERE id = ?",
-               (dropped, now, broadcast_id))
+               (len(dropped), now, broadcast_id))
     return finish_messages([broadcast_id], now, db)
 
 

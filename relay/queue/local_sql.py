@@ -8,7 +8,9 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from relay.queue.base import IDEMPOTENCY_WINDOW, Idempotency, MessageMeta, domain_of
+from relay.queue.base import WAITING, IDEMPOTENCY_WINDOW, Idempotency, MessageMeta, domain_of
+from relay.queue.events import EventType
+from relay.queue.local_events import add_events, message_accepted
 
 IDS = "(SELECT value FROM json_each(?))"  # a JSON list bound as one parameter
 
@@ -24,7 +26,7 @@ def remember_answer(db: sqlite3.Connection, idempotency: Idempotency,
 
 def insert_message(meta: MessageMeta, received_at: float, now: float,
                    db: sqlite3.Connection) -> None:
-    """A new message's index rows: every recipient queued, due now."""
+    """A new message's index rows: every recipient queued, due now; its history."""
     db.execute(
         "INSERT INTO messages (id, mail_from, size, received_at, smtputf8) VALUES (?,?,?,?,?)",
         (meta.id, meta.mail_from, meta.size, received_at, int(meta.smtputf8)))
@@ -32,6 +34,7 @@ def insert_message(meta: MessageMeta, received_at: float, now: float,
         "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at) "
         "VALUES (?, ?, ?, 'queued', ?)",
         [(meta.id, rcpt, domain_of(rcpt), now) for rcpt in meta.recipients])
+    message_accepted(db, meta, received_at, now)
     if meta.idempotency is not None:
         remember_answer(db, meta.idempotency, {"id": meta.id,
                                                "recipients": len(meta.recipients)}, now)
@@ -40,8 +43,8 @@ def insert_message(meta: MessageMeta, received_at: float, now: float,
 def finish_messages(message_ids: Sequence[str], now: float,
                     db: sqlite3.Connection) -> list[str]:
     """Those of `message_ids` whose recipients are now all final: marked done (a broadcast
-    also gets its finish time). Their files go once the commit is durable; their rows with
-    a later write."""
+    also gets its finish time, the history its retention start). Their files go once the
+    commit is durable; their rows with a later write."""
     finished = [r[0] for r in db.execute(
         f"SELECT id FROM messages m WHERE id IN {IDS} AND done = 0 AND NOT EXISTS ("
         "SELECT 1 FROM recipients r WHERE r.message_id = m.id "
@@ -51,7 +54,14 @@ def finish_messages(message_ids: Sequence[str], now: float,
         db.execute(f"UPDATE messages SET done = 1 WHERE id IN {IDS}", (ids,))
         db.execute(f"UPDATE broadcasts SET finished_at = ? WHERE id IN {IDS} "
                    "AND finished_at IS NULL", (now, ids))
+        finish_history(ids, now, db)
     return finished
+
+
+def finish_history(ids: str, now: float, db: sqlite3.Connection) -> None:
+    """Messages (a JSON list of ids) left the queue: their history's retention starts."""
+    db.execute(f"UPDATE history SET finished_at = ? WHERE message_id IN {IDS} "
+               "AND finished_at IS NULL", (now, ids))
 
 
 def delete_messages(message_ids: list[str], db: sqlite3.Connection) -> int:
@@ -60,8 +70,15 @@ def delete_messages(message_ids: list[str], db: sqlite3.Connection) -> int:
     return db.execute(f"DELETE FROM messages WHERE id IN {IDS}", (ids,)).rowcount
 
 
-def delete_selected(select_ids: str, params: Sequence[Any], db: sqlite3.Connection) -> list[str]:
-    """Delete the messages `select_ids` finds; their ids (whose files go next)."""
+def delete_selected(select_ids: str, params: Sequence[Any], now: float,
+                    db: sqlite3.Connection) -> list[str]:
+    """Delete the messages `select_ids` finds (a `deleted` event for each recipient still
+    waiting); their ids (whose files go next)."""
     message_ids = [row[0] for row in db.execute(select_ids, params)]
+    ids = json.dumps(message_ids)
+    add_events(db, EventType.DELETED, now, db.execute(
+        f"SELECT message_id, address, NULL FROM recipients WHERE message_id IN {IDS} "
+        f"AND {WAITING} ORDER BY id", (ids,)).fetchall())
     delete_messages(message_ids, db)
+    finish_history(ids, now, db)
     return message_ids

@@ -33,6 +33,7 @@ import asyncpg
 from relay.config import Rate
 from relay.errors import LocalFailure
 from relay.queue import postgres_broadcasts as broadcasts
+from relay.queue import postgres_events as events
 from relay.queue.base import (
     DELETABLE,
     FLUSHABLE,
@@ -47,6 +48,7 @@ from relay.queue.base import (
     Idempotency,
     IdempotentAnswer,
     MessageInfo,
+    NO_TRACKING,
     NewMessage,
     Outcome,
     QueueStats,
@@ -54,9 +56,23 @@ from relay.queue.base import (
     ShapeKey,
     State,
     Suppression,
+    Tracking,
     domain_shapes,
     messages_with_recipients,
     summary_sql,
+)
+from relay.queue.events import (
+    EVENT_COLUMNS,
+    EVENT_FROM,
+    HISTORY_COLUMNS,
+    OUTCOME_EVENT,
+    EventFilter,
+    EventPage,
+    EventType,
+    MessageHistory,
+    event_of,
+    history_of,
+    outcome_data,
 )
 from relay.queue.postgres_groupcommit import GroupCommit, message_commits, remember_answer
 from relay.queue.postgres_notify import NOTIFY, Listener
@@ -236,12 +252,15 @@ class PostgresQueue:
         await self._execute("DELETE FROM destination_slots WHERE token = $1", token)
 
     async def return_leases(self, claims: Sequence[tuple[int, int]]) -> None:
-        if claims:
-            await self._made_due(
+        if not claims:
+            return
+        async with self._transaction() as connection:
+            await connection.execute(
                 f"UPDATE recipients r SET state = 'queued', next_attempt_at = {NOW}, "
                 "lease_owner = NULL FROM unnest($1::bigint[], $2::integer[]) AS c(id, attempt) "
                 "WHERE r.id = c.id AND r.attempts = c.attempt AND r.state = 'active'",
                 [c[0] for c in claims], [c[1] for c in claims])
+            await connection.execute(NOTIFY)
 
     async def next_due_at(self) -> float | None:
         found = await self._fetchval(
@@ -276,7 +295,7 @@ class PostgresQueue:
                 "FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[], "
                 "$5::float8[]) AS o(id, attempt, state, reply, delay) "
                 "WHERE r.id = o.id AND r.attempts = o.attempt AND r.state = 'active' "
-                "RETURNING r.id, r.message_id",
+                "RETURNING r.id, r.message_id, r.address",
                 [o.recipient_id for o in outcomes], [o.attempt for o in outcomes],
                 [o.state.value for o in outcomes], [o.reply for o in outcomes],
                 [None if o.next_attempt_at is None else max(o.next_attempt_at - now, 0.0)
@@ -285,6 +304,11 @@ class PostgresQueue:
                 log.warning("%d delivery outcomes came after their lease was lost (taken over "
                             "by another node, requeued or deleted): not recorded; what they "
                             "delivered may be delivered again", len(outcomes) - len(applied))
+            by_id = {o.recipient_id: o for o in outcomes}
+            for state, kind in OUTCOME_EVENT.items():
+                await events.add_events(connection, kind, [
+                    (r[1], r[2], outcome_data(by_id[r[0]])) for r in applied
+                    if by_id[r[0]].state is state])
             ids = {r[0] for r in applied}
             await broadcasts.record([o for o in outcomes if o.broadcast and o.recipient_id in
                                      ids], connection)
@@ -362,44 +386,50 @@ class PostgresQueue:
         return domain_shapes(await self._fetch(summary_sql(by, NOW, condition), *params), by)
 
     async def flush(self, selection: Selection) -> int:
-        return await self._queue_now(selection, FLUSHABLE)
+        return await self._queue_now(selection, FLUSHABLE, EventType.REQUEUED)
 
     async def requeue(self, selection: Selection) -> int:
-        return await self._queue_now(selection, REQUEUABLE)
+        return await self._queue_now(selection, REQUEUABLE, EventType.REQUEUED)
 
     async def release(self, selection: Selection) -> int:
-        return await self._queue_now(selection, RELEASABLE)
+        return await self._queue_now(selection, RELEASABLE, EventType.RELEASED)
 
-    async def _queue_now(self, selection: Selection, which: str) -> int:
+    async def _queue_now(self, selection: Selection, which: str, event: EventType) -> int:
+        """Recipients of `selection` that match `which` to `queued`, due now, and every
+        node told; how many."""
         where, params = _selection_sql(selection, first=1)
         if where is None:
             return 0
-        return await self._made_due(
-            f"UPDATE recipients SET state = 'queued', next_attempt_at = {NOW}, "
-            f"lease_owner = NULL WHERE {which} AND ({where})", *params)
+        async with self._transaction() as connection:
+            count = await events.add_events_of(
+                connection, event, f"UPDATE recipients SET state = 'queued', "
+                f"next_attempt_at = {NOW}, lease_owner = NULL WHERE {which} AND ({where}) "
+                "RETURNING message_id, address", *params)
+            if count:
+                await connection.execute(NOTIFY)
+        return count
 
     async def hold(self, selection: Selection) -> int:
         where, params = _selection_sql(selection, first=1)
         if where is None:
             return 0
-        return count_of(await self._execute(
-            f"UPDATE recipients SET state = 'held' WHERE {HOLDABLE} AND ({where})", *params))
-
-    async def _made_due(self, update: str, *params: Any) -> int:
-        """Run an UPDATE that makes recipients due now and tell every node; how many."""
         async with self._transaction() as connection:
-            count = count_of(await connection.execute(update, *params))
-            if count:
-                await connection.execute(NOTIFY)
-        return count
+            return await events.add_events_of(
+                connection, EventType.HELD, f"UPDATE recipients SET state = 'held' "
+                f"WHERE {HOLDABLE} AND ({where}) RETURNING message_id, address", *params)
 
     async def delete(self, selection: Selection) -> int:
         where, params = _selection_sql(selection, first=1)
         if where is None:
             return 0
-        deleted = [row[0] for row in await self._fetch(
-            f"DELETE FROM messages WHERE id IN ({DELETABLE.format(where)}) RETURNING id",
-            *params)]
+        selected = DELETABLE.format(where)
+        async with self._transaction() as connection:
+            await events.add_events_of(
+                connection, EventType.DELETED, "SELECT message_id, address FROM recipients "
+                f"WHERE message_id IN ({selected}) AND {WAITING} ORDER BY id", *params)
+            deleted = [row[0] for row in await connection.fetch(
+                f"DELETE FROM messages WHERE id IN ({selected}) RETURNING id", *params)]
+            await events.finish_history(connection, deleted)
         self._bodies.forget(deleted)
         return len(deleted)
 
@@ -408,13 +438,36 @@ class PostgresQueue:
             "SELECT id FROM messages WHERE id = ANY($1::text[])", list(message_ids))}
         return [message_id for message_id in message_ids if message_id not in found]
 
+    # -- what happened (queue.postgres_events) -----------------------------------------
+
+    async def history(self, message_id: str) -> MessageHistory | None:
+        async with self._connection() as connection:
+            row = await connection.fetchrow(
+                f"SELECT {HISTORY_COLUMNS} FROM history WHERE message_id = $1", message_id)
+            if row is None:
+                return None
+            rows = await connection.fetch(
+                f"SELECT {EVENT_COLUMNS} FROM {EVENT_FROM} WHERE e.message_id = $1 "
+                "ORDER BY e.id", message_id)
+        return history_of(row, [event_of(r) for r in rows])
+
+    async def events(self, wanted: EventFilter) -> EventPage:
+        async with self._connection() as connection:
+            return await events.page(connection, wanted)
+
+    async def prune_history(self, before: float) -> int:
+        async with self._transaction() as connection:
+            return await events.prune(connection, before)
+
     # -- broadcasts (queue.postgres_broadcasts) -------------------------------------
 
     async def open_broadcast(self, broadcast_id: str, mail_from: str, template: bytes,
-                             smtputf8: bool) -> None:
+                             smtputf8: bool, tracking: Tracking = NO_TRACKING) -> None:
         async with self._transaction() as connection:
             await broadcasts.open_broadcast(connection, broadcast_id, mail_from, template,
                                             smtputf8)
+            await events.open_histories(connection, [(broadcast_id, mail_from, len(template),
+                                                      tracking)])
 
     async def add_broadcast_recipients(self, broadcast_id: str,
                                        recipients: Sequence[tuple[str, str]]) -> int:
@@ -516,6 +569,7 @@ async def _finish_messages(connection: asyncpg.Connection,
         await connection.execute(f"UPDATE broadcasts SET finished_at = {NOW} "
                                  "WHERE id = ANY($1::text[]) AND finished_at IS NULL",
                                  finished)
+        await events.finish_history(connection, finished)
     return finished
 
 

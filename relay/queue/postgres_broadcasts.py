@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import asyncpg
 
 from relay.queue.base import BroadcastStatus, Outcome, broadcast_status_of, domain_of
+from relay.queue.events import EventType
+from relay.queue.postgres_events import add_events_of
 from relay.queue.postgres_pool import NOW
 
 log = logging.getLogger("relay.queue")
@@ -47,6 +49,11 @@ async def add_recipients(connection: asyncpg.Connection, broadcast_id: str,
         broadcast_id, [r[0] for r in recipients], [domain_of(r[0]) for r in recipients],
         [r[1] for r in recipients])
     skipped = len(recipients) - int(inserted)
+    if skipped:
+        await add_events_of(
+            connection, EventType.SUPPRESSED, "SELECT $1::text AS message_id, address FROM "
+            "unnest($2::text[]) AS c(address) WHERE lower(address) IN "
+            "(SELECT address FROM suppressions)", broadcast_id, [r[0] for r in recipients])
     await connection.execute("UPDATE broadcasts SET total = total + $2, "
                              "suppressed = suppressed + $3 WHERE id = $1",
                              broadcast_id, int(inserted), skipped)
@@ -55,6 +62,9 @@ async def add_recipients(connection: asyncpg.Connection, broadcast_id: str,
 
 async def accept(connection: asyncpg.Connection, broadcast_id: str, rejected: int) -> None:
     """The upload is complete: its recipients become due."""
+    await add_events_of(connection, EventType.ACCEPTED, "SELECT message_id, address FROM "
+                        "recipients WHERE message_id = $1 AND state = 'held' ORDER BY id",
+                        broadcast_id)
     await connection.execute(f"UPDATE recipients SET state = 'queued', next_attempt_at = {NOW} "
                              "WHERE message_id = $1 AND state = 'held'", broadcast_id)
     await connection.execute(f"UPDATE broadcasts SET state = 'sending', accepted_at = {NOW}, "
@@ -63,8 +73,9 @@ async def accept(connection: asyncpg.Connection, broadcast_id: str, rejected: in
 
 async def abandon(connection: asyncpg.Connection, broadcast_id: str) -> None:
     """An upload that failed before its 202: nothing of it stays."""
-    await connection.execute("DELETE FROM messages WHERE id = $1", broadcast_id)
-    await connection.execute("DELETE FROM broadcasts WHERE id = $1", broadcast_id)
+    for table, column in (("messages", "id"), ("broadcasts", "id"),
+                          ("events", "message_id"), ("history", "message_id")):
+        await connection.execute(f"DELETE FROM {table} WHERE {column} = $1", broadcast_id)
 
 
 async def abandon_stale_uploads(connection: asyncpg.Connection) -> None:
@@ -107,10 +118,9 @@ async def cancel(connection: asyncpg.Connection, broadcast_id: str) -> bool:
         return False
     if found[1] is not None:
         return True  # all sent already: nothing to cancel
-    dropped = await connection.fetchval(
-        "WITH dropped AS (DELETE FROM recipients WHERE message_id = $1 AND state IN "
-        "('queued', 'deferred', 'held') RETURNING 1) SELECT COUNT(*) FROM dropped",
-        broadcast_id)
+    dropped = await add_events_of(
+        connection, EventType.CANCELLED, "DELETE FROM recipients WHERE message_id = $1 AND "
+        "state IN ('queued', 'deferred', 'held') RETURNING message_id, address", broadcast_id)
     await connection.execute(
         "UPDATE broadcasts SET state = 'cancelled', cancelled = cancelled + $2, "
         f"cancelled_at = COALESCE(cancelled_at, {NOW}) WHERE id = $1",

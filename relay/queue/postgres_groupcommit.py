@@ -20,6 +20,8 @@ import asyncpg
 
 from relay.errors import LocalFailure
 from relay.queue.base import IDEMPOTENCY_WINDOW, Idempotency, NewMessage, domain_of
+from relay.queue.events import EventType
+from relay.queue.postgres_events import add_events, open_histories
 from relay.queue.postgres_notify import NOTIFY
 from relay.queue.postgres_pool import NOW, describe
 
@@ -79,7 +81,8 @@ class GroupCommit(Generic[_Write]):
 
 
 def message_commits(pool: asyncpg.Pool) -> GroupCommit[NewMessage]:
-    """New messages, their recipients and Idempotency-Keys, many to a transaction."""
+    """New messages, their recipients, history and `accepted` events, and Idempotency-Keys,
+    many to a transaction."""
 
     async def commit(messages: list[NewMessage]) -> None:
         async with pool.acquire() as connection, connection.transaction():
@@ -98,6 +101,9 @@ def message_commits(pool: asyncpg.Pool) -> GroupCommit[NewMessage]:
                 "$1::text[], $2::text[], $3::text[]) AS r(message_id, address, domain)",
                 [o[0] for o in owners], [o[1] for o in owners],
                 [domain_of(o[1]) for o in owners])
+            await open_histories(connection, [(m.id, m.mail_from, len(m.data), m.tracking)
+                                              for m in messages])
+            await add_events(connection, EventType.ACCEPTED, [(o[0], o[1], None) for o in owners])
             await connection.execute(NOTIFY)  # every node: new mail (on commit)
             keyed = [(m.idempotency, {"id": m.id, "recipients": len(m.recipients)})
                      for m in messages if m.idempotency is not None]

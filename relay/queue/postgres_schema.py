@@ -93,6 +93,34 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX rate_events_by_key ON rate_events (key, at);
     """,
+    # 4: what happened (queue.events): every recipient's events (an outbox, written in the
+    # transaction of the change; `tx` orders them by commit, queue.postgres_events) and
+    # each message's history, kept after it left the queue.
+    """
+    CREATE TABLE history (
+        message_id text PRIMARY KEY,
+        mail_from text NOT NULL,
+        subject text NOT NULL DEFAULT '',
+        size integer NOT NULL,
+        received_at double precision NOT NULL,
+        finished_at double precision,
+        metadata text,
+        tags text
+    );
+    CREATE INDEX history_by_finish ON history (finished_at) WHERE finished_at IS NOT NULL;
+    CREATE TABLE events (
+        id bigserial PRIMARY KEY,
+        tx xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        type text NOT NULL,
+        at double precision NOT NULL,
+        message_id text NOT NULL,
+        recipient text NOT NULL,
+        data text
+    );
+    CREATE INDEX events_by_message ON events (message_id, id);
+    CREATE INDEX events_by_commit ON events (tx, id);
+    CREATE INDEX events_by_time ON events (at);
+    """,
 ]
 
 

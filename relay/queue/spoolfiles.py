@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay.errors import LocalFailure, RelayError
-from relay.queue.base import NewMessage
+from relay.queue.base import NO_TRACKING, NewMessage, Tracking
 from relay.reply import SPOOL_FULL
 
 log = logging.getLogger("relay.queue")
@@ -45,15 +45,16 @@ class Envelope:
     smtputf8: bool
     received_at: float
     broadcast: bool = False  # a broadcast's template: its recipients are in the index only
+    tracking: Tracking = NO_TRACKING  # subject, metadata and tags, for the history
 
     @classmethod
     def of(cls, message: NewMessage, received_at: float, broadcast: bool = False) -> Envelope:
         return cls(message.mail_from, tuple(message.recipients), len(message.data),
-                   message.smtputf8, received_at, broadcast)
+                   message.smtputf8, received_at, broadcast, message.tracking)
 
     def encode(self) -> bytes:
         fields = {"from": self.mail_from, "rcpts": list(self.recipients), "size": self.size,
-                  "utf8": self.smtputf8, "at": self.received_at}
+                  "utf8": self.smtputf8, "at": self.received_at, **self.tracking.fields()}
         if self.broadcast:
             fields["broadcast"] = True
         return FORMAT + json.dumps(fields, ensure_ascii=False,
@@ -63,7 +64,8 @@ class Envelope:
     def decode(cls, line: bytes) -> Envelope:
         fields = json.loads(line)
         return cls(str(fields["from"]), tuple(map(str, fields["rcpts"])), int(fields["size"]),
-                   bool(fields["utf8"]), float(fields["at"]), bool(fields.get("broadcast")))
+                   bool(fields["utf8"]), float(fields["at"]), bool(fields.get("broadcast")),
+                   Tracking.of_fields(fields))
 
 
 class SpoolInUse(RelayError):

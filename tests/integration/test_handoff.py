@@ -10,7 +10,7 @@ import pytest
 
 from relay.errors import LocalFailure
 from relay.policy import Rate
-from relay.queue import NewMessage, State, new_queue_id
+from relay.queue import NewMessage, State, Tracking, new_queue_id
 from relay.queue.handoff import HandoffStore, WorkerEvents, serve_handoff
 from relay.queue.local import LocalQueue
 from relay.queue.spoolfiles import SpoolFiles
@@ -29,13 +29,17 @@ async def test_worker_stores_through_the_owner_and_shares_rate_limits(tmp_path: 
     store.announce_ready()
     await ready.wait()
 
-    message = NewMessage(new_queue_id(), "a@sender.test", ["b@example.test"], b"Subject: x\r\n")
+    message = NewMessage(new_queue_id(), "a@sender.test", ["b@example.test"], b"Subject: x\r\n",
+                         tracking=Tracking("x", {"user": 7}, ("t",)))
     await store.store(message)  # returns once the queue file is fsynced: the 250 may go
     assert (tmp_path / "spool" / "messages" / message.id).exists()
     await asyncio.wait_for(stored.wait(), 10)  # the owner indexes it after that
     info = await queue.get_message(message.id)
     assert info is not None and info.recipients[0].state is State.QUEUED
     assert await queue.read_body(message.id) == message.data
+    history = await queue.history(message.id)  # what the history keeps came along
+    assert history is not None and (history.subject, history.metadata, history.tags) == (
+        "x", {"user": 7}, ("t",))
     assert [await store.take("app1", Rate(2, 60)) for _ in range(3)] == [True, True, False]
     store.report_sessions(3, 2)
     assert await sessions.get() == (3, 2)

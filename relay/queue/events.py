@@ -1,0 +1,230 @@
+"""queue.events: what happened to each recipient (events) and each message (history).
+
+Every change of a recipient's state is an event, written by the backend in the
+transaction that makes the change (an outbox): a crash loses none and none describes a
+change that did not happen. Event ids grow with every event (the cursor of
+`GET /v1/events`), so the events of one recipient are ordered by id. A message's history
+row (envelope, subject, size, API metadata and tags) is written with the message and
+outlives it for `[history] retention`; pruning removes only what left the queue.
+
+Both backends read and write the same columns; the SQL that reads them is built here for
+either placeholder style (`?` for SQLite, `$n` for PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from email.header import decode_header, make_header
+from enum import StrEnum
+from typing import Any
+
+from relay.queue.base import Outcome, State
+
+DEFAULT_RETENTION = 7 * 24 * 3600.0
+PRUNE_BATCH = 1000  # rows a pruning transaction removes at most
+MAX_PAGE = 1000  # events one GET /v1/events returns at most
+
+
+class EventType(StrEnum):
+    ACCEPTED = "accepted"
+    DEFERRED = "deferred"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    SUPPRESSED = "suppressed"  # a broadcast recipient skipped: on the suppression list
+    CANCELLED = "cancelled"  # a broadcast recipient dropped by its broadcast's cancel
+    HELD = "held"  # by an operator, like the three below
+    RELEASED = "released"
+    REQUEUED = "requeued"  # made due now (flush, requeue)
+    DELETED = "deleted"
+
+
+OUTCOME_EVENT = {State.DELIVERED: EventType.DELIVERED, State.DEFERRED: EventType.DEFERRED,
+                 State.BOUNCED: EventType.BOUNCED}
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    type: EventType
+    at: float
+    message_id: str
+    recipient: str
+    data: dict[str, Any]
+    metadata: dict[str, Any] | None = None  # the message's, from its history
+    tags: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": event_id(self.id), "type": self.type.value, "at": self.at,
+                "message_id": self.message_id, "recipient": self.recipient,
+                "data": self.data, "metadata": self.metadata, "tags": list(self.tags)}
+
+
+def event_id(number: int) -> str:
+    """The stable id an event is known by outside (API, webhooks)."""
+    return f"evt_{number}"
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events `GET /v1/events` wants: those after the cursor `after` (from an
+    EventPage; "" from the start) that match the rest."""
+
+    message_id: str | None = None
+    recipient: str | None = None
+    types: Sequence[EventType] = ()
+    since: float | None = None
+    until: float | None = None
+    after: str = ""
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """Events oldest first, and the cursor to ask for the next ones with. The cursor is
+    the backend's: a later page never misses an event committed after this one was read
+    (for SQLite, whose one writer commits in id order, the last id; for PostgreSQL, whose
+    ids are taken before commit, the transaction and the id, queue.postgres_events)."""
+
+    events: list[Event]
+    cursor: str
+
+
+@dataclass(frozen=True)
+class RecipientTimeline:
+    address: str
+    state: str  # the last event's type: where the recipient stands
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MessageHistory:
+    id: str
+    mail_from: str
+    subject: str
+    size: int
+    received_at: float
+    finished_at: float | None  # when it left the queue; None while it is queued
+    metadata: dict[str, Any] | None
+    tags: tuple[str, ...]
+    recipients: list[RecipientTimeline] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "mail_from": self.mail_from, "subject": self.subject,
+            "size": self.size, "received_at": self.received_at,
+            "finished_at": self.finished_at, "in_queue": self.finished_at is None,
+            "metadata": self.metadata, "tags": list(self.tags),
+            "recipients": [{"address": r.address, "state": r.state,
+                            "events": [_timeline_entry(e) for e in r.events]}
+                           for r in self.recipients]}
+
+
+def _timeline_entry(event: Event) -> dict[str, Any]:
+    return {"id": event_id(event.id), "type": event.type.value, "at": event.at,
+            "data": event.data}
+
+
+# -- writing ---------------------------------------------------------------------------
+
+def outcome_data(outcome: Outcome) -> str:
+    """An outcome's event data, JSON: the reply, the attempt, where it went, and for a
+    deferral when it is tried next; for a bounce whether the sender got a DSN."""
+    data: dict[str, Any] = {"reply": outcome.reply, "attempt": outcome.attempt}
+    if outcome.relay:
+        data["relay"] = outcome.relay
+    if outcome.tls:
+        data["tls"] = outcome.tls
+    if outcome.state is State.DEFERRED:
+        data["next_attempt_at"] = outcome.next_attempt_at
+    if outcome.state is State.BOUNCED:
+        data["dsn"] = outcome.dsn
+    return json.dumps(data, separators=(",", ":"))
+
+
+def metadata_json(metadata: dict[str, Any] | None) -> str | None:
+    return None if metadata is None else json.dumps(metadata, separators=(",", ":"))
+
+
+# -- reading ---------------------------------------------------------------------------
+
+# Columns of an event row as both backends select them (events e joined to history h).
+EVENT_COLUMNS = ("e.id, e.type, e.at, e.message_id, e.recipient, e.data, h.metadata, "
+                 "h.tags")
+EVENT_FROM = "events e LEFT JOIN history h ON h.message_id = e.message_id"
+HISTORY_COLUMNS = ("message_id, mail_from, subject, size, received_at, finished_at, "
+                   "metadata, tags")
+
+
+def filter_sql(wanted: EventFilter, placeholder: Callable[[int], str],
+               conditions: Sequence[str] = (), params: Sequence[Any] = ()
+               ) -> tuple[str, list[Any]]:
+    """The WHERE clause and parameters of an event filter, after the backend's own
+    `conditions` with their `params`; `placeholder(n)` writes the n-th parameter
+    (1-based) in the backend's style."""
+    conditions, params = list(conditions) or ["TRUE"], list(params)
+
+    def add(condition: str, value: Any) -> None:
+        params.append(value)
+        conditions.append(condition.format(placeholder(len(params))))
+
+    if wanted.message_id is not None:
+        add("e.message_id = {}", wanted.message_id)
+    if wanted.recipient is not None:
+        add("lower(e.recipient) = {}", wanted.recipient.lower())
+    if wanted.since is not None:
+        add("e.at >= {}", wanted.since)
+    if wanted.until is not None:
+        add("e.at < {}", wanted.until)
+    if wanted.types:
+        marks = []
+        for kind in wanted.types:
+            params.append(kind.value)
+            marks.append(placeholder(len(params)))
+        conditions.append(f"e.type IN ({', '.join(marks)})")
+    return " AND ".join(conditions), params
+
+
+def event_of(row: Sequence[Any]) -> Event:
+    """A row of EVENT_COLUMNS."""
+    return Event(int(row[0]), EventType(row[1]), float(row[2]), row[3], row[4],
+                 json.loads(row[5]) if row[5] else {},
+                 json.loads(row[6]) if row[6] else None, _tags(row[7]))
+
+
+def history_of(row: Sequence[Any], events: Sequence[Event]) -> MessageHistory:
+    """A row of HISTORY_COLUMNS and the message's events in order: timelines per
+    recipient, in the order they were accepted."""
+    timelines: dict[str, RecipientTimeline] = {}
+    for event in events:
+        if not event.recipient:
+            continue
+        timeline = timelines.setdefault(event.recipient,
+                                        RecipientTimeline(event.recipient, event.type.value))
+        timeline.events.append(event)
+    recipients = [RecipientTimeline(t.address, t.events[-1].type.value, t.events)
+                  for t in timelines.values()]
+    return MessageHistory(row[0], row[1], decoded_subject(row[2]), int(row[3]),
+                          float(row[4]), None if row[5] is None else float(row[5]),
+                          json.loads(row[6]) if row[6] else None, _tags(row[7]),
+                          recipients)
+
+
+def decoded_subject(raw: str) -> str:
+    """A Subject: field as people read it (RFC 2047 words decoded); as it is when it
+    cannot be decoded."""
+    if "=?" not in raw:
+        return raw
+    try:
+        return str(make_header(decode_header(raw)))
+    except (ValueError, LookupError, UnicodeDecodeError):
+        return raw
+
+
+def _tags(value: str | None) -> tuple[str, ...]:
+    return tuple(json.loads(value)) if value else ()
+
+
+def tags_json(tags: Sequence[str]) -> str | None:
+    return json.dumps(list(tags), separators=(",", ":")) if tags else None

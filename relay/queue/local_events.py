@@ -1,0 +1,81 @@
+"""queue.local_events: events and message history in the local backend's index
+(queue.events says what they are). Every function here runs in the index writer thread,
+inside the transaction of the state change it records.
+
+New mail's rows are committed after its 250 (queue.local), and so are its history row
+and `accepted` events: a message indexed again by recovery gets them then.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+from relay.queue.base import MessageMeta, Tracking
+from relay.queue.events import PRUNE_BATCH, EventType, metadata_json, tags_json
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS history (
+    message_id TEXT PRIMARY KEY,
+    mail_from TEXT NOT NULL,
+    subject TEXT NOT NULL DEFAULT '',
+    size INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    finished_at REAL,  -- when the message left the queue
+    metadata TEXT,  -- JSON object
+    tags TEXT  -- JSON list
+);
+CREATE INDEX IF NOT EXISTS history_by_finish ON history(finished_at)
+    WHERE finished_at IS NOT NULL;
+-- AUTOINCREMENT: an id is never used twice, even after pruning (it is the API's cursor).
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL,
+    at REAL NOT NULL,
+    message_id TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    data TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_message ON events(message_id, id);
+CREATE INDEX IF NOT EXISTS events_by_time ON events(at);
+"""
+
+EventRow = tuple[str, str, str | None]  # message id, recipient, data (JSON)
+
+
+def add_events(db: sqlite3.Connection, kind: EventType, now: float,
+               rows: Iterable[EventRow]) -> None:
+    db.executemany("INSERT INTO events (type, at, message_id, recipient, data) "
+                   "VALUES (?, ?, ?, ?, ?)",
+                   [(kind.value, now, m, r, d) for m, r, d in rows])
+
+
+def open_history(db: sqlite3.Connection, message_id: str, mail_from: str, size: int,
+                 received_at: float, tracking: Tracking) -> None:
+    db.execute("INSERT OR IGNORE INTO history (message_id, mail_from, subject, size, "
+               "received_at, metadata, tags) VALUES (?, ?, ?, ?, ?, ?, ?)",
+               (message_id, mail_from, tracking.subject, size, received_at,
+                metadata_json(tracking.metadata), tags_json(tracking.tags)))
+
+
+def message_accepted(db: sqlite3.Connection, meta: MessageMeta, received_at: float,
+                     now: float) -> None:
+    """A new message's history row and an `accepted` event per recipient."""
+    open_history(db, meta.id, meta.mail_from, meta.size, received_at, meta.tracking)
+    add_events(db, EventType.ACCEPTED, now, [(meta.id, r, None) for r in meta.recipients])
+
+
+def prune(before: float, db: sqlite3.Connection) -> int:
+    """Up to PRUNE_BATCH events, then history rows, of messages that left the queue before
+    `before` (a message still queued has finished_at NULL: never touched)."""
+    removed = db.execute(
+        "DELETE FROM events WHERE id IN (SELECT e.id FROM events e JOIN history h "
+        "ON h.message_id = e.message_id WHERE h.finished_at < ? LIMIT ?)",
+        (before, PRUNE_BATCH)).rowcount
+    if removed < PRUNE_BATCH:
+        removed += db.execute(
+            "DELETE FROM history WHERE message_id IN (SELECT message_id FROM history h "
+            "WHERE finished_at < ? AND NOT EXISTS (SELECT 1 FROM events e "
+            "WHERE e.message_id = h.message_id) LIMIT ?)",
+            (before, PRUNE_BATCH - removed)).rowcount
+    return removed

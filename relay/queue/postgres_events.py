@@ -1,0 +1,114 @@
+"""queue.postgres_events: events and message history in the PostgreSQL backend
+(queue.events says what they are), written in the transaction of each change.
+
+Reading in commit order: an event's id comes from a sequence when it is inserted, so a
+transaction still open can commit a smaller id after a larger one was read. Each event
+also records its transaction (`tx`); a page holds only events of transactions older than
+every one still running (`pg_snapshot_xmin`), ordered by (tx, id), and the cursor is the
+last (tx, id): no later commit can fall behind it. An event is readable once every
+transaction that began before its own has ended: at once, unless one runs long.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from relay.queue.base import Tracking
+from relay.queue.events import (
+    EVENT_COLUMNS,
+    EVENT_FROM,
+    MAX_PAGE,
+    PRUNE_BATCH,
+    EventFilter,
+    EventPage,
+    EventType,
+    event_of,
+    filter_sql,
+    metadata_json,
+    tags_json,
+)
+from relay.queue.postgres_pool import NOW
+
+EventRow = tuple[str, str, str | None]  # message id, recipient, data (JSON)
+
+
+async def add_events(connection: asyncpg.Connection, kind: EventType,
+                     rows: Sequence[EventRow]) -> None:
+    if rows:
+        await connection.execute(
+            f"INSERT INTO events (type, at, message_id, recipient, data) SELECT $1, {NOW}, "
+            "m, r, d FROM unnest($2::text[], $3::text[], $4::text[]) AS x(m, r, d)",
+            kind.value, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+
+
+async def add_events_of(connection: asyncpg.Connection, kind: EventType, select: str,
+                        *params: Any) -> int:
+    """Events for the (message_id, address) rows of `select`, an UPDATE or DELETE ...
+    RETURNING or a SELECT; how many."""
+    return int(await connection.fetchval(
+        f"WITH changed AS ({select}), added AS (INSERT INTO events (type, at, message_id, "
+        f"recipient) SELECT '{kind.value}', {NOW}, message_id, address FROM changed "
+        "RETURNING 1) SELECT COUNT(*) FROM added", *params))
+
+
+async def open_histories(connection: asyncpg.Connection,
+                         messages: Sequence[tuple[str, str, int, Tracking]]) -> None:
+    """History rows of new messages: (id, sender, size, tracking) each."""
+    await connection.execute(
+        "INSERT INTO history (message_id, mail_from, subject, size, received_at, metadata, "
+        f"tags) SELECT i, f, s, n, {NOW}, m, t FROM unnest($1::text[], $2::text[], "
+        "$3::text[], $4::integer[], $5::text[], $6::text[]) AS x(i, f, s, n, m, t) "
+        "ON CONFLICT DO NOTHING",
+        [m[0] for m in messages], [m[1] for m in messages], [m[3].subject for m in messages],
+        [m[2] for m in messages], [metadata_json(m[3].metadata) for m in messages],
+        [tags_json(m[3].tags) for m in messages])
+
+
+async def finish_history(connection: asyncpg.Connection, message_ids: Sequence[str]) -> None:
+    """The messages left the queue: their history's retention starts now."""
+    if message_ids:
+        await connection.execute(f"UPDATE history SET finished_at = {NOW} WHERE "
+                                 "message_id = ANY($1::text[]) AND finished_at IS NULL",
+                                 list(message_ids))
+
+
+async def page(connection: asyncpg.Connection, wanted: EventFilter) -> EventPage:
+    after_tx, after_id = _cursor(wanted.after)
+    where, params = filter_sql(
+        wanted, lambda n: f"${n}",
+        ["(e.tx, e.id) > ($1::text::xid8, $2::bigint)",
+         "e.tx < pg_snapshot_xmin(pg_current_snapshot())"], [after_tx, after_id])
+    params.append(min(wanted.limit, MAX_PAGE))
+    rows = await connection.fetch(
+        f"SELECT {EVENT_COLUMNS}, e.tx::text FROM {EVENT_FROM} WHERE {where} "
+        f"ORDER BY e.tx, e.id LIMIT ${len(params)}", *params)
+    cursor = f"{rows[-1][8]}.{rows[-1][0]}" if rows else wanted.after
+    return EventPage([event_of(row) for row in rows], cursor)
+
+
+def _cursor(text: str) -> tuple[str, int]:
+    if not text:
+        return "0", 0
+    tx, _, number = text.partition(".")
+    if not (tx.isdigit() and number.isdigit() and len(tx) < 20 and len(number) < 19):
+        raise ValueError("not a cursor of this queue")
+    return tx, int(number)
+
+
+async def prune(connection: asyncpg.Connection, before: float) -> int:
+    """Up to PRUNE_BATCH events, then history rows, of messages that left the queue before
+    `before` (a message still queued has finished_at NULL: never touched)."""
+    removed = int(await connection.fetchval(
+        "WITH gone AS (DELETE FROM events WHERE id IN (SELECT e.id FROM events e JOIN "
+        "history h ON h.message_id = e.message_id WHERE h.finished_at < $1 LIMIT $2) "
+        "RETURNING 1) SELECT COUNT(*) FROM gone", before, PRUNE_BATCH))
+    if removed < PRUNE_BATCH:
+        removed += int(await connection.fetchval(
+            "WITH gone AS (DELETE FROM history WHERE message_id IN (SELECT message_id FROM "
+            "history h WHERE finished_at < $1 AND NOT EXISTS (SELECT 1 FROM events e "
+            "WHERE e.message_id = h.message_id) LIMIT $2) RETURNING 1) "
+            "SELECT COUNT(*) FROM gone", before, PRUNE_BATCH - removed))
+    return removed

@@ -1,0 +1,151 @@
+"""Events and message history (queue.events), part of the queue contract: both backends,
+a real PostgreSQL for the second."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+
+from relay.queue import NewMessage, Queue, Selection, State, Tracking, new_queue_id
+from relay.queue.events import EventFilter, EventType
+from relay.queue.postgres import PostgresQueue
+from tests.integration.test_queue_contract import outcome, queue  # noqa: F401 (fixture)
+
+TRACKING = Tracking("=?utf-8?q?Caf=C3=A9?= news", {"user": 42}, ("welcome",))
+
+
+def tracked(*recipients: str) -> NewMessage:
+    return NewMessage(new_queue_id(), "app@sender.test", recipients,
+                      b"Subject: x\r\n\r\nbody\r\n", tracking=TRACKING)
+
+
+async def all_events(queue: Queue, **wanted: object) -> list[tuple[str, str]]:
+    """(type, recipient) of every matching event, read a page of two at a time."""
+    found, cursor, seen = [], "", set()
+    while True:
+        page = await queue.events(EventFilter(after=cursor, limit=2, **wanted))  # type: ignore[arg-type]
+        if not page.events:
+            return found
+        for event in page.events:
+            assert event.id not in seen  # no page repeats an event
+            seen.add(event.id)
+            found.append((event.type.value, event.recipient))
+        cursor = page.cursor
+
+
+async def test_a_message_history_and_timelines_outlive_it(queue: Queue) -> None:
+    stored = tracked("a@example.test", "b@example.test")
+    await queue.store(stored)
+    first = {c.address: c for c in await queue.claim_due(10)}
+    await queue.record([
+        outcome(first["a@example.test"], State.DEFERRED, "451 4.3.0 later",
+                next_attempt_at=4e9, relay="mx[127.0.0.2]:25"),
+        outcome(first["b@example.test"], State.DELIVERED, relay="mx[127.0.0.2]:25",
+                tls="TLSv1.3")])
+    assert await queue.flush(Selection(ids=[stored.id])) == 1
+    [again] = await queue.claim_due(10)
+    await queue.record([outcome(again, State.BOUNCED, "550 5.1.1 gone", dsn=True)])
+    assert await queue.get_message(stored.id) is None  # left the queue
+
+    history = await queue.history(stored.id)
+    assert history is not None and history.finished_at is not None
+    assert (history.subject, history.metadata, history.tags) == (
+        "Café news", {"user": 42}, ("welcome",))
+    timelines = {r.address: r for r in history.recipients}
+    assert [e.type.value for e in timelines["a@example.test"].events] == [
+        "accepted", "deferred", "requeued", "bounced"]
+    assert timelines["a@example.test"].state == "bounced"
+    deferred, bounced = (timelines["a@example.test"].events[i] for i in (1, 3))
+    assert deferred.data == {"reply": "451 4.3.0 later", "attempt": 1,
+                             "relay": "mx[127.0.0.2]:25", "next_attempt_at": 4e9}
+    assert bounced.data == {"reply": "550 5.1.1 gone", "attempt": 2, "dsn": True}
+    delivered = timelines["b@example.test"].events[-1]
+    assert delivered.type is EventType.DELIVERED
+    assert delivered.data["tls"] == "TLSv1.3" and delivered.data["relay"] == "mx[127.0.0.2]:25"
+    # every event carries the message's metadata and tags
+    assert {(e.metadata["user"], e.tags) for e in (await queue.events(EventFilter())).events
+            } == {(42, ("welcome",))}
+    assert await all_events(queue, message_id=stored.id, recipient="A@example.test") == [
+        ("accepted", "a@example.test"), ("deferred", "a@example.test"),
+        ("requeued", "a@example.test"), ("bounced", "a@example.test")]
+    assert await all_events(queue, types=(EventType.DELIVERED, EventType.BOUNCED)) == [
+        ("delivered", "b@example.test"), ("bounced", "a@example.test")]
+    assert await queue.history("nosuchmessage") is None
+
+
+async def test_operator_commands_are_events(queue: Queue) -> None:
+    stored = tracked("h@example.test")
+    await queue.store(stored)
+    one = Selection(ids=[stored.id])
+    assert await queue.hold(one) == 1
+    assert await queue.release(one) == 1
+    assert await queue.delete(one) == 1
+    history = await queue.history(stored.id)
+    assert history is not None and history.finished_at is not None
+    assert [e.type.value for e in history.recipients[0].events] == [
+        "accepted", "held", "released", "deleted"]
+
+
+async def test_pruning_removes_only_what_left_the_queue(queue: Queue) -> None:
+    done, waiting = tracked("d@example.test"), tracked("w@example.test")
+    await queue.store(done)
+    await queue.store(waiting)
+    claims = {c.address: c for c in await queue.claim_due(10)}
+    await queue.record([outcome(claims["d@example.test"], State.DELIVERED)])
+    await queue.return_leases([(claims["w@example.test"].recipient_id,
+                                claims["w@example.test"].attempts)])
+    # A cut-off in the past: nothing finished before it.
+    assert await queue.prune_history(0.0) == 0
+    removed = 0
+    while (batch := await queue.prune_history(4e9)) > 0:
+        removed += batch
+    assert removed == 3  # the finished message's two events and its history row
+    assert await queue.history(done.id) is None
+    kept = await queue.history(waiting.id)
+    assert kept is not None and kept.finished_at is None
+    assert [e.type.value for e in kept.recipients[0].events] == ["accepted"]
+    assert await queue.get_message(waiting.id) is not None
+
+
+async def test_broadcast_recipients_have_events(queue: Queue) -> None:
+    broadcast_id = new_queue_id()
+    await queue.suppress("Gone@example.test", "550 5.1.1 gone")
+    template = json.dumps({"from": "news@sender.test", "subject": "Hi"}).encode()
+    await queue.open_broadcast(broadcast_id, "news@sender.test", template, False,
+                               Tracking("Hi {{name}}", {"campaign": "june"}))
+    assert await queue.add_broadcast_recipients(broadcast_id, [
+        ("a@example.test", "{}"), ("gone@example.test", "{}"), ("b@example.test", "{}")]) == 1
+    await queue.accept_broadcast(broadcast_id, 0, None, {})
+    cancelled = await queue.cancel_broadcast(broadcast_id)
+    assert cancelled is not None and cancelled.cancelled == 2
+    history = await queue.history(broadcast_id)
+    assert history is not None and history.metadata == {"campaign": "june"}
+    assert {r.address: [e.type.value for e in r.events] for r in history.recipients} == {
+        "gone@example.test": ["suppressed"],
+        "a@example.test": ["accepted", "cancelled"],
+        "b@example.test": ["accepted", "cancelled"]}
+
+
+async def test_a_page_never_skips_an_event_that_commits_later(postgres_dsn: str) -> None:
+    """PostgreSQL hands out event ids before commit: an open transaction holding a small id
+    must not be passed by the cursor while a larger id is read."""
+    queue = PostgresQueue(postgres_dsn)
+    await queue.open()
+    slow = await asyncpg.connect(postgres_dsn)
+    try:
+        await slow.execute("BEGIN")
+        await slow.execute("INSERT INTO events (type, at, message_id, recipient) "
+                           "VALUES ('accepted', 0, 'slow', 'late@example.test')")
+        stored = tracked("soon@example.test")
+        await queue.store(stored)  # committed with a larger id
+        early = await queue.events(EventFilter())
+        assert early.events == []  # not yet: the smaller id is still being written
+        await slow.execute("COMMIT")
+        page = await queue.events(EventFilter(after=early.cursor))
+        assert [e.recipient for e in page.events] == ["late@example.test",
+                                                      "soon@example.test"]
+        assert (await queue.events(EventFilter(after=page.cursor))).events == []
+    finally:
+        await slow.close()
+        await queue.close()
