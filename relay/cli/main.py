@@ -13,6 +13,7 @@ import click
 
 from relay.cli.broadcast import broadcast, suppression
 from relay.cli.configuration import config_group
+from relay.cli.history import events, history_command
 from relay.cli.keys import dkim, pgp
 from relay.cli.mta_sts import mta_sts
 from relay.cli.queue import queue
@@ -82,6 +83,8 @@ def hash_password_command() -> None:
 
 main.add_command(config_group)
 main.add_command(queue)
+queue.add_command(history_command)
+main.add_command(events)
 main.add_command(send)
 main.add_command(broadcast)
 main.add_command(suppression)

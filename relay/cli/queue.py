@@ -218,7 +218,7 @@ def format_mailq(messages: list[dict[str, Any]]) -> str:
 def format_message(message: dict[str, Any]) -> str:
     """`queue show`: the envelope, then a table of recipients with their next attempt."""
     rows = [("RECIPIENT", "STATE", "ATTEMPTS", "NEXT ATTEMPT", "LAST REPLY")]
-    rows += [(r["address"], r["state"], str(r["attempts"]), _date(r["next_attempt_at"]),
+    rows += [(r["address"], r["state"], str(r["attempts"]), date_of(r["next_attempt_at"]),
               r["last_reply"] or "-") for r in message["recipients"]]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     table = ["  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)),
@@ -226,14 +226,14 @@ def format_message(message: dict[str, Any]) -> str:
     return "\n".join([f"Queue ID: {message['id']}",
                       f"Sender:   {message['from'] or 'MAILER-DAEMON (<>)'}",
                       f"Size:     {message['size']} bytes",
-                      f"Arrived:  {_date(message['received_at'])}", "", *table])
+                      f"Arrived:  {date_of(message['received_at'])}", "", *table])
 
 
 def format_envelope(message: dict[str, Any]) -> str:
     """postcat's envelope records."""
     lines = [f"*** ENVELOPE RECORDS {message['id']} ***",
              f"message_size: {message['size']}",
-             f"message_arrival_time: {_date(message['received_at'])}",
+             f"message_arrival_time: {date_of(message['received_at'])}",
              f"sender: {message['from']}"]
     lines += [f"recipient: {r['address']} ({r['state']}, {r['attempts']} attempts"
               + (f", last reply: {r['last_reply']}" if r["last_reply"] else "") + ")"
@@ -241,6 +241,6 @@ def format_envelope(message: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _date(stamp: float | None) -> str:
+def date_of(stamp: float | None) -> str:
     return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M:%S %Z",
                                                    time.localtime(stamp))

@@ -62,12 +62,28 @@ def test_4xx_then_relayctl_flush_delivers(relay_process: MakeRelay, dns_server: 
     assert queue_json(relay.config, "--state", "deferred")
     assert queue_json(relay.config, "--state", "held") == []
 
+    [queued] = queue_json(relay.config)
     del sink.rcpt_replies["ann@example.test"]
     flushed = relayctl(relay.config, "queue", "flush", "--all")
     assert flushed.returncode == 0 and flushed.stdout == "1 recipient scheduled for delivery\n"
     sink.wait_for(1)
     until(lambda: queue_json(relay.config) == [], "an empty queue")
     assert relayctl(relay.config, "queue", "list").stdout.strip() == "Mail queue is empty"
+
+    # What happened stays known after the message left the queue.
+    history = relayctl(relay.config, "queue", "history", queued["id"])
+    assert history.returncode == 0, history.stderr
+    assert "left" in history.stdout.splitlines()[0]
+    assert re.findall(r"  (accepted|deferred|requeued|delivered) ", history.stdout) == [
+        "accepted", "deferred", "requeued", "delivered"]
+    assert "(451 4.2.0 greylisted)" in history.stdout
+    listed = relayctl(relay.config, "events", "--json", "--message", queued["id"])
+    assert [json.loads(line)["type"] for line in listed.stdout.splitlines()] == [
+        "accepted", "deferred", "requeued", "delivered"]
+    only = relayctl(relay.config, "events", "--type", "delivered")
+    assert only.stdout.count("\n") == 1 and "<ann@example.test>" in only.stdout
+    unknown = relayctl(relay.config, "queue", "history", "NOSUCHID")
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
     assert relay.stop() == 0
 
 
