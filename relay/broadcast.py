@@ -52,7 +52,7 @@ class Template(Tracked):
     subject: OneLine = ""
     text: str | None = None
     html: str | None = None
-    headers: dict[str, OneLine] = {}
+    headers: dict[str, OneLine] = Field(default_factory=dict)
     unsubscribe_url: OneLine | None = None  # e.g. "https://x.example/u?e={{email}}"
 
     @field_validator("headers")

@@ -36,7 +36,7 @@ def history_routes(queue: Queue) -> APIRouter:
     async def list_events(
         message: str | None = None,
         recipient: str | None = None,
-        type: Annotated[list[EventType] | None, Query()] = None,  # noqa: A002 (the API's name)
+        type: Annotated[list[EventType] | None, Query()] = None,  # the API's name
         since: float | None = None,
         until: float | None = None,
         after: Annotated[str, Query(max_length=64)] = "",

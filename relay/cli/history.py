@@ -34,8 +34,8 @@ def history_command(ctx: click.Context, message_id: str, as_json: bool) -> None:
 
 def format_history(history: dict[str, Any]) -> str:
     where = "in the queue" if history["in_queue"] else f"left {date_of(history['finished_at'])}"
-    lines = [f"{history['id']}  {history['size']} bytes  from <{history['mail_from']}>  "
-             f"received {date_of(history['received_at'])}  {where}"]
+    lines = [(f"{history['id']}  {history['size']} bytes  from <{history['mail_from']}>  "
+              f"received {date_of(history['received_at'])}  {where}")]
     if history["subject"]:
         lines.append(f"  subject: {history['subject']}")
     if history["metadata"] is not None or history["tags"]:

@@ -26,8 +26,8 @@ from relay.queue.base import (
 )
 
 __all__ = [
-    "MAX_METADATA",     "SUMMARY_AGE_BUCKETS", "BroadcastStatus", "Claimed", "DomainShape", "Idempotency",
-    "IdempotentAnswer", "MessageInfo", "MessageMeta", "MessageStore", "NewMessage", "Outcome",
-    "Queue", "QueueStats", "RecipientInfo", "Selection", "ShapeKey", "State", "Suppression",
-    "Tracking", "domain_of", "new_queue_id",
+    "MAX_METADATA", "SUMMARY_AGE_BUCKETS", "BroadcastStatus", "Claimed", "DomainShape",
+    "Idempotency", "IdempotentAnswer", "MessageInfo", "MessageMeta", "MessageStore",
+    "NewMessage", "Outcome", "Queue", "QueueStats", "RecipientInfo", "Selection", "ShapeKey",
+    "State", "Suppression", "Tracking", "domain_of", "new_queue_id",
 ]

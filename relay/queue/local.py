@@ -29,11 +29,13 @@ import aiosqlite
 
 from relay.errors import LocalFailure
 from relay.queue import local_broadcasts as broadcasts
+from relay.queue import local_events
 from relay.queue.base import (
     DELETABLE,
     FLUSHABLE,
     HOLDABLE,
     IDEMPOTENCY_WINDOW,
+    NO_TRACKING,
     RELEASABLE,
     REQUEUABLE,
     WAITING,
@@ -44,7 +46,6 @@ from relay.queue.base import (
     IdempotentAnswer,
     MessageInfo,
     MessageMeta,
-    NO_TRACKING,
     NewMessage,
     Outcome,
     QueueStats,
@@ -58,7 +59,6 @@ from relay.queue.base import (
     messages_with_recipients,
     summary_sql,
 )
-from relay.queue import local_events
 from relay.queue.events import (
     EVENT_COLUMNS,
     EVENT_FROM,

@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from relay.queue.base import WAITING, IDEMPOTENCY_WINDOW, Idempotency, MessageMeta, domain_of
+from relay.queue.base import IDEMPOTENCY_WINDOW, WAITING, Idempotency, MessageMeta, domain_of
 from relay.queue.events import EventType
 from relay.queue.local_events import add_events, message_accepted
 

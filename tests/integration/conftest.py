@@ -15,7 +15,9 @@ import pytest
 from relay import config as config_module
 from relay.cli.client import AdminClient
 from relay.config import Config, split_hostport
-from relay.queue import MessageInfo, State
+from relay.queue import MessageInfo, Queue, State
+from relay.queue.local import LocalQueue
+from relay.queue.postgres import PostgresQueue
 from relay.server import Relay
 from tests.support.dns_server import DnsServer
 from tests.support.relayconf import write_relay_config
@@ -64,6 +66,20 @@ class RunningRelay:
 
 
 StartRelay = Callable[..., Awaitable[RunningRelay]]
+QUEUE_LEASE = 1.0  # seconds: short, so that expiry is seen within a test
+
+
+@pytest.fixture(params=["local", "postgres"])
+async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Queue]:
+    """Each backend in turn, open: the queue contract's tests run on both."""
+    made: Queue
+    if request.param == "local":
+        made = LocalQueue(tmp_path / "spool", lease=QUEUE_LEASE)
+    else:
+        made = PostgresQueue(request.getfixturevalue("postgres_dsn"), lease=QUEUE_LEASE)
+    await made.open()
+    yield made
+    await made.close()
 
 
 @pytest.fixture

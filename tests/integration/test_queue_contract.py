@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -22,25 +21,12 @@ from relay.queue import (
     State,
     new_queue_id,
 )
-from relay.queue.local import LocalQueue
 from relay.queue.postgres import PostgresQueue
 from relay.queue.postgres_pool import schema_status
 from relay.queue.postgres_schema import MIGRATIONS
+from tests.integration.conftest import QUEUE_LEASE as LEASE
 
-LEASE = 1.0  # seconds: short, so that expiry is seen within a test
 _T = TypeVar("_T")
-
-
-@pytest.fixture(params=["local", "postgres"])
-async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Queue]:
-    made: Queue
-    if request.param == "local":
-        made = LocalQueue(tmp_path / "spool", lease=LEASE)
-    else:
-        made = PostgresQueue(request.getfixturevalue("postgres_dsn"), lease=LEASE)
-    await made.open()
-    yield made
-    await made.close()
 
 
 def message(*recipients: str, idempotency: Idempotency | None = None) -> NewMessage:

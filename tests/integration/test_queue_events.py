@@ -10,7 +10,7 @@ import asyncpg
 from relay.queue import NewMessage, Queue, Selection, State, Tracking, new_queue_id
 from relay.queue.events import EventFilter, EventType
 from relay.queue.postgres import PostgresQueue
-from tests.integration.test_queue_contract import outcome, queue  # noqa: F401 (fixture)
+from tests.integration.test_queue_contract import outcome
 
 TRACKING = Tracking("=?utf-8?q?Caf=C3=A9?= news", {"user": 42}, ("welcome",))
 
@@ -130,22 +130,22 @@ async def test_broadcast_recipients_have_events(queue: Queue) -> None:
 async def test_a_page_never_skips_an_event_that_commits_later(postgres_dsn: str) -> None:
     """PostgreSQL hands out event ids before commit: an open transaction holding a small id
     must not be passed by the cursor while a larger id is read."""
-    queue = PostgresQueue(postgres_dsn)
-    await queue.open()
+    cluster = PostgresQueue(postgres_dsn)
+    await cluster.open()
     slow = await asyncpg.connect(postgres_dsn)
     try:
         await slow.execute("BEGIN")
         await slow.execute("INSERT INTO events (type, at, message_id, recipient) "
                            "VALUES ('accepted', 0, 'slow', 'late@example.test')")
         stored = tracked("soon@example.test")
-        await queue.store(stored)  # committed with a larger id
-        early = await queue.events(EventFilter())
+        await cluster.store(stored)  # committed with a larger id
+        early = await cluster.events(EventFilter())
         assert early.events == []  # not yet: the smaller id is still being written
         await slow.execute("COMMIT")
-        page = await queue.events(EventFilter(after=early.cursor))
+        page = await cluster.events(EventFilter(after=early.cursor))
         assert [e.recipient for e in page.events] == ["late@example.test",
                                                       "soon@example.test"]
-        assert (await queue.events(EventFilter(after=page.cursor))).events == []
+        assert (await cluster.events(EventFilter(after=page.cursor))).events == []
     finally:
         await slow.close()
-        await queue.close()
+        await cluster.close()
