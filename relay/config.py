@@ -235,6 +235,30 @@ class HistorySection(_Section):
     retention: Duration = parse_duration("7d")  # message histories and events, after delivery
 
 
+WEBHOOK_EVENTS = ("accepted", "deferred", "delivered", "bounced", "suppressed", "cancelled",
+                  "held", "released", "requeued", "deleted")
+
+
+class WebhookSection(_Section):
+    """One [[webhooks]] endpoint: every event of the listed types is POSTed to `url`,
+    signed with the secret in `secret_file` (Standard Webhooks)."""
+
+    url: str = Field(pattern=r"^https?://[^\s/]+")
+    events: list[Literal[WEBHOOK_EVENTS]] = []  # type: ignore[valid-type]  # empty: every type
+    secret_file: str = ""
+    max_in_flight: int = Field(4, ge=1, le=100)  # requests at once to this endpoint
+    min_backoff: Duration = parse_duration("10s")  # after the first failure, doubling
+    max_backoff: Duration = parse_duration("1h")
+    give_up_after: Duration = parse_duration("1d")  # an event failing this long is dropped
+    disable_after: Duration = parse_duration("3d")  # an endpoint failing this long stops
+
+    @model_validator(mode="after")
+    def _secret_needed(self) -> WebhookSection:
+        if not self.secret_file:
+            raise ValueError("a webhook needs secret_file (its signing secret)")
+        return self
+
+
 class PoliciesSection(_Section):
     path: Path = Path("policies")
 
@@ -256,6 +280,7 @@ class Config(BaseSettings):
     retry: RetrySection = RetrySection()
     admin: AdminSection = AdminSection()
     history: HistorySection = HistorySection()
+    webhooks: list[WebhookSection] = []
     policies: PoliciesSection = PoliciesSection()
     log: LogSection = LogSection()
 
@@ -367,6 +392,9 @@ def resolve_paths(config: Config, base: Path, source: str) -> Config:
     if config.admin.token_file:
         update["admin"] = config.admin.model_copy(
             update={"token_file": str(resolve(config.admin.token_file))})
+    if config.webhooks:
+        update["webhooks"] = [hook.model_copy(
+            update={"secret_file": str(resolve(hook.secret_file))}) for hook in config.webhooks]
     return config.model_copy(update=update)
 
 

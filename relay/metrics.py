@@ -56,6 +56,22 @@ class Metrics:
         self.mta_sts_fetches = Counter(
             "relay_mta_sts_policy_fetches", "MTA-STS policy fetches, by result (ok, failed).",
             ["result"], registry=registry)
+        self.webhook_requests = Counter(
+            "relay_webhook_requests", "Webhook POSTs per endpoint, by result (delivered: a "
+            "2xx answer; failed: anything else, retried).", ["endpoint", "result"],
+            registry=registry)
+        self.webhook_dropped = Counter(
+            "relay_webhook_events_dropped", "Events given up on after failing for "
+            "give_up_after, per endpoint.", ["endpoint"], registry=registry)
+        self.webhook_pending = Gauge(
+            "relay_webhook_pending_events", "Events waiting for an endpoint (at most one "
+            "batch is counted), per endpoint.", ["endpoint"], registry=registry)
+        self.webhook_oldest = Gauge(
+            "relay_webhook_oldest_pending_age_seconds", "Age of the oldest event waiting for "
+            "an endpoint.", ["endpoint"], registry=registry)
+        self.webhook_disabled = Gauge(
+            "relay_webhook_disabled", "1 for an endpoint disabled after failing for "
+            "disable_after.", ["endpoint"], registry=registry)
         self._domains: set[str] = set()
 
     def domain_label(self, domain: str) -> str:

@@ -33,12 +33,13 @@ from relay.policy import Policies, load_policies
 from relay.queue import Queue, QueueStats, State
 from relay.queue.local import LocalQueue
 from relay.queue.postgres import PostgresQueue
-from relay.queue.postgres_pool import database_dsn, where
+from relay.queue.postgres_pool import database_dsn, node_name, where
 from relay.ratelimit import SlidingWindow
 from relay.reload import reload
 from relay.scheduler import Scheduler
 from relay.sdnotify import Notifier
 from relay.smtpd import SessionRegistry, SubmissionHandler
+from relay.webhooks import WebhookDispatcher, configured_endpoints
 
 log = logging.getLogger("relay")
 
@@ -75,6 +76,7 @@ class Relay:
         self._admin: AdminServer | None = None
         self._scheduler: Scheduler | None = None
         self._pruner = HistoryPruner(self.queue, config.history.retention)
+        self._webhooks: WebhookDispatcher | None = None
         self._started = False
 
     async def start(self) -> None:
@@ -84,7 +86,11 @@ class Relay:
         # The spool directory holds the token and caches, whatever the queue backend.
         config.queue.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         token = load_or_create_token(config.admin_token_path, create=not config.admin.token_file)
+        hooks = configured_endpoints(config)  # their secrets, read before anything starts
         await self.queue.open()
+        owner = self.queue.owner if isinstance(self.queue, PostgresQueue) else node_name()
+        self._webhooks = WebhookDispatcher(self.queue, hooks, owner, self.metrics)
+        await self._webhooks.prepare()
         hostname = config.server.hostname
         hops = NextHops(config.delivery.nameservers, config.delivery.port,
                         timeout=config.delivery.connect_timeout)
@@ -121,11 +127,13 @@ class Relay:
                                                     self._sessions, self._sockets, self._tls)
         self._admin = AdminServer(
             create_app(Services(self.queue, cleanup, token, self.wake_scheduler, self.scrape,
-                                config.smtp.max_message_size)),
+                                config.smtp.max_message_size,
+                                [endpoint for endpoint, _ in hooks])),
             config.admin.listen)
         self._admin.start()
         self._scheduler.start()
         self._pruner.start()
+        self._webhooks.start()
         if isinstance(self.queue, PostgresQueue):
             self.queue.listen(self.wake_scheduler)  # mail stored or released by any node
         self._started = True
@@ -184,6 +192,8 @@ class Relay:
         if self._admin is not None:
             await self._admin.stop()
         await self._pruner.stop()
+        if self._webhooks is not None:
+            await self._webhooks.stop()
         await self.queue.close()
         if self._started:
             log.info("relay stopped")

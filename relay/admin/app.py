@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
@@ -30,10 +30,12 @@ from relay.admin.history_routes import history_routes
 from relay.admin.idempotency import IdempotencyKeys
 from relay.admin.queue_routes import queue_routes
 from relay.admin.send_routes import send_routes
+from relay.admin.webhook_routes import webhook_routes
 from relay.cleanup import Cleanup
 from relay.errors import LocalFailure
 from relay.listeners import bind_tcp
 from relay.queue import Queue
+from relay.queue.webhooks import WebhookEndpoint
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Services:
     wake: Callable[[], None]  # the scheduler: new or released mail
     scrape: Callable[[], Awaitable[bytes]]  # the Prometheus exposition, fresh
     max_message_size: int  # [smtp] max_message_size holds for the API too
+    webhooks: list[WebhookEndpoint] = field(default_factory=list)  # [[webhooks]] endpoints
 
 
 def create_app(services: Services) -> FastAPI:
@@ -81,6 +84,7 @@ def create_app(services: Services) -> FastAPI:
 
     app.include_router(queue_routes(services.queue, services.wake))
     app.include_router(history_routes(services.queue))
+    app.include_router(webhook_routes(services.queue, services.webhooks))
     keys = IdempotencyKeys(services.queue)
     app.include_router(send_routes(services.cleanup, keys, services.max_message_size))
     app.include_router(broadcast_routes(services.queue, services.wake, keys,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from relay.queue.events import EventFilter, EventPage, MessageHistory
+    from relay.queue.webhooks import WebhookEndpoint, WebhookState
 
 
 class State(StrEnum):
@@ -359,6 +360,27 @@ class Queue(MessageStore, Protocol):
     async def prune_history(self, before: float) -> int:
         """Remove up to PRUNE_BATCH rows of history and events of messages that left the
         queue before `before`; never anything of a message still queued. How many."""
+
+    # -- webhooks (queue.webhooks) -------------------------------------------------------
+
+    async def webhook_endpoints(self) -> list[WebhookEndpoint]:
+        """The endpoints added through the API."""
+
+    async def add_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None: ...
+
+    async def remove_webhook_endpoint(self, endpoint_id: str) -> bool: ...
+
+    async def webhook_states(self) -> list[WebhookState]: ...
+
+    async def lease_webhook(self, endpoint_id: str, owner: str,
+                            seconds: float) -> WebhookState | None:
+        """The endpoint's delivery state, leased to `owner` for `seconds`; None while
+        another owner holds it."""
+
+    async def save_webhook(self, state: WebhookState, owner: str) -> bool:
+        """Write the state while `owner` holds its lease; False when it does not."""
+
+    async def enable_webhook(self, endpoint_id: str) -> bool: ...
 
 
 # Shared by the backends: SQL both dialects read alike, and their query results into the

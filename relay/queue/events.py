@@ -54,6 +54,7 @@ class Event:
     data: dict[str, Any]
     metadata: dict[str, Any] | None = None  # the message's, from its history
     tags: tuple[str, ...] = ()
+    position: str = ""  # the backend's cursor just after this event (EventPage)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": event_id(self.id), "type": self.type.value, "at": self.at,
@@ -186,11 +187,12 @@ def filter_sql(wanted: EventFilter, placeholder: Callable[[int], str],
     return " AND ".join(conditions), params
 
 
-def event_of(row: Sequence[Any]) -> Event:
-    """A row of EVENT_COLUMNS."""
+def event_of(row: Sequence[Any], position: str | None = None) -> Event:
+    """A row of EVENT_COLUMNS; its position is its id unless the backend says otherwise."""
     return Event(int(row[0]), EventType(row[1]), float(row[2]), row[3], row[4],
                  json.loads(row[5]) if row[5] else {},
-                 json.loads(row[6]) if row[6] else None, _tags(row[7]))
+                 json.loads(row[6]) if row[6] else None, _tags(row[7]),
+                 str(row[0]) if position is None else position)
 
 
 def history_of(row: Sequence[Any], events: Sequence[Event]) -> MessageHistory:

@@ -29,7 +29,7 @@ import aiosqlite
 
 from relay.errors import LocalFailure
 from relay.queue import local_broadcasts as broadcasts
-from relay.queue import local_events
+from relay.queue import local_events, local_webhooks
 from relay.queue.base import (
     DELETABLE,
     FLUSHABLE,
@@ -85,6 +85,14 @@ from relay.queue.local_sql import (
     insert_message,
 )
 from relay.queue.spoolfiles import Envelope, SpoolFiles, storage_failure
+from relay.queue.webhooks import (
+    ENDPOINT_COLUMNS,
+    STATE_COLUMNS,
+    WebhookEndpoint,
+    WebhookState,
+    endpoint_of,
+    state_of,
+)
 
 log = logging.getLogger("relay.queue")
 
@@ -424,6 +432,36 @@ class LocalQueue:
 
     async def prune_history(self, before: float) -> int:
         return int(await self._write(partial(local_events.prune, before), durable=False))
+
+    # -- webhooks (queue.local_webhooks) -----------------------------------------------
+
+    async def webhook_endpoints(self) -> list[WebhookEndpoint]:
+        return [endpoint_of(row) for row in await self._read_all(
+            f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id", [])]
+
+    async def add_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        await self._write(partial(local_webhooks.add_endpoint, endpoint))
+
+    async def remove_webhook_endpoint(self, endpoint_id: str) -> bool:
+        return bool(await self._write(partial(local_webhooks.remove_endpoint, endpoint_id)))
+
+    async def webhook_states(self) -> list[WebhookState]:
+        return [state_of(row) for row in await self._read_all(
+            f"SELECT {STATE_COLUMNS} FROM webhook_state ORDER BY endpoint", [])]
+
+    async def lease_webhook(self, endpoint_id: str, owner: str,
+                            seconds: float) -> WebhookState | None:
+        # Not fsynced: a cursor lost to a power cut only means sending events again.
+        now = self._clock()
+        return await self._write(partial(local_webhooks.lease, endpoint_id, owner, now,
+                                         now + seconds), durable=False)  # type: ignore[no-any-return]
+
+    async def save_webhook(self, state: WebhookState, owner: str) -> bool:
+        return bool(await self._write(partial(local_webhooks.save, state, owner),
+                                      durable=False))
+
+    async def enable_webhook(self, endpoint_id: str) -> bool:
+        return bool(await self._write(partial(local_webhooks.enable, endpoint_id)))
 
     # -- plumbing --------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from relay.config import Rate
 from relay.errors import LocalFailure
 from relay.queue import postgres_broadcasts as broadcasts
 from relay.queue import postgres_events as events
+from relay.queue import postgres_webhooks as webhooks
 from relay.queue.base import (
     DELETABLE,
     FLUSHABLE,
@@ -86,6 +87,14 @@ from relay.queue.postgres_pool import (
     node_name,
 )
 from relay.queue.postgres_schema import migrate
+from relay.queue.webhooks import (
+    ENDPOINT_COLUMNS,
+    STATE_COLUMNS,
+    WebhookEndpoint,
+    WebhookState,
+    endpoint_of,
+    state_of,
+)
 
 log = logging.getLogger("relay.queue")
 
@@ -458,6 +467,37 @@ class PostgresQueue:
     async def prune_history(self, before: float) -> int:
         async with self._transaction() as connection:
             return await events.prune(connection, before)
+
+    # -- webhooks (queue.postgres_webhooks) --------------------------------------------
+
+    async def webhook_endpoints(self) -> list[WebhookEndpoint]:
+        return [endpoint_of(row) for row in await self._fetch(
+            f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id")]
+
+    async def add_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        async with self._transaction() as connection:
+            await webhooks.add_endpoint(connection, endpoint)
+
+    async def remove_webhook_endpoint(self, endpoint_id: str) -> bool:
+        async with self._transaction() as connection:
+            return await webhooks.remove_endpoint(connection, endpoint_id)
+
+    async def webhook_states(self) -> list[WebhookState]:
+        return [state_of(row) for row in await self._fetch(
+            f"SELECT {STATE_COLUMNS} FROM webhook_state ORDER BY endpoint")]
+
+    async def lease_webhook(self, endpoint_id: str, owner: str,
+                            seconds: float) -> WebhookState | None:
+        async with self._transaction() as connection:
+            return await webhooks.lease(connection, endpoint_id, owner, seconds)
+
+    async def save_webhook(self, state: WebhookState, owner: str) -> bool:
+        async with self._connection() as connection:
+            return await webhooks.save(connection, state, owner)
+
+    async def enable_webhook(self, endpoint_id: str) -> bool:
+        async with self._connection() as connection:
+            return await webhooks.enable(connection, endpoint_id)
 
     # -- broadcasts (queue.postgres_broadcasts) -------------------------------------
 

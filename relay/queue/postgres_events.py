@@ -85,8 +85,9 @@ async def page(connection: asyncpg.Connection, wanted: EventFilter) -> EventPage
     rows = await connection.fetch(
         f"SELECT {EVENT_COLUMNS}, e.tx::text FROM {EVENT_FROM} WHERE {where} "
         f"ORDER BY e.tx, e.id LIMIT ${len(params)}", *params)
-    cursor = f"{rows[-1][8]}.{rows[-1][0]}" if rows else wanted.after
-    return EventPage([event_of(row) for row in rows], cursor)
+    found = [event_of(row, f"{row[8]}.{row[0]}") for row in rows]
+    return EventPage(found, found[-1].position if found else wanted.after)
+
 
 
 def _cursor(text: str) -> tuple[str, int]:

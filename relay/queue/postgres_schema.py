@@ -121,6 +121,27 @@ MIGRATIONS: list[str] = [
     CREATE INDEX events_by_commit ON events (tx, id);
     CREATE INDEX events_by_time ON events (at);
     """,
+    # 5: webhook endpoints added through the API, and each endpoint's delivery state.
+    """
+    CREATE TABLE webhook_endpoints (
+        id text PRIMARY KEY,
+        url text NOT NULL,
+        events text NOT NULL,
+        secret text NOT NULL,
+        created_at double precision NOT NULL
+    );
+    CREATE TABLE webhook_state (
+        endpoint text PRIMARY KEY,
+        cursor text NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        head_failing_since double precision,
+        failing_since double precision,
+        next_attempt_at double precision NOT NULL DEFAULT 0,
+        disabled_at double precision,
+        owner text,
+        lease_until double precision NOT NULL DEFAULT 0
+    );
+    """,
 ]
 
 

@@ -261,12 +261,15 @@ def test_a_paused_node_changes_nothing_after_its_lease_was_taken_over(
 class ClusterLoad:
     """CLIENTS connections spread over the nodes, each sending its share; a session
     broken by a killed node leaves its message unacknowledged (it got no 250), and the
-    client goes on with the next node."""
+    client goes on with the next node. A message whose session broke may still have been
+    committed (the node died between its COMMIT and its 250): sending it again can queue
+    it twice, which at-least-once allows; `unanswered` counts those."""
 
     def __init__(self, nodes: list[RelayProcess], messages: int, clients: int = 6) -> None:
         self.ports = [smtp_port(node.config) for node in nodes]
         self.messages, self.clients = messages, clients
         self.acked: set[int] = set()
+        self.unanswered = 0  # messages whose session broke before their reply
         self.lock = threading.Lock()
         self.halfway = threading.Event()
 
@@ -283,9 +286,11 @@ class ClusterLoad:
         port = index
         while todo:
             port += 1
+            connected = False
             try:
                 with smtplib.SMTP("127.0.0.1", self.ports[port % len(self.ports)],
                                   timeout=30) as client:
+                    connected = True
                     while todo:
                         client.sendmail("load@sender.test", ["sink@example.test"],
                                         numbered(todo[0]))
@@ -294,7 +299,10 @@ class ClusterLoad:
                             if len(self.acked) >= self.messages // 3:
                                 self.halfway.set()
             except (smtplib.SMTPException, OSError):
-                pass  # that node died: this message got no 250; try the next node
+                # That node died: this message got no 250 (it may be stored all the same);
+                # try the next node.
+                with self.lock:
+                    self.unanswered += connected
 
 
 def test_kill_9_of_one_node_of_three_under_load(
@@ -325,8 +333,10 @@ def test_kill_9_of_one_node_of_three_under_load(
     received = [_test_id(m) for m in sink.wait_until(all_acked_arrived, timeout=180)]
     until(lambda: queue_json(survivors[0].config) == [], "the survivors to finish",
           timeout=60)  # the dead node's leases came back and were delivered
+    # Sent twice: what the dead node had delivered but not recorded (its leases), and what
+    # it had committed but not answered.
     duplicates = len(received) - len(set(received))
-    assert duplicates <= leased, (duplicates, leased)
+    assert duplicates <= leased + load.unanswered, (duplicates, leased, load.unanswered)
     for node in survivors:
         assert node.stop() == 0
 

@@ -9,17 +9,20 @@ from typing import Any
 from tests.support.net import free_port
 
 
-def to_toml(sections: dict[str, dict[str, Any]]) -> str:
+def to_toml(sections: dict[str, Any]) -> str:
+    """Sections from dicts; a list of dicts is an array of tables ([[webhooks]])."""
     lines = []
     for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-        lines.append("")
+        tables = values if isinstance(values, list) else [values]
+        for table in tables:
+            lines.append(f"[[{section}]]" if isinstance(values, list) else f"[{section}]")
+            lines += [f"{key} = {json.dumps(value)}" for key, value in table.items()]
+            lines.append("")
     return "\n".join(lines)
 
 
 def write_relay_config(directory: Path, dns_address: str, mx_port: int,
-                       overrides: dict[str, dict[str, Any]] | None = None) -> Path:
+                       overrides: dict[str, Any] | None = None) -> Path:
     """A relay.toml for `directory`: free ports, spool and policies inside it."""
     sections: dict[str, dict[str, Any]] = {
         "server": {"hostname": "relay.test"},
@@ -34,7 +37,10 @@ def write_relay_config(directory: Path, dns_address: str, mx_port: int,
         "policies": {"path": "policies"},
     }
     for section, values in (overrides or {}).items():
-        sections.setdefault(section, {}).update(values)
+        if isinstance(values, list):
+            sections[section] = values
+        else:
+            sections.setdefault(section, {}).update(values)
     (directory / "policies").mkdir(exist_ok=True)
     path = directory / "relay.toml"
     path.write_text(to_toml(sections))
