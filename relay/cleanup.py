@@ -17,7 +17,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from relay.errors import Rejected
@@ -123,7 +123,7 @@ def application_tracking(inspected: Inspected, given: Tracking) -> Tracking:
         metadata.update(found)
     if given.metadata is not None:
         metadata.update(given.metadata)
-    return Tracking(inspected.subject, metadata or None, given.tags)
+    return replace(given, subject=inspected.subject, metadata=metadata or None)
 
 
 @functools.lru_cache(maxsize=4)

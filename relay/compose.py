@@ -70,8 +70,8 @@ class Tracked(BaseModel):
             raise ValueError(f"metadata is over {MAX_METADATA} characters of JSON")
         return metadata
 
-    def tracking(self, subject: str = "") -> Tracking:
-        return Tracking(subject, self.metadata, tuple(self.tags))
+    def tracking(self, subject: str = "", api_key: str = "") -> Tracking:
+        return Tracking(subject, self.metadata, tuple(self.tags), api_key)
 
 
 class ComposeError(ValueError):

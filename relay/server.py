@@ -108,6 +108,8 @@ class Relay:
             max_connections=config.delivery.max_connections,
             max_connections_per_domain=config.delivery.max_connections_per_domain,
             lease_renewal=config.queue.lease / 4)
+        # With several nodes on one database, rate limits are counted there.
+        rates = self.queue if isinstance(self.queue, PostgresQueue) else SlidingWindow()
         workers = config.smtp.workers if isinstance(self.queue, LocalQueue) else 0
         # With workers, these only reserve the ports; each worker listens on its own.
         self._sockets = bind_listeners(config.smtp, shared=workers > 0, listen=workers == 0)
@@ -118,9 +120,6 @@ class Relay:
         else:
             free_space = (self.queue.files.free_bytes if isinstance(self.queue, LocalQueue)
                           else None)
-            # With several nodes on one database, rate limits are counted there.
-            rates = (self.queue if isinstance(self.queue, PostgresQueue)
-                     else SlidingWindow())
             handler = SubmissionHandler(cleanup, config.smtp, lambda: self.policies.access,
                                         free_space=free_space, rates=rates)
             self._listeners = await serve_listeners(handler, config.smtp, hostname,
@@ -128,7 +127,7 @@ class Relay:
         self._admin = AdminServer(
             create_app(Services(self.queue, cleanup, token, self.wake_scheduler, self.scrape,
                                 config.smtp.max_message_size,
-                                [endpoint for endpoint, _ in hooks])),
+                                [endpoint for endpoint, _ in hooks], rates)),
             config.admin.listen)
         self._admin.start()
         self._scheduler.start()

@@ -23,11 +23,13 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from relay import metrics
+from relay.admin.apikey_routes import apikey_routes
 from relay.admin.broadcast_routes import broadcast_routes, openapi_schemas
 from relay.admin.errors import ApiError, error_body, validation_error
 from relay.admin.gate import Gate
 from relay.admin.history_routes import history_routes
 from relay.admin.idempotency import IdempotencyKeys
+from relay.admin.keys import KeyRing
 from relay.admin.queue_routes import queue_routes
 from relay.admin.send_routes import send_routes
 from relay.admin.webhook_routes import webhook_routes
@@ -36,6 +38,7 @@ from relay.errors import LocalFailure
 from relay.listeners import bind_tcp
 from relay.queue import Queue
 from relay.queue.webhooks import WebhookEndpoint
+from relay.ratelimit import RateLimiter, SlidingWindow
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Services:
     scrape: Callable[[], Awaitable[bytes]]  # the Prometheus exposition, fresh
     max_message_size: int  # [smtp] max_message_size holds for the API too
     webhooks: list[WebhookEndpoint] = field(default_factory=list)  # [[webhooks]] endpoints
+    rates: RateLimiter = field(default_factory=SlidingWindow)  # API keys' rate limits
 
 
 def create_app(services: Services) -> FastAPI:
@@ -56,8 +60,9 @@ def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="relay admin API", version="1", openapi_url=None, docs_url=None,
                   redoc_url=None)
     _install_error_handlers(app)
-    # The token and the body limits, before any route reads a byte (admin.gate).
-    app.add_middleware(Gate, token=services.token,
+    # Who calls, and the body limits, before any route reads a byte (admin.gate).
+    keys = KeyRing(services.queue, services.token)
+    app.add_middleware(Gate, keys=keys, rates=services.rates,
                        max_message_size=services.max_message_size)
 
     @app.get("/healthz", responses={503: {"description": "the queue cannot be used now"}})
@@ -85,10 +90,11 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(queue_routes(services.queue, services.wake))
     app.include_router(history_routes(services.queue))
     app.include_router(webhook_routes(services.queue, services.webhooks))
-    keys = IdempotencyKeys(services.queue)
-    app.include_router(send_routes(services.cleanup, keys, services.max_message_size))
-    app.include_router(broadcast_routes(services.queue, services.wake, keys,
+    idempotency = IdempotencyKeys(services.queue)
+    app.include_router(send_routes(services.cleanup, idempotency, services.max_message_size))
+    app.include_router(broadcast_routes(services.queue, services.wake, idempotency,
                                         services.max_message_size))
+    app.include_router(apikey_routes(services.queue, keys))
     return app
 
 

@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect
 
 from relay.admin.errors import ApiError, validation_error
 from relay.admin.idempotency import IdempotencyKeys, replay
+from relay.admin.keys import caller_of
 from relay.broadcast import Recipient, Template, check_recipient, envelope_sender
 from relay.compose import ComposeError, mailbox
 from relay.errors import LocalFailure
@@ -89,7 +90,8 @@ def broadcast_routes(queue: Queue, wake: Callable[[], None], keys: IdempotencyKe
                      ) -> dict[str, Any]:
         """A broadcast: one template, many recipients, each rendered when it is sent."""
         body = _Body(request)
-        store = functools.partial(_store, queue, body, max_message_size=max_message_size)
+        store = functools.partial(_store, queue, body, max_message_size=max_message_size,
+                                  api_key=caller_of(request).key_id)
         try:
             if idempotency_key is None:
                 answer = await store(None)
@@ -298,7 +300,7 @@ def _template(document: dict[str, Any]) -> Template:
 
 
 async def _store(queue: Queue, body: _Body, idempotency_key: str | None, *,
-                 max_message_size: int) -> dict[str, Any]:
+                 max_message_size: int, api_key: str) -> dict[str, Any]:
     template, recipients = await body.template_and_recipients()
     stored_template = template.model_dump_json(by_alias=True).encode()
     if len(stored_template) > max_message_size:
@@ -316,7 +318,7 @@ async def _store(queue: Queue, body: _Body, idempotency_key: str | None, *,
     accepting = False
     try:
         await queue.open_broadcast(broadcast_id, sender, stored_template, smtputf8,
-                                   template.tracking(template.subject))
+                                   template.tracking(template.subject, api_key))
         async for index, item in _enumerate(recipients):
             checked = ("not a JSON object" if item is _NOT_JSON
                        else check_recipient(needed, item))

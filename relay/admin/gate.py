@@ -1,7 +1,9 @@
 """admin.gate: what every request passes before any route sees it (an ASGI middleware).
 
-1. The bearer token, checked before a byte of the body is read: a client without it gets
-   401 whatever it sends, and cannot make the relay read or parse 50 MB first.
+1. The bearer token (the admin token or an API key, admin.keys), checked before a byte
+   of the body is read: a client without one gets 401 whatever it sends, and cannot make
+   the relay read or parse 50 MB first; a key without the route's scope gets 403, one
+   over its rate limit 429. The caller goes to the route in `request.state.caller`.
 2. A limit on the body's size per route, checked on Content-Length and again while the
    body is read (chunked uploads): 413 naming the limit. One message may be up to twice
    `max_message_size` as JSON (escaping and base64 make it larger than the message; the
@@ -12,12 +14,14 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from relay.admin.errors import ApiError, error_body
+from relay.admin.keys import KeyRing, required_scope
+from relay.errors import LocalFailure
+from relay.ratelimit import RateLimiter
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -33,9 +37,11 @@ OPEN_PATHS = frozenset({("GET", "/healthz")})
 
 
 class Gate:
-    def __init__(self, app: App, token: str, max_message_size: int) -> None:
+    def __init__(self, app: App, keys: KeyRing, rates: RateLimiter,
+                 max_message_size: int) -> None:
         self._app = app
-        self._token = token.encode()
+        self._keys = keys
+        self._rates = rates
         self._max_message_size = max_message_size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -44,10 +50,11 @@ class Gate:
             return
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
         method, path = scope["method"], scope["path"]
-        if (method, path) not in OPEN_PATHS and not self._authorized(headers):
-            await _answer(send, ApiError(401, "unauthorized", "missing or wrong bearer token"),
-                          {"www-authenticate": "Bearer"})
-            return
+        if (method, path) not in OPEN_PATHS:
+            refusal = await self._admit(scope, headers, method, path)
+            if refusal is not None:
+                await _answer(send, *refusal)
+                return
         limit = self.limit(method, path, headers.get("content-type", b"").decode("latin-1"))
         if limit is not None:
             declared = headers.get("content-length", b"0")
@@ -57,9 +64,28 @@ class Gate:
             receive = _counted(receive, limit, method, path)
         await self._app(scope, receive, send)
 
-    def _authorized(self, headers: dict[str, bytes]) -> bool:
+    async def _admit(self, scope: Scope, headers: dict[str, bytes], method: str, path: str
+                     ) -> tuple[ApiError, dict[str, str]] | None:
+        """None when the caller may go on (and is in the request's state), else why not."""
         scheme, _, given = headers.get("authorization", b"").partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._token)
+        try:
+            caller = (await self._keys.caller(given.strip())
+                      if scheme.lower() == b"bearer" else None)
+            if caller is None:
+                return (ApiError(401, "unauthorized", "missing or wrong bearer token"),
+                        {"www-authenticate": "Bearer"})
+            needed = required_scope(method, path)
+            if not caller.allows(needed):
+                return ApiError(403, "forbidden", f"this API key does not have the "
+                                f"{needed.value} scope that {method} {path} needs"), {}
+            if caller.rate is not None and not await self._rates.take(
+                    f"apikey:{caller.key_id}", caller.rate):
+                return (ApiError(429, "rate_limited", "this API key is over its rate limit "
+                                 "of requests"), {"retry-after": str(int(caller.rate.window))})
+        except LocalFailure as exc:  # the keys are in the queue, which cannot answer now
+            return ApiError(503, "unavailable", f"cannot check the API key now: {exc}"), {}
+        scope.setdefault("state", {})["caller"] = caller
+        return None
 
     def limit(self, method: str, path: str, content_type: str) -> int | None:
         """The most the body of this request may be; None: no limit (streamed)."""

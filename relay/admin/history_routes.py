@@ -41,10 +41,13 @@ def history_routes(queue: Queue) -> APIRouter:
         until: float | None = None,
         after: Annotated[str, Query(max_length=64)] = "",
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+        key: Annotated[str | None, Query(max_length=64)] = None,
     ) -> dict[str, Any]:
         """Events oldest first; `next` is the cursor for the events after these (pass it
-        as `after`; the same cursor again later gives what happened since)."""
-        wanted = EventFilter(message, recipient, tuple(type or ()), since, until, after, limit)
+        as `after`; the same cursor again later gives what happened since). `key`: only
+        mail submitted with that API key ("admin" for the admin token)."""
+        wanted = EventFilter(message, recipient, tuple(type or ()), since, until, after, limit,
+                             key)
         try:
             page = await queue.events(wanted)
         except ValueError:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Discriminator, Tag
 
 from relay.admin.errors import ApiError
 from relay.admin.idempotency import IdempotencyKeys
+from relay.admin.keys import caller_of
 from relay.cleanup import Cleanup, Origin
 from relay.compose import ComposeError, RawMessage, StructuredMessage, compose, raw_message
 from relay.errors import LocalFailure, Rejected
@@ -77,7 +78,7 @@ def send_routes(cleanup: Cleanup, keys: IdempotencyKeys, max_message_size: int) 
             queue_id = await cleanup.submit(
                 composed.mail_from, composed.recipients, composed.data,
                 Origin("HTTP", client), smtputf8=composed.smtputf8, idempotency=idempotency,
-                tracking=message.tracking())
+                tracking=message.tracking(api_key=caller_of(request).key_id))
         except Rejected as exc:
             field = "raw" if isinstance(message, RawMessage) else "text"
             raise ApiError(422, "rejected", str(exc.reply), field) from None

@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
+    from relay.queue.apikeys import ApiKey
     from relay.queue.events import EventFilter, EventPage, MessageHistory
     from relay.queue.webhooks import WebhookEndpoint, WebhookState
 
@@ -71,11 +72,13 @@ MAX_METADATA = 4096  # characters of JSON: an application's metadata for one mes
 @dataclass(frozen=True)
 class Tracking:
     """What a message's history keeps besides its envelope (queue.events): its subject
-    as written (RFC 2047 words undecoded), and the application's metadata and tags."""
+    as written (RFC 2047 words undecoded), the application's metadata and tags, and the
+    API key that submitted it."""
 
     subject: str = ""
     metadata: dict[str, Any] | None = None
     tags: tuple[str, ...] = ()
+    api_key: str = ""  # the id of the admin API key that submitted it; "" for SMTP
 
     def fields(self) -> dict[str, Any]:
         """As JSON fields (a queue file's envelope, a handoff request); none when empty."""
@@ -86,6 +89,8 @@ class Tracking:
             found["meta"] = self.metadata
         if self.tags:
             found["tags"] = list(self.tags)
+        if self.api_key:
+            found["key"] = self.api_key
         return found
 
     @classmethod
@@ -93,7 +98,7 @@ class Tracking:
         metadata = fields.get("meta")
         return cls(str(fields.get("subj", "")),
                    metadata if isinstance(metadata, dict) else None,
-                   tuple(map(str, fields.get("tags", ()))))
+                   tuple(map(str, fields.get("tags", ()))), str(fields.get("key", "")))
 
 
 NO_TRACKING = Tracking()
@@ -381,6 +386,17 @@ class Queue(MessageStore, Protocol):
         """Write the state while `owner` holds its lease; False when it does not."""
 
     async def enable_webhook(self, endpoint_id: str) -> bool: ...
+
+    # -- the admin API's keys (queue.apikeys) -------------------------------------------
+
+    async def api_keys(self) -> list[ApiKey]: ...
+
+    async def api_key(self, digest: str) -> ApiKey | None:
+        """The key with this SHA-256 digest (revoked ones too)."""
+
+    async def add_api_key(self, key: ApiKey) -> None: ...
+
+    async def revoke_api_key(self, key_id: str) -> bool: ...
 
 
 # Shared by the backends: SQL both dialects read alike, and their query results into the

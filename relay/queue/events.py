@@ -54,12 +54,14 @@ class Event:
     data: dict[str, Any]
     metadata: dict[str, Any] | None = None  # the message's, from its history
     tags: tuple[str, ...] = ()
+    api_key: str = ""  # the API key that submitted the message
     position: str = ""  # the backend's cursor just after this event (EventPage)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": event_id(self.id), "type": self.type.value, "at": self.at,
                 "message_id": self.message_id, "recipient": self.recipient,
-                "data": self.data, "metadata": self.metadata, "tags": list(self.tags)}
+                "data": self.data, "metadata": self.metadata, "tags": list(self.tags),
+                "api_key": self.api_key or None}
 
 
 def event_id(number: int) -> str:
@@ -79,6 +81,7 @@ class EventFilter:
     until: float | None = None
     after: str = ""
     limit: int = 100
+    api_key: str | None = None  # only messages submitted with this key
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ class MessageHistory:
     finished_at: float | None  # when it left the queue; None while it is queued
     metadata: dict[str, Any] | None
     tags: tuple[str, ...]
+    api_key: str
     recipients: list[RecipientTimeline] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -117,6 +121,7 @@ class MessageHistory:
             "size": self.size, "received_at": self.received_at,
             "finished_at": self.finished_at, "in_queue": self.finished_at is None,
             "metadata": self.metadata, "tags": list(self.tags),
+            "api_key": self.api_key or None,
             "recipients": [{"address": r.address, "state": r.state,
                             "events": [_timeline_entry(e) for e in r.events]}
                            for r in self.recipients]}
@@ -152,10 +157,10 @@ def metadata_json(metadata: dict[str, Any] | None) -> str | None:
 
 # Columns of an event row as both backends select them (events e joined to history h).
 EVENT_COLUMNS = ("e.id, e.type, e.at, e.message_id, e.recipient, e.data, h.metadata, "
-                 "h.tags")
+                 "h.tags, h.api_key")
 EVENT_FROM = "events e LEFT JOIN history h ON h.message_id = e.message_id"
 HISTORY_COLUMNS = ("message_id, mail_from, subject, size, received_at, finished_at, "
-                   "metadata, tags")
+                   "metadata, tags, api_key")
 
 
 def filter_sql(wanted: EventFilter, placeholder: Callable[[int], str],
@@ -178,6 +183,8 @@ def filter_sql(wanted: EventFilter, placeholder: Callable[[int], str],
         add("e.at >= {}", wanted.since)
     if wanted.until is not None:
         add("e.at < {}", wanted.until)
+    if wanted.api_key is not None:
+        add("h.api_key = {}", wanted.api_key)
     if wanted.types:
         marks = []
         for kind in wanted.types:
@@ -191,7 +198,7 @@ def event_of(row: Sequence[Any], position: str | None = None) -> Event:
     """A row of EVENT_COLUMNS; its position is its id unless the backend says otherwise."""
     return Event(int(row[0]), EventType(row[1]), float(row[2]), row[3], row[4],
                  json.loads(row[5]) if row[5] else {},
-                 json.loads(row[6]) if row[6] else None, _tags(row[7]),
+                 json.loads(row[6]) if row[6] else None, _tags(row[7]), row[8] or "",
                  str(row[0]) if position is None else position)
 
 
@@ -210,7 +217,7 @@ def history_of(row: Sequence[Any], events: Sequence[Event]) -> MessageHistory:
     return MessageHistory(row[0], row[1], decoded_subject(row[2]), int(row[3]),
                           float(row[4]), None if row[5] is None else float(row[5]),
                           json.loads(row[6]) if row[6] else None, _tags(row[7]),
-                          recipients)
+                          row[8] or "", recipients)
 
 
 def decoded_subject(raw: str) -> str:

@@ -29,7 +29,6 @@ import aiosqlite
 
 from relay.errors import LocalFailure
 from relay.queue import local_broadcasts as broadcasts
-from relay.queue import local_events, local_webhooks
 from relay.queue.base import (
     DELETABLE,
     FLUSHABLE,
@@ -60,23 +59,14 @@ from relay.queue.base import (
     summary_sql,
 )
 from relay.queue.events import (
-    EVENT_COLUMNS,
-    EVENT_FROM,
-    HISTORY_COLUMNS,
-    MAX_PAGE,
     OUTCOME_EVENT,
-    EventFilter,
-    EventPage,
     EventType,
-    MessageHistory,
-    event_of,
-    filter_sql,
-    history_of,
     outcome_data,
 )
 from relay.queue.groupcommit import GroupCommitter
 from relay.queue.local_events import add_events
 from relay.queue.local_index import open_index, recover
+from relay.queue.local_records import LocalRecords
 from relay.queue.local_sql import (
     IDS,
     delete_messages,
@@ -85,14 +75,6 @@ from relay.queue.local_sql import (
     insert_message,
 )
 from relay.queue.spoolfiles import Envelope, SpoolFiles, storage_failure
-from relay.queue.webhooks import (
-    ENDPOINT_COLUMNS,
-    STATE_COLUMNS,
-    WebhookEndpoint,
-    WebhookState,
-    endpoint_of,
-    state_of,
-)
 
 log = logging.getLogger("relay.queue")
 
@@ -104,7 +86,7 @@ _CLAIMABLE = "state IN ('queued', 'deferred', 'active')"  # active: once its lea
 DEFAULT_LEASE = 120.0
 
 
-class LocalQueue:
+class LocalQueue(LocalRecords):
     """Queue backend for one node: `spool/messages/<id>` files and `spool/index.sqlite3`."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time,
@@ -405,63 +387,6 @@ class LocalQueue:
             f"SELECT id FROM messages WHERE id IN {IDS} AND done = 0",
             [json.dumps(list(message_ids))])}
         return [message_id for message_id in message_ids if message_id not in found]
-
-    # -- what happened (queue.events) ---------------------------------------------------
-
-    async def history(self, message_id: str) -> MessageHistory | None:
-        rows = await self._read_all(
-            f"SELECT {HISTORY_COLUMNS} FROM history WHERE message_id = ?", [message_id])
-        if not rows:
-            return None
-        events = await self._read_all(
-            f"SELECT {EVENT_COLUMNS} FROM {EVENT_FROM} WHERE e.message_id = ? ORDER BY e.id",
-            [message_id])
-        return history_of(rows[0], [event_of(row) for row in events])
-
-    async def events(self, wanted: EventFilter) -> EventPage:
-        # One writer commits in id order: an id read is never followed by a smaller one.
-        if wanted.after and not wanted.after.isdigit():
-            raise ValueError("not a cursor of this queue")
-        after = int(wanted.after or 0)
-        where, params = filter_sql(wanted, lambda _: "?", ["e.id > ?"], [after])
-        rows = await self._read_all(
-            f"SELECT {EVENT_COLUMNS} FROM {EVENT_FROM} WHERE {where} ORDER BY e.id LIMIT ?",
-            [*params, min(wanted.limit, MAX_PAGE)])
-        found = [event_of(row) for row in rows]
-        return EventPage(found, str(found[-1].id) if found else str(after))
-
-    async def prune_history(self, before: float) -> int:
-        return int(await self._write(partial(local_events.prune, before), durable=False))
-
-    # -- webhooks (queue.local_webhooks) -----------------------------------------------
-
-    async def webhook_endpoints(self) -> list[WebhookEndpoint]:
-        return [endpoint_of(row) for row in await self._read_all(
-            f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id", [])]
-
-    async def add_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
-        await self._write(partial(local_webhooks.add_endpoint, endpoint))
-
-    async def remove_webhook_endpoint(self, endpoint_id: str) -> bool:
-        return bool(await self._write(partial(local_webhooks.remove_endpoint, endpoint_id)))
-
-    async def webhook_states(self) -> list[WebhookState]:
-        return [state_of(row) for row in await self._read_all(
-            f"SELECT {STATE_COLUMNS} FROM webhook_state ORDER BY endpoint", [])]
-
-    async def lease_webhook(self, endpoint_id: str, owner: str,
-                            seconds: float) -> WebhookState | None:
-        # Not fsynced: a cursor lost to a power cut only means sending events again.
-        now = self._clock()
-        return await self._write(partial(local_webhooks.lease, endpoint_id, owner, now,
-                                         now + seconds), durable=False)  # type: ignore[no-any-return]
-
-    async def save_webhook(self, state: WebhookState, owner: str) -> bool:
-        return bool(await self._write(partial(local_webhooks.save, state, owner),
-                                      durable=False))
-
-    async def enable_webhook(self, endpoint_id: str) -> bool:
-        return bool(await self._write(partial(local_webhooks.enable, endpoint_id)))
 
     # -- plumbing --------------------------------------------------------------------
 

@@ -23,8 +23,10 @@ CREATE TABLE IF NOT EXISTS history (
     received_at REAL NOT NULL,
     finished_at REAL,  -- when the message left the queue
     metadata TEXT,  -- JSON object
-    tags TEXT  -- JSON list
+    tags TEXT,  -- JSON list
+    api_key TEXT NOT NULL DEFAULT ''  -- the id of the API key that submitted it
 );
+CREATE INDEX IF NOT EXISTS history_by_key ON history(api_key) WHERE api_key != '';
 CREATE INDEX IF NOT EXISTS history_by_finish ON history(finished_at)
     WHERE finished_at IS NOT NULL;
 -- AUTOINCREMENT: an id is never used twice, even after pruning (it is the API's cursor).
@@ -53,9 +55,9 @@ def add_events(db: sqlite3.Connection, kind: EventType, now: float,
 def open_history(db: sqlite3.Connection, message_id: str, mail_from: str, size: int,
                  received_at: float, tracking: Tracking) -> None:
     db.execute("INSERT OR IGNORE INTO history (message_id, mail_from, subject, size, "
-               "received_at, metadata, tags) VALUES (?, ?, ?, ?, ?, ?, ?)",
+               "received_at, metadata, tags, api_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                (message_id, mail_from, tracking.subject, size, received_at,
-                metadata_json(tracking.metadata), tags_json(tracking.tags)))
+                metadata_json(tracking.metadata), tags_json(tracking.tags), tracking.api_key))
 
 
 def message_accepted(db: sqlite3.Connection, meta: MessageMeta, received_at: float,

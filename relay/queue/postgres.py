@@ -34,7 +34,6 @@ from relay.config import Rate
 from relay.errors import LocalFailure
 from relay.queue import postgres_broadcasts as broadcasts
 from relay.queue import postgres_events as events
-from relay.queue import postgres_webhooks as webhooks
 from relay.queue.base import (
     DELETABLE,
     FLUSHABLE,
@@ -63,16 +62,8 @@ from relay.queue.base import (
     summary_sql,
 )
 from relay.queue.events import (
-    EVENT_COLUMNS,
-    EVENT_FROM,
-    HISTORY_COLUMNS,
     OUTCOME_EVENT,
-    EventFilter,
-    EventPage,
     EventType,
-    MessageHistory,
-    event_of,
-    history_of,
     outcome_data,
 )
 from relay.queue.postgres_groupcommit import GroupCommit, message_commits, remember_answer
@@ -86,15 +77,8 @@ from relay.queue.postgres_pool import (
     describe,
     node_name,
 )
+from relay.queue.postgres_records import PostgresRecords
 from relay.queue.postgres_schema import migrate
-from relay.queue.webhooks import (
-    ENDPOINT_COLUMNS,
-    STATE_COLUMNS,
-    WebhookEndpoint,
-    WebhookState,
-    endpoint_of,
-    state_of,
-)
 
 log = logging.getLogger("relay.queue")
 
@@ -132,7 +116,7 @@ class BodyCache:
                 self._size -= len(body)
 
 
-class PostgresQueue:
+class PostgresQueue(PostgresRecords):
     """Queue backend for a cluster: every table in one PostgreSQL database."""
 
     def __init__(self, dsn: str, lease: float = DEFAULT_LEASE, owner: str | None = None,
@@ -446,58 +430,6 @@ class PostgresQueue:
         found = {row[0] for row in await self._fetch(
             "SELECT id FROM messages WHERE id = ANY($1::text[])", list(message_ids))}
         return [message_id for message_id in message_ids if message_id not in found]
-
-    # -- what happened (queue.postgres_events) -----------------------------------------
-
-    async def history(self, message_id: str) -> MessageHistory | None:
-        async with self._connection() as connection:
-            row = await connection.fetchrow(
-                f"SELECT {HISTORY_COLUMNS} FROM history WHERE message_id = $1", message_id)
-            if row is None:
-                return None
-            rows = await connection.fetch(
-                f"SELECT {EVENT_COLUMNS} FROM {EVENT_FROM} WHERE e.message_id = $1 "
-                "ORDER BY e.id", message_id)
-        return history_of(row, [event_of(r) for r in rows])
-
-    async def events(self, wanted: EventFilter) -> EventPage:
-        async with self._connection() as connection:
-            return await events.page(connection, wanted)
-
-    async def prune_history(self, before: float) -> int:
-        async with self._transaction() as connection:
-            return await events.prune(connection, before)
-
-    # -- webhooks (queue.postgres_webhooks) --------------------------------------------
-
-    async def webhook_endpoints(self) -> list[WebhookEndpoint]:
-        return [endpoint_of(row) for row in await self._fetch(
-            f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id")]
-
-    async def add_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
-        async with self._transaction() as connection:
-            await webhooks.add_endpoint(connection, endpoint)
-
-    async def remove_webhook_endpoint(self, endpoint_id: str) -> bool:
-        async with self._transaction() as connection:
-            return await webhooks.remove_endpoint(connection, endpoint_id)
-
-    async def webhook_states(self) -> list[WebhookState]:
-        return [state_of(row) for row in await self._fetch(
-            f"SELECT {STATE_COLUMNS} FROM webhook_state ORDER BY endpoint")]
-
-    async def lease_webhook(self, endpoint_id: str, owner: str,
-                            seconds: float) -> WebhookState | None:
-        async with self._transaction() as connection:
-            return await webhooks.lease(connection, endpoint_id, owner, seconds)
-
-    async def save_webhook(self, state: WebhookState, owner: str) -> bool:
-        async with self._connection() as connection:
-            return await webhooks.save(connection, state, owner)
-
-    async def enable_webhook(self, endpoint_id: str) -> bool:
-        async with self._connection() as connection:
-            return await webhooks.enable(connection, endpoint_id)
 
     # -- broadcasts (queue.postgres_broadcasts) -------------------------------------
 

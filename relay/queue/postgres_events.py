@@ -59,12 +59,12 @@ async def open_histories(connection: asyncpg.Connection,
     """History rows of new messages: (id, sender, size, tracking) each."""
     await connection.execute(
         "INSERT INTO history (message_id, mail_from, subject, size, received_at, metadata, "
-        f"tags) SELECT i, f, s, n, {NOW}, m, t FROM unnest($1::text[], $2::text[], "
-        "$3::text[], $4::integer[], $5::text[], $6::text[]) AS x(i, f, s, n, m, t) "
-        "ON CONFLICT DO NOTHING",
+        f"tags, api_key) SELECT i, f, s, n, {NOW}, m, t, k FROM unnest($1::text[], "
+        "$2::text[], $3::text[], $4::integer[], $5::text[], $6::text[], $7::text[]) "
+        "AS x(i, f, s, n, m, t, k) ON CONFLICT DO NOTHING",
         [m[0] for m in messages], [m[1] for m in messages], [m[3].subject for m in messages],
         [m[2] for m in messages], [metadata_json(m[3].metadata) for m in messages],
-        [tags_json(m[3].tags) for m in messages])
+        [tags_json(m[3].tags) for m in messages], [m[3].api_key for m in messages])
 
 
 async def finish_history(connection: asyncpg.Connection, message_ids: Sequence[str]) -> None:
@@ -85,7 +85,7 @@ async def page(connection: asyncpg.Connection, wanted: EventFilter) -> EventPage
     rows = await connection.fetch(
         f"SELECT {EVENT_COLUMNS}, e.tx::text FROM {EVENT_FROM} WHERE {where} "
         f"ORDER BY e.tx, e.id LIMIT ${len(params)}", *params)
-    found = [event_of(row, f"{row[8]}.{row[0]}") for row in rows]
+    found = [event_of(row, f"{row[9]}.{row[0]}") for row in rows]
     return EventPage(found, found[-1].position if found else wanted.after)
 
 

@@ -105,8 +105,10 @@ MIGRATIONS: list[str] = [
         received_at double precision NOT NULL,
         finished_at double precision,
         metadata text,
-        tags text
+        tags text,
+        api_key text NOT NULL DEFAULT ''
     );
+    CREATE INDEX history_by_key ON history (api_key) WHERE api_key <> '';
     CREATE INDEX history_by_finish ON history (finished_at) WHERE finished_at IS NOT NULL;
     CREATE TABLE events (
         id bigserial PRIMARY KEY,
@@ -140,6 +142,18 @@ MIGRATIONS: list[str] = [
         disabled_at double precision,
         owner text,
         lease_until double precision NOT NULL DEFAULT 0
+    );
+    """,
+    # 6: the admin API's keys (queue.apikeys).
+    """
+    CREATE TABLE api_keys (
+        id text PRIMARY KEY,
+        name text NOT NULL,
+        digest text NOT NULL UNIQUE,
+        scopes text NOT NULL,
+        rate_limit text NOT NULL DEFAULT '',
+        created_at double precision NOT NULL,
+        revoked_at double precision
     );
     """,
 ]

@@ -19,6 +19,7 @@ import trustme
 
 from relay import config as config_module
 from relay.config import split_hostport
+from relay.webhooks import new_secret
 from tests.acceptance.conftest import MakeRelay
 from tests.support.client import message, send_blocking
 from tests.support.dns_server import DnsServer
@@ -26,6 +27,7 @@ from tests.support.policy_server import PolicyServer, server_context
 from tests.support.process import RelayProcess, relayctl, relayctl_path
 from tests.support.relayconf import write_relay_config
 from tests.support.sink import Sink
+from tests.support.webhook_receiver import WebhookReceiver
 
 
 def smtp_port(config: Path) -> int:
@@ -461,3 +463,42 @@ def test_relayctl_mta_sts(dns_server: DnsServer, mx_port: int, tmp_path: Path,
             "  MX mx.elsewhere.test: does not match: not used"]
     finally:
         server.stop()
+
+
+def test_webhook_events_survive_a_kill_9(relay_process: MakeRelay, dns_server: DnsServer,
+                                         make_sink: Callable[..., Sink],
+                                         tmp_path: Path) -> None:
+    """The receiver answers 500 while the relay takes and delivers mail, the relay is
+    killed, restarted, and the receiver comes back: every event of every message arrives
+    (some twice, never one id with two bodies), signed."""
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    secret = new_secret()
+    (tmp_path / "webhook.secret").write_text(secret)
+    receiver = WebhookReceiver(secret)
+    receiver.failing = True
+    try:
+        relay = relay_process(webhooks=[{
+            "url": receiver.url, "secret_file": "webhook.secret", "min_backoff": "0.1s",
+            "max_backoff": "0.5s", "events": ["accepted", "delivered"]}]).start()
+        count = 8
+        for n in range(count):
+            send_blocking(smtp_port(relay.config), "app@sender.test", [f"u{n}@example.test"],
+                          message(subject=f"n{n}"))
+        sink.wait_for(count)
+        receiver.wait_for(lambda r: r.refused >= 2)
+        relay.kill()
+        receiver.failing = False
+        relay.start()
+
+        def everything(r: WebhookReceiver) -> bool:
+            seen = {(e["type"], e["data"]["recipient"]) for e in r.events()}
+            return all((kind, f"u{n}@example.test") in seen
+                       for kind in ("accepted", "delivered") for n in range(count))
+
+        receiver.wait_for(everything)
+        assert receiver.bad_signatures == 0
+        assert all(len(bodies) == 1 for bodies in receiver.bodies.values())
+        assert relay.stop() == 0
+    finally:
+        receiver.stop()

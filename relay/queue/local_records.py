@@ -1,0 +1,139 @@
+"""queue.local_records: what the local backend keeps besides the mail itself, for
+LocalQueue: message histories and events (queue.local_events), webhook endpoints and
+their delivery state (queue.local_webhooks), and the admin API's keys."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from relay.queue import local_events, local_webhooks
+from relay.queue.apikeys import COLUMNS as KEY_COLUMNS
+from relay.queue.apikeys import ApiKey, key_of, key_values
+from relay.queue.events import (
+    EVENT_COLUMNS,
+    EVENT_FROM,
+    HISTORY_COLUMNS,
+    MAX_PAGE,
+    EventFilter,
+    EventPage,
+    MessageHistory,
+    event_of,
+    filter_sql,
+    history_of,
+)
+from relay.queue.webhooks import (
+    ENDPOINT_COLUMNS,
+    STATE_COLUMNS,
+    WebhookEndpoint,
+    WebhookState,
+    endpoint_of,
+    state_of,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    digest TEXT NOT NULL UNIQUE,
+    scopes TEXT NOT NULL,  -- JSON list
+    rate_limit TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+"""
+
+
+class LocalRecords:
+    """The Queue methods of this module; LocalQueue provides the plumbing."""
+
+    _clock: Any
+
+    async def _write(self, op: Any, durable: bool = True) -> Any:
+        raise NotImplementedError
+
+    async def _read_all(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        raise NotImplementedError
+
+    # -- what happened (queue.events) ---------------------------------------------------
+
+    async def history(self, message_id: str) -> MessageHistory | None:
+        rows = await self._read_all(
+            f"SELECT {HISTORY_COLUMNS} FROM history WHERE message_id = ?", [message_id])
+        if not rows:
+            return None
+        events = await self._read_all(
+            f"SELECT {EVENT_COLUMNS} FROM {EVENT_FROM} WHERE e.message_id = ? ORDER BY e.id",
+            [message_id])
+        return history_of(rows[0], [event_of(row) for row in events])
+
+    async def events(self, wanted: EventFilter) -> EventPage:
+        # One writer commits in id order: an id read is never followed by a smaller one.
+        if wanted.after and not wanted.after.isdigit():
+            raise ValueError("not a cursor of this queue")
+        after = int(wanted.after or 0)
+        where, params = filter_sql(wanted, lambda _: "?", ["e.id > ?"], [after])
+        rows = await self._read_all(
+            f"SELECT {EVENT_COLUMNS} FROM {EVENT_FROM} WHERE {where} ORDER BY e.id LIMIT ?",
+            [*params, min(wanted.limit, MAX_PAGE)])
+        found = [event_of(row) for row in rows]
+        return EventPage(found, str(found[-1].id) if found else str(after))
+
+    async def prune_history(self, before: float) -> int:
+        return int(await self._write(partial(local_events.prune, before), durable=False))
+
+    # -- webhooks (queue.local_webhooks) -----------------------------------------------
+
+    async def webhook_endpoints(self) -> list[WebhookEndpoint]:
+        return [endpoint_of(row) for row in await self._read_all(
+            f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id", [])]
+
+    async def add_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        await self._write(partial(local_webhooks.add_endpoint, endpoint))
+
+    async def remove_webhook_endpoint(self, endpoint_id: str) -> bool:
+        return bool(await self._write(partial(local_webhooks.remove_endpoint, endpoint_id)))
+
+    async def webhook_states(self) -> list[WebhookState]:
+        return [state_of(row) for row in await self._read_all(
+            f"SELECT {STATE_COLUMNS} FROM webhook_state ORDER BY endpoint", [])]
+
+    async def lease_webhook(self, endpoint_id: str, owner: str,
+                            seconds: float) -> WebhookState | None:
+        # Not fsynced: a cursor lost to a power cut only means sending events again.
+        now = self._clock()
+        return await self._write(partial(local_webhooks.lease, endpoint_id, owner, now,
+                                         now + seconds), durable=False)  # type: ignore[no-any-return]
+
+    async def save_webhook(self, state: WebhookState, owner: str) -> bool:
+        return bool(await self._write(partial(local_webhooks.save, state, owner),
+                                      durable=False))
+
+    async def enable_webhook(self, endpoint_id: str) -> bool:
+        return bool(await self._write(partial(local_webhooks.enable, endpoint_id)))
+
+    # -- the admin API's keys (queue.apikeys) -------------------------------------------
+
+    async def api_keys(self) -> list[ApiKey]:
+        return [key_of(row) for row in await self._read_all(
+            f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id", [])]
+
+    async def api_key(self, digest: str) -> ApiKey | None:
+        rows = await self._read_all(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE digest = ?",
+                                    [digest])
+        return key_of(rows[0]) if rows else None
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        await self._write(partial(_execute, f"INSERT INTO api_keys ({KEY_COLUMNS}) "
+                                  "VALUES (?, ?, ?, ?, ?, ?, ?)", key_values(key)))
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        return bool(await self._write(partial(
+            _execute, "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (self._clock(), key_id))))
+
+
+def _execute(sql: str, params: Sequence[Any], db: sqlite3.Connection) -> int:
+    return db.execute(sql, params).rowcount

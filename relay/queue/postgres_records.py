@@ -1,0 +1,121 @@
+"""queue.postgres_records: what the cluster backend keeps besides the mail itself, for
+PostgresQueue: message histories and events (queue.postgres_events), webhook endpoints and
+their delivery state (queue.postgres_webhooks), and the admin API's keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from relay.queue import postgres_events as events
+from relay.queue import postgres_webhooks as webhooks
+from relay.queue.apikeys import COLUMNS as KEY_COLUMNS
+from relay.queue.apikeys import ApiKey, key_of, key_values
+from relay.queue.events import (
+    EVENT_COLUMNS,
+    EVENT_FROM,
+    HISTORY_COLUMNS,
+    EventFilter,
+    EventPage,
+    MessageHistory,
+    event_of,
+    history_of,
+)
+from relay.queue.postgres_pool import NOW, count_of
+from relay.queue.webhooks import (
+    ENDPOINT_COLUMNS,
+    STATE_COLUMNS,
+    WebhookEndpoint,
+    WebhookState,
+    endpoint_of,
+    state_of,
+)
+
+
+class PostgresRecords:
+    """The Queue methods of this module; PostgresQueue provides the plumbing."""
+
+    def _connection(self) -> Any:
+        raise NotImplementedError
+
+    def _transaction(self) -> Any:
+        raise NotImplementedError
+
+    async def _fetch(self, sql: str, *params: Any) -> list[asyncpg.Record]:
+        raise NotImplementedError
+
+    async def _execute(self, sql: str, *params: Any) -> str:
+        raise NotImplementedError
+
+    # -- what happened (queue.postgres_events) -----------------------------------------
+
+    async def history(self, message_id: str) -> MessageHistory | None:
+        async with self._connection() as connection:
+            row = await connection.fetchrow(
+                f"SELECT {HISTORY_COLUMNS} FROM history WHERE message_id = $1", message_id)
+            if row is None:
+                return None
+            rows = await connection.fetch(
+                f"SELECT {EVENT_COLUMNS} FROM {EVENT_FROM} WHERE e.message_id = $1 "
+                "ORDER BY e.id", message_id)
+        return history_of(row, [event_of(r) for r in rows])
+
+    async def events(self, wanted: EventFilter) -> EventPage:
+        async with self._connection() as connection:
+            return await events.page(connection, wanted)
+
+    async def prune_history(self, before: float) -> int:
+        async with self._transaction() as connection:
+            return await events.prune(connection, before)
+
+    # -- webhooks (queue.postgres_webhooks) --------------------------------------------
+
+    async def webhook_endpoints(self) -> list[WebhookEndpoint]:
+        return [endpoint_of(row) for row in await self._fetch(
+            f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id")]
+
+    async def add_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        async with self._transaction() as connection:
+            await webhooks.add_endpoint(connection, endpoint)
+
+    async def remove_webhook_endpoint(self, endpoint_id: str) -> bool:
+        async with self._transaction() as connection:
+            return await webhooks.remove_endpoint(connection, endpoint_id)
+
+    async def webhook_states(self) -> list[WebhookState]:
+        return [state_of(row) for row in await self._fetch(
+            f"SELECT {STATE_COLUMNS} FROM webhook_state ORDER BY endpoint")]
+
+    async def lease_webhook(self, endpoint_id: str, owner: str,
+                            seconds: float) -> WebhookState | None:
+        async with self._transaction() as connection:
+            return await webhooks.lease(connection, endpoint_id, owner, seconds)
+
+    async def save_webhook(self, state: WebhookState, owner: str) -> bool:
+        async with self._connection() as connection:
+            return await webhooks.save(connection, state, owner)
+
+    async def enable_webhook(self, endpoint_id: str) -> bool:
+        async with self._connection() as connection:
+            return await webhooks.enable(connection, endpoint_id)
+
+    # -- the admin API's keys (queue.apikeys) -------------------------------------------
+
+    async def api_keys(self) -> list[ApiKey]:
+        return [key_of(row) for row in await self._fetch(
+            f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id")]
+
+    async def api_key(self, digest: str) -> ApiKey | None:
+        rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE digest = $1",
+                                 digest)
+        return key_of(rows[0]) if rows else None
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        await self._execute(f"INSERT INTO api_keys ({KEY_COLUMNS}) "
+                            "VALUES ($1, $2, $3, $4, $5, $6, $7)", *key_values(key))
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        return count_of(await self._execute(
+            f"UPDATE api_keys SET revoked_at = {NOW} WHERE id = $1 AND revoked_at IS NULL",
+            key_id)) > 0
