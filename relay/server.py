@@ -33,7 +33,7 @@ from relay.policy import Policies, load_policies
 from relay.queue import Queue, QueueStats, State
 from relay.queue.local import LocalQueue
 from relay.queue.postgres import PostgresQueue
-from relay.queue.postgres_pool import database_dsn, node_name, where
+from relay.queue.postgres_pool import database_dsn, where
 from relay.ratelimit import SlidingWindow
 from relay.reload import reload
 from relay.scheduler import Scheduler
@@ -88,7 +88,8 @@ class Relay:
         token = load_or_create_token(config.admin_token_path, create=not config.admin.token_file)
         hooks = configured_endpoints(config)  # their secrets, read before anything starts
         await self.queue.open()
-        owner = self.queue.owner if isinstance(self.queue, PostgresQueue) else node_name()
+        # One relay owns a local spool (its lock): whatever it leased before a crash is its.
+        owner = self.queue.owner if isinstance(self.queue, PostgresQueue) else "local"
         self._webhooks = WebhookDispatcher(self.queue, hooks, owner, self.metrics)
         await self._webhooks.prepare()
         hostname = config.server.hostname

@@ -2,7 +2,8 @@
 (as Postfix keeps postqueue, postsuper and postcat apart from its daemons).
 
 `main.py` is the command group with serve, config, db and hash-password; each topic has
-a module of its own (queue, send, broadcast and suppression, keys, mta_sts); `client.py`
+a module of its own (queue, history and events, send, broadcast and suppression,
+keys, mta_sts, integrations: API keys and webhooks); `client.py`
 talks to the running relay's admin API and `support.py` holds what every command shares.
 """
 

@@ -14,6 +14,7 @@ import click
 from relay.cli.broadcast import broadcast, suppression
 from relay.cli.configuration import config_group
 from relay.cli.history import events, history_command
+from relay.cli.integrations import apikey, webhooks
 from relay.cli.keys import dkim, pgp
 from relay.cli.mta_sts import mta_sts
 from relay.cli.queue import queue
@@ -85,6 +86,8 @@ main.add_command(config_group)
 main.add_command(queue)
 queue.add_command(history_command)
 main.add_command(events)
+main.add_command(apikey)
+main.add_command(webhooks)
 main.add_command(send)
 main.add_command(broadcast)
 main.add_command(suppression)

@@ -502,3 +502,41 @@ def test_webhook_events_survive_a_kill_9(relay_process: MakeRelay, dns_server: D
         assert relay.stop() == 0
     finally:
         receiver.stop()
+
+
+def test_relayctl_apikey_and_webhooks(relay_process: MakeRelay) -> None:
+    relay = relay_process().start()
+    made = relayctl(relay.config, "apikey", "create", "billing app", "--scope", "send",
+                    "--scope", "read", "--rate", "100/m")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert key.startswith("rk_") and "not shown again" in made.stderr
+    [line] = relayctl(relay.config, "apikey", "list").stdout.splitlines()
+    key_id = line.split()[0]
+    assert "active" in line and "send,read" in line and key not in line
+    sent = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+         f"Authorization: Bearer {key}", "-H", "Content-Type: application/json", "-d",
+         '{"from": "app@sender.test", "to": ["a@example.test"], "text": "x"}',
+         f"{admin_url(relay.config)}/v1/messages"], capture_output=True, text=True,
+        check=False)
+    assert sent.stdout == "202"
+    assert relayctl(relay.config, "apikey", "revoke", key_id).returncode == 0
+    assert "revoked" in relayctl(relay.config, "apikey", "list").stdout
+    again = relayctl(relay.config, "apikey", "revoke", key_id)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1
+
+    added = relayctl(relay.config, "webhooks", "add", "http://127.0.0.1:9/hooks",
+                     "--event", "bounced")
+    assert added.returncode == 0 and added.stdout.startswith("whsec_")
+    [hook] = relayctl(relay.config, "webhooks", "list").stdout.splitlines()
+    assert "bounced" in hook and "http://127.0.0.1:9/hooks" in hook
+    hook_id = hook.split()[0]
+    assert relayctl(relay.config, "webhooks", "remove", hook_id).returncode == 0
+    assert relayctl(relay.config, "webhooks", "list").stdout == ""
+    assert relay.stop() == 0
+
+
+def admin_url(config: Path) -> str:
+    host, port = split_hostport(config_module.load(config).admin.listen)
+    return f"http://{host}:{port}"
