@@ -54,7 +54,9 @@ def test_the_readme_curl_examples_run_as_written(relay_process: MakeRelay,
                    '{"held":1,"missing":[]}', '{"released":1,"missing":[]}',
                    '{"deleted":1,"missing":[]}', '"state":"cancelled"', '{"added":true}',
                    '{"removed":true}', 'relay_queue_recipients{state="deferred"}',
-                   "Subject: Hello", "event: status"):
+                   "Subject: Hello", "event: status", '"in_queue":false', '"type":"deleted"',
+                   '"type":"accepted"', '"http://127.0.0.1:9/hooks"', '{"removed":1}',
+                   '"name":"dashboard"', '{"revoked":1}'):
         assert answer in ran.stdout, answer
     assert (tmp_path / "openapi.json").stat().st_size > 1000
     assert relay.stop() == 0
