@@ -64,8 +64,8 @@ class Metrics:
             "relay_webhook_events_dropped", "Events given up on after failing for "
             "give_up_after, per endpoint.", ["endpoint"], registry=registry)
         self.webhook_pending = Gauge(
-            "relay_webhook_pending_events", "Events waiting for an endpoint (at most one "
-            "batch is counted), per endpoint.", ["endpoint"], registry=registry)
+            "relay_webhook_pending_events", "Events waiting for an endpoint (counted every "
+            "10 s, up to 100,000), per endpoint.", ["endpoint"], registry=registry)
         self.webhook_oldest = Gauge(
             "relay_webhook_oldest_pending_age_seconds", "Age of the oldest event waiting for "
             "an endpoint.", ["endpoint"], registry=registry)

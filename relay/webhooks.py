@@ -50,6 +50,8 @@ LEASE = 30.0  # seconds a node holds an endpoint without renewing
 POLL_INTERVAL = 1.0  # seconds between looks for new events
 REFRESH_INTERVAL = 5.0  # seconds between looks for endpoints added or removed by the API
 REQUEST_TIMEOUT = 10.0  # seconds a POST may take
+PENDING_INTERVAL = 10.0  # seconds between counts of an endpoint's pending events
+PENDING_CAP = 100_000  # counted up to this many
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ class WebhookDispatcher:
         self._serving: dict[str, asyncio.Task[None]] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
+        self._counted: dict[str, float] = {}  # endpoint: when its pending events were counted
 
     async def prepare(self) -> None:
         """Give every endpoint of relay.toml its place in the events, before mail flows:
@@ -224,9 +227,13 @@ class WebhookDispatcher:
         now = self._clock()
         if state.next_attempt_at > now:
             return min(state.next_attempt_at - now, LEASE / 3)
-        page = await self._queue.events(EventFilter(types=endpoint.events, after=state.cursor,
-                                                    limit=schedule.max_in_flight))
-        self._metrics.webhook_pending.labels(label).set(len(page.events))
+        wanted = EventFilter(types=endpoint.events, after=state.cursor,
+                             limit=schedule.max_in_flight)
+        page = await self._queue.events(wanted)
+        if now - self._counted.get(label, 0.0) >= PENDING_INTERVAL or not page.events:
+            self._counted[label] = now
+            self._metrics.webhook_pending.labels(label).set(
+                await self._queue.count_events(wanted, PENDING_CAP) if page.events else 0)
         if not page.events:
             self._metrics.webhook_oldest.labels(label).set(0)
             return self._poll

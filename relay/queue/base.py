@@ -362,6 +362,9 @@ class Queue(MessageStore, Protocol):
     async def events(self, wanted: EventFilter) -> EventPage:
         """Events matching `wanted`, oldest first, at most `wanted.limit`."""
 
+    async def count_events(self, wanted: EventFilter, cap: int) -> int:
+        """How many events match `wanted` (its limit aside), counting up to `cap`."""
+
     async def prune_history(self, before: float) -> int:
         """Remove up to PRUNE_BATCH rows of history and events of messages that left the
         queue before `before`; never anything of a message still queued. How many."""

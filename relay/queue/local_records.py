@@ -70,16 +70,18 @@ class LocalRecords:
         return history_of(rows[0], [event_of(row) for row in events])
 
     async def events(self, wanted: EventFilter) -> EventPage:
-        # One writer commits in id order: an id read is never followed by a smaller one.
-        if wanted.after and not wanted.after.isdigit():
-            raise ValueError("not a cursor of this queue")
-        after = int(wanted.after or 0)
-        where, params = filter_sql(wanted, lambda _: "?", ["e.id > ?"], [after])
+        where, params = _event_where(wanted)
         rows = await self._read_all(
             f"SELECT {EVENT_COLUMNS} FROM {EVENT_FROM} WHERE {where} ORDER BY e.id LIMIT ?",
             [*params, min(wanted.limit, MAX_PAGE)])
         found = [event_of(row) for row in rows]
-        return EventPage(found, str(found[-1].id) if found else str(after))
+        return EventPage(found, found[-1].position if found else str(params[0]))
+
+    async def count_events(self, wanted: EventFilter, cap: int) -> int:
+        where, params = _event_where(wanted)
+        rows = await self._read_all(f"SELECT COUNT(*) FROM (SELECT 1 FROM {EVENT_FROM} "
+                                    f"WHERE {where} LIMIT ?)", [*params, cap])
+        return int(rows[0][0])
 
     async def prune_history(self, before: float) -> int:
         return int(await self._write(partial(local_events.prune, before), durable=False))
@@ -133,6 +135,14 @@ class LocalRecords:
         return bool(await self._write(partial(
             _execute, "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
             (self._clock(), key_id))))
+
+
+def _event_where(wanted: EventFilter) -> tuple[str, list[Any]]:
+    """One writer commits in id order: an id read is never followed by a smaller one, so
+    the cursor is the last id."""
+    if wanted.after and not wanted.after.isdigit():
+        raise ValueError("not a cursor of this queue")
+    return filter_sql(wanted, lambda _: "?", ["e.id > ?"], [int(wanted.after or 0)])
 
 
 def _execute(sql: str, params: Sequence[Any], db: sqlite3.Connection) -> int:

@@ -76,11 +76,7 @@ async def finish_history(connection: asyncpg.Connection, message_ids: Sequence[s
 
 
 async def page(connection: asyncpg.Connection, wanted: EventFilter) -> EventPage:
-    after_tx, after_id = _cursor(wanted.after)
-    where, params = filter_sql(
-        wanted, lambda n: f"${n}",
-        ["(e.tx, e.id) > ($1::text::xid8, $2::bigint)",
-         "e.tx < pg_snapshot_xmin(pg_current_snapshot())"], [after_tx, after_id])
+    where, params = _where(wanted)
     params.append(min(wanted.limit, MAX_PAGE))
     rows = await connection.fetch(
         f"SELECT {EVENT_COLUMNS}, e.tx::text FROM {EVENT_FROM} WHERE {where} "
@@ -88,6 +84,21 @@ async def page(connection: asyncpg.Connection, wanted: EventFilter) -> EventPage
     found = [event_of(row, f"{row[9]}.{row[0]}") for row in rows]
     return EventPage(found, found[-1].position if found else wanted.after)
 
+
+
+async def count(connection: asyncpg.Connection, wanted: EventFilter, cap: int) -> int:
+    """How many events `page` would go through, counting at most `cap`."""
+    where, params = _where(wanted)
+    return int(await connection.fetchval(
+        f"SELECT COUNT(*) FROM (SELECT 1 FROM {EVENT_FROM} WHERE {where} "
+        f"LIMIT ${len(params) + 1}) AS found", *params, cap))
+
+
+def _where(wanted: EventFilter) -> tuple[str, list[Any]]:
+    after_tx, after_id = _cursor(wanted.after)
+    return filter_sql(wanted, lambda n: f"${n}",
+                      ["(e.tx, e.id) > ($1::text::xid8, $2::bigint)",
+                       "e.tx < pg_snapshot_xmin(pg_current_snapshot())"], [after_tx, after_id])
 
 
 def _cursor(text: str) -> tuple[str, int]:

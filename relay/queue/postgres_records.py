@@ -65,6 +65,10 @@ class PostgresRecords:
         async with self._connection() as connection:
             return await events.page(connection, wanted)
 
+    async def count_events(self, wanted: EventFilter, cap: int) -> int:
+        async with self._connection() as connection:
+            return await events.count(connection, wanted, cap)
+
     async def prune_history(self, before: float) -> int:
         async with self._transaction() as connection:
             return await events.prune(connection, before)

@@ -4,6 +4,7 @@ in its history and events."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -21,8 +22,10 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("POST", "/v1/broadcasts", BROADCAST, "broadcast"),
     ("POST", "/v1/broadcasts/NOSUCH/cancel", None, "broadcast"),
     ("GET", "/v1/broadcasts/NOSUCH", None, "read"),
+    ("GET", "/v1/broadcasts/NOSUCH/events", None, "read"),
     ("GET", "/v1/queue", None, "read"),
     ("GET", "/v1/queue/summary", None, "read"),
+    ("GET", "/v1/queue/NOSUCH", None, "read"),
     ("GET", "/v1/messages/NOSUCH", None, "read"),
     ("GET", "/v1/events", None, "read"),
     ("GET", "/v1/suppressions", None, "read"),
@@ -30,13 +33,23 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/metrics", None, "read"),
     ("GET", "/v1/queue/NOSUCH/message", None, "admin"),
     ("POST", "/v1/queue/flush", {"all": True}, "admin"),
+    ("POST", "/v1/queue/requeue", {"ids": ["NOSUCH"]}, "admin"),
+    ("POST", "/v1/queue/hold", {"ids": ["NOSUCH"]}, "admin"),
+    ("POST", "/v1/queue/release", {"ids": ["NOSUCH"]}, "admin"),
+    ("POST", "/v1/queue/delete", {"ids": ["NOSUCH"]}, "admin"),
     ("POST", "/v1/queue/NOSUCH/hold", None, "admin"),
+    ("POST", "/v1/queue/NOSUCH/release", None, "admin"),
     ("DELETE", "/v1/queue/NOSUCH", None, "admin"),
     ("POST", "/v1/suppressions", {"address": "s@example.test"}, "admin"),
+    ("DELETE", "/v1/suppressions/NOSUCH", None, "admin"),
     ("POST", "/v1/webhooks", {"url": "http://127.0.0.1:9/"}, "admin"),
+    ("DELETE", "/v1/webhooks/NOSUCH", None, "admin"),
+    ("POST", "/v1/webhooks/NOSUCH/enable", None, "admin"),
     ("GET", "/v1/apikeys", None, "admin"),
     ("POST", "/v1/apikeys", {"name": "x", "scopes": ["read"]}, "admin"),
+    ("DELETE", "/v1/apikeys/NOSUCH", None, "admin"),
 ]
+OPEN_ROUTES = {("GET", "/healthz")}  # no token at all
 SCOPES = ["send", "broadcast", "read", "admin"]
 
 
@@ -58,6 +71,20 @@ def with_key(relay: RunningRelay, key: str) -> httpx.AsyncClient:
 @pytest.fixture
 async def relay(start_relay: StartRelay) -> RunningRelay:
     return await start_relay()
+
+
+def templated(path: str) -> str:
+    return re.sub(r"/NOSUCH(?=/|$)", "/{id}", path)
+
+
+async def test_every_route_has_a_row_in_the_table(relay: RunningRelay) -> None:
+    """A new route must be added to ROUTES, which says which scope it needs."""
+    async with relay.http() as client:
+        paths = (await client.get("/openapi.json")).json()["paths"]
+    served = {(method.upper(), re.sub(r"\{[a-z_]+\}", "{id}", path))
+              for path, methods in paths.items() for method in methods}
+    listed = {(method, templated(path)) for method, path, _, _ in ROUTES}
+    assert served - OPEN_ROUTES == listed
 
 
 async def test_each_scope_reaches_its_routes_only(relay: RunningRelay) -> None:

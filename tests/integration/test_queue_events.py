@@ -4,9 +4,11 @@ a real PostgreSQL for the second."""
 from __future__ import annotations
 
 import json
+import time
 
 import asyncpg
 
+from relay.history import HistoryPruner
 from relay.queue import NewMessage, Queue, Selection, State, Tracking, new_queue_id
 from relay.queue.events import EventFilter, EventType
 from relay.queue.postgres import PostgresQueue
@@ -72,6 +74,9 @@ async def test_a_message_history_and_timelines_outlive_it(queue: Queue) -> None:
     assert await all_events(queue, types=(EventType.DELIVERED, EventType.BOUNCED)) == [
         ("delivered", "b@example.test"), ("bounced", "a@example.test")]
     assert await queue.history("nosuchmessage") is None
+    assert await queue.count_events(EventFilter(), 100) == 6
+    assert await queue.count_events(EventFilter(), 4) == 4  # counted up to the cap
+    assert await queue.count_events(EventFilter(types=(EventType.BOUNCED,)), 100) == 1
 
 
 async def test_operator_commands_are_events(queue: Queue) -> None:
@@ -106,6 +111,21 @@ async def test_pruning_removes_only_what_left_the_queue(queue: Queue) -> None:
     assert kept is not None and kept.finished_at is None
     assert [e.type.value for e in kept.recipients[0].events] == ["accepted"]
     assert await queue.get_message(waiting.id) is not None
+
+
+async def test_the_pruner_removes_what_is_past_retention(queue: Queue) -> None:
+    finished = tracked("d@example.test")
+    await queue.store(finished)
+    [claim] = await queue.claim_due(10)
+    await queue.record([outcome(claim, State.DELIVERED)])
+    await queue.store(tracked("w@example.test"))
+    now = [time.time()]
+    pruner = HistoryPruner(queue, retention=3600, clock=lambda: now[0])
+    assert await pruner.prune_now() == 0  # delivered a moment ago: kept
+    now[0] += 3601
+    assert await pruner.prune_now() == 3  # two events and the history row
+    assert await queue.history(finished.id) is None
+    assert (await queue.events(EventFilter())).events[0].recipient == "w@example.test"
 
 
 async def test_broadcast_recipients_have_events(queue: Queue) -> None:

@@ -6,6 +6,7 @@ endpoints (/v1/webhooks)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,9 @@ async def test_every_event_arrives_signed_through_a_failing_receiver(
     ids = await send(relay, 5)
     await asyncio.to_thread(sink.wait_for, 5)  # mail goes out whatever the webhooks do
     await asyncio.to_thread(receiver.wait_for, lambda r: r.refused >= 3)
+    async with relay.http() as client:
+        waiting = (await client.get("/metrics")).text
+    assert re.search(r'relay_webhook_pending_events\{endpoint="cfg_\w+"\} (\d+)', waiting)
     receiver.failing = False
     await asyncio.to_thread(receiver.wait_for, lambda r: len(r.bodies) >= 10)
 
