@@ -3,8 +3,8 @@ the Standard Webhooks specification, at least once, without ever holding up mail
 
 Endpoints come from `[[webhooks]]` in relay.toml and from `POST /v1/webhooks`. Each one
 is served by one node at a time (its state's lease, queue.webhooks), in event order: a
-batch of up to `max_in_flight` events is POSTed at once, the cursor moves past the
-leading ones the endpoint answered with 2xx, and the rest is sent again after a growing
+batch of events is POSTed, `max_in_flight` at once, the cursor moves past the leading
+ones the endpoint answered with 2xx, and the rest is sent again after a growing
 delay (min_backoff doubling to max_backoff), so one event can arrive more than once,
 always with the same `webhook-id` and body. An event that keeps failing for
 `give_up_after` is dropped (logged, counted); an endpoint that answers nothing but
@@ -50,6 +50,7 @@ LEASE = 30.0  # seconds a node holds an endpoint without renewing
 POLL_INTERVAL = 1.0  # seconds between looks for new events
 REFRESH_INTERVAL = 5.0  # seconds between looks for endpoints added or removed by the API
 REQUEST_TIMEOUT = 10.0  # seconds a POST may take
+BATCH = 100  # events read at a time (sent max_in_flight at once)
 PENDING_INTERVAL = 10.0  # seconds between counts of an endpoint's pending events
 PENDING_CAP = 100_000  # counted up to this many
 
@@ -153,6 +154,15 @@ def advance(state: WebhookState, sent: Sequence[Event], delivered: Sequence[bool
 
 # -- delivery ----------------------------------------------------------------------------
 
+@dataclass
+class _Held:
+    """An endpoint's state as this node last leased or saved it."""
+
+    state: WebhookState | None = None
+    leased_at: float = 0.0  # time.monotonic() of the last lease
+
+
+
 class WebhookDispatcher:
     def __init__(self, queue: Queue, configured: list[tuple[WebhookEndpoint, Schedule]],
                  owner: str, metrics: Metrics, clock: Callable[[], float] = time.time,
@@ -208,27 +218,33 @@ class WebhookDispatcher:
 
     async def _serve(self, endpoint: WebhookEndpoint, schedule: Schedule) -> None:
         trouble = Trouble(f"delivering events to webhook {endpoint.id}", log)
+        held = _Held()
         while True:
             try:
-                pause = await self._round(endpoint, schedule)
+                pause = await self._round(endpoint, schedule, held)
                 trouble.succeeded()
             except Exception as exc:  # the queue cannot be read or written now
+                held.state = None  # read it again with the lease
                 pause = trouble.failed(exc)
             await asyncio.sleep(pause)
 
-    async def _round(self, endpoint: WebhookEndpoint, schedule: Schedule) -> float:
+    async def _round(self, endpoint: WebhookEndpoint, schedule: Schedule,
+                     held: _Held) -> float:
         """Send the next batch if it is due; how long to wait before the next round."""
-        state = await self._queue.lease_webhook(endpoint.id, self._owner, LEASE)
         label = endpoint.id
+        if held.state is None or time.monotonic() - held.leased_at > LEASE / 3:
+            held.state = await self._queue.lease_webhook(endpoint.id, self._owner, LEASE)
+            held.leased_at = time.monotonic()
+        state = held.state
         if state is None or state.disabled_at is not None:  # another node's, or disabled
             self._metrics.webhook_disabled.labels(label).set(state is not None)
+            held.state = None
             return LEASE / 3
         self._metrics.webhook_disabled.labels(label).set(0)
         now = self._clock()
         if state.next_attempt_at > now:
             return min(state.next_attempt_at - now, LEASE / 3)
-        wanted = EventFilter(types=endpoint.events, after=state.cursor,
-                             limit=schedule.max_in_flight)
+        wanted = EventFilter(types=endpoint.events, after=state.cursor, limit=BATCH)
         page = await self._queue.events(wanted)
         if now - self._counted.get(label, 0.0) >= PENDING_INTERVAL or not page.events:
             self._counted[label] = now
@@ -238,36 +254,48 @@ class WebhookDispatcher:
             self._metrics.webhook_oldest.labels(label).set(0)
             return self._poll
         self._metrics.webhook_oldest.labels(label).set(max(0.0, now - page.events[0].at))
-        failures = await asyncio.gather(*(self._post(endpoint, e) for e in page.events))
+        in_flight = asyncio.Semaphore(schedule.max_in_flight)
+        failures = await asyncio.gather(*(self._post(endpoint, e, in_flight)
+                                          for e in page.events))
         delivered = [failure is None for failure in failures]
         result = advance(state, page.events, delivered, self._clock(), schedule)
-        if state.failing_since is None and result.state.failing_since is not None:
+        self._report(endpoint, schedule, state, result, failures)
+        saved = await self._queue.save_webhook(result.state, self._owner)
+        held.state = result.state if saved else None  # not saved: the lease went elsewhere
+        return 0.0 if all(delivered) else self._poll
+
+    def _report(self, endpoint: WebhookEndpoint, schedule: Schedule, before: WebhookState,
+                result: Advance, failures: Sequence[str | None]) -> None:
+        """Log lines and metrics for a change: failing, answering again, an event given
+        up on, the endpoint disabled."""
+        if before.failing_since is None and result.state.failing_since is not None:
             log.warning("webhook %s (%s) failing: %s; retrying with backoff", endpoint.id,
                         endpoint.url, next(f for f in failures if f is not None))
-        elif state.failing_since is not None and result.state.failing_since is None:
+        elif before.failing_since is not None and result.state.failing_since is None:
             log.warning("webhook %s (%s) answers again", endpoint.id, endpoint.url)
         if result.dropped is not None:
-            self._metrics.webhook_dropped.labels(label).inc()
+            self._metrics.webhook_dropped.labels(endpoint.id).inc()
             log.error("webhook %s: event %s given up on after failing for %.0fs", endpoint.id,
                       event_id(result.dropped.id), schedule.give_up_after)
         if result.disabled:
             log.error("webhook %s (%s) disabled: no 2xx answer for %.0fs; enable it with "
                       "relayctl webhooks enable %s", endpoint.id, endpoint.url,
                       schedule.disable_after, endpoint.id)
-        await self._queue.save_webhook(result.state, self._owner)
-        return 0.0 if all(delivered) else self._poll
 
-    async def _post(self, endpoint: WebhookEndpoint, event: Event) -> str | None:
+    async def _post(self, endpoint: WebhookEndpoint, event: Event,
+                    in_flight: asyncio.Semaphore) -> str | None:
         """POST one event; None when the endpoint took it (2xx), else why not."""
         assert self._http is not None
         body = payload(event)
-        message_id, stamp = event_id(event.id), int(self._clock())
-        headers = {"content-type": "application/json", "webhook-id": message_id,
-                   "webhook-timestamp": str(stamp),
-                   "webhook-signature": signature(endpoint.secret, message_id, stamp, body),
-                   "user-agent": "relay-webhooks"}
+        message_id = event_id(event.id)
         try:
-            response = await self._http.post(endpoint.url, content=body, headers=headers)
+            async with in_flight:
+                stamp = int(self._clock())
+                headers = {"content-type": "application/json", "webhook-id": message_id,
+                           "webhook-timestamp": str(stamp), "user-agent": "relay-webhooks",
+                           "webhook-signature": signature(endpoint.secret, message_id, stamp,
+                                                          body)}
+                response = await self._http.post(endpoint.url, content=body, headers=headers)
             failure = None if 200 <= response.status_code < 300 else (
                 f"HTTP {response.status_code}")
         except httpx.HTTPError as exc:
