@@ -17,7 +17,7 @@ import os
 import signal
 import time
 
-from relay.admin import AdminServer, Services, create_app
+from relay.admin.app import AdminServer, Services, create_app
 from relay.admin.token import load_or_create_token
 from relay.cleanup import Cleanup
 from relay.config import Config

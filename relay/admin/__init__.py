@@ -1,5 +1,5 @@
-"""admin: the HTTP API. `app` builds it and serves it; the routes live by topic."""
+"""admin: the HTTP API. `app` builds it and serves it; the routes live by topic.
 
-from relay.admin.app import AdminServer, Services, create_app
-
-__all__ = ["AdminServer", "Services", "create_app"]
+Nothing is imported here: relayctl needs `admin.token` alone, and FastAPI is a large
+import for a command that only makes one request.
+"""

@@ -8,6 +8,8 @@ Contract (DESIGN.md, "The queue contract"):
 - `record` applies delivery outcomes; a recipient becomes `delivered` only after the
   remote 250. A message whose recipients are all final leaves the queue with its body.
 - After a crash, `open` returns in-flight recipients to the queue (at-least-once).
+- Every change of a recipient's state writes its event (queue.events) in the transaction
+  that makes the change; a message's history outlives it for the retention time.
 """
 
 from __future__ import annotations

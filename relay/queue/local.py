@@ -1,11 +1,13 @@
 """queue.local: the embedded backend, message files under the spool plus a SQLite index.
 
-Write order for a new message (STYLE.md, "durable write order"): temp file, fsync, rename
-into messages/, then the fsync of the directory and the commit of the index row (WAL,
-synchronous=FULL) at the same time, and only once both are done does `store` return.
+A new message is durable once its queue file (envelope, message, completion mark) is
+fsynced under its final name (queue.spoolfiles, Postfix's rule); its index rows follow in
+the next group commit, and recovery indexes again a complete file the index lacks.
 Every index write goes through one group-committing writer thread; ingest worker
 processes write their files themselves and hand the rows to it (queue.handoff). Operator
-queries read through a separate aiosqlite connection.
+queries read through a separate aiosqlite connection. Every change of a recipient's state
+writes its event in the transaction that makes it (queue.local_events); histories,
+webhooks and API keys are in queue.local_records.
 
 The index's schema and the recovery that reconciles it with the files at start are in
 queue.local_index. Active recipients are leased (queue.base): for them next_attempt_at is

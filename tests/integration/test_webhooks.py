@@ -104,7 +104,7 @@ async def test_endpoints_added_through_the_api(start_relay: StartRelay, dns_serv
         bad = await client.post("/v1/webhooks", json={"url": "http://127.0.0.1:1/",
                                                       "events": ["opened"]})
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "events[0]"
-        added = await client.post("/v1/webhooks", json={"url": "http://placeholder/",
+        added = await client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/placeholder",
                                                         "events": ["delivered"]})
         assert added.status_code == 201, added.text
         created = added.json()
