@@ -14,10 +14,6 @@ from pydantic import BaseModel
 
 from relay.cli.support import config_option, load_config, one_line_errors
 from relay.config import Config, Rate, format_duration, parse_duration, resolve_paths
-from relay.delivery.client import relayhost_credentials
-from relay.delivery.mta_sts import trust_store
-from relay.listeners import ServerTls
-from relay.policy import load_policies
 
 MASK = "********"
 
@@ -33,6 +29,12 @@ def config_group() -> None:
 @one_line_errors
 def check(ctx: click.Context) -> None:
     """Validate relay.toml, the policies, and the files they name."""
+    # Imported here: they are large, and every other relayctl command would pay for them.
+    from relay.delivery.client import relayhost_credentials
+    from relay.delivery.mta_sts import trust_store
+    from relay.listeners import ServerTls
+    from relay.policy import load_policies
+
     config = load_config(ctx)
     load_policies(config.policies.path)
     ServerTls(config.smtp)  # loads the certificate and key, or says why not

@@ -12,8 +12,7 @@ from typing import Any
 
 import click
 
-from relay.cli.queue import date_of
-from relay.cli.support import admin_client, config_option, one_line_errors
+from relay.cli.support import admin_client, config_option, date_of, one_line_errors
 from relay.queue.events import MAX_PAGE, EventType
 
 FOLLOW_INTERVAL = 1.0  # seconds between polls with --follow

@@ -11,22 +11,26 @@ import sys
 
 import click
 
-from relay.cli.broadcast import broadcast, suppression
-from relay.cli.configuration import config_group
-from relay.cli.history import events, history_command
-from relay.cli.integrations import apikey, webhooks
-from relay.cli.keys import dkim, pgp
-from relay.cli.mta_sts import mta_sts
-from relay.cli.queue import queue
-from relay.cli.send import send
 from relay.cli.support import OneLineUsageErrors, config_option, load_config, one_line_errors
 from relay.errors import RelayError
-from relay.logsetup import configure_logging, event_loop_runner
-from relay.passwords import hash_password
-from relay.queue.postgres_pool import database_dsn, schema_status, where
+
+# Each topic's commands, imported when they run (cli.support.LazyCommands).
+TOPICS = {
+    "config": "relay.cli.configuration:config_group",
+    "queue": "relay.cli.queue:queue",
+    "events": "relay.cli.history:events",
+    "apikey": "relay.cli.integrations:apikey",
+    "webhooks": "relay.cli.integrations:webhooks",
+    "send": "relay.cli.send:send",
+    "broadcast": "relay.cli.broadcast:broadcast",
+    "suppression": "relay.cli.broadcast:suppression",
+    "dkim": "relay.cli.keys:dkim",
+    "pgp": "relay.cli.keys:pgp",
+    "mta-sts": "relay.cli.mta_sts:mta_sts",
+}
 
 
-@click.group(cls=OneLineUsageErrors)
+@click.group(cls=OneLineUsageErrors, lazy=TOPICS)
 @click.version_option(package_name="relay", prog_name="relayctl")
 @config_option
 def main() -> None:
@@ -39,6 +43,7 @@ def main() -> None:
 @one_line_errors
 def serve(ctx: click.Context) -> None:
     """Run the relay in the foreground."""
+    from relay.logsetup import configure_logging, event_loop_runner
     from relay.server import serve as run
 
     config = load_config(ctx)
@@ -62,6 +67,8 @@ def db_group() -> None:
 @one_line_errors
 def db_status(ctx: click.Context) -> None:
     """Say which schema version the queue database has."""
+    from relay.queue.postgres_pool import database_dsn, schema_status, where
+
     config = load_config(ctx)
     if config.queue.backend != "postgres":
         raise RelayError("db status: [queue] backend is local: there is no database")
@@ -76,21 +83,9 @@ def db_status(ctx: click.Context) -> None:
 @one_line_errors
 def hash_password_command() -> None:
     """Read a password on stdin and print its hash for policies/access.toml."""
+    from relay.passwords import hash_password
+
     password = sys.stdin.readline().rstrip("\r\n")
     if not password:
         raise RelayError("no password on standard input")
     click.echo(hash_password(password))
-
-
-main.add_command(config_group)
-main.add_command(queue)
-queue.add_command(history_command)
-main.add_command(events)
-main.add_command(apikey)
-main.add_command(webhooks)
-main.add_command(send)
-main.add_command(broadcast)
-main.add_command(suppression)
-main.add_command(dkim)
-main.add_command(pgp)
-main.add_command(mta_sts)

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from relay.cli.support import admin_client, config_option, one_line_errors
+from relay.cli.support import admin_client, config_option, date_of, one_line_errors
 from relay.errors import RelayError
 
 WAITING_STATES = ["queued", "active", "deferred", "held"]
@@ -241,6 +241,7 @@ def format_envelope(message: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def date_of(stamp: float | None) -> str:
-    return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M:%S %Z",
-                                                   time.localtime(stamp))
+# A queue command that lives in a module of its own (history and events).
+from relay.cli.history import history_command  # noqa: E402
+
+queue.add_command(history_command)

@@ -4,7 +4,9 @@ configuration and admin API client it names, and one-line errors with exit statu
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -18,7 +20,26 @@ from relay.errors import RelayError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class OneLineUsageErrors(click.Group):
+class LazyCommands(click.Group):
+    """A group whose commands are imported when they run (`lazy`: name -> "module:attr"):
+    `relayctl queue list` need not load the SMTP client, the DKIM signer and PostgreSQL's
+    driver first."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self._lazy and cmd_name not in self.commands:
+            module, _, attribute = self._lazy[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+class OneLineUsageErrors(LazyCommands):
     """A command group whose usage errors (a bad option value, a missing argument) are
     one line on stderr and exit status 2, like every other relayctl error, instead of
     click's usage block."""
@@ -70,3 +91,8 @@ def load_config(ctx: click.Context) -> Config:
 
 def admin_client(ctx: click.Context) -> AdminClient:
     return AdminClient.from_config(load_config(ctx))
+
+
+def date_of(stamp: float | None) -> str:
+    return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M:%S %Z",
+                                                   time.localtime(stamp))
