@@ -121,7 +121,6 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_by_message ON events (message_id, id);
     CREATE INDEX events_by_commit ON events (tx, id);
-    CREATE INDEX events_by_time ON events (at);
     """,
     # 5: webhook endpoints added through the API, and each endpoint's delivery state.
     """
