@@ -106,8 +106,10 @@ class LocalRecords:
                             seconds: float) -> WebhookState | None:
         # Not fsynced: a cursor lost to a power cut only means sending events again.
         now = self._clock()
-        return await self._write(partial(local_webhooks.lease, endpoint_id, owner, now,
-                                         now + seconds), durable=False)  # type: ignore[no-any-return]
+        leased: WebhookState | None = await self._write(
+            partial(local_webhooks.lease, endpoint_id, owner, now, now + seconds),
+            durable=False)
+        return leased
 
     async def save_webhook(self, state: WebhookState, owner: str) -> bool:
         return bool(await self._write(partial(local_webhooks.save, state, owner),
