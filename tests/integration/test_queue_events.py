@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import asyncpg
 
+from relay.admin.keys import digest_of, new_key
 from relay.history import HistoryPruner
 from relay.queue import NewMessage, Queue, Selection, State, Tracking, new_queue_id
+from relay.queue.apikeys import ApiScope
 from relay.queue.events import EventFilter, EventType
 from relay.queue.postgres import PostgresQueue
+from relay.queue.webhooks import WebhookEndpoint
 from tests.integration.test_queue_contract import outcome
 
 TRACKING = Tracking("=?utf-8?q?Caf=C3=A9?= news", {"user": 42}, ("welcome",))
@@ -171,3 +175,44 @@ async def test_a_page_never_skips_an_event_that_commits_later(postgres_dsn: str)
     finally:
         await slow.close()
         await cluster.close()
+
+
+async def test_api_keys_are_kept_as_digests_and_revoked(queue: Queue) -> None:
+    record, key = new_key("billing", (ApiScope.SEND, ApiScope.READ), "100/m")
+    await queue.add_api_key(record)
+    found = await queue.api_key(digest_of(key))
+    assert found is not None and found.scopes == (ApiScope.SEND, ApiScope.READ)
+    assert key not in json.dumps(found.to_json()) and found.rate_limit == "100/m"
+    assert await queue.api_key(digest_of(key + "x")) is None
+    assert await queue.revoke_api_key(record.id)
+    assert not await queue.revoke_api_key(record.id)  # once
+    revoked = await queue.api_key(digest_of(key))
+    assert revoked is not None and revoked.revoked_at is not None
+    assert [k.id for k in await queue.api_keys()] == [record.id]
+
+
+async def test_webhook_state_is_leased_to_one_owner(queue: Queue) -> None:
+    stored = tracked("a@example.test")
+    await queue.store(stored)  # before the endpoint: not its event
+    endpoint = WebhookEndpoint("wh_1", "http://127.0.0.1:9/", (EventType.DELIVERED,),
+                               "whsec_eA==", 1.0)
+    await queue.add_webhook_endpoint(endpoint)
+    assert [e.id for e in await queue.webhook_endpoints()] == ["wh_1"]
+    first = await queue.lease_webhook("wh_1", "node-a", 30)
+    assert first is not None and first.attempts == 0
+    assert await queue.lease_webhook("wh_1", "node-b", 30) is None  # node-a holds it
+    assert (await queue.events(EventFilter(after=first.cursor))).events == []
+    later = tracked("b@example.test")
+    await queue.store(later)
+    [event] = (await queue.events(EventFilter(after=first.cursor))).events
+    assert event.message_id == later.id
+    failing = replace(first, cursor=event.position, attempts=2, disabled_at=5.0)
+    assert await queue.save_webhook(failing, "node-a")
+    assert not await queue.save_webhook(first, "node-b")  # fenced
+    [state] = await queue.webhook_states()
+    assert (state.cursor, state.attempts, state.disabled_at) == (event.position, 2, 5.0)
+    assert await queue.enable_webhook("wh_1")
+    again = await queue.lease_webhook("wh_1", "node-a", 30)
+    assert again is not None and again.disabled_at is None and again.attempts == 0
+    assert await queue.remove_webhook_endpoint("wh_1")
+    assert await queue.webhook_endpoints() == [] and await queue.webhook_states() == []
