@@ -103,11 +103,25 @@ def read_secret(hook: WebhookSection) -> str:
     return secret
 
 
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be POSTed to (as httpx parses it), or None."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        return f"not a URL: {exc}"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return "not an http or https URL with a host"
+    return None
+
+
 def configured_endpoints(config: Config) -> list[tuple[WebhookEndpoint, Schedule]]:
     """[[webhooks]] of relay.toml; each is known by a digest of its URL, so its place in
     the events survives restarts and edits of its other keys."""
     found = []
     for hook in config.webhooks:
+        problem = url_problem(hook.url)
+        if problem is not None:
+            raise ConfigError(f"webhooks: url {hook.url!r}: {problem}")
         digest = hashlib.sha256(hook.url.encode()).hexdigest()[:16]
         endpoint = WebhookEndpoint(f"cfg_{digest}", hook.url,
                                    tuple(EventType(e) for e in hook.events),
@@ -298,7 +312,7 @@ class WebhookDispatcher:
                 response = await self._http.post(endpoint.url, content=body, headers=headers)
             failure = None if 200 <= response.status_code < 300 else (
                 f"HTTP {response.status_code}")
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         self._metrics.webhook_requests.labels(
             endpoint.id, "failed" if failure else "delivered").inc()

@@ -14,13 +14,13 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from relay.admin.errors import ApiError
 from relay.queue import Queue
 from relay.queue.events import EventType
 from relay.queue.webhooks import WebhookEndpoint
-from relay.webhooks import describe, new_secret
+from relay.webhooks import describe, new_secret, url_problem
 
 WebhookUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+\S*$", max_length=2000)]
 
@@ -30,6 +30,14 @@ class NewWebhook(BaseModel):
 
     url: WebhookUrl
     events: list[EventType] = Field(default=[], max_length=len(EventType))  # empty: all
+
+    @field_validator("url")
+    @classmethod
+    def _postable(cls, url: str) -> str:
+        problem = url_problem(url)
+        if problem is not None:
+            raise ValueError(problem)
+        return url
 
 
 def webhook_routes(queue: Queue, configured: list[WebhookEndpoint]) -> APIRouter:

@@ -142,7 +142,7 @@ class LocalRecords:
 def _event_where(wanted: EventFilter) -> tuple[str, list[Any]]:
     """One writer commits in id order: an id read is never followed by a smaller one, so
     the cursor is the last id."""
-    if wanted.after and not wanted.after.isdigit():
+    if wanted.after and not (wanted.after.isdigit() and len(wanted.after) < 19):
         raise ValueError("not a cursor of this queue")
     return filter_sql(wanted, lambda _: "?", ["e.id > ?"], [int(wanted.after or 0)])
 

@@ -65,7 +65,8 @@ async def test_history_of_smtp_and_api_mail_after_delivery(
 
         missing = await client.get("/v1/messages/nosuchid")
         assert missing.status_code == 404 and missing.json()["error"]["field"] == "id"
-        for params, field in (({"after": "x.y"}, "after"), ({"type": "opened"}, "type[0]"),
+        for params, field in (({"after": "x.y"}, "after"), ({"after": "9" * 40}, "after"),
+                              ({"type": "opened"}, "type[0]"),
                               ({"limit": "0"}, "limit")):
             bad = await client.get("/v1/events", params=params)
             assert bad.status_code == 422 and bad.json()["error"]["field"] == field, bad.text

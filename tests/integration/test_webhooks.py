@@ -99,8 +99,9 @@ async def test_endpoints_added_through_the_api(start_relay: StartRelay, dns_serv
     make_sink("127.0.0.2")
     relay = await start_relay()
     async with relay.http() as client:
-        bad = await client.post("/v1/webhooks", json={"url": "ftp://x", "events": []})
-        assert bad.status_code == 422 and bad.json()["error"]["field"] == "url"
+        for url in ("ftp://x", "http://[::1", "http://:80/"):
+            bad = await client.post("/v1/webhooks", json={"url": url, "events": []})
+            assert bad.status_code == 422 and bad.json()["error"]["field"] == "url", url
         bad = await client.post("/v1/webhooks", json={"url": "http://127.0.0.1:1/",
                                                       "events": ["opened"]})
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "events[0]"
