@@ -62,6 +62,11 @@ def show(ctx: click.Context, changed: bool) -> None:
     click.echo(f"# {config.source}, with RELAY_* overrides; secrets masked")
     for name in Config.model_fields:
         section = getattr(config, name)
+        if isinstance(section, list):  # [[webhooks]]: none by default, so always shown
+            for table in section:
+                click.echo(f"\n[[{name}]]\n" + "\n".join(
+                    f"{key} = {_toml(shown(table, key, value))}" for key, value in table))
+            continue
         if not isinstance(section, BaseModel):
             continue
         lines = [f"{key} = {_toml(shown(section, key, value))}"

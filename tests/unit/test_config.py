@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,27 @@ def test_a_bad_environment_override_is_blamed_on_its_variable(
     assert from_env.startswith("environment variable RELAY_SMTP__MAX_RECIPIENTS: "
                                "smtp.max_recipients: Input should be a valid integer")
     assert "abc" not in str(error.value)  # a value from the environment may be a secret
+
+
+def test_webhooks_are_configured_and_shown_as_an_array_of_tables(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from relay.cli import main
+
+    (tmp_path / "relay.toml").write_text(
+        '[[webhooks]]\nurl = "http://127.0.0.1:9/a"\nsecret_file = "a.secret"\n'
+        'events = ["delivered", "bounced"]\nmin_backoff = "2s"\n'
+        '[[webhooks]]\nurl = "https://hooks.example/b"\nsecret_file = "/etc/b.secret"\n')
+    loaded = config_module.load(tmp_path / "relay.toml")
+    assert [hook.url for hook in loaded.webhooks] == ["http://127.0.0.1:9/a",
+                                                      "https://hooks.example/b"]
+    assert loaded.webhooks[0].secret_file == str(tmp_path / "a.secret")  # resolved
+    shown = CliRunner().invoke(main, ["-c", str(tmp_path / "relay.toml"), "config", "show",
+                                      "-n"])
+    assert shown.exit_code == 0, shown.output
+    parsed = tomllib.loads(shown.output)
+    assert [hook["url"] for hook in parsed["webhooks"]] == [h.url for h in loaded.webhooks]
+    assert parsed["webhooks"][0]["min_backoff"] == "2s"
+    (tmp_path / "bad.toml").write_text('[[webhooks]]\nurl = "http://127.0.0.1:9/a"\n')
+    with pytest.raises(ConfigError, match="secret_file"):
+        config_module.load(tmp_path / "bad.toml")
