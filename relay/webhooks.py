@@ -176,7 +176,6 @@ class _Held:
     leased_at: float = 0.0  # time.monotonic() of the last lease
 
 
-
 class WebhookDispatcher:
     def __init__(self, queue: Queue, configured: list[tuple[WebhookEndpoint, Schedule]],
                  owner: str, metrics: Metrics, clock: Callable[[], float] = time.time,
