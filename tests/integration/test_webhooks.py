@@ -129,3 +129,4 @@ async def test_endpoints_added_through_the_api(start_relay: StartRelay, dns_serv
         missing = await client.delete("/v1/webhooks/wh_nosuch")
         assert missing.status_code == 404 and missing.json()["error"]["field"] == "id"
         assert (await client.post("/v1/webhooks/wh_nosuch/enable")).status_code == 404
+

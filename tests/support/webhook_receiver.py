@@ -34,6 +34,8 @@ class WebhookReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+        # A backlog for every request a relay may have in flight (the default is 5).
+        ThreadingHTTPServer.request_queue_size = 128
         self._server = ThreadingHTTPServer((host, 0), Handler)
         self.url = f"http://{host}:{self._server.server_address[1]}/hooks"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
