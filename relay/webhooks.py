@@ -195,7 +195,7 @@ class WebhookDispatcher:
         """Give every endpoint of relay.toml its place in the events, before mail flows:
         a new one gets every event from this start on."""
         for endpoint, _ in self._configured:
-            await self._queue.lease_webhook(endpoint.id, self._owner, LEASE)
+            await self._queue.start_webhook(endpoint.id)
 
     def start(self) -> None:
         self._http = httpx.AsyncClient(timeout=REQUEST_TIMEOUT, follow_redirects=False)

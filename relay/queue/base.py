@@ -382,10 +382,14 @@ class Queue(MessageStore, Protocol):
 
     async def webhook_states(self) -> list[WebhookState]: ...
 
+    async def start_webhook(self, endpoint_id: str) -> None:
+        """Give an endpoint of relay.toml its delivery state, if it has none: its events
+        are those that come after now (add_webhook_endpoint does this for the API's)."""
+
     async def lease_webhook(self, endpoint_id: str, owner: str,
                             seconds: float) -> WebhookState | None:
         """The endpoint's delivery state, leased to `owner` for `seconds`; None while
-        another owner holds it."""
+        another owner holds it, or when it has none."""
 
     async def save_webhook(self, state: WebhookState, owner: str) -> bool:
         """Write the state while `owner` holds its lease; False when it does not."""

@@ -102,6 +102,9 @@ class LocalRecords:
         return [state_of(row) for row in await self._read_all(
             f"SELECT {STATE_COLUMNS} FROM webhook_state ORDER BY endpoint", [])]
 
+    async def start_webhook(self, endpoint_id: str) -> None:
+        await self._write(partial(local_webhooks.start, endpoint_id), durable=False)
+
     async def lease_webhook(self, endpoint_id: str, owner: str,
                             seconds: float) -> WebhookState | None:
         # Not fsynced: a cursor lost to a power cut only means sending events again.

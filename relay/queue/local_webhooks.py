@@ -58,8 +58,8 @@ def remove_endpoint(endpoint_id: str, db: sqlite3.Connection) -> bool:
 
 def lease(endpoint_id: str, owner: str, now: float, until: float,
           db: sqlite3.Connection) -> WebhookState | None:
-    """The endpoint's state, leased to `owner`; None while another owner's lease runs."""
-    start(endpoint_id, db)
+    """The endpoint's state, leased to `owner`; None while another owner's lease runs, or
+    when it has none (removed: its last round must not bring the row back)."""
     row = db.execute(f"UPDATE webhook_state SET owner = ?, lease_until = ? WHERE endpoint = ? "
                      f"AND (owner = ? OR lease_until < ?) RETURNING {STATE_COLUMNS}",
                      (owner, until, endpoint_id, owner, now)).fetchone()

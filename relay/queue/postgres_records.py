@@ -91,6 +91,10 @@ class PostgresRecords:
         return [state_of(row) for row in await self._fetch(
             f"SELECT {STATE_COLUMNS} FROM webhook_state ORDER BY endpoint")]
 
+    async def start_webhook(self, endpoint_id: str) -> None:
+        async with self._connection() as connection:
+            await webhooks.start(connection, endpoint_id)
+
     async def lease_webhook(self, endpoint_id: str, owner: str,
                             seconds: float) -> WebhookState | None:
         async with self._transaction() as connection:

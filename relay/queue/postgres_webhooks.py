@@ -43,8 +43,8 @@ async def remove_endpoint(connection: asyncpg.Connection, endpoint_id: str) -> b
 
 async def lease(connection: asyncpg.Connection, endpoint_id: str, owner: str,
                 seconds: float) -> WebhookState | None:
-    """The endpoint's state, leased to `owner`; None while another node's lease runs."""
-    await start(connection, endpoint_id)
+    """The endpoint's state, leased to `owner`; None while another node's lease runs, or
+    when it has none (removed: its last round must not bring the row back)."""
     row = await connection.fetchrow(
         f"UPDATE webhook_state SET owner = $2, lease_until = {NOW} + $3 WHERE endpoint = $1 "
         f"AND (owner = $2 OR lease_until < {NOW}) RETURNING {STATE_COLUMNS}",

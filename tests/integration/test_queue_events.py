@@ -216,3 +216,6 @@ async def test_webhook_state_is_leased_to_one_owner(queue: Queue) -> None:
     assert again is not None and again.disabled_at is None and again.attempts == 0
     assert await queue.remove_webhook_endpoint("wh_1")
     assert await queue.webhook_endpoints() == [] and await queue.webhook_states() == []
+    # A round still under way for the removed endpoint does not bring its state back.
+    assert await queue.lease_webhook("wh_1", "node-a", 30) is None
+    assert await queue.webhook_states() == []
