@@ -33,6 +33,7 @@ from pydantic_settings import (
 )
 
 from relay.errors import ConfigError
+from relay.queue.events import EventType
 
 DEFAULT_LOCATIONS = (Path("relay.toml"), Path("/etc/relay/relay.toml"))
 
@@ -235,16 +236,12 @@ class HistorySection(_Section):
     retention: Duration = parse_duration("7d")  # message histories and events, after delivery
 
 
-WEBHOOK_EVENTS = ("accepted", "deferred", "delivered", "bounced", "suppressed", "cancelled",
-                  "held", "released", "requeued", "deleted")
-
-
 class WebhookSection(_Section):
     """One [[webhooks]] endpoint: every event of the listed types is POSTed to `url`,
     signed with the secret in `secret_file` (Standard Webhooks)."""
 
     url: str = Field(pattern=r"^https?://[^\s/]+")
-    events: list[Literal[WEBHOOK_EVENTS]] = []  # type: ignore[valid-type]  # empty: every type
+    events: list[EventType] = []  # empty: every type
     secret_file: str = ""
     max_in_flight: int = Field(4, ge=1, le=100)  # requests at once to this endpoint
     min_backoff: Duration = parse_duration("10s")  # after the first failure, doubling

@@ -39,7 +39,7 @@ from relay.config import Config, WebhookSection
 from relay.errors import ConfigError
 from relay.metrics import Metrics
 from relay.queue import Queue
-from relay.queue.events import Event, EventFilter, EventType, event_id
+from relay.queue.events import Event, EventFilter, event_id
 from relay.queue.webhooks import WebhookEndpoint, WebhookState
 from relay.trouble import Trouble
 
@@ -123,8 +123,7 @@ def configured_endpoints(config: Config) -> list[tuple[WebhookEndpoint, Schedule
         if problem is not None:
             raise ConfigError(f"webhooks: url {hook.url!r}: {problem}")
         digest = hashlib.sha256(hook.url.encode()).hexdigest()[:16]
-        endpoint = WebhookEndpoint(f"cfg_{digest}", hook.url,
-                                   tuple(EventType(e) for e in hook.events),
+        endpoint = WebhookEndpoint(f"cfg_{digest}", hook.url, tuple(hook.events),
                                    read_secret(hook), from_config=True)
         found.append((endpoint, Schedule(hook.max_in_flight, hook.min_backoff,
                                          hook.max_backoff, hook.give_up_after,

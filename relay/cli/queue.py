@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from relay.cli.history import history_command
 from relay.cli.support import admin_client, config_option, date_of, one_line_errors
 from relay.errors import RelayError
 
@@ -40,6 +41,9 @@ state_option = click.option(
 @click.group()
 def queue() -> None:
     """Inspect and manage the queue of the running relay."""
+
+
+queue.add_command(history_command)  # `queue history`: its module is cli.history
 
 
 @queue.command(name="list")
@@ -239,9 +243,3 @@ def format_envelope(message: dict[str, Any]) -> str:
               + (f", last reply: {r['last_reply']}" if r["last_reply"] else "") + ")"
               for r in message["recipients"]]
     return "\n".join(lines)
-
-
-# A queue command that lives in a module of its own (history and events).
-from relay.cli.history import history_command  # noqa: E402
-
-queue.add_command(history_command)

@@ -30,10 +30,6 @@ class ApiKey:
     created_at: float
     revoked_at: float | None = None
 
-    def allows(self, scope: ApiScope) -> bool:
-        return self.revoked_at is None and (scope in self.scopes or
-                                            ApiScope.ADMIN in self.scopes)
-
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "scopes": [s.value for s in self.scopes],
                 "rate_limit": self.rate_limit or None, "created_at": self.created_at,

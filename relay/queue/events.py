@@ -22,7 +22,6 @@ from typing import Any
 
 from relay.queue.base import Outcome, State
 
-DEFAULT_RETENTION = 7 * 24 * 3600.0
 PRUNE_BATCH = 1000  # rows a pruning transaction removes at most
 MAX_PAGE = 1000  # events one GET /v1/events returns at most
 
@@ -205,15 +204,12 @@ def event_of(row: Sequence[Any], position: str | None = None) -> Event:
 def history_of(row: Sequence[Any], events: Sequence[Event]) -> MessageHistory:
     """A row of HISTORY_COLUMNS and the message's events in order: timelines per
     recipient, in the order they were accepted."""
-    timelines: dict[str, RecipientTimeline] = {}
+    by_recipient: dict[str, list[Event]] = {}
     for event in events:
-        if not event.recipient:
-            continue
-        timeline = timelines.setdefault(event.recipient,
-                                        RecipientTimeline(event.recipient, event.type.value))
-        timeline.events.append(event)
-    recipients = [RecipientTimeline(t.address, t.events[-1].type.value, t.events)
-                  for t in timelines.values()]
+        if event.recipient:
+            by_recipient.setdefault(event.recipient, []).append(event)
+    recipients = [RecipientTimeline(address, mine[-1].type.value, mine)
+                  for address, mine in by_recipient.items()]
     return MessageHistory(row[0], row[1], decoded_subject(row[2]), int(row[3]),
                           float(row[4]), None if row[5] is None else float(row[5]),
                           json.loads(row[6]) if row[6] else None, _tags(row[7]),

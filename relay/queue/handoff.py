@@ -11,7 +11,7 @@ so processes never wait on each other's SQLite locks (measured: two writing proc
 slower than one, bench/README.md).
 
 Wire format, one JSON object per line. To index: {"id", "from", "rcpts", "size", "utf8",
-"at"} and the history's "subj", "meta", "tags" when there are any (no reply). A worker
+"at"} and the history's "subj", "meta", "tags", "key" when there are any (no reply). A worker
 announces that it listens with {"ready": true} (no reply), and asks for a rate-limit
 slot with {"id", "rate_key", "count", "window"} (reply {"id", "ok"}): the main process
 keeps the one window, so a user's limit holds across workers; with "peek": true it only

@@ -60,13 +60,9 @@ from relay.queue.base import (
     messages_with_recipients,
     summary_sql,
 )
-from relay.queue.events import (
-    OUTCOME_EVENT,
-    EventType,
-    outcome_data,
-)
+from relay.queue.events import EventType
 from relay.queue.groupcommit import GroupCommitter
-from relay.queue.local_events import add_events
+from relay.queue.local_events import add_events, add_outcome_events
 from relay.queue.local_index import open_index, recover
 from relay.queue.local_records import LocalRecords
 from relay.queue.local_sql import (
@@ -454,10 +450,7 @@ def _record(outcomes: Sequence[Outcome], unlinked: list[str], now: float,
     if len(applied) < len(outcomes):
         log.warning("%d delivery outcomes were for recipients claimed again, requeued or "
                     "deleted meanwhile: not recorded", len(outcomes) - len(applied))
-    db.executemany("INSERT INTO events (type, at, message_id, recipient, data) "
-                   "VALUES (?, ?, ?, ?, ?)",
-                   [(OUTCOME_EVENT[o.state].value, now, message_id, address, outcome_data(o))
-                    for o, message_id, address in applied])
+    add_outcome_events(db, now, applied)
     broadcasts.record([o for o, _, _ in applied], now, db)
     finished = finish_messages(sorted({message_id for _, message_id, _ in applied}), now, db)
     if unlinked:

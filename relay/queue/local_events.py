@@ -11,8 +11,15 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from relay.queue.base import MessageMeta, Tracking
-from relay.queue.events import PRUNE_BATCH, EventType, metadata_json, tags_json
+from relay.queue.base import MessageMeta, Outcome, Tracking
+from relay.queue.events import (
+    OUTCOME_EVENT,
+    PRUNE_BATCH,
+    EventType,
+    metadata_json,
+    outcome_data,
+    tags_json,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
@@ -48,9 +55,20 @@ EventRow = tuple[str, str, str | None]  # message id, recipient, data (JSON)
 
 def add_events(db: sqlite3.Connection, kind: EventType, now: float,
                rows: Iterable[EventRow]) -> None:
+    _insert(db, now, [(kind, m, r, d) for m, r, d in rows])
+
+
+def add_outcome_events(db: sqlite3.Connection, now: float,
+                       applied: Iterable[tuple[Outcome, str, str]]) -> None:
+    """An event for each delivery outcome applied: (outcome, message id, address)."""
+    _insert(db, now, [(OUTCOME_EVENT[o.state], m, r, outcome_data(o)) for o, m, r in applied])
+
+
+def _insert(db: sqlite3.Connection, now: float,
+            rows: list[tuple[EventType, str, str, str | None]]) -> None:
     db.executemany("INSERT INTO events (type, at, message_id, recipient, data) "
                    "VALUES (?, ?, ?, ?, ?)",
-                   [(kind.value, now, m, r, d) for m, r, d in rows])
+                   [(kind.value, now, m, r, d) for kind, m, r, d in rows])
 
 
 def open_history(db: sqlite3.Connection, message_id: str, mail_from: str, size: int,

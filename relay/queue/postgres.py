@@ -248,12 +248,13 @@ class PostgresQueue(PostgresRecords):
         if not claims:
             return
         async with self._transaction() as connection:
-            await connection.execute(
+            returned = count_of(await connection.execute(
                 f"UPDATE recipients r SET state = 'queued', next_attempt_at = {NOW}, "
                 "lease_owner = NULL FROM unnest($1::bigint[], $2::integer[]) AS c(id, attempt) "
                 "WHERE r.id = c.id AND r.attempts = c.attempt AND r.state = 'active'",
-                [c[0] for c in claims], [c[1] for c in claims])
-            await connection.execute(NOTIFY)
+                [c[0] for c in claims], [c[1] for c in claims]))
+            if returned:
+                await connection.execute(NOTIFY)
 
     async def next_due_at(self) -> float | None:
         found = await self._fetchval(

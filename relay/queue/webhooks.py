@@ -28,9 +28,6 @@ class WebhookEndpoint:
     created_at: float = 0.0
     from_config: bool = False  # [[webhooks]] in relay.toml; else added through the API
 
-    def wants(self, kind: EventType) -> bool:
-        return not self.events or kind in self.events
-
     def to_json(self) -> dict[str, Any]:
         """As the API lists it: never the secret."""
         return {"id": self.id, "url": self.url, "events": [e.value for e in self.events],
