@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from relay.addresses import address_problem
 from relay.queue import MAX_METADATA, Tracking
+from relay.queue.base import STREAM_PATTERN, TRANSACTIONAL
 
 # Headers the API sets itself, or that describe the MIME structure it builds.
 RESERVED_HEADERS = frozenset({
@@ -54,14 +55,17 @@ OneLine = Annotated[str, StringConstraints(pattern=ONE_LINE, max_length=998)]
 
 TagName = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,64}$")]
 MAX_TAGS = 20
+StreamName = Annotated[str, StringConstraints(pattern=STREAM_PATTERN)]
 
 
 class Tracked(BaseModel):
     """What an application may attach to a message for its history and events: a small
-    JSON object and a few tags (no spaces, up to 64 characters each)."""
+    JSON object and a few tags (no spaces, up to 64 characters each); and the stream it
+    belongs to, whose suppression list it obeys (lower case, digits, `.`, `_`, `-`)."""
 
     metadata: dict[str, Any] | None = None
     tags: list[TagName] = Field(default=[], max_length=MAX_TAGS)
+    stream: StreamName | None = None
 
     @field_validator("metadata")
     @classmethod
@@ -70,8 +74,11 @@ class Tracked(BaseModel):
             raise ValueError(f"metadata is over {MAX_METADATA} characters of JSON")
         return metadata
 
-    def tracking(self, subject: str = "", api_key: str = "") -> Tracking:
-        return Tracking(subject, self.metadata, tuple(self.tags), api_key)
+    def tracking(self, subject: str = "", api_key: str = "",
+                 stream: str = TRANSACTIONAL) -> Tracking:
+        """`stream`: the default when the request names none."""
+        return Tracking(subject, self.metadata, tuple(self.tags), api_key,
+                        self.stream or stream)
 
 
 class ComposeError(ValueError):

@@ -256,6 +256,28 @@ class WebhookSection(_Section):
         return self
 
 
+class BouncesSection(_Section):
+    # VERP return paths b-<token>@domain, and mail that comes back there (relay.feedback);
+    # empty: mail keeps the application's envelope sender.
+    domain: str = ""
+    notify_sender: bool = False  # the application's envelope sender gets DSNs as well
+    listen: list[ListenAddress] = []  # more SMTP listeners, e.g. ["0.0.0.0:25"]
+    secret_file: str = ""  # the key of its tokens; empty: <queue path>/feedback.key
+
+    @model_validator(mode="after")
+    def _domain_is_a_name(self) -> BouncesSection:
+        if self.domain and not re.fullmatch(r"(?i)[a-z0-9-]+(\.[a-z0-9-]+)+", self.domain):
+            raise ValueError(f"domain: {self.domain!r} is not a domain name")
+        return self
+
+
+class PublicSection(_Section):
+    # One-click unsubscribe (RFC 8058), nothing else; empty: broadcasts carry only the
+    # mailto form (with [bounces] domain).
+    listen: ListenAddress | Literal[""] = ""
+    url: str = Field("", pattern=r"^(https?://[^\s/]+(/\S*)?)?$")  # how recipients reach it
+
+
 class PoliciesSection(_Section):
     path: Path = Path("policies")
 
@@ -278,17 +300,34 @@ class Config(BaseSettings):
     admin: AdminSection = AdminSection()
     history: HistorySection = HistorySection()
     webhooks: list[WebhookSection] = []
+    bounces: BouncesSection = BouncesSection()
+    public: PublicSection = PublicSection()
     policies: PoliciesSection = PoliciesSection()
     log: LogSection = LogSection()
 
     # Where the file came from; relative paths were resolved against its directory.
     source: str = Field("(defaults)", exclude=True)
 
+    @model_validator(mode="after")
+    def _public_needs_bounces(self) -> Config:
+        if (self.public.listen or self.public.url) and not self.bounces.domain:
+            raise ValueError("public: one-click unsubscribe needs [bounces] domain (its "
+                             "tokens, and the mailto form of the link)")
+        if self.public.listen and not self.public.url:
+            raise ValueError("public.url: how recipients reach [public] listen is needed")
+        return self
+
     @property
     def admin_token_path(self) -> Path:
         if self.admin.token_file:
             return Path(self.admin.token_file)
         return self.queue.path / "admin.token"
+
+    @property
+    def feedback_key_path(self) -> Path:
+        if self.bounces.secret_file:
+            return Path(self.bounces.secret_file)
+        return self.queue.path / "feedback.key"
 
 
 def locate(explicit: str | Path | None) -> Path | None:
@@ -386,6 +425,9 @@ def resolve_paths(config: Config, base: Path, source: str) -> Config:
                 for k in ("relayhost_password_file", "ca_file") if getattr(config.delivery, k)}
     if delivery:
         update["delivery"] = config.delivery.model_copy(update=delivery)
+    if config.bounces.secret_file:
+        update["bounces"] = config.bounces.model_copy(
+            update={"secret_file": str(resolve(config.bounces.secret_file))})
     if config.admin.token_file:
         update["admin"] = config.admin.model_copy(
             update={"token_file": str(resolve(config.admin.token_file))})

@@ -182,7 +182,7 @@ class _Worker:
         store.alone = registry.alone
         handler = SubmissionHandler(Cleanup(store, config.server.hostname), config.smtp,
                                     lambda: self.policies.access, free_space=files.free_bytes,
-                                    rates=store)
+                                    rates=store, bounce_domain=config.bounces.domain)
         servers = await serve_listeners(handler, config.smtp, config.server.hostname,
                                         registry, self.sockets, self.tls)
         store.announce_ready()
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(config)
     try:
-        sockets = bind_listeners(config.smtp, shared=True)
+        sockets = bind_listeners(config.smtp, shared=True, more=config.bounces.listen)
     except OSError as exc:
         print(f"relay.ingest: cannot listen: {exc}", file=sys.stderr)
         return 2

@@ -57,17 +57,18 @@ class ListenSockets:
             sock.close()
 
 
-def bind_listeners(settings: SmtpSection, shared: bool = False,
-                   listen: bool = True) -> ListenSockets:
-    """Bind `listen` and `tls_listen`. `shared`: with SO_REUSEPORT, so that every ingest
-    worker listens on a socket of its own and the kernel spreads connections over them
+def bind_listeners(settings: SmtpSection, shared: bool = False, listen: bool = True,
+                   more: list[str] | None = None) -> ListenSockets:
+    """Bind `listen` and `tls_listen`, and `more` plain ones (`[bounces] listen`).
+    `shared`: with SO_REUSEPORT, so that every ingest worker listens on a socket of its
+    own and the kernel spreads connections over them
     (one shared socket wakes every worker for every connection). The main process binds
     the same addresses without listening: a busy port is its clean error at start."""
 
     def bind(address: str) -> socket.socket:
         return bind_tcp(address, "smtp", reuse_port=shared, backlog=1024 if listen else None)
 
-    return ListenSockets([bind(a) for a in settings.listen],
+    return ListenSockets([bind(a) for a in settings.listen + (more or [])],
                          [bind(a) for a in settings.tls_listen])
 
 

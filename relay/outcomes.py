@@ -39,8 +39,12 @@ _STATUS_WORD = {State.DELIVERED: "sent", State.DEFERRED: "deferred", State.BOUNC
 
 class OutcomeRecorder:
     def __init__(self, queue: Queue, cleanup: Cleanup, hostname: str, policy: RetrySection,
-                 metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
+                 metrics: Metrics, clock: Callable[[], float] = time.time,
+                 notify_sender: bool = True) -> None:
         self._queue = queue
+        # False with a bounce domain whose notify_sender is off: the application learns
+        # of bounces from events, not DSNs.
+        self._notify_sender = notify_sender
         self._metrics = metrics
         self._cleanup = cleanup
         self._hostname = hostname
@@ -57,7 +61,8 @@ class OutcomeRecorder:
         dsn = None
         # A broadcast's bounces are counted in its status and suppress the address for
         # later broadcasts; a DSN per bounced recipient would flood the sender.
-        if bounced and job.broadcast is None and bounce.should_bounce(job.mail_from):
+        if (bounced and job.broadcast is None and self._notify_sender
+                and bounce.should_bounce(job.mail_from)):
             dsn = self._build_dsn(job, bounced, body, now)
         for verdict in verdicts:
             self._log(job, verdict, now)
@@ -100,7 +105,8 @@ class OutcomeRecorder:
         return _Verdict(attempt, answer, Outcome(
             claim.recipient_id, claim.attempts, state, str(answer), retry_at,
             broadcast=job.broadcast is not None,
-            relay="" if attempt.relay == "none" else attempt.relay, tls=attempt.tls))
+            relay="" if attempt.relay == "none" else attempt.relay, tls=attempt.tls,
+            suppressed=attempt.suppressed, return_path=job.verp))
 
     def _build_dsn(self, job: Job, bounced: list[_Verdict], body: bytes, now: float) -> bytes:
         failed = [

@@ -82,6 +82,7 @@ DNS_TEMPFAIL = Reply(451, "4.4.3", "Temporary failure looking up the recipient d
 NO_MX_ADDRESS = Reply(451, "4.4.4", "No address found for any MX host of the recipient domain")
 NO_ROUTE = Reply(451, "4.4.1", "No answer from any host of the recipient domain")
 EXPIRED = Reply(554, "5.4.7", "Delivery time expired")
+SUPPRESSED = Reply(550, "5.7.1", "Not sent: the recipient is on the suppression list")
 PGP_KEY_MISSING = Reply(554, "5.7.1", "No valid PGP key for this recipient, and its rule "
                                       "requires encryption")
 SIGNING_FAILED = Reply(451, "4.3.0", "DKIM signing failed; the message stays queued")
@@ -90,3 +91,6 @@ UNRENDERABLE = Reply(554, "5.6.0", "The broadcast template could not be rendered
 SMTPUTF8_UNSUPPORTED = Reply(553, "5.6.7", "Remote server does not support SMTPUTF8")
 TLS_UNAVAILABLE = Reply(451, "4.7.5", "TLS is required but the remote server does not offer it")
 MTA_STS_NO_MX = Reply(451, "4.7.5", "No MX host of the recipient domain matches its MTA-STS policy")
+# Mail that came back to the bounce domain (relay.feedback): taken in, never bounced.
+FEEDBACK_RECORDED = Reply(250, "2.0.0", "Feedback recorded")
+FEEDBACK_DROPPED = Reply(250, "2.0.0", "Matched no message sent from here: dropped")

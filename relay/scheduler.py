@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -31,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from relay import reply
-from relay.delivery import RELAYHOST, Attempt, DeliveryAgent, DestinationSession, Job
+from relay.delivery import RELAYHOST, Attempt, DeliveryAgent, Job, Transport
 from relay.delivery.transform import Transform
 from relay.errors import LocalFailure
 from relay.outcomes import OutcomeRecorder
@@ -346,13 +347,18 @@ class Scheduler:
             log.exception("%s: left active until its lease expires", job.message_id)
         return []
 
-    async def _deliver(self, session: DestinationSession, job: Job) -> list[Attempt]:
+    async def _deliver(self, session: Transport, job: Job) -> list[Attempt]:
         try:
             body = (await self._queue.read_body(job.message_id)
                     if self._transform.needs_stored_body(job) else b"")
         except FileNotFoundError:
             log.info("%s: deleted while queued for delivery", job.message_id)
             return []
+        if any(r.suppressed for r in job.recipients):
+            rest = await self._settle_suppressed(job, body)
+            if rest is None:
+                return []
+            job = rest
         try:
             job, body = await self._transform.prepare(job, body)
         except LocalFailure as exc:  # signing failed: deferred, never sent unsigned
@@ -366,6 +372,16 @@ class Scheduler:
         attempts = await session.deliver(job, body)
         await self._recorder.settle(job, attempts, body)
         return attempts
+
+    async def _settle_suppressed(self, job: Job, body: bytes) -> Job | None:
+        """Recipients on the suppression list of their message's stream are not sent to:
+        they bounce as suppressed (event `suppressed`). The job of the others, if any."""
+        suppressed = tuple(r for r in job.recipients if r.suppressed)
+        await self._recorder.settle(
+            dataclasses.replace(job, recipients=suppressed),
+            [Attempt(r, reply.SUPPRESSED, "none", suppressed=True) for r in suppressed], body)
+        rest = tuple(r for r in job.recipients if not r.suppressed)
+        return dataclasses.replace(job, recipients=rest) if rest else None
 
     async def _settle_all(self, job: Job, verdict: Reply, body: bytes) -> None:
         """Every recipient of `job` settled with one local reply; no connection was made."""

@@ -24,6 +24,9 @@ from relay.config import Config
 from relay.delivery import DeliveryAgent, NextHops, relayhost_credentials
 from relay.delivery.mta_sts import StrictTransport
 from relay.delivery.transform import Transform
+from relay.feedback import configured_tokens
+from relay.feedback.intake import FeedbackIntake
+from relay.feedback.unsubscribe import create_public_app
 from relay.history import HistoryPruner
 from relay.ingest import IngestWorkers
 from relay.listeners import ListenSockets, ServerTls, bind_listeners, serve_listeners
@@ -74,6 +77,7 @@ class Relay:
         self._ingest: IngestWorkers | None = None  # or by worker processes
         self._sessions = SessionRegistry()
         self._admin: AdminServer | None = None
+        self._public: AdminServer | None = None  # one-click unsubscribe
         self._scheduler: Scheduler | None = None
         self._pruner = HistoryPruner(self.queue, config.history.retention)
         self._webhooks: WebhookDispatcher | None = None
@@ -87,6 +91,7 @@ class Relay:
         config.queue.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         token = load_or_create_token(config.admin_token_path, create=not config.admin.token_file)
         hooks = configured_endpoints(config)  # their secrets, read before anything starts
+        tokens = configured_tokens(config)
         await self.queue.open()
         # One relay owns a local spool (its lock): whatever it leased before a crash is its.
         owner = self.queue.owner if isinstance(self.queue, PostgresQueue) else "local"
@@ -95,17 +100,21 @@ class Relay:
         hostname = config.server.hostname
         hops = NextHops(config.delivery.nameservers, config.delivery.port,
                         timeout=config.delivery.connect_timeout)
+        cleanup = Cleanup(self.queue, hostname, on_stored=self._stored)
+        intake = (FeedbackIntake(self.queue, tokens, cleanup, hostname,
+                                 config.bounces.notify_sender) if tokens else None)
         agent = DeliveryAgent(config.delivery, hostname, hops, credentials,
                               domains=lambda: self.policies.domains,
                               mta_sts=StrictTransport.configured(
                                   config.delivery, hops, config.queue.path,
-                                  self.metrics.mta_sts_fetched))
-        cleanup = Cleanup(self.queue, hostname, on_stored=self._stored)
+                                  self.metrics.mta_sts_fetched),
+                              local=intake, local_domain=tokens.domain if tokens else "")
         self._scheduler = Scheduler(
             self.queue, agent,
-            OutcomeRecorder(self.queue, cleanup, hostname, config.retry, self.metrics),
+            OutcomeRecorder(self.queue, cleanup, hostname, config.retry, self.metrics,
+                            notify_sender=tokens is None or config.bounces.notify_sender),
             Transform(hostname, time.time, lambda: self.policies.dkim,
-                      lambda: self.policies.pgp),
+                      lambda: self.policies.pgp, tokens),
             max_connections=config.delivery.max_connections,
             max_connections_per_domain=config.delivery.max_connections_per_domain,
             lease_renewal=config.queue.lease / 4)
@@ -113,7 +122,8 @@ class Relay:
         rates = self.queue if isinstance(self.queue, PostgresQueue) else SlidingWindow()
         workers = config.smtp.workers if isinstance(self.queue, LocalQueue) else 0
         # With workers, these only reserve the ports; each worker listens on its own.
-        self._sockets = bind_listeners(config.smtp, shared=workers > 0, listen=workers == 0)
+        self._sockets = bind_listeners(config.smtp, shared=workers > 0, listen=workers == 0,
+                                       more=config.bounces.listen)
         if workers > 0 and isinstance(self.queue, LocalQueue):
             self._ingest = IngestWorkers(config, self.queue, workers, self._stored,
                                          self.metrics.sessions_ended, self._shutdown_timeout)
@@ -122,7 +132,8 @@ class Relay:
             free_space = (self.queue.files.free_bytes if isinstance(self.queue, LocalQueue)
                           else None)
             handler = SubmissionHandler(cleanup, config.smtp, lambda: self.policies.access,
-                                        free_space=free_space, rates=rates)
+                                        free_space=free_space, rates=rates,
+                                        bounce_domain=config.bounces.domain)
             self._listeners = await serve_listeners(handler, config.smtp, hostname,
                                                     self._sessions, self._sockets, self._tls)
         self._admin = AdminServer(
@@ -131,6 +142,10 @@ class Relay:
                                 [endpoint for endpoint, _ in hooks], rates)),
             config.admin.listen)
         self._admin.start()
+        if tokens is not None and config.public.listen:
+            self._public = AdminServer(create_public_app(self.queue, tokens),
+                                       config.public.listen, service="public")
+            self._public.start()
         self._scheduler.start()
         self._pruner.start()
         self._webhooks.start()
@@ -138,7 +153,8 @@ class Relay:
             self.queue.listen(self.wake_scheduler)  # mail stored or released by any node
         self._started = True
         log.info("relay started: smtp=%s admin=%s queue=%s ingest=%s",
-                 ",".join(config.smtp.listen + config.smtp.tls_listen), config.admin.listen,
+                 ",".join(config.smtp.listen + config.smtp.tls_listen + config.bounces.listen),
+                 config.admin.listen,
                  queue_description(config),
                  f"{config.smtp.workers} worker processes" if self._ingest else "in-process")
 
@@ -189,8 +205,9 @@ class Relay:
             self._sockets.close()
         if self._scheduler is not None:
             await self._scheduler.stop(self._shutdown_timeout)
-        if self._admin is not None:
-            await self._admin.stop()
+        for http in (self._admin, self._public):
+            if http is not None:
+                await http.stop()
         await self._pruner.stop()
         if self._webhooks is not None:
             await self._webhooks.stop()

@@ -2,7 +2,9 @@
 
 Who may relay: clients in `trusted_networks`, or users authenticated with AUTH PLAIN/LOGIN
 (RFC 4954), which is offered and accepted only under TLS (STARTTLS, RFC 3207, or implicit
-TLS on `tls_listen`). Everyone else gets 554 5.7.1 at RCPT: never an open relay.
+TLS on `tls_listen`). Everyone else gets 554 5.7.1 at RCPT: never an open relay. The one
+exception is the bounce domain (`[bounces] domain`, relay.feedback): mail for it comes
+from anyone, as bounces and complaints do, and is taken in, never sent on.
 Limits: SIZE (RFC 1870, 552 5.3.4), `max_recipients` (452 4.5.3), free spool space
 (452 4.3.1). Every reply carries an enhanced status code (RFC 2034, RFC 3463).
 A local failure answers 451 4.3.0, never 5xx: clients treat 5xx as permanent.
@@ -36,6 +38,7 @@ from relay.cleanup import Cleanup, Origin, inspect
 from relay.config import SmtpSection
 from relay.errors import LocalFailure, Rejected
 from relay.policy import AccessPolicy, User
+from relay.queue.base import domain_of
 from relay.ratelimit import RateLimiter, SlidingWindow
 from relay.smtpd_auth import AuthGuard
 
@@ -375,6 +378,7 @@ class SubmissionHandler:
     access: Callable[[], AccessPolicy]  # the policy in force (swapped on reload)
     free_space: Callable[[], int] | None = None
     rates: RateLimiter = field(default_factory=SlidingWindow)
+    bounce_domain: str = ""  # accepted from anyone (relay.feedback); "" for none
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
@@ -409,7 +413,8 @@ class SubmissionHandler:
         problem = address_problem(address)
         if problem is not None:
             return _refuse(session, reply.bad_recipient(problem))
-        if not (session.authenticated or self.access().is_trusted(_client_ip(session))):
+        if not (session.authenticated or self._returns_here(address)
+                or self.access().is_trusted(_client_ip(session))):
             log.warning("relay denied client=[%s] to=<%s>", _client_ip(session), address)
             return _refuse(session, reply.RELAY_DENIED)
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
@@ -440,6 +445,9 @@ class SubmissionHandler:
     async def handle_exception(self, error: Exception) -> str:
         log.error("smtpd: local error: %r", error, exc_info=error)
         return str(reply.LOCAL_ERROR)
+
+    def _returns_here(self, address: str) -> bool:
+        return bool(self.bounce_domain) and domain_of(address) == self.bounce_domain.lower()
 
     def _user(self, session: Session) -> User | None:
         if not session.authenticated or not isinstance(session, RelaySession):

@@ -127,17 +127,21 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class AdminServer:
-    def __init__(self, app: FastAPI, listen: str) -> None:
-        self._socket = bind_tcp(listen, "admin")  # here, so a busy port is a clean error
+    """An app served by uvicorn in the relay's loop: the admin API (or the public
+    unsubscribe listener, relay.feedback.unsubscribe)."""
+
+    def __init__(self, app: FastAPI, listen: str, service: str = "admin") -> None:
+        self._socket = bind_tcp(listen, service)  # here, so a busy port is a clean error
         self._socket.setblocking(False)
         config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
                                 timeout_graceful_shutdown=5)
         self._server = _EmbeddedServer(config)
+        self._service = service
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]),
-                                         name="admin")
+                                         name=self._service)
 
     async def stop(self) -> None:
         self._server.should_exit = True

@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
 from starlette.requests import ClientDisconnect
 
 from relay.admin.errors import ApiError, validation_error
@@ -34,6 +34,7 @@ from relay.broadcast import Recipient, Template, check_recipient, envelope_sende
 from relay.compose import ComposeError, mailbox
 from relay.errors import LocalFailure
 from relay.queue import BroadcastStatus, Idempotency, Queue, new_queue_id
+from relay.queue.base import BROADCAST, EVERY_STREAM, STREAM_PATTERN
 
 CHUNK = 5000  # recipients per index write while a broadcast is uploaded
 MAX_LINE = 1024 * 1024  # bytes per NDJSON line
@@ -66,9 +67,14 @@ class BroadcastAccepted(BaseModel):
     rejected_total: int
 
 
+# A stream's name, or "*": every stream.
+SuppressionStream = Annotated[str, StringConstraints(pattern=f"{STREAM_PATTERN}|^[*]$")]
+
+
 class SuppressionEntry(BaseModel):
     address: str
     reason: str = "added by an operator"
+    stream: SuppressionStream = EVERY_STREAM
 
 
 def broadcast_routes(queue: Queue, wake: Callable[[], None], keys: IdempotencyKeys,
@@ -138,20 +144,25 @@ def broadcast_routes(queue: Queue, wake: Callable[[], None], keys: IdempotencyKe
         return cancelled
 
     @router.get("/v1/suppressions")
-    async def suppressions() -> dict[str, Any]:
-        """Addresses later broadcasts skip: hard bounces, and those added here."""
+    async def suppressions(stream: SuppressionStream | None = None) -> dict[str, Any]:
+        """Addresses not sent to, by stream ("*": every stream): hard bounces everywhere,
+        complaints and unsubscribes in the stream they came from, and those added here.
+        `?stream=` shows one stream's entries."""
         return {"suppressions": [
-            {"address": s.address, "reason": s.reason, "created_at": s.created_at}
-            for s in await queue.suppressions()]}
+            {"address": s.address, "stream": s.stream, "reason": s.reason,
+             "created_at": s.created_at}
+            for s in await queue.suppressions(stream)]}
 
     @router.post("/v1/suppressions", status_code=201)
     async def add_suppression(entry: SuppressionEntry) -> dict[str, bool]:
         _check_address(entry.address)
-        return {"added": await queue.suppress(entry.address, entry.reason)}
+        return {"added": await queue.suppress(entry.address, entry.reason, entry.stream)}
 
     @router.delete("/v1/suppressions/{address}")
-    async def remove_suppression(address: str) -> dict[str, bool]:
-        if not await queue.unsuppress(address):
+    async def remove_suppression(address: str,
+                                 stream: SuppressionStream | None = None) -> dict[str, bool]:
+        """Off every stream's list, or with `?stream=` off that one's only."""
+        if not await queue.unsuppress(address, stream):
             raise ApiError(404, "not_found", f"{address} is not suppressed", "address")
         return {"removed": True}
 
@@ -318,7 +329,7 @@ async def _store(queue: Queue, body: _Body, idempotency_key: str | None, *,
     accepting = False
     try:
         await queue.open_broadcast(broadcast_id, sender, stored_template, smtputf8,
-                                   template.tracking(template.subject, api_key))
+                                   template.tracking(template.subject, api_key, BROADCAST))
         async for index, item in _enumerate(recipients):
             checked = ("not a JSON object" if item is _NOT_JSON
                        else check_recipient(needed, item))

@@ -13,8 +13,9 @@ from pathlib import Path
 from relay.errors import ConfigError
 
 
-def load_or_create_token(path: Path, create: bool) -> str:
-    """Read the admin token; when `create`, make one (mode 0600) if the file is missing."""
+def load_or_create_token(path: Path, create: bool, what: str = "admin token") -> str:
+    """Read the admin token (or another secret of the relay's: `what`); when `create`, make
+    one (mode 0600) if the file is missing."""
     if create and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -23,10 +24,10 @@ def load_or_create_token(path: Path, create: bool) -> str:
     try:
         token = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        raise ConfigError(f"admin token file {path} does not exist: the relay makes it at "
+        raise ConfigError(f"{what} file {path} does not exist: the relay makes it at "
                           "its first start (is it running with this configuration?)") from None
     except OSError as exc:
-        raise ConfigError(f"admin token file {path}: {exc.strerror or exc}") from exc
+        raise ConfigError(f"{what} file {path}: {exc.strerror or exc}") from exc
     if len(token) < 16:
-        raise ConfigError(f"admin token file {path}: token too short (16 characters minimum)")
+        raise ConfigError(f"{what} file {path}: too short (16 characters minimum)")
     return token

@@ -146,43 +146,57 @@ def format_broadcast(counts: dict[str, Any]) -> str:
             f"{counts['rejected']} rejected")
 
 
+_STREAM = click.option("--stream", default=None, metavar="NAME",
+                       help='one stream (transactional, broadcast, a named one; "*": the '
+                            'entries that hold in every stream)')
+
+
 @click.group()
 def suppression() -> None:
-    """Addresses broadcasts skip (hard bounces are added by themselves)."""
+    """Addresses not sent to, by stream: hard bounces in every stream ("*"), complaints
+    and unsubscribes in the stream they came from."""
 
 
 @suppression.command(name="list")
+@_STREAM
 @config_option
 @click.pass_context
 @one_line_errors
-def suppression_list(ctx: click.Context) -> None:
-    """Print the suppressed addresses: address, since when, why."""
-    entries = admin_client(ctx).request("GET", "/v1/suppressions")["suppressions"]
+def suppression_list(ctx: click.Context, stream: str | None) -> None:
+    """Print the suppressed addresses: address, stream, since when, why."""
+    query = f"?stream={urllib.parse.quote(stream)}" if stream else ""
+    entries = admin_client(ctx).request("GET", f"/v1/suppressions{query}")["suppressions"]
     for entry in entries:
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["created_at"]))
-        click.echo(f"{entry['address']}\t{stamp}\t{entry['reason']}")
+        click.echo(f"{entry['address']}\t{entry['stream']}\t{stamp}\t{entry['reason']}")
 
 
 @suppression.command(name="add")
 @click.argument("address")
 @click.option("--reason", default="added by an operator", show_default=True,
               help="why, as the list will show it")
+@click.option("--stream", default="*", show_default=True, metavar="NAME",
+              help='the stream it holds in ("*": every stream)')
 @config_option
 @click.pass_context
 @one_line_errors
-def suppression_add(ctx: click.Context, address: str, reason: str) -> None:
-    """Add ADDRESS: broadcasts skip it from now on."""
-    added = admin_client(ctx).request("POST", "/v1/suppressions",
-                                 {"address": address, "reason": reason})["added"]
-    click.echo(f"{address}: {'suppressed' if added else 'was already suppressed'}")
+def suppression_add(ctx: click.Context, address: str, reason: str, stream: str) -> None:
+    """Add ADDRESS: mail of the stream skips it from now on."""
+    added = admin_client(ctx).request("POST", "/v1/suppressions", {
+        "address": address, "reason": reason, "stream": stream})["added"]
+    click.echo(f"{address}: {'suppressed' if added else 'was already suppressed'} "
+               f"in {'every stream' if stream == '*' else stream}")
 
 
 @suppression.command(name="remove")
 @click.argument("address")
+@_STREAM
 @config_option
 @click.pass_context
 @one_line_errors
-def suppression_remove(ctx: click.Context, address: str) -> None:
-    """Remove ADDRESS: broadcasts send to it again."""
-    admin_client(ctx).request("DELETE", f"/v1/suppressions/{urllib.parse.quote(address)}")
-    click.echo(f"{address}: no longer suppressed")
+def suppression_remove(ctx: click.Context, address: str, stream: str | None) -> None:
+    """Remove ADDRESS from every stream's list (or from one's with --stream)."""
+    query = f"?stream={urllib.parse.quote(stream)}" if stream else ""
+    admin_client(ctx).request("DELETE",
+                              f"/v1/suppressions/{urllib.parse.quote(address)}{query}")
+    click.echo(f"{address}: no longer suppressed{f' in {stream}' if stream else ''}")

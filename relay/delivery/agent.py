@@ -13,6 +13,7 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from relay import reply
 from relay.config import DeliverySection
@@ -41,6 +42,12 @@ class Job:
     destination: str
     recipients: tuple[Claimed, ...]
     broadcast: str | None = None  # for a broadcast: its one recipient's fields (JSON)
+    return_path: str = ""  # MAIL FROM when not mail_from: a VERP address (relay.feedback)
+    verp: str = ""  # the token of that address
+
+    @property
+    def envelope_sender(self) -> str:
+        return self.return_path or self.mail_from
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,15 @@ class Attempt:
     reply: Reply
     relay: str  # "host[address]:port", or "none" when no connection was made
     tls: str = ""  # the connection's TLS version; "" in the clear
+    suppressed: bool = False  # not sent: the address is on its stream's suppression list
+
+
+class Transport(Protocol):
+    """What a delivery worker holds for one destination."""
+
+    async def deliver(self, job: Job, body: bytes) -> list[Attempt]: ...
+
+    async def close(self) -> None: ...
 
 
 class DeliveryAgent:
@@ -57,18 +73,26 @@ class DeliveryAgent:
     def __init__(self, settings: DeliverySection, hostname: str, hops: NextHops,
                  credentials: Credentials | None = None,
                  domains: Callable[[], DomainsPolicy] = DomainsPolicy,
-                 mta_sts: StrictTransport | None = None) -> None:
+                 mta_sts: StrictTransport | None = None,
+                 local: Transport | None = None, local_domain: str = "") -> None:
         self.settings = settings
         self.hostname = hostname
         self.hops = hops
         self.credentials = credentials
         self.domains = domains  # the shaping policy in force (policies/domains.toml)
         self.mta_sts = mta_sts
+        # The bounce domain's mail is taken in here (feedback.intake), never sent on.
+        self._local = local
+        self._local_domain = local_domain
 
     def destination_of(self, domain: str) -> str:
+        if domain == self._local_domain:
+            return domain
         return RELAYHOST if self.settings.relayhost else domain
 
-    def session(self, destination: str) -> DestinationSession:
+    def session(self, destination: str) -> Transport:
+        if self._local is not None and destination == self._local_domain:
+            return self._local
         return DestinationSession(self, destination)
 
 
@@ -98,7 +122,8 @@ class DestinationSession:
         reused = self._connection
         if reused is not None and reused.is_open:
             try:
-                replies = await reused.send(job.mail_from, addresses, body, job.smtputf8)
+                replies = await reused.send(job.envelope_sender, addresses, body,
+                                            job.smtputf8)
                 self._keep(reused)
                 return reused, replies
             except DeliveryError as exc:
@@ -115,7 +140,8 @@ class DestinationSession:
                 last_error = exc
                 continue
             try:
-                replies = await connection.send(job.mail_from, addresses, body, job.smtputf8)
+                replies = await connection.send(job.envelope_sender, addresses, body,
+                                                job.smtputf8)
             except DeliveryError as exc:
                 connection.close()
                 if exc.scope is not Scope.SITE:

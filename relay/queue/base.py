@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from relay.queue.apikeys import ApiKey
-    from relay.queue.events import EventFilter, EventPage, MessageHistory
+    from relay.queue.events import EventFilter, EventPage, Feedback, MessageHistory
     from relay.queue.webhooks import WebhookEndpoint, WebhookState
 
 
@@ -70,6 +70,13 @@ IDEMPOTENCY_WINDOW = 24 * 3600.0
 
 MAX_METADATA = 4096  # characters of JSON: an application's metadata for one message
 
+# Streams: what a message belongs to, for the suppression list. Unsubscribes and
+# complaints suppress an address in one stream; hard bounces in every one (EVERY_STREAM).
+TRANSACTIONAL = "transactional"  # SMTP and POST /v1/messages, unless told otherwise
+BROADCAST = "broadcast"  # POST /v1/broadcasts, unless told otherwise
+EVERY_STREAM = "*"
+STREAM_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
 
 @dataclass(frozen=True)
 class Tracking:
@@ -81,6 +88,7 @@ class Tracking:
     metadata: dict[str, Any] | None = None
     tags: tuple[str, ...] = ()
     api_key: str = ""  # the id of the admin API key that submitted it; "" for SMTP
+    stream: str = TRANSACTIONAL
 
     def fields(self) -> dict[str, Any]:
         """As JSON fields (a queue file's envelope, a handoff request); none when empty."""
@@ -93,6 +101,8 @@ class Tracking:
             found["tags"] = list(self.tags)
         if self.api_key:
             found["key"] = self.api_key
+        if self.stream != TRANSACTIONAL:
+            found["strm"] = self.stream
         return found
 
     @classmethod
@@ -100,7 +110,8 @@ class Tracking:
         metadata = fields.get("meta")
         return cls(str(fields.get("subj", "")),
                    metadata if isinstance(metadata, dict) else None,
-                   tuple(map(str, fields.get("tags", ()))), str(fields.get("key", "")))
+                   tuple(map(str, fields.get("tags", ()))), str(fields.get("key", "")),
+                   str(fields.get("strm", TRANSACTIONAL)))
 
 
 NO_TRACKING = Tracking()
@@ -150,6 +161,8 @@ class Claimed:
     received_at: float
     smtputf8: bool
     fields: str | None = None  # a broadcast recipient's fields (JSON); None for mail
+    stream: str = TRANSACTIONAL
+    suppressed: str = ""  # why the address is on the suppression list of its stream, if it is
 
 
 @dataclass(frozen=True)
@@ -165,6 +178,8 @@ class Outcome:
     relay: str = ""  # "host[address]:port" that answered; "" when none did
     tls: str = ""  # the TLS version of that connection; "" without TLS
     dsn: bool = False  # for BOUNCED: a DSN went to the sender
+    suppressed: bool = False  # for BOUNCED: not sent, the address is on the suppression list
+    return_path: str = ""  # the VERP token it was sent with (relay.feedback); "" for none
 
 
 @dataclass(frozen=True)
@@ -190,6 +205,18 @@ class Suppression:
     address: str
     reason: str
     created_at: float
+    stream: str = EVERY_STREAM
+
+
+@dataclass(frozen=True)
+class ReturnPath:
+    """Which copy a VERP return path was sent with (relay.feedback): kept from the
+    delivery for the history's retention, so that a later bounce finds its recipient."""
+
+    token: str
+    message_id: str
+    recipient: str
+    stream: str
 
 
 @dataclass(frozen=True)
@@ -328,11 +355,24 @@ class Queue(MessageStore, Protocol):
     async def cancel_broadcast(self, broadcast_id: str) -> BroadcastStatus | None:
         """Drop what has not been sent; None if there is no such broadcast."""
 
-    async def suppressions(self) -> list[Suppression]: ...
+    async def suppressions(self, stream: str | None = None) -> list[Suppression]:
+        """The suppression list, or the entries of one stream."""
 
-    async def suppress(self, address: str, reason: str) -> bool: ...
+    async def suppress(self, address: str, reason: str, stream: str = EVERY_STREAM) -> bool:
+        """False when the address was on the stream's list already."""
 
-    async def unsuppress(self, address: str) -> bool: ...
+    async def unsuppress(self, address: str, stream: str | None = None) -> int:
+        """Take the address off one stream's list, or off every one; how many entries."""
+
+    # -- what comes back later (relay.feedback) ------------------------------------------
+
+    async def return_path(self, token: str) -> ReturnPath | None:
+        """The delivered copy a VERP token was sent with, while its history is kept."""
+
+    async def record_feedback(self, feedback: Feedback) -> bool:
+        """Durably write a late bounce, complaint or unsubscribe: its event (when the
+        message's history is still kept) and its suppression. False when the suppression
+        was there already (then an unsubscribe writes no second event)."""
 
     async def flush(self, selection: Selection) -> int:
         """Make deferred (and queued) recipients due now; return how many."""

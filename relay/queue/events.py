@@ -31,16 +31,39 @@ class EventType(StrEnum):
     DEFERRED = "deferred"
     DELIVERED = "delivered"
     BOUNCED = "bounced"
-    SUPPRESSED = "suppressed"  # a broadcast recipient skipped: on the suppression list
+    SUPPRESSED = "suppressed"  # not sent: the address is on its stream's suppression list
     CANCELLED = "cancelled"  # a broadcast recipient dropped by its broadcast's cancel
     HELD = "held"  # by an operator, like the three below
     RELEASED = "released"
     REQUEUED = "requeued"  # made due now (flush, requeue)
     DELETED = "deleted"
+    COMPLAINED = "complained"  # a spam complaint (ARF report) came back (relay.feedback)
+    UNSUBSCRIBED = "unsubscribed"  # one-click unsubscribe (RFC 8058), or its mailto form
 
 
-OUTCOME_EVENT = {State.DELIVERED: EventType.DELIVERED, State.DEFERRED: EventType.DEFERRED,
-                 State.BOUNCED: EventType.BOUNCED}
+def outcome_event(outcome: Outcome) -> EventType:
+    if outcome.suppressed:
+        return EventType.SUPPRESSED
+    return {State.DELIVERED: EventType.DELIVERED, State.DEFERRED: EventType.DEFERRED,
+            State.BOUNCED: EventType.BOUNCED}[outcome.state]
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """What came back about a delivered copy (relay.feedback): a bounce that came later,
+    a complaint or an unsubscribe; recorded as an event of its message and recipient and,
+    when `suppress_in` names a stream ("*": every one), a suppression there."""
+
+    kind: EventType  # BOUNCED, COMPLAINED or UNSUBSCRIBED
+    message_id: str
+    recipient: str
+    data: dict[str, Any]
+    suppress_in: str | None
+    reason: str  # the suppression's
+
+    @property
+    def data_json(self) -> str:
+        return json.dumps(self.data, separators=(",", ":"))
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,6 @@ from relay.queue.base import (
     Selection,
     ShapeKey,
     State,
-    Suppression,
     Tracking,
     broadcast_status_of,
     domain_shapes,
@@ -63,6 +62,7 @@ from relay.queue.base import (
 from relay.queue.events import EventType
 from relay.queue.groupcommit import GroupCommitter
 from relay.queue.local_events import add_events, add_outcome_events
+from relay.queue.local_feedback import keep_return_paths, suppressed_in
 from relay.queue.local_index import open_index, recover
 from relay.queue.local_records import LocalRecords
 from relay.queue.local_sql import (
@@ -330,18 +330,6 @@ class LocalQueue(LocalRecords):
         self._remove_when_durable(finished)
         return await self.broadcast_status(broadcast_id)
 
-    async def suppressions(self) -> list[Suppression]:
-        rows = await self._read_all(
-            "SELECT address, reason, created_at FROM suppressions ORDER BY address", [])
-        return [Suppression(*row) for row in rows]
-
-    async def suppress(self, address: str, reason: str) -> bool:
-        return bool(await self._write(partial(broadcasts.suppress, address, reason,
-                                              self._clock())))
-
-    async def unsuppress(self, address: str) -> bool:
-        return bool(await self._write(partial(broadcasts.unsuppress, address)))
-
     async def flush(self, selection: Selection) -> int:
         return await self._queue_now(selection, FLUSHABLE, EventType.REQUEUED)
 
@@ -424,11 +412,13 @@ def _claim_due(limit: int, now: float, lease: float,
         return []
     ids = sorted({r[1] for r in rows})
     messages = {m[0]: m for m in db.execute(
-        f"SELECT id, mail_from, received_at, smtputf8 FROM messages WHERE id IN {IDS}",
+        f"SELECT id, mail_from, received_at, smtputf8, stream FROM messages WHERE id IN {IDS}",
         (json.dumps(ids),))}
+    suppressed = suppressed_in(db, [(r[2], messages[r[1]][4]) for r in rows])
     return [
         Claimed(r[0], r[1], r[2], r[3], r[4], messages[r[1]][1], messages[r[1]][2],
-                bool(messages[r[1]][3]), r[5])
+                bool(messages[r[1]][3]), r[5], messages[r[1]][4],
+                suppressed.get((r[2], messages[r[1]][4]), ""))
         for r in sorted(rows, key=lambda r: r[0])
     ]
 
@@ -451,6 +441,7 @@ def _record(outcomes: Sequence[Outcome], unlinked: list[str], now: float,
         log.warning("%d delivery outcomes were for recipients claimed again, requeued or "
                     "deleted meanwhile: not recorded", len(outcomes) - len(applied))
     add_outcome_events(db, now, applied)
+    keep_return_paths(db, now, applied)
     broadcasts.record([o for o, _, _ in applied], now, db)
     finished = finish_messages(sorted({message_id for _, message_id, _ in applied}), now, db)
     if unlinked:

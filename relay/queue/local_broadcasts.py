@@ -41,11 +41,6 @@ CREATE TABLE IF NOT EXISTS broadcasts (
     finished_at REAL,
     cancelled_at REAL
 );
-CREATE TABLE IF NOT EXISTS suppressions (
-    address TEXT PRIMARY KEY,  -- lower case
-    reason TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
 """
 # A permanent refusal by the recipient's server; not our own expiry after max_age.
 _HARD_BOUNCE = "r.last_reply LIKE '5%' AND r.last_reply NOT LIKE '554 5.4.7%'"
@@ -53,8 +48,9 @@ _HARD_BOUNCE = "r.last_reply LIKE '5%' AND r.last_reply NOT LIKE '554 5.4.7%'"
 
 def open_broadcast(broadcast_id: str, mail_from: str, size: int, smtputf8: bool,
                    tracking: Tracking, now: float, db: sqlite3.Connection) -> None:
-    db.execute("INSERT INTO messages (id, mail_from, size, received_at, smtputf8) "
-               "VALUES (?,?,?,?,?)", (broadcast_id, mail_from, size, now, int(smtputf8)))
+    db.execute("INSERT INTO messages (id, mail_from, size, received_at, smtputf8, stream) "
+               "VALUES (?,?,?,?,?,?)", (broadcast_id, mail_from, size, now, int(smtputf8),
+                                        tracking.stream))
     db.execute("INSERT INTO broadcasts (id, state, created_at) VALUES (?, 'receiving', ?)",
                (broadcast_id, now))
     open_history(db, broadcast_id, mail_from, size, now, tracking)
@@ -65,7 +61,8 @@ def add_recipients(broadcast_id: str, recipients: Sequence[tuple[str, str]], now
     """Insert `(address, fields JSON)` rows as `held`; returns how many were suppressed."""
     lowered = json.dumps(sorted({address.lower() for address, _ in recipients}))
     suppressed = {r[0] for r in db.execute(
-        f"SELECT address FROM suppressions WHERE address IN {IDS}", (lowered,))}
+        f"SELECT address FROM suppressions WHERE address IN {IDS} AND stream IN "
+        "((SELECT stream FROM messages WHERE id = ?), '*')", (lowered, broadcast_id))}
     rows = [(broadcast_id, address, domain_of(address), now, fields)
             for address, fields in recipients if address.lower() not in suppressed]
     db.executemany(
@@ -117,7 +114,7 @@ def recover(db: sqlite3.Connection) -> list[str]:
 
 def record(outcomes: Sequence[Outcome], now: float, db: sqlite3.Connection) -> None:
     """After `queue.local._record`: count final outcomes of broadcast recipients and put
-    hard bounces on the suppression list."""
+    hard bounces on the suppression list of every stream."""
     ids = json.dumps([o.recipient_id for o in outcomes if o.broadcast])
     if ids == "[]":
         return
@@ -129,10 +126,11 @@ def record(outcomes: Sequence[Outcome], now: float, db: sqlite3.Connection) -> N
         f"broadcasts.id AND r.id IN {IDS} AND r.state = 'bounced') "
         f"WHERE id IN (SELECT DISTINCT message_id FROM recipients WHERE id IN {IDS})",
         (ids, ids, ids))
+    refused = json.dumps([o.recipient_id for o in outcomes if o.broadcast and not o.suppressed])
     db.execute(
-        "INSERT OR IGNORE INTO suppressions (address, reason, created_at) "
-        f"SELECT lower(r.address), r.last_reply, ? FROM recipients r WHERE r.id IN {IDS} "
-        f"AND r.state = 'bounced' AND {_HARD_BOUNCE}", (now, ids))
+        "INSERT OR IGNORE INTO suppressions (address, stream, reason, created_at) "
+        f"SELECT lower(r.address), '*', r.last_reply, ? FROM recipients r WHERE r.id IN {IDS} "
+        f"AND r.state = 'bounced' AND {_HARD_BOUNCE}", (now, refused))
 
 
 def cancel(broadcast_id: str, now: float, db: sqlite3.Connection) -> list[str] | None:
@@ -158,12 +156,3 @@ STATUS = ("SELECT state, total, suppressed, rejected, delivered, bounced, cancel
           "created_at, accepted_at, finished_at, cancelled_at FROM broadcasts WHERE id = ?")
 DEFERRED = "SELECT COUNT(*) FROM recipients WHERE message_id = ? AND state = 'deferred'"
 
-
-def suppress(address: str, reason: str, now: float, db: sqlite3.Connection) -> bool:
-    return db.execute("INSERT OR IGNORE INTO suppressions (address, reason, created_at) "
-                      "VALUES (?, ?, ?)", (address.lower(), reason, now)).rowcount > 0
-
-
-def unsuppress(address: str, db: sqlite3.Connection) -> bool:
-    return db.execute("DELETE FROM suppressions WHERE address = ?",
-                      (address.lower(),)).rowcount > 0

@@ -13,11 +13,11 @@ from collections.abc import Iterable
 
 from relay.queue.base import MessageMeta, Outcome, Tracking
 from relay.queue.events import (
-    OUTCOME_EVENT,
     PRUNE_BATCH,
     EventType,
     metadata_json,
     outcome_data,
+    outcome_event,
     tags_json,
 )
 
@@ -61,7 +61,7 @@ def add_events(db: sqlite3.Connection, kind: EventType, now: float,
 def add_outcome_events(db: sqlite3.Connection, now: float,
                        applied: Iterable[tuple[Outcome, str, str]]) -> None:
     """An event for each delivery outcome applied: (outcome, message id, address)."""
-    _insert(db, now, [(OUTCOME_EVENT[o.state], m, r, outcome_data(o)) for o, m, r in applied])
+    _insert(db, now, [(outcome_event(o), m, r, outcome_data(o)) for o, m, r in applied])
 
 
 def _insert(db: sqlite3.Connection, now: float,

@@ -19,7 +19,7 @@ import sqlite3
 from pathlib import Path
 
 from relay.queue import local_broadcasts as broadcasts
-from relay.queue import local_events, local_records, local_webhooks
+from relay.queue import local_events, local_feedback, local_records, local_webhooks
 from relay.queue.base import MessageMeta
 from relay.queue.groupcommit import connect
 from relay.queue.local_sql import delete_messages, insert_message
@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS messages (
     size INTEGER NOT NULL,
     received_at REAL NOT NULL,
     smtputf8 INTEGER NOT NULL DEFAULT 0,
-    done INTEGER NOT NULL DEFAULT 0
+    done INTEGER NOT NULL DEFAULT 0,
+    stream TEXT NOT NULL DEFAULT 'transactional'
 );
 CREATE TABLE IF NOT EXISTS recipients (
     id INTEGER PRIMARY KEY,
@@ -76,8 +77,9 @@ def open_index(path: Path) -> sqlite3.Connection:
     columns = {r[1] for r in db.execute("PRAGMA table_info(recipients)")}
     if columns and "fields" not in columns:  # a spool from before broadcasts
         db.execute("ALTER TABLE recipients ADD COLUMN fields TEXT")
+    local_feedback.migrate(db)
     db.executescript(SCHEMA + broadcasts.SCHEMA + local_events.SCHEMA + local_webhooks.SCHEMA
-                     + local_records.SCHEMA)
+                     + local_records.SCHEMA + local_feedback.SCHEMA)
     return db
 
 

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from relay.queue import local_events, local_webhooks
+from relay.queue import local_events, local_feedback, local_webhooks
 from relay.queue.apikeys import COLUMNS as KEY_COLUMNS
 from relay.queue.apikeys import ApiKey, key_of, key_values
+from relay.queue.base import ReturnPath, Suppression
 from relay.queue.events import (
     EVENT_COLUMNS,
     EVENT_FROM,
@@ -19,6 +20,7 @@ from relay.queue.events import (
     MAX_PAGE,
     EventFilter,
     EventPage,
+    Feedback,
     MessageHistory,
     event_of,
     filter_sql,
@@ -84,7 +86,31 @@ class LocalRecords:
         return int(rows[0][0])
 
     async def prune_history(self, before: float) -> int:
-        return int(await self._write(partial(local_events.prune, before), durable=False))
+        return int(await self._write(partial(_prune, before), durable=False))
+
+    # -- the suppression list, and what comes back later (queue.local_feedback) ---------
+
+    async def suppressions(self, stream: str | None = None) -> list[Suppression]:
+        where, params = ("", []) if stream is None else ("WHERE stream = ?", [stream])
+        rows = await self._read_all(f"SELECT address, reason, created_at, stream FROM "
+                                    f"suppressions {where} ORDER BY address, stream", params)
+        return [Suppression(*row) for row in rows]
+
+    async def suppress(self, address: str, reason: str, stream: str = "*") -> bool:
+        return bool(await self._write(partial(local_feedback.suppress, address, reason,
+                                              stream, self._clock())))
+
+    async def unsuppress(self, address: str, stream: str | None = None) -> int:
+        return int(await self._write(partial(local_feedback.unsuppress, address, stream)))
+
+    async def return_path(self, token: str) -> ReturnPath | None:
+        rows = await self._read_all("SELECT token, message_id, recipient, stream FROM "
+                                    "return_paths WHERE token = ?", [token])
+        return ReturnPath(*rows[0]) if rows else None
+
+    async def record_feedback(self, feedback: Feedback) -> bool:
+        return bool(await self._write(partial(local_feedback.record, feedback,
+                                              self._clock())))
 
     # -- webhooks (queue.local_webhooks) -----------------------------------------------
 
@@ -152,3 +178,7 @@ def _event_where(wanted: EventFilter) -> tuple[str, list[Any]]:
 
 def _execute(sql: str, params: Sequence[Any], db: sqlite3.Connection) -> int:
     return db.execute(sql, params).rowcount
+
+
+def _prune(before: float, db: sqlite3.Connection) -> int:
+    return local_events.prune(before, db) + local_feedback.prune_return_paths(before, db)

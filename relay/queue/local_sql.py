@@ -28,8 +28,10 @@ def insert_message(meta: MessageMeta, received_at: float, now: float,
                    db: sqlite3.Connection) -> None:
     """A new message's index rows: every recipient queued, due now; its history."""
     db.execute(
-        "INSERT INTO messages (id, mail_from, size, received_at, smtputf8) VALUES (?,?,?,?,?)",
-        (meta.id, meta.mail_from, meta.size, received_at, int(meta.smtputf8)))
+        "INSERT INTO messages (id, mail_from, size, received_at, smtputf8, stream) "
+        "VALUES (?,?,?,?,?,?)",
+        (meta.id, meta.mail_from, meta.size, received_at, int(meta.smtputf8),
+         meta.tracking.stream))
     db.executemany(
         "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at) "
         "VALUES (?, ?, ?, 'queued', ?)",

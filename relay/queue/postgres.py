@@ -34,6 +34,7 @@ from relay.config import Rate
 from relay.errors import LocalFailure
 from relay.queue import postgres_broadcasts as broadcasts
 from relay.queue import postgres_events as events
+from relay.queue import postgres_feedback as feedback
 from relay.queue.base import (
     DELETABLE,
     FLUSHABLE,
@@ -55,17 +56,12 @@ from relay.queue.base import (
     Selection,
     ShapeKey,
     State,
-    Suppression,
     Tracking,
     domain_shapes,
     messages_with_recipients,
     summary_sql,
 )
-from relay.queue.events import (
-    OUTCOME_EVENT,
-    EventType,
-    outcome_data,
-)
+from relay.queue.events import EventType, outcome_data, outcome_event
 from relay.queue.postgres_groupcommit import GroupCommit, message_commits, remember_answer
 from relay.queue.postgres_notify import NOTIFY, Listener
 from relay.queue.postgres_pool import (
@@ -200,14 +196,15 @@ class PostgresQueue(PostgresRecords):
             "FROM due WHERE r.id = due.id "
             "RETURNING r.id, r.message_id, r.address, r.domain, r.attempts, r.fields) "
             "SELECT c.id, c.message_id, c.address, c.domain, c.attempts, m.mail_from, "
-            "m.received_at, m.smtputf8, c.fields, "
+            "m.received_at, m.smtputf8, c.fields, m.stream, "
+            f"COALESCE({feedback.SUPPRESSED_FOR}, ''), "
             "CASE WHEN m.size <= $4 THEN m.body END FROM claimed c "
             "JOIN messages m ON m.id = c.message_id ORDER BY c.id",
             limit, self._lease, self.owner, PREFETCH_SIZE)
         for row in rows:
-            if row[9] is not None:
-                self._bodies.keep(row[1], bytes(row[9]))
-        return [Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows]
+            if row[11] is not None:
+                self._bodies.keep(row[1], bytes(row[11]))
+        return [Claimed(*r[:11]) for r in rows]
 
     async def renew_leases(self, claims: Sequence[tuple[int, int]]) -> None:
         if claims:
@@ -299,10 +296,15 @@ class PostgresQueue(PostgresRecords):
                             "by another node, requeued or deleted): not recorded; what they "
                             "delivered may be delivered again", len(outcomes) - len(applied))
             by_id = {o.recipient_id: o for o in outcomes}
-            for state, kind in OUTCOME_EVENT.items():
-                await events.add_events(connection, kind, [
-                    (r[1], r[2], outcome_data(by_id[r[0]])) for r in applied
-                    if by_id[r[0]].state is state])
+            by_type: dict[EventType, list[tuple[str, str, str | None]]] = {}
+            for r in applied:
+                outcome = by_id[r[0]]
+                by_type.setdefault(outcome_event(outcome), []).append(
+                    (r[1], r[2], outcome_data(outcome)))
+            for kind, rows in by_type.items():
+                await events.add_events(connection, kind, rows)
+            await feedback.keep_return_paths(connection,
+                                             [(by_id[r[0]], r[1], r[2]) for r in applied])
             ids = {r[0] for r in applied}
             await broadcasts.record([o for o in outcomes if o.broadcast and o.recipient_id in
                                      ids], connection)
@@ -438,7 +440,7 @@ class PostgresQueue(PostgresRecords):
                              smtputf8: bool, tracking: Tracking = NO_TRACKING) -> None:
         async with self._transaction() as connection:
             await broadcasts.open_broadcast(connection, broadcast_id, mail_from, template,
-                                            smtputf8)
+                                            smtputf8, tracking.stream)
             await events.open_histories(connection, [(broadcast_id, mail_from, len(template),
                                                       tracking)])
 
@@ -471,20 +473,6 @@ class PostgresQueue(PostgresRecords):
                 return None
             await _finish_messages(connection, [broadcast_id])
         return await self.broadcast_status(broadcast_id)
-
-    async def suppressions(self) -> list[Suppression]:
-        rows = await self._fetch(
-            "SELECT address, reason, created_at FROM suppressions ORDER BY address")
-        return [Suppression(r[0], r[1], r[2]) for r in rows]
-
-    async def suppress(self, address: str, reason: str) -> bool:
-        return count_of(await self._execute(
-            "INSERT INTO suppressions (address, reason, created_at) "
-            f"VALUES (lower($1), $2, {NOW}) ON CONFLICT DO NOTHING", address, reason)) > 0
-
-    async def unsuppress(self, address: str) -> bool:
-        return count_of(await self._execute(
-            "DELETE FROM suppressions WHERE address = lower($1)", address)) > 0
 
     # -- plumbing --------------------------------------------------------------------
 

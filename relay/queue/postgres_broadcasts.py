@@ -23,14 +23,15 @@ log = logging.getLogger("relay.queue")
 STALE_UPLOAD = 6 * 3600.0  # seconds: an upload still "receiving" after this is dead
 # A permanent refusal by the recipient's server; not our own expiry after max_age.
 _HARD_BOUNCE = "r.last_reply LIKE '5%' AND r.last_reply NOT LIKE '554 5.4.7%'"
+_STREAM_OF_BROADCAST = "(SELECT stream FROM messages WHERE id = $1)"
 
 
 async def open_broadcast(connection: asyncpg.Connection, broadcast_id: str, mail_from: str,
-                         template: bytes, smtputf8: bool) -> None:
+                         template: bytes, smtputf8: bool, stream: str) -> None:
     await connection.execute(
-        "INSERT INTO messages (id, mail_from, size, received_at, smtputf8, body) "
-        f"VALUES ($1, $2, $3, {NOW}, $4, $5)", broadcast_id, mail_from, len(template),
-        smtputf8, template)
+        "INSERT INTO messages (id, mail_from, size, received_at, smtputf8, body, stream) "
+        f"VALUES ($1, $2, $3, {NOW}, $4, $5, $6)", broadcast_id, mail_from, len(template),
+        smtputf8, template, stream)
     await connection.execute(
         f"INSERT INTO broadcasts (id, state, created_at) VALUES ($1, 'receiving', {NOW})",
         broadcast_id)
@@ -44,7 +45,8 @@ async def add_recipients(connection: asyncpg.Connection, broadcast_id: str,
         "AS c(address, domain, fields)), "
         "added AS (INSERT INTO recipients (message_id, address, domain, state, "
         f"next_attempt_at, fields) SELECT $1, c.address, c.domain, 'held', {NOW}, c.fields "
-        "FROM candidates c WHERE lower(c.address) NOT IN (SELECT address FROM suppressions) "
+        "FROM candidates c WHERE lower(c.address) NOT IN (SELECT address FROM suppressions "
+        f"WHERE stream IN ({_STREAM_OF_BROADCAST}, '*')) "
         "RETURNING 1) SELECT COUNT(*) FROM added",
         broadcast_id, [r[0] for r in recipients], [domain_of(r[0]) for r in recipients],
         [r[1] for r in recipients])
@@ -52,8 +54,9 @@ async def add_recipients(connection: asyncpg.Connection, broadcast_id: str,
     if skipped:
         await add_events_of(
             connection, EventType.SUPPRESSED, "SELECT $1::text AS message_id, address FROM "
-            "unnest($2::text[]) AS c(address) WHERE lower(address) IN "
-            "(SELECT address FROM suppressions)", broadcast_id, [r[0] for r in recipients])
+            "unnest($2::text[]) AS c(address) WHERE lower(address) IN (SELECT address FROM "
+            f"suppressions WHERE stream IN ({_STREAM_OF_BROADCAST}, '*'))", broadcast_id,
+            [r[0] for r in recipients])
     await connection.execute("UPDATE broadcasts SET total = total + $2, "
                              "suppressed = suppressed + $3 WHERE id = $1",
                              broadcast_id, int(inserted), skipped)
@@ -91,7 +94,7 @@ async def abandon_stale_uploads(connection: asyncpg.Connection) -> None:
 
 async def record(outcomes: Sequence[Outcome], connection: asyncpg.Connection) -> None:
     """Final outcomes of broadcast recipients (already applied) counted in their broadcast;
-    hard bounces go on the suppression list."""
+    hard bounces go on the suppression list of every stream."""
     ids = [o.recipient_id for o in outcomes]
     if not ids:
         return
@@ -103,10 +106,10 @@ async def record(outcomes: Sequence[Outcome], connection: asyncpg.Connection) ->
         "WHERE id = ANY($1::bigint[]) GROUP BY message_id) AS c WHERE b.id = c.message_id",
         ids)
     await connection.execute(
-        "INSERT INTO suppressions (address, reason, created_at) "
-        f"SELECT lower(r.address), r.last_reply, {NOW} FROM recipients r "
+        "INSERT INTO suppressions (address, stream, reason, created_at) "
+        f"SELECT lower(r.address), '*', r.last_reply, {NOW} FROM recipients r "
         f"WHERE r.id = ANY($1::bigint[]) AND r.state = 'bounced' AND {_HARD_BOUNCE} "
-        "ON CONFLICT DO NOTHING", ids)
+        "ON CONFLICT DO NOTHING", [o.recipient_id for o in outcomes if not o.suppressed])
 
 
 async def cancel(connection: asyncpg.Connection, broadcast_id: str) -> bool:

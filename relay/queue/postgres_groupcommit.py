@@ -87,13 +87,13 @@ def message_commits(pool: asyncpg.Pool) -> GroupCommit[NewMessage]:
     async def commit(messages: list[NewMessage]) -> None:
         async with pool.acquire() as connection, connection.transaction():
             await connection.execute(
-                "INSERT INTO messages (id, mail_from, size, received_at, smtputf8, body) "
-                f"SELECT id, mail_from, size, {NOW}, smtputf8, body FROM unnest("
-                "$1::text[], $2::text[], $3::integer[], $4::boolean[], $5::bytea[]) "
-                "AS m(id, mail_from, size, smtputf8, body)",
+                "INSERT INTO messages (id, mail_from, size, received_at, smtputf8, body, "
+                f"stream) SELECT id, mail_from, size, {NOW}, smtputf8, body, stream FROM "
+                "unnest($1::text[], $2::text[], $3::integer[], $4::boolean[], $5::bytea[], "
+                "$6::text[]) AS m(id, mail_from, size, smtputf8, body, stream)",
                 [m.id for m in messages], [m.mail_from for m in messages],
                 [len(m.data) for m in messages], [m.smtputf8 for m in messages],
-                [m.data for m in messages])
+                [m.data for m in messages], [m.tracking.stream for m in messages])
             owners = [(m.id, rcpt) for m in messages for rcpt in m.recipients]
             await connection.execute(
                 "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at) "

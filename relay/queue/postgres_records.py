@@ -9,15 +9,18 @@ from typing import Any
 import asyncpg
 
 from relay.queue import postgres_events as events
+from relay.queue import postgres_feedback as feedback
 from relay.queue import postgres_webhooks as webhooks
 from relay.queue.apikeys import COLUMNS as KEY_COLUMNS
 from relay.queue.apikeys import ApiKey, key_of, key_values
+from relay.queue.base import ReturnPath, Suppression
 from relay.queue.events import (
     EVENT_COLUMNS,
     EVENT_FROM,
     HISTORY_COLUMNS,
     EventFilter,
     EventPage,
+    Feedback,
     MessageHistory,
     event_of,
     history_of,
@@ -71,7 +74,37 @@ class PostgresRecords:
 
     async def prune_history(self, before: float) -> int:
         async with self._transaction() as connection:
-            return await events.prune(connection, before)
+            return (await events.prune(connection, before)
+                    + await feedback.prune_return_paths(connection, before))
+
+    # -- the suppression list, and what comes back later (queue.postgres_feedback) ------
+
+    async def suppressions(self, stream: str | None = None) -> list[Suppression]:
+        where, params = ("", []) if stream is None else ("WHERE stream = $1", [stream])
+        rows = await self._fetch(f"SELECT address, reason, created_at, stream FROM "
+                                 f"suppressions {where} ORDER BY address, stream", *params)
+        return [Suppression(*row) for row in rows]
+
+    async def suppress(self, address: str, reason: str, stream: str = "*") -> bool:
+        async with self._connection() as connection:
+            return await feedback.suppress(connection, address, reason, stream)
+
+    async def unsuppress(self, address: str, stream: str | None = None) -> int:
+        if stream is None:
+            return count_of(await self._execute(
+                "DELETE FROM suppressions WHERE address = lower($1)", address))
+        return count_of(await self._execute(
+            "DELETE FROM suppressions WHERE address = lower($1) AND stream = $2",
+            address, stream))
+
+    async def return_path(self, token: str) -> ReturnPath | None:
+        rows = await self._fetch("SELECT token, message_id, recipient, stream FROM "
+                                 "return_paths WHERE token = $1", token)
+        return ReturnPath(*rows[0]) if rows else None
+
+    async def record_feedback(self, feedback_: Feedback) -> bool:
+        async with self._transaction() as connection:
+            return await feedback.record(connection, feedback_)
 
     # -- webhooks (queue.postgres_webhooks) --------------------------------------------
 

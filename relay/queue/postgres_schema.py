@@ -155,6 +155,21 @@ MIGRATIONS: list[str] = [
         revoked_at double precision
     );
     """,
+    # 7: streams; suppressions by stream ('*': every one); return paths of delivered copies.
+    """
+    ALTER TABLE messages ADD COLUMN stream text NOT NULL DEFAULT 'transactional';
+    ALTER TABLE suppressions ADD COLUMN stream text NOT NULL DEFAULT '*';
+    ALTER TABLE suppressions DROP CONSTRAINT suppressions_pkey;
+    ALTER TABLE suppressions ADD PRIMARY KEY (address, stream);
+    CREATE TABLE return_paths (
+        token text PRIMARY KEY,
+        message_id text NOT NULL,
+        recipient text NOT NULL,
+        stream text NOT NULL,
+        at double precision NOT NULL
+    );
+    CREATE INDEX return_paths_by_age ON return_paths (at);
+    """,
 ]
 
 

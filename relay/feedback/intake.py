@@ -1,0 +1,163 @@
+"""feedback.intake: mail to the bounce domain, taken in by the delivery loop instead of
+being sent on (as Postfix hands a local domain to its local transport).
+
+Such mail was stored like any other before its 250 (smtpd accepts it from anyone: only
+for this domain), so it is durable and retried like any other; here each recipient is
+matched by its address:
+
+- `b-<token>@`: a return path. The message is a bounce (DSN, or one flufl.bounce
+  recognises) or a complaint (ARF); the token names the copy it is about.
+- `u-<token>@`: the mailto form of a broadcast's unsubscribe link.
+- anything else (`fbl@`, `postmaster@`): a report is matched by the relay's tokens found in
+  the message it returns.
+
+A match is recorded as an event of the original message and recipient and, for a hard
+bounce (every stream), a complaint or an unsubscribe (its stream), a suppression
+(Queue.record_feedback). What matches nothing is logged and dropped, never bounced.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+
+from relay import bounce, reply
+from relay.cleanup import Cleanup, Origin
+from relay.delivery.agent import Attempt, Job
+from relay.errors import Rejected
+from relay.feedback.reports import Failure, Report, read_report
+from relay.feedback.tokens import UNSUBSCRIBE_PREFIX, VERP_PREFIX, Copy, FeedbackTokens
+from relay.queue import Queue
+from relay.queue.base import EVERY_STREAM
+from relay.queue.events import EventType, Feedback
+
+log = logging.getLogger("relay.feedback")
+
+
+class FeedbackIntake:
+    """The transport of the bounce domain: `deliver` reads, matches and records."""
+
+    def __init__(self, queue: Queue, tokens: FeedbackTokens, cleanup: Cleanup,
+                 hostname: str, notify_sender: bool,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._queue = queue
+        self._tokens = tokens
+        self._cleanup = cleanup
+        self._hostname = hostname
+        self._notify_sender = notify_sender
+        self._clock = clock
+        domain = re.escape(tokens.domain)
+        self._return_path = re.compile(
+            rf"{VERP_PREFIX}([0-9a-f]+-[a-z2-7]{{8}})@{domain}".encode(), re.IGNORECASE)
+        self._unsubscribe = re.compile(
+            rf"{UNSUBSCRIBE_PREFIX}([a-z2-7]+-[a-z2-7]{{8}})@{domain}".encode(), re.IGNORECASE)
+
+    @property
+    def domain(self) -> str:
+        return self._tokens.domain
+
+    async def deliver(self, job: Job, body: bytes) -> list[Attempt]:
+        attempts = []
+        for recipient in job.recipients:
+            verdict = await self._take(job.message_id, recipient.address, body)
+            attempts.append(Attempt(recipient, verdict, "feedback"))
+        return attempts
+
+    async def close(self) -> None:
+        pass
+
+    async def _take(self, queue_id: str, address: str, body: bytes) -> reply.Reply:
+        local = address.rpartition("@")[0].lower()
+        if local.startswith(UNSUBSCRIBE_PREFIX):
+            found = self._tokens.read_unsubscribe(local.removeprefix(UNSUBSCRIBE_PREFIX))
+            if found is not None:
+                await self._record(queue_id, address, unsubscribed(found, "mailto"))
+                return reply.FEEDBACK_RECORDED
+            return self._dropped(queue_id, address, "unsubscribe token not valid")
+        report = read_report(body)
+        if report.kind == "none":
+            return self._dropped(queue_id, address, f"no bounce or complaint ({report.source})")
+        copy = await self._copy_of(local, body)
+        if copy is None:
+            return self._dropped(queue_id, address, f"{report.kind} about no copy sent from here")
+        if report.kind == "complaint":
+            await self._record(queue_id, address, complained(copy, report))
+            return reply.FEEDBACK_RECORDED
+        failure = report.failures[0]
+        notified = self._notify_sender and await self._tell_sender(copy, failure, report)
+        await self._record(queue_id, address, bounced_later(copy, failure, report, notified))
+        return reply.FEEDBACK_RECORDED
+
+    async def _copy_of(self, local: str, body: bytes) -> Copy | None:
+        """The copy a report is about: by the return path it came back to, else by the
+        relay's tokens in the message it returns."""
+        tokens = [local.removeprefix(VERP_PREFIX)] if local.startswith(VERP_PREFIX) else []
+        tokens += [m.decode().lower() for m in self._return_path.findall(body)]
+        for token in tokens:
+            path = await self._queue.return_path(token)
+            if path is not None:
+                return Copy(path.message_id, path.recipient, path.stream)
+        for match in self._unsubscribe.findall(body):
+            found = self._tokens.read_unsubscribe(match.decode())
+            if found is not None:
+                return found
+        return None
+
+    async def _record(self, queue_id: str, address: str, feedback: Feedback) -> None:
+        added = await self._queue.record_feedback(feedback)
+        log.info("%s: to=<%s>, feedback=%s, message=%s, recipient=<%s>, suppressed=%s",
+                 queue_id, address, feedback.kind.value, feedback.message_id,
+                 feedback.recipient, (feedback.suppress_in or "no") if added else "already")
+
+    def _dropped(self, queue_id: str, address: str, why: str) -> reply.Reply:
+        log.info("%s: to=<%s>, feedback=dropped (%s)", queue_id, address, why)
+        return reply.FEEDBACK_DROPPED
+
+    async def _tell_sender(self, copy: Copy, failure: Failure, report: Report) -> bool:
+        """With `[bounces] notify_sender`: the application's envelope sender gets a DSN
+        of the relay's own about the late bounce."""
+        history = await self._queue.history(copy.message_id)
+        if history is None or not bounce.should_bounce(history.mail_from):
+            return False
+        dsn = bounce.build_dsn(
+            self._hostname, copy.message_id, history.mail_from, history.received_at,
+            [bounce.FailedRecipient(copy.recipient, failure.status,
+                                    failure.diagnostic or failure.status,
+                                    failure.remote_mta)],
+            report.original or b"\r\n", self._clock())
+        try:
+            await self._cleanup.submit("", [history.mail_from], dsn,
+                                       Origin("local", "127.0.0.1", self._hostname),
+                                       smtputf8=not history.mail_from.isascii())
+        except Rejected as exc:
+            log.error("%s: no notification of the late bounce to <%s>: %s",
+                      copy.message_id, history.mail_from, exc)
+            return False
+        return True
+
+
+def bounced_later(copy: Copy, failure: Failure, report: Report, dsn: bool) -> Feedback:
+    """A bounce after the copy was delivered: hard ones suppress the address everywhere."""
+    data = {"reply": failure.diagnostic or failure.status, "status": failure.status,
+            "late": True, "source": report.source, "dsn": dsn}
+    if failure.remote_mta:
+        data["relay"] = failure.remote_mta
+    return Feedback(EventType.BOUNCED, copy.message_id, copy.recipient, data,
+                    EVERY_STREAM if failure.permanent else None,
+                    f"bounced later: {failure.diagnostic or failure.status}"[:500])
+
+
+def complained(copy: Copy, report: Report) -> Feedback:
+    data = {"feedback_type": report.feedback_type, "source": "arf"}
+    if report.user_agent:
+        data["user_agent"] = report.user_agent
+    return Feedback(EventType.COMPLAINED, copy.message_id, copy.recipient, data,
+                    copy.stream, f"complaint ({report.feedback_type})")
+
+
+def unsubscribed(copy: Copy, method: str) -> Feedback:
+    return Feedback(EventType.UNSUBSCRIBED, copy.message_id, copy.recipient,
+                    {"method": method, "stream": copy.stream}, copy.stream,
+                    f"unsubscribed ({method})")

@@ -1,0 +1,110 @@
+"""queue.local_feedback: the suppression list, by stream, and what mail that comes back
+later needs (relay.feedback) in the local backend's index: the return paths of delivered
+copies and the late bounces, complaints and unsubscribes themselves.
+
+Every function here runs in the index writer thread, inside the transaction of the change.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+from relay.queue.base import Outcome, State
+from relay.queue.events import PRUNE_BATCH, EventType, Feedback
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS suppressions (
+    address TEXT NOT NULL,  -- lower case
+    stream TEXT NOT NULL DEFAULT '*',  -- '*': every stream
+    reason TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (address, stream)
+);
+-- One row per delivered copy sent with a VERP return path; pruned with the history.
+CREATE TABLE IF NOT EXISTS return_paths (
+    token TEXT PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS return_paths_by_age ON return_paths(at);
+"""
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """A spool from before streams: its suppressions held in every stream."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(suppressions)")}
+    if columns and "stream" not in columns:
+        db.execute("ALTER TABLE suppressions RENAME TO suppressions_before_streams")
+        db.executescript(SCHEMA)
+        db.execute("INSERT INTO suppressions (address, stream, reason, created_at) "
+                   "SELECT address, '*', reason, created_at FROM suppressions_before_streams")
+        db.execute("DROP TABLE suppressions_before_streams")
+    columns = {r[1] for r in db.execute("PRAGMA table_info(messages)")}
+    if columns and "stream" not in columns:
+        db.execute("ALTER TABLE messages ADD COLUMN stream TEXT NOT NULL "
+                   "DEFAULT 'transactional'")
+
+
+# Whether an address is suppressed for a message's stream (`?` the lowered address and
+# the stream); the reason, the stream's own entry before the one for every stream.
+SUPPRESSED_FOR = ("SELECT reason FROM suppressions WHERE address = ? AND stream IN (?, '*') "
+                  "ORDER BY stream = '*' LIMIT 1")
+
+
+def suppressed_in(db: sqlite3.Connection, wanted: Iterable[tuple[str, str]]) -> dict[
+        tuple[str, str], str]:
+    """Of (address, stream) pairs, those suppressed, with the reason."""
+    found = {}
+    for address, stream in set(wanted):
+        row = db.execute(SUPPRESSED_FOR, (address.lower(), stream)).fetchone()
+        if row is not None:
+            found[(address, stream)] = row[0]
+    return found
+
+
+def suppress(address: str, reason: str, stream: str, now: float,
+             db: sqlite3.Connection) -> bool:
+    return db.execute("INSERT OR IGNORE INTO suppressions (address, stream, reason, "
+                      "created_at) VALUES (?, ?, ?, ?)",
+                      (address.lower(), stream, reason, now)).rowcount > 0
+
+
+def unsuppress(address: str, stream: str | None, db: sqlite3.Connection) -> int:
+    if stream is None:
+        return db.execute("DELETE FROM suppressions WHERE address = ?",
+                          (address.lower(),)).rowcount
+    return db.execute("DELETE FROM suppressions WHERE address = ? AND stream = ?",
+                      (address.lower(), stream)).rowcount
+
+
+def keep_return_paths(db: sqlite3.Connection, now: float,
+                      applied: Iterable[tuple[Outcome, str, str]]) -> None:
+    """Delivered copies sent with a VERP token: (outcome, message id, address)."""
+    rows = [(o.return_path, m, r, m, now) for o, m, r in applied
+            if o.return_path and o.state is State.DELIVERED]
+    if rows:
+        db.executemany("INSERT OR IGNORE INTO return_paths (token, message_id, recipient, "
+                       "stream, at) SELECT ?, ?, ?, COALESCE((SELECT stream FROM messages "
+                       "WHERE id = ?), 'transactional'), ?", rows)
+
+
+def record(feedback: Feedback, now: float, db: sqlite3.Connection) -> bool:
+    added = True
+    if feedback.suppress_in is not None:
+        added = suppress(feedback.recipient, feedback.reason, feedback.suppress_in, now, db)
+    if added or feedback.kind is not EventType.UNSUBSCRIBED:
+        # Only while the message's history is kept: pruning removes events with it.
+        db.execute("INSERT INTO events (type, at, message_id, recipient, data) SELECT ?, ?, "
+                   "?, ?, ? WHERE EXISTS (SELECT 1 FROM history WHERE message_id = ?)",
+                   (feedback.kind.value, now, feedback.message_id, feedback.recipient,
+                    feedback.data_json, feedback.message_id))
+    return added
+
+
+def prune_return_paths(before: float, db: sqlite3.Connection) -> int:
+    return db.execute("DELETE FROM return_paths WHERE token IN (SELECT token FROM "
+                      "return_paths WHERE at < ? LIMIT ?)", (before, PRUNE_BATCH)).rowcount
+
