@@ -34,8 +34,10 @@ if [ "$want_tests" = yes ]; then
     # systemd: systemd-analyze checks the unit; Mail::DKIM (with CryptX) and OpenDKIM's
     # library verify the DKIM signatures independently of dkimpy (OpenDKIM: Ed25519 too);
     # postgresql: the cluster backend's tests run a server of their own (initdb, pg_ctl);
-    # curl runs the README's API examples
-    apt_install swaks systemd libmail-dkim-perl libcryptx-perl libopendkim11 postgresql curl
+    # curl runs the README's API examples; postfix is a real MTA that bounces later
+    # (a private instance per test, tests/support/postfix.py; the system one is not started)
+    apt_install swaks systemd libmail-dkim-perl libcryptx-perl libopendkim11 postgresql curl \
+        postfix
     # kubectl renders deploy/kubernetes (kustomize); Debian's package where none is installed
     command -v kubectl >/dev/null 2>&1 || apt_install kubernetes-client
     .venv/bin/python -m pip install -q -e ".[test]"

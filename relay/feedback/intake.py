@@ -76,7 +76,10 @@ class FeedbackIntake:
                 await self._record(queue_id, address, unsubscribed(found, "mailto"))
                 return reply.FEEDBACK_RECORDED
             return self._dropped(queue_id, address, "unsubscribe token not valid")
-        report = read_report(body)
+        try:
+            report = read_report(body)
+        except Exception as exc:  # the email package on hostile MIME: dropped, not retried
+            return self._dropped(queue_id, address, f"unreadable ({exc!r})")
         if report.kind == "none":
             return self._dropped(queue_id, address, f"no bounce or complaint ({report.source})")
         copy = await self._copy_of(local, body)

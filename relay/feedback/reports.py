@@ -13,12 +13,15 @@
 from __future__ import annotations
 
 import email
+import logging
 import re
 from dataclasses import dataclass, field
 from email.message import Message
 from typing import Literal
 
 from flufl.bounce import all_failures
+
+log = logging.getLogger("relay.feedback")
 
 # Feedback types that are a complaint about the mail (not "not-spam", "auth-failure").
 COMPLAINTS = {"abuse", "fraud", "virus", "other"}
@@ -141,7 +144,11 @@ def _original(message: Message) -> bytes:
 
 
 def _detected(message: Message) -> Report:
-    temporary, permanent = all_failures(message)
+    try:
+        temporary, permanent = all_failures(message)
+    except Exception as exc:  # a detector tripping over odd input: no answer, not a crash
+        log.info("bounce detectors could not read a message: %r", exc)
+        return Report("none", "detector")
     if not (temporary or permanent):
         return Report("none", "detector")
     status = "5.0.0" if permanent else "4.0.0"

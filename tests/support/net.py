@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,3 +45,16 @@ def _is_free(host: str, port: int, kind: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def wait_for_port(host: str, port: int, timeout: float = 30) -> None:
+    """Until a server of another process (which can tell us no other way) listens."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port}") from None
+            time.sleep(0.05)
