@@ -64,9 +64,6 @@ class FeedbackTokens:
         token = f"{message_id.lower()}-{self._mac(b'verp', message_id, recipient.lower())}"
         return token, f"{VERP_PREFIX}{token}@{self.domain}"
 
-    def is_return_path(self, token: str, message_id: str, recipient: str) -> bool:
-        return hmac.compare_digest(token, self.return_path(message_id, recipient)[0])
-
     # -- unsubscribe ------------------------------------------------------------------
 
     def unsubscribe(self, message_id: str, recipient: str, stream: str) -> str:
