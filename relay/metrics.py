@@ -72,6 +72,10 @@ class Metrics:
         self.webhook_disabled = Gauge(
             "relay_webhook_disabled", "1 for an endpoint disabled after failing for "
             "disable_after.", ["endpoint"], registry=registry)
+        self.feedback = Counter(
+            "relay_feedback", "Mail that came back (relay.feedback), by what it was: "
+            "bounced, complained, unsubscribed, or dropped (matched nothing).", ["kind"],
+            registry=registry)
         self._domains: set[str] = set()
 
     def domain_label(self, domain: str) -> str:
@@ -86,6 +90,9 @@ class Metrics:
         self.outcomes.labels(result.value, self.domain_label(domain)).inc()
         if latency is not None:
             self.latency.observe(latency)
+
+    def feedback_taken(self, kind: str) -> None:
+        self.feedback.labels(kind).inc()
 
     def mta_sts_fetched(self, ok: bool) -> None:
         self.mta_sts_fetches.labels("ok" if ok else "failed").inc()

@@ -102,7 +102,8 @@ class Relay:
                         timeout=config.delivery.connect_timeout)
         cleanup = Cleanup(self.queue, hostname, on_stored=self._stored)
         intake = (FeedbackIntake(self.queue, tokens, cleanup, hostname,
-                                 config.bounces.notify_sender) if tokens else None)
+                                 config.bounces.notify_sender, self.metrics.feedback_taken)
+                  if tokens else None)
         agent = DeliveryAgent(config.delivery, hostname, hops, credentials,
                               domains=lambda: self.policies.domains,
                               mta_sts=StrictTransport.configured(
@@ -143,7 +144,8 @@ class Relay:
             config.admin.listen)
         self._admin.start()
         if tokens is not None and config.public.listen:
-            self._public = AdminServer(create_public_app(self.queue, tokens),
+            self._public = AdminServer(create_public_app(self.queue, tokens,
+                                                         self.metrics.feedback_taken),
                                        config.public.listen, service="public")
             self._public.start()
         self._scheduler.start()

@@ -41,8 +41,10 @@ class FeedbackIntake:
 
     def __init__(self, queue: Queue, tokens: FeedbackTokens, cleanup: Cleanup,
                  hostname: str, notify_sender: bool,
+                 counted: Callable[[str], None] = lambda kind: None,
                  clock: Callable[[], float] = time.time) -> None:
         self._queue = queue
+        self._counted = counted  # the metrics, by kind
         self._tokens = tokens
         self._cleanup = cleanup
         self._hostname = hostname
@@ -110,12 +112,14 @@ class FeedbackIntake:
 
     async def _record(self, queue_id: str, address: str, feedback: Feedback) -> None:
         added = await self._queue.record_feedback(feedback)
+        self._counted(feedback.kind.value)
         log.info("%s: to=<%s>, feedback=%s, message=%s, recipient=<%s>, suppressed=%s",
                  queue_id, address, feedback.kind.value, feedback.message_id,
                  feedback.recipient, (feedback.suppress_in or "no") if added else "already")
 
     def _dropped(self, queue_id: str, address: str, why: str) -> reply.Reply:
         log.info("%s: to=<%s>, feedback=dropped (%s)", queue_id, address, why)
+        self._counted("dropped")
         return reply.FEEDBACK_DROPPED
 
     async def _tell_sender(self, copy: Copy, failure: Failure, report: Report) -> bool:

@@ -13,6 +13,8 @@ Everything else is 404; a token that is not ours is 404 too, a body over 4 KB is
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
@@ -42,7 +44,8 @@ _DONE = """<!doctype html>
 """
 
 
-def create_public_app(queue: Queue, tokens: FeedbackTokens) -> FastAPI:
+def create_public_app(queue: Queue, tokens: FeedbackTokens,
+                      counted: Callable[[str], None] = lambda kind: None) -> FastAPI:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 
     def known(token: str) -> bool:
@@ -68,6 +71,7 @@ def create_public_app(queue: Queue, tokens: FeedbackTokens) -> FastAPI:
             await queue.record_feedback(unsubscribed(copy, "one-click"))
         except LocalFailure:  # the queue cannot be written now (a full disk): again later
             return PlainTextResponse("try again later\n", 503, headers=_PRIVATE)
+        counted("unsubscribed")
         if "text/html" in request.headers.get("accept", ""):
             return HTMLResponse(_DONE, headers=_PRIVATE)
         return PlainTextResponse("unsubscribed\n", headers=_PRIVATE)

@@ -341,7 +341,16 @@ def test_relayctl_broadcast_and_suppression(relay_process: MakeRelay, dns_server
 
     assert relayctl(relay.config, "suppression", "add", "C1@example.test").returncode == 0
     listed = relayctl(relay.config, "suppression", "list").stdout
-    assert listed.startswith("c1@example.test\t")
+    assert listed.startswith("c1@example.test\t*\t")
+    # A suppression in another stream only: the broadcast below still sends to c0.
+    added = relayctl(relay.config, "suppression", "add", "c0@example.test", "--stream",
+                     "newsletter", "--reason", "unsubscribed")
+    assert added.stdout == "c0@example.test: suppressed in newsletter\n", added.stderr
+    in_stream = relayctl(relay.config, "suppression", "list", "--stream", "newsletter")
+    assert in_stream.stdout.startswith("c0@example.test\tnewsletter\t")
+    assert in_stream.stdout.endswith("\tunsubscribed\n")
+    bad = relayctl(relay.config, "suppression", "list", "--stream", "Has Space")
+    assert bad.returncode == 2 and "stream" in bad.stderr and "Traceback" not in bad.stderr
     csv_file = tmp_path / "list.csv"
     csv_file.write_text("email,name\nc0@example.test,Zo\u00eb\nc1@example.test,Al\n")
     template_file = tmp_path / "template.json"
@@ -363,6 +372,9 @@ def test_relayctl_broadcast_and_suppression(relay_process: MakeRelay, dns_server
     status = relayctl(relay.config, "broadcast", "status", submitted.stdout.split()[1][:-1])
     assert "1 suppressed" in status.stdout
     assert relayctl(relay.config, "suppression", "remove", "c1@example.test").returncode == 0
+    removed = relayctl(relay.config, "suppression", "remove", "c0@example.test", "--stream",
+                       "newsletter")
+    assert removed.stdout == "c0@example.test: no longer suppressed in newsletter\n"
     assert relayctl(relay.config, "suppression", "list").stdout == ""
     missing = relayctl(relay.config, "broadcast", "status", "NOSUCH")
     assert missing.returncode == 2 and "no broadcast NOSUCH" in missing.stderr

@@ -229,6 +229,10 @@ async def test_one_click_unsubscribe_and_its_mailto_form(
             assert clicked.status_code == 200, clicked.text
         forged = await public.post(ann_url[:-3] + "aaa", content="List-Unsubscribe=One-Click")
         assert forged.status_code == 404
+        huge = await public.post(ann_url, content=b"x" * 100_000)
+        assert huge.status_code == 413
+        assert (await public.post(ann_url.split("/u/")[0] + "/u/" + "a" * 5000)
+                ).status_code == 404
         for other in ("/", "/v1/queue", "/metrics", "/openapi.json", "/docs"):
             assert (await public.get(ann_url.split("/u/")[0] + other)).status_code == 404
     unsubscribed = await until_event(relay, "unsubscribed", recipient="ann@example.test")
@@ -251,6 +255,8 @@ async def test_one_click_unsubscribe_and_its_mailto_form(
             "from": "app@sender.test", "to": ["ann@example.test"], "subject": "Reset",
             "text": "link"})
         await until_event(relay, "delivered", message=reset.json()["id"])
+        metrics = (await client.get("/metrics")).text
+    assert 'relay_feedback_total{kind="unsubscribed"} 3.0' in metrics  # two clicks, a mail
     assert len(sink.messages) == 3
 
 
