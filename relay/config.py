@@ -313,6 +313,10 @@ class Config(BaseSettings):
         if (self.public.listen or self.public.url) and not self.bounces.domain:
             raise ValueError("public: one-click unsubscribe needs [bounces] domain (its "
                              "tokens, and the mailto form of the link)")
+        if (self.bounces.domain and self.queue.backend == "postgres"
+                and not self.bounces.secret_file):
+            raise ValueError("bounces.secret_file: nodes that share a queue need one key for "
+                             "their tokens: name a file that every node has")
         if self.public.listen and not self.public.url:
             raise ValueError("public.url: how recipients reach [public] listen is needed")
         return self

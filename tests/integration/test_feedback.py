@@ -12,6 +12,7 @@ import re
 import smtplib
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ import pytest
 
 from tests.integration.conftest import RunningRelay, StartRelay
 from tests.support.dns_server import DnsServer
+from tests.support.feedback_reports import arf_report
 from tests.support.net import free_port
 from tests.support.postfix import PrivatePostfix, postfix_available
 from tests.support.sink import Sink
@@ -85,11 +87,15 @@ def postfix_mx(mx_port: int) -> Iterator[Callable[[str, str], PrivatePostfix]]:
         server.stop()
 
 
+@pytest.mark.parametrize("notify_sender", [False, True])
 async def test_a_bounce_from_postfix_after_it_accepted_is_recorded_and_suppressed(
-        start_relay: StartRelay, dns_server: DnsServer,
+        notify_sender: bool, start_relay: StartRelay, dns_server: DnsServer,
+        make_sink: Callable[..., Sink],
         postfix_mx: Callable[[str, str], PrivatePostfix]) -> None:
     dns_server.add("dest.test", "A", "127.0.0.5")
-    relay = await start_relay(**feedback_overrides())
+    dns_server.add("sender.test", "A", "127.0.0.2")
+    sender = make_sink("127.0.0.2")  # the application's own mailbox, for DSNs
+    relay = await start_relay(bounces={"domain": BOUNCES, "notify_sender": notify_sender})
     mx = postfix_mx("dest.test", f"127.0.0.1:{relay.smtp_port}")
     async with relay.http() as client:
         sent = await client.post("/v1/messages", json={
@@ -105,7 +111,7 @@ async def test_a_bounce_from_postfix_after_it_accepted_is_recorded_and_suppresse
         assert bounced["metadata"] == {"user": 7}
         data = bounced["data"]
         assert data["late"] is True and data["source"] == "dsn" and data["status"] == "5.1.1"
-        assert "unknown user" in data["reply"] and data["dsn"] is False
+        assert "unknown user" in data["reply"] and data["dsn"] is notify_sender
         # It was delivered first, from a return path of its own.
         history = (await client.get(f"/v1/messages/{message_id}")).json()
         [timeline] = history["recipients"]
@@ -121,49 +127,30 @@ async def test_a_bounce_from_postfix_after_it_accepted_is_recorded_and_suppresse
         skipped = await until_event(relay, "suppressed", message=again.json()["id"])
         assert skipped["data"]["reply"].startswith("550 5.7.1")
     assert mx.log.count("status=bounced") == 1  # Postfix saw only the first
-
-
-ARF = """\
-From: Feedback Loop <fbl@provider.test>
-To: fbl@{bounces}
-Subject: Complaint
-MIME-Version: 1.0
-Content-Type: multipart/report; report-type=feedback-report; boundary="arf"
-
---arf
-Content-Type: text/plain
-
-This is an email abuse report for an email message received from the relay.
-
---arf
-Content-Type: message/feedback-report
-
-Feedback-Type: abuse
-User-Agent: ProviderFBL/1.0
-Version: 1
-Original-Mail-From: <{return_path}>
-Arrival-Date: Thu, 8 Mar 2026 14:00:00 EST
-Reported-Domain: sender.test
-
---arf
-Content-Type: text/rfc822-headers
-
-Return-Path: <{return_path}>
-{headers}
---arf--
-"""
+    if notify_sender:  # the application's sender hears of both, by DSN
+        dsns = await asyncio.to_thread(sender.wait_for, 2)
+        assert all(m.mail_from == "" and m.rcpt_tos == ["app@sender.test"] for m in dsns)
+        reports = [email.message_from_bytes(m.content) for m in dsns]
+        assert {r.get_content_type() for r in reports} == {"multipart/report"}
+        assert b"unknown user" in dsns[0].content + dsns[1].content
+    else:  # events only: no DSN was even queued
+        await relay.until_queue_empty()
+        assert sender.messages == []
 
 
 @pytest.mark.parametrize("backend", ["local", "postgres"])
 async def test_a_complaint_suppresses_in_its_stream_only(
         backend: str, request: pytest.FixtureRequest, start_relay: StartRelay,
-        dns_server: DnsServer, make_sink: Callable[..., Sink]) -> None:
+        dns_server: DnsServer, make_sink: Callable[..., Sink], tmp_path: Path) -> None:
     dns_server.add("example.test", "A", "127.0.0.2")
     sink = make_sink("127.0.0.2")
     overrides = feedback_overrides()
     if backend == "postgres":
         overrides["queue"] = {"backend": "postgres",
                               "dsn": request.getfixturevalue("postgres_dsn")}
+        key = tmp_path / "feedback.key"  # what every node of a cluster shares
+        key.write_text("a-key-of-at-least-sixteen-characters\n")
+        overrides["bounces"]["secret_file"] = str(key)
     relay = await start_relay(**overrides)
     async with relay.http() as client:
         sent = await client.post("/v1/messages", json={
@@ -172,11 +159,8 @@ async def test_a_complaint_suppresses_in_its_stream_only(
         message_id = sent.json()["id"]
         [copy] = await asyncio.to_thread(sink.wait_for, 1)
         assert copy.mail_from.startswith("b-") and copy.mail_from.endswith(f"@{BOUNCES}")
-        headers = copy.content.split(b"\r\n\r\n", 1)[0].decode()
-        report = ARF.format(bounces=BOUNCES, return_path=copy.mail_from,
-                            headers=headers.replace("\r\n", "\n")).replace("\n", "\r\n")
         code, _ = await asyncio.to_thread(send_from, relay, "fbl@provider.test",
-                                          f"fbl@{BOUNCES}", report.encode())
+                                          f"fbl@{BOUNCES}", arf_report(copy, BOUNCES))
         assert code == 250
         complained = await until_event(relay, "complained", message=message_id)
         assert complained["recipient"] == "ann@example.test"
