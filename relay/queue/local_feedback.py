@@ -7,13 +7,11 @@ Every function here runs in the index writer thread, inside the transaction of t
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable
 
 from relay.queue.base import EVERY_STREAM, Outcome, State
 from relay.queue.events import PRUNE_BATCH, EventType, Feedback
-from relay.queue.local_sql import IDS
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS suppressions (
@@ -53,16 +51,12 @@ def migrate(db: sqlite3.Connection) -> None:
 def suppressed_in(db: sqlite3.Connection, wanted: Iterable[tuple[str, str]]) -> dict[
         tuple[str, str], str]:
     """Of (address, stream) pairs, those suppressed in their stream or in every stream,
-    with the reason (the stream's own entry first); one query for them all."""
-    pairs = set(wanted)
-    lowered = json.dumps(sorted({address.lower() for address, _ in pairs}))
-    entries = {(address, stream): reason for address, stream, reason in db.execute(
-        f"SELECT address, stream, reason FROM suppressions WHERE address IN {IDS}",
-        (lowered,))}
+    with the reason (the stream's own entry first)."""
     found = {}
-    for address, stream in pairs if entries else ():
-        reason = (entries.get((address.lower(), stream))
-                  or entries.get((address.lower(), EVERY_STREAM)))
+    for address, stream in set(wanted):
+        entries = dict(db.execute("SELECT stream, reason FROM suppressions WHERE address = ?",
+                                  (address.lower(),)).fetchall())
+        reason = entries.get(stream) or entries.get(EVERY_STREAM)
         if reason is not None:
             found[(address, stream)] = reason
     return found
