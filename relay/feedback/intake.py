@@ -35,6 +35,8 @@ from relay.queue.events import EventType, Feedback
 
 log = logging.getLogger("relay.feedback")
 
+MAX_TOKENS = 10  # of the relay's tokens looked up in one returned message
+
 
 class FeedbackIntake:
     """The transport of the bounce domain: `deliver` reads, matches and records."""
@@ -100,11 +102,12 @@ class FeedbackIntake:
         relay's tokens in the message it returns."""
         tokens = [local.removeprefix(VERP_PREFIX)] if local.startswith(VERP_PREFIX) else []
         tokens += [m.decode().lower() for m in self._return_path.findall(body)]
-        for token in tokens:
+        # A message stuffed with tokens costs a lookup for the first few only.
+        for token in list(dict.fromkeys(tokens))[:MAX_TOKENS]:
             path = await self._queue.return_path(token)
             if path is not None:
                 return Copy(path.message_id, path.recipient, path.stream)
-        for match in self._unsubscribe.findall(body):
+        for match in self._unsubscribe.findall(body)[:MAX_TOKENS]:
             found = self._tokens.read_unsubscribe(match.decode())
             if found is not None:
                 return found

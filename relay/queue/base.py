@@ -369,7 +369,7 @@ class Queue(MessageStore, Protocol):
     async def return_path(self, token: str) -> ReturnPath | None:
         """The delivered copy a VERP token was sent with, while its history is kept."""
 
-    async def record_feedback(self, feedback: Feedback) -> bool:
+    async def record_feedback(self, report: Feedback) -> bool:
         """Durably write a late bounce, complaint or unsubscribe: its event (when the
         message's history is still kept) and its suppression. False when the suppression
         was there already (then an unsubscribe writes no second event)."""

@@ -108,8 +108,8 @@ class LocalRecords:
                                     "return_paths WHERE token = ?", [token])
         return ReturnPath(*rows[0]) if rows else None
 
-    async def record_feedback(self, feedback: Feedback) -> bool:
-        return bool(await self._write(partial(local_feedback.record, feedback,
+    async def record_feedback(self, report: Feedback) -> bool:
+        return bool(await self._write(partial(local_feedback.record, report,
                                               self._clock())))
 
     # -- webhooks (queue.local_webhooks) -----------------------------------------------

@@ -102,9 +102,9 @@ class PostgresRecords:
                                  "return_paths WHERE token = $1", token)
         return ReturnPath(*rows[0]) if rows else None
 
-    async def record_feedback(self, feedback_: Feedback) -> bool:
+    async def record_feedback(self, report: Feedback) -> bool:
         async with self._transaction() as connection:
-            return await feedback.record(connection, feedback_)
+            return await feedback.record(connection, report)
 
     # -- webhooks (queue.postgres_webhooks) --------------------------------------------
 
