@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import (
@@ -264,11 +265,12 @@ class BouncesSection(_Section):
     listen: list[ListenAddress] = []  # more SMTP listeners, e.g. ["0.0.0.0:25"]
     secret_file: str = ""  # the key of its tokens; empty: <queue path>/feedback.key
 
-    @model_validator(mode="after")
-    def _domain_is_a_name(self) -> BouncesSection:
-        if self.domain and not re.fullmatch(r"(?i)[a-z0-9-]+(\.[a-z0-9-]+)+", self.domain):
-            raise ValueError(f"domain: {self.domain!r} is not a domain name")
-        return self
+    @field_validator("domain")
+    @classmethod
+    def _domain_is_a_name(cls, domain: str) -> str:
+        if domain and not re.fullmatch(r"(?i)[a-z0-9-]+(\.[a-z0-9-]+)+", domain):
+            raise ValueError(f"{domain!r} is not a domain name")
+        return domain.lower()
 
 
 class PublicSection(_Section):

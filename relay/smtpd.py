@@ -447,7 +447,7 @@ class SubmissionHandler:
         return str(reply.LOCAL_ERROR)
 
     def _returns_here(self, address: str) -> bool:
-        return bool(self.bounce_domain) and domain_of(address) == self.bounce_domain.lower()
+        return bool(self.bounce_domain) and domain_of(address) == self.bounce_domain
 
     def _user(self, session: Session) -> User | None:
         if not session.authenticated or not isinstance(session, RelaySession):

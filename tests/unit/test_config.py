@@ -91,6 +91,14 @@ def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ('[queue]\nlease = "0s"\n', "queue.lease: Input should be greater than or equal to 1"),
     ('[smtp]\nauth_failure_limit = "lots"\n', "smtp.auth_failure_limit: invalid rate 'lots'"),
     ('[delivery\n', "relay.toml: "),
+    ('[bounces]\ndomain = "not a domain"\n', "bounces.domain: 'not a domain' is not a domain name"),
+    ('[public]\nlisten = "127.0.0.1:8080"\nurl = "https://r.test"\n',
+     "public: one-click unsubscribe needs [bounces] domain"),
+    ('[bounces]\ndomain = "b.test"\n[public]\nlisten = "127.0.0.1:8080"\n',
+     "public.url: how recipients reach [public] listen is needed"),
+    ('[public]\nurl = "ftp://r.test"\n', "public.url: String should match pattern"),
+    ('[queue]\nbackend = "postgres"\ndsn = "postgresql://x"\n[bounces]\ndomain = "b.test"\n',
+     "bounces.secret_file: nodes that share a queue need one key"),
 ])
 def test_errors_name_the_key_in_one_line(tmp_path: Path, body: str, message: str) -> None:
     path = tmp_path / "relay.toml"
