@@ -17,15 +17,16 @@ import os
 import signal
 import time
 
-from relay.admin.app import AdminServer, Services, create_app
+from relay.admin.app import HttpServer, Services, create_app
 from relay.admin.token import load_or_create_token
 from relay.cleanup import Cleanup
 from relay.config import Config
-from relay.delivery import DeliveryAgent, NextHops, relayhost_credentials
+from relay.delivery import Credentials, DeliveryAgent, NextHops, relayhost_credentials
 from relay.delivery.mta_sts import StrictTransport
 from relay.delivery.transform import Transform
 from relay.feedback import configured_tokens
 from relay.feedback.intake import FeedbackIntake
+from relay.feedback.tokens import FeedbackTokens
 from relay.feedback.unsubscribe import create_public_app
 from relay.history import HistoryPruner
 from relay.ingest import IngestWorkers
@@ -76,8 +77,8 @@ class Relay:
         self._listeners: list[asyncio.Server] = []  # SMTP served in this process
         self._ingest: IngestWorkers | None = None  # or by worker processes
         self._sessions = SessionRegistry()
-        self._admin: AdminServer | None = None
-        self._public: AdminServer | None = None  # one-click unsubscribe
+        self._admin: HttpServer | None = None
+        self._public: HttpServer | None = None  # one-click unsubscribe
         self._scheduler: Scheduler | None = None
         self._pruner = HistoryPruner(self.queue, config.history.retention)
         self._webhooks: WebhookDispatcher | None = None
@@ -98,27 +99,8 @@ class Relay:
         self._webhooks = WebhookDispatcher(self.queue, hooks, owner, self.metrics)
         await self._webhooks.prepare()
         hostname = config.server.hostname
-        hops = NextHops(config.delivery.nameservers, config.delivery.port,
-                        timeout=config.delivery.connect_timeout)
         cleanup = Cleanup(self.queue, hostname, on_stored=self._stored)
-        intake = (FeedbackIntake(self.queue, tokens, cleanup, hostname,
-                                 config.bounces.notify_sender, self.metrics.feedback_taken)
-                  if tokens else None)
-        agent = DeliveryAgent(config.delivery, hostname, hops, credentials,
-                              domains=lambda: self.policies.domains,
-                              mta_sts=StrictTransport.configured(
-                                  config.delivery, hops, config.queue.path,
-                                  self.metrics.mta_sts_fetched),
-                              local=intake, local_domain=tokens.domain if tokens else "")
-        self._scheduler = Scheduler(
-            self.queue, agent,
-            OutcomeRecorder(self.queue, cleanup, hostname, config.retry, self.metrics,
-                            notify_sender=tokens is None or config.bounces.notify_sender),
-            Transform(hostname, time.time, lambda: self.policies.dkim,
-                      lambda: self.policies.pgp, tokens),
-            max_connections=config.delivery.max_connections,
-            max_connections_per_domain=config.delivery.max_connections_per_domain,
-            lease_renewal=config.queue.lease / 4)
+        self._scheduler = self._delivery(cleanup, tokens, credentials)
         # With several nodes on one database, rate limits are counted there.
         rates = self.queue if isinstance(self.queue, PostgresQueue) else SlidingWindow()
         workers = config.smtp.workers if isinstance(self.queue, LocalQueue) else 0
@@ -137,14 +119,14 @@ class Relay:
                                         bounce_domain=config.bounces.domain)
             self._listeners = await serve_listeners(handler, config.smtp, hostname,
                                                     self._sessions, self._sockets, self._tls)
-        self._admin = AdminServer(
+        self._admin = HttpServer(
             create_app(Services(self.queue, cleanup, token, self.wake_scheduler, self.scrape,
                                 config.smtp.max_message_size,
                                 [endpoint for endpoint, _ in hooks], rates)),
             config.admin.listen)
         self._admin.start()
         if tokens is not None and config.public.listen:
-            self._public = AdminServer(create_public_app(self.queue, tokens,
+            self._public = HttpServer(create_public_app(self.queue, tokens,
                                                          self.metrics.feedback_taken),
                                        config.public.listen, service="public")
             self._public.start()
@@ -159,6 +141,32 @@ class Relay:
                  config.admin.listen,
                  queue_description(config),
                  f"{config.smtp.workers} worker processes" if self._ingest else "in-process")
+
+    def _delivery(self, cleanup: Cleanup, tokens: FeedbackTokens | None,
+                  credentials: Credentials | None) -> Scheduler:
+        """The scheduler with what it drives: the delivery agent (and, with a bounce
+        domain, the intake of what comes back there), outcomes and transforms."""
+        config, hostname = self.config, self.config.server.hostname
+        hops = NextHops(config.delivery.nameservers, config.delivery.port,
+                        timeout=config.delivery.connect_timeout)
+        intake = (FeedbackIntake(self.queue, tokens, cleanup, hostname,
+                                 config.bounces.notify_sender, self.metrics.feedback_taken)
+                  if tokens else None)
+        agent = DeliveryAgent(config.delivery, hostname, hops, credentials,
+                              domains=lambda: self.policies.domains,
+                              mta_sts=StrictTransport.configured(
+                                  config.delivery, hops, config.queue.path,
+                                  self.metrics.mta_sts_fetched),
+                              local=intake, local_domain=tokens.domain if tokens else "")
+        return Scheduler(
+            self.queue, agent,
+            OutcomeRecorder(self.queue, cleanup, hostname, config.retry, self.metrics,
+                            notify_sender=tokens is None or config.bounces.notify_sender),
+            Transform(hostname, time.time, lambda: self.policies.dkim,
+                      lambda: self.policies.pgp, tokens),
+            max_connections=config.delivery.max_connections,
+            max_connections_per_domain=config.delivery.max_connections_per_domain,
+            lease_renewal=config.queue.lease / 4)
 
     def _stored(self) -> None:
         self.metrics.received.inc()

@@ -126,7 +126,7 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-class AdminServer:
+class HttpServer:
     """An app served by uvicorn in the relay's loop: the admin API (or the public
     unsubscribe listener, relay.feedback.unsubscribe)."""
 
