@@ -116,6 +116,25 @@ class Scheduler:
         """New or released mail: look for due work now."""
         self._wakeup.set()
 
+    def room(self) -> int:
+        """How many more recipients it would take now (queue.local claims new mail for
+        the scheduler as it indexes it: LocalQueue.hand_new_mail_to)."""
+        if self._stopping or self._task is None:
+            return 0
+        return max(self._max_active - len(self._held), 0)
+
+    def take_claimed(self, claimed: list[Claimed]) -> None:
+        """Recipients claimed for us elsewhere (in the commit that indexed them)."""
+        if not self._held:
+            # The loop may sleep past the next renewal (it held nothing when it slept).
+            asyncio.get_running_loop().call_later(self._lease_renewal, self._wakeup.set)
+        self._held.update((r.recipient_id, r.attempts) for r in claimed)
+        if self._stopping:
+            return  # returned with the rest at the end of stop(), or by recovery
+        for job in group_into_jobs(claimed, self._agent.destination_of,
+                                   self._transform.needs_own_copy):
+            self._dispatch(job)
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="scheduler")
 

@@ -131,6 +131,8 @@ class Relay:
                                        config.public.listen, service="public")
             self._public.start()
         self._scheduler.start()
+        if isinstance(self.queue, LocalQueue):
+            self.queue.hand_new_mail_to(self._scheduler)  # and it wakes the scheduler
         self._pruner.start()
         self._webhooks.start()
         if isinstance(self.queue, PostgresQueue):
@@ -170,7 +172,8 @@ class Relay:
 
     def _stored(self) -> None:
         self.metrics.received.inc()
-        self.wake_scheduler()
+        if not isinstance(self.queue, LocalQueue):  # the local queue hands it over itself
+            self.wake_scheduler()
 
     def wake_scheduler(self) -> None:
         """Look for due work now (new or released mail)."""

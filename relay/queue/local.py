@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 
@@ -101,6 +101,7 @@ class LocalQueue(LocalRecords):
         # File I/O (writes, fsyncs, reads) runs on the queue's own threads, so a busy
         # default executor can never hold up a 250.
         self._io: ThreadPoolExecutor | None = None
+        self._taker: NewMailTaker | None = None  # claims new mail as it is indexed
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -164,12 +165,22 @@ class LocalQueue(LocalRecords):
         written the message may be acknowledged (LocalFailure if it was not)."""
         await self._in_io_thread(self.files.write, message_id, envelope, data)
 
+    def hand_new_mail_to(self, taker: NewMailTaker) -> None:
+        """From now on new mail is claimed for `taker` (the scheduler) in the commit that
+        indexes it, while it has room: no claim of its own, no wake-up (bench/README.md)."""
+        self._taker = taker
+
     async def index(self, meta: MessageMeta, received_at: float, durable: bool = False) -> None:
         """Step two (the owner only): the index rows, in the next group commit; not
         durable by themselves (the queue file is), so this costs no fsync. Raises what the
         commit raised."""
-        await self._write(partial(insert_message, meta, received_at, self._clock()),
-                          durable=durable)
+        taker = self._taker
+        lease = (self._lease if taker is not None and taker.room() >= len(meta.recipients)
+                 else None)
+        claimed = await self._write(partial(_index_claiming, meta, received_at, self._clock(),
+                                            lease), durable=durable)
+        if taker is not None:
+            taker.take_claimed(claimed) if claimed else taker.wake()
 
     # -- delivery --------------------------------------------------------------------
 
@@ -397,7 +408,37 @@ class LocalQueue(LocalRecords):
         return rows[0] if rows else None
 
 
+class NewMailTaker(Protocol):
+    """What LocalQueue.hand_new_mail_to hands new mail to (the scheduler)."""
+
+    def room(self) -> int:
+        """How many recipients it would take now (0 while it stops)."""
+
+    def take_claimed(self, claimed: list[Claimed]) -> None: ...
+
+    def wake(self) -> None:
+        """New mail it did not take: due now."""
+
+
 # Write operations: run in the writer thread, inside the group committer's transaction.
+
+def _index_claiming(meta: MessageMeta, received_at: float, now: float, lease: float | None,
+                    db: sqlite3.Connection) -> list[Claimed]:
+    """A new message's rows; with `lease`, its recipients claimed at once (active, the
+    first attempt counted, leased), as claim_due would."""
+    insert_message(meta, received_at, now, db)
+    if lease is None:
+        return []
+    rows = db.execute(
+        "UPDATE recipients SET state = 'active', attempts = 1, last_attempt_at = ?, "
+        "next_attempt_at = ? WHERE message_id = ? RETURNING id, address, domain",
+        (now, now + lease, meta.id)).fetchall()
+    stream = meta.tracking.stream
+    suppressed = suppressed_in(db, [(address, stream) for _, address, _ in rows])
+    return [Claimed(rid, meta.id, address, domain, 1, meta.mail_from, received_at,
+                    meta.smtputf8, None, stream, suppressed.get((address, stream), ""))
+            for rid, address, domain in sorted(rows)]
+
 
 def _claim_due(limit: int, now: float, lease: float,
                db: sqlite3.Connection) -> list[Claimed]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.queue import NewMessage, Outcome, Selection, State, new_queue_id
+from relay.queue import Claimed, NewMessage, Outcome, Selection, State, new_queue_id
 from relay.queue.groupcommit import GroupCommitter, connect
 from relay.queue.local import LocalQueue
 from relay.queue.spoolfiles import Envelope, SpoolFiles
@@ -183,3 +183,72 @@ async def test_requeue_puts_every_waiting_recipient_back(tmp_path: Path) -> None
                                 "250")])
     assert len(await queue.claim_due(10)) == 2
     await queue.close()
+
+
+class _Taker:
+    """Stands in for the scheduler: takes what is claimed for it while it has room."""
+
+    def __init__(self, room: int) -> None:
+        self.free = room
+        self.taken: list[list[Claimed]] = []
+        self.wakes = 0
+
+    def room(self) -> int:
+        return self.free
+
+    def take_claimed(self, claimed: list[Claimed]) -> None:
+        self.taken.append(claimed)
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+
+async def test_new_mail_is_claimed_in_the_commit_that_indexes_it(tmp_path: Path) -> None:
+    queue = LocalQueue(tmp_path / "spool", lease=60.0)
+    await queue.open()
+    try:
+        await queue.suppress("gone@example.test", "550 5.1.1 gone")
+        taker = _Taker(room=2)
+        queue.hand_new_mail_to(taker)
+        first = NewMessage(new_queue_id(), "app@sender.test",
+                           ["a@example.test", "gone@example.test"], b"Subject: x\r\n\r\nx\r\n")
+        await queue.store(first)
+        [claimed] = taker.taken
+        assert [(c.message_id, c.address, c.attempts, c.suppressed) for c in claimed] == [
+            (first.id, "a@example.test", 1, ""),
+            (first.id, "gone@example.test", 1, "550 5.1.1 gone")]
+        info = await queue.get_message(first.id)
+        assert info is not None and {r.state for r in info.recipients} == {State.ACTIVE}
+        assert await queue.claim_due(10) == []  # leased: nobody else gets them
+
+        taker.free = 1  # less room than the next message has recipients: it stays due
+        second = NewMessage(new_queue_id(), "app@sender.test",
+                            ["b@example.test", "c@example.test"], b"Subject: y\r\n\r\ny\r\n")
+        await queue.store(second)
+        assert len(taker.taken) == 1 and taker.wakes == 1
+        assert {c.address for c in await queue.claim_due(10)} == {"b@example.test",
+                                                                  "c@example.test"}
+        await queue.record([Outcome(c.recipient_id, c.attempts, State.DELIVERED, "250 ok")
+                            for c in claimed])
+        assert await queue.get_message(first.id) is None
+    finally:
+        await queue.close()
+
+
+async def test_mail_claimed_as_it_was_indexed_comes_back_after_a_crash(tmp_path: Path) -> None:
+    queue = LocalQueue(tmp_path / "spool", lease=60.0)
+    await queue.open()
+    taker = _Taker(room=10)
+    queue.hand_new_mail_to(taker)
+    stored = NewMessage(new_queue_id(), "app@sender.test", ["a@example.test"],
+                        b"Subject: x\r\n\r\nx\r\n")
+    await queue.store(stored)
+    assert taker.taken
+    await queue.close()  # as a crash would leave it: the recipient active, leased
+    again = LocalQueue(tmp_path / "spool", lease=60.0)
+    await again.open()
+    try:
+        [claim] = await again.claim_due(10)
+        assert (claim.message_id, claim.attempts) == (stored.id, 2)
+    finally:
+        await again.close()
