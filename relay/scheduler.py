@@ -106,6 +106,7 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._renewal_due: asyncio.TimerHandle | None = None  # see take_claimed
 
     @property
     def leased(self) -> int:
@@ -125,9 +126,11 @@ class Scheduler:
 
     def take_claimed(self, claimed: list[Claimed]) -> None:
         """Recipients claimed for us elsewhere (in the commit that indexed them)."""
-        if not self._held:
-            # The loop may sleep past the next renewal (it held nothing when it slept).
-            asyncio.get_running_loop().call_later(self._lease_renewal, self._wakeup.set)
+        if not self._held and self._renewal_due is None:
+            # The loop may sleep past the next renewal (it held nothing when it slept):
+            # one wake-up then, however many messages come meanwhile.
+            self._renewal_due = asyncio.get_running_loop().call_later(
+                self._lease_renewal, self._renew_if_holding)
         self._held.update((r.recipient_id, r.attempts) for r in claimed)
         if self._stopping:
             return  # returned with the rest at the end of stop(), or by recovery
@@ -138,10 +141,17 @@ class Scheduler:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="scheduler")
 
+    def _renew_if_holding(self) -> None:
+        self._renewal_due = None
+        if self._held:
+            self._wakeup.set()
+
     async def stop(self, timeout: float = 30.0) -> None:
         """Claim nothing more; let workers finish their job in hand for `timeout` seconds."""
         self._stopping = True
         self._stopped.set()
+        if self._renewal_due is not None:
+            self._renewal_due.cancel()
         self._wakeup.set()
         for destination in self._destinations.values():
             destination.arrived.set()
