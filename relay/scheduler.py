@@ -106,7 +106,7 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self._renewal_due: asyncio.TimerHandle | None = None  # see take_claimed
+        self._look_again: asyncio.TimerHandle | None = None  # see take_claimed
 
     @property
     def leased(self) -> int:
@@ -126,11 +126,11 @@ class Scheduler:
 
     def take_claimed(self, claimed: list[Claimed]) -> None:
         """Recipients claimed for us elsewhere (in the commit that indexed them)."""
-        if not self._held and self._renewal_due is None:
-            # The loop may sleep past the next renewal (it held nothing when it slept):
-            # one wake-up then, however many messages come meanwhile.
-            self._renewal_due = asyncio.get_running_loop().call_later(
-                self._lease_renewal, self._renew_if_holding)
+        if self._look_again is None:
+            # As after a claim of its own, the loop looks at the queue again within
+            # BUSY_SLEEP (what was deferred, leases to renew), once however many come.
+            self._look_again = asyncio.get_running_loop().call_later(BUSY_SLEEP,
+                                                                     self._looked_again)
         self._held.update((r.recipient_id, r.attempts) for r in claimed)
         if self._stopping:
             return  # returned with the rest at the end of stop(), or by recovery
@@ -141,17 +141,16 @@ class Scheduler:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="scheduler")
 
-    def _renew_if_holding(self) -> None:
-        self._renewal_due = None
-        if self._held:
-            self._wakeup.set()
+    def _looked_again(self) -> None:
+        self._look_again = None
+        self._wakeup.set()
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Claim nothing more; let workers finish their job in hand for `timeout` seconds."""
         self._stopping = True
         self._stopped.set()
-        if self._renewal_due is not None:
-            self._renewal_due.cancel()
+        if self._look_again is not None:
+            self._look_again.cancel()
         self._wakeup.set()
         for destination in self._destinations.values():
             destination.arrived.set()
