@@ -43,7 +43,7 @@ def format_history(history: dict[str, Any]) -> str:
     for recipient in history["recipients"]:
         lines.append(f"  <{recipient['address']}>: {recipient['state']}")
         for event in recipient["events"]:
-            lines.append(f"    {date_of(event['at'])}  {event['type']:<9} {_detail(event)}")
+            lines.append(f"    {date_of(event['at'])}  {event['type']:<12} {_detail(event)}")
     return "\n".join(lines)
 
 
@@ -84,7 +84,7 @@ def events(ctx: click.Context, message_id: str | None, recipient: str | None,
 
 
 def format_event(event: dict[str, Any]) -> str:
-    return (f"{date_of(event['at'])}  {event['message_id']}  {event['type']:<9} "
+    return (f"{date_of(event['at'])}  {event['message_id']}  {event['type']:<12} "
             f"<{event['recipient']}>  {_detail(event)}").rstrip()
 
 
@@ -97,4 +97,10 @@ def _detail(event: dict[str, Any]) -> str:
         parts.append(f"next attempt {date_of(data['next_attempt_at'])}")
     if data.get("dsn"):
         parts.append("DSN sent")
+    if data.get("late"):
+        parts.append(f"after delivery ({data.get('source', 'dsn')})")
+    if data.get("feedback_type"):
+        parts.append(f"feedback type {data['feedback_type']}")
+    if data.get("method"):
+        parts.append(f"by {data['method']} in {data.get('stream', 'its stream')}")
     return " ".join(parts)

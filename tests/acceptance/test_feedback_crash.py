@@ -15,6 +15,7 @@ from tests.acceptance.conftest import MakeRelay
 from tests.support.dns_server import DnsServer
 from tests.support.feedback_reports import arf_report
 from tests.support.net import free_port
+from tests.support.process import relayctl
 from tests.support.sink import Sink
 
 BOUNCES = "bounces.test"
@@ -59,5 +60,8 @@ def test_a_complaint_acknowledged_before_a_kill_9_is_recorded_after_the_restart(
                                                                    "ann@example.test")
     entries = admin.request("GET", "/v1/suppressions?stream=newsletter")["suppressions"]
     assert [e["address"] for e in entries] == ["ann@example.test"]
+    shown = relayctl(relay.config, "events", "--type", "complained").stdout
+    assert shown.count("\n") == 1 and "complained   <ann@example.test>" in shown
+    assert "feedback type abuse" in shown
     assert relay.stop() == 0
     assert "Traceback" not in relay.log_path.read_text()
