@@ -5,7 +5,7 @@ section 2.1.1) with 5.6.0, and is otherwise as lenient as Postfix. It prepends a
 `Received:` trace header (RFC 5321 section 4.4, protocol names from RFC 3848) and adds
 `Message-ID:` and `Date:` at the end of the header section when missing, and removes
 `X-Relay-Metadata:` (the application's metadata for the message's history and events, a
-JSON object). The rest of the message stays byte-exact: 8-bit and SMTPUTF8 content is
+JSON object) and `X-Relay-Stream:` (the stream it belongs to, for the suppression list). The rest of the message stays byte-exact: 8-bit and SMTPUTF8 content is
 never re-encoded.
 """
 
@@ -29,12 +29,15 @@ from relay.queue import (
     Tracking,
     new_queue_id,
 )
-from relay.queue.base import NO_TRACKING
+from relay.queue.base import NO_TRACKING, STREAM_PATTERN, TRANSACTIONAL
 from relay.reply import malformed
 
 MAX_LINE = 998
 METADATA_HEADER_NAME = "X-Relay-Metadata"  # the application's metadata, removed here
 METADATA_HEADER = METADATA_HEADER_NAME.lower()
+STREAM_HEADER_NAME = "X-Relay-Stream"  # the message's stream (SMTP), removed here
+STREAM_HEADER = STREAM_HEADER_NAME.lower()
+_RELAY_HEADERS = (METADATA_HEADER, STREAM_HEADER)  # for the relay alone: never sent on
 _FIELD_NAME = re.compile(rb"[!-9;-~]+[ \t]*:")
 
 
@@ -55,9 +58,11 @@ class Inspected:
     header_names: frozenset[str]  # lower-cased
     from_values: tuple[str, ...]  # the From: fields, unfolded
     subject: str = ""  # the first Subject: field, unfolded, RFC 2047 words as they are
-    # X-Relay-Metadata fields: (start, end) offsets of each, and their values unfolded
-    metadata_fields: tuple[tuple[int, int], ...] = ()
+    # X-Relay-Metadata and X-Relay-Stream fields: (start, end) offsets of each, and
+    # their values unfolded
+    relay_fields: tuple[tuple[int, int], ...] = ()
     metadata_values: tuple[str, ...] = ()
+    stream_values: tuple[str, ...] = ()
 
     @property
     def from_addresses(self) -> tuple[str, ...]:
@@ -73,8 +78,9 @@ def inspect(data: bytes) -> Inspected:
     if _has_long_line(data):
         raise Rejected(malformed(f"line longer than {MAX_LINE} characters"))
     names: set[str] = set()
-    kept: dict[str, list[str]] = {"from": [], "subject": [], METADATA_HEADER: []}
-    spans: list[list[int]] = []  # of the X-Relay-Metadata fields
+    kept: dict[str, list[str]] = {"from": [], "subject": [], METADATA_HEADER: [],
+                                  STREAM_HEADER: []}
+    spans: list[list[int]] = []  # of the relay's own fields
     offset = 0
     current: str | None = None
     while offset < len(data):
@@ -84,14 +90,14 @@ def inspect(data: bytes) -> Inspected:
         if line[:1] in (b" ", b"\t") and current is not None:
             if current in kept:
                 kept[current][-1] += line.decode("utf-8", "replace")
-                if current == METADATA_HEADER:
+                if current in _RELAY_HEADERS:
                     spans[-1][1] = end
         elif (match := _FIELD_NAME.match(line)) is not None:
             current = match.group(0)[:-1].strip().decode("ascii").lower()
             names.add(current)
             if current in kept:
                 kept[current].append(line[match.end():].decode("utf-8", "replace"))
-                if current == METADATA_HEADER:
+                if current in _RELAY_HEADERS:
                     spans.append([offset, end])
         else:
             break  # the blank separator line, or a body without one: headers end here
@@ -100,7 +106,8 @@ def inspect(data: bytes) -> Inspected:
     return Inspected(offset, frozenset(names), tuple(kept["from"]),
                      _unfolded(subjects[0]) if subjects else "",
                      tuple((start, stop) for start, stop in spans),
-                     tuple(map(_unfolded, kept[METADATA_HEADER])))
+                     tuple(map(_unfolded, kept[METADATA_HEADER])),
+                     tuple(map(_unfolded, kept[STREAM_HEADER])))
 
 
 def _unfolded(value: str) -> str:
@@ -123,7 +130,14 @@ def application_tracking(inspected: Inspected, given: Tracking) -> Tracking:
         metadata.update(found)
     if given.metadata is not None:
         metadata.update(given.metadata)
-    return replace(given, subject=inspected.subject, metadata=metadata or None)
+    stream = given.stream
+    if inspected.stream_values and stream == TRANSACTIONAL:  # the API's own choice wins
+        stream = inspected.stream_values[-1].lower()
+        if not re.fullmatch(STREAM_PATTERN, stream):
+            raise Rejected(malformed(f"{STREAM_HEADER_NAME} must be a stream name (lower "
+                                     "case letters, digits, '.', '_', '-')"))
+    return replace(given, subject=inspected.subject, metadata=metadata or None,
+                   stream=stream)
 
 
 @functools.lru_cache(maxsize=4)
@@ -211,7 +225,7 @@ class Cleanup:
         separator = b"\r\n" if body and not body.startswith((b"\r\n", b"\n")) else b""
         finished = b"".join((
             received_header(self._hostname, origin, queue_id, recipients, now),
-            _without(data[:cut], inspected.metadata_fields),
+            _without(data[:cut], inspected.relay_fields),
             missing_headers(inspected, self._hostname, queue_id, now),
             separator,
             body,

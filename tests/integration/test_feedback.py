@@ -272,3 +272,33 @@ async def test_the_bounce_listener_is_not_an_open_relay(
     replies = {e["data"]["reply"] for e in delivered["events"]}
     assert replies == {"250 2.0.0 Matched no message sent from here: dropped"}
     assert sink.messages == []  # dropped, never bounced to the sender
+
+
+def send_trusted(relay: RunningRelay, data: bytes) -> tuple[int, bytes]:
+    return send_from(relay, "news@sender.test", "ann@example.test", data, source="127.0.0.1")
+
+
+async def test_smtp_mail_names_its_stream_in_a_header_the_relay_removes(
+        start_relay: StartRelay, dns_server: DnsServer,
+        make_sink: Callable[..., Sink]) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    relay = await start_relay()
+    async with relay.http() as client:
+        await client.post("/v1/suppressions", json={"address": "ann@example.test",
+                                                    "stream": "newsletter"})
+    news = b"Subject: News\r\nX-Relay-Stream: Newsletter\r\n\r\nbuy\r\n"
+    code, answer = await asyncio.to_thread(send_trusted, relay, news)
+    assert code == 250
+    await until_event(relay, "suppressed", message=answer.decode().rsplit(" ", 1)[-1])
+    receipt = b"Subject: Receipt\r\n\r\nthanks\r\n"
+    code, _ = await asyncio.to_thread(send_trusted, relay, receipt)
+    [delivered] = await asyncio.to_thread(sink.wait_for, 1)
+    assert b"Subject: Receipt" in delivered.content
+    bad = b"Subject: x\r\nX-Relay-Stream: not a stream!\r\n\r\nx\r\n"
+    code, answer = await asyncio.to_thread(send_trusted, relay, bad)
+    assert code == 550 and b"5.6.0 Message rejected: X-Relay-Stream" in answer, answer
+    tagged = b"Subject: Tagged\r\nX-Relay-Stream: alerts\r\n\r\nx\r\n"
+    await asyncio.to_thread(send_trusted, relay, tagged)
+    messages = await asyncio.to_thread(sink.wait_for, 2)
+    assert all(b"X-Relay-Stream" not in m.content for m in messages)
