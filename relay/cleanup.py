@@ -5,8 +5,8 @@ section 2.1.1) with 5.6.0, and is otherwise as lenient as Postfix. It prepends a
 `Received:` trace header (RFC 5321 section 4.4, protocol names from RFC 3848) and adds
 `Message-ID:` and `Date:` at the end of the header section when missing, and removes
 `X-Relay-Metadata:` (the application's metadata for the message's history and events, a
-JSON object) and `X-Relay-Stream:` (the stream it belongs to, for the suppression list). The rest of the message stays byte-exact: 8-bit and SMTPUTF8 content is
-never re-encoded.
+JSON object) and `X-Relay-Stream:` (the stream it belongs to, for the suppression list).
+The rest of the message stays byte-exact: 8-bit and SMTPUTF8 content is never re-encoded.
 """
 
 from __future__ import annotations
