@@ -159,7 +159,7 @@ class Relay:
                               mta_sts=StrictTransport.configured(
                                   config.delivery, hops, config.queue.path,
                                   self.metrics.mta_sts_fetched),
-                              local=intake, local_domain=tokens.domain if tokens else "")
+                              local=intake)
         return Scheduler(
             self.queue, agent,
             OutcomeRecorder(self.queue, cleanup, hostname, config.retry, self.metrics,

@@ -67,6 +67,14 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
+class LocalTransport(Transport, Protocol):
+    """A domain whose mail is taken in here, never sent on (the bounce domain,
+    feedback.intake)."""
+
+    @property
+    def domain(self) -> str: ...
+
+
 class DeliveryAgent:
     """What every destination session shares: settings, resolver, relayhost credentials."""
 
@@ -74,24 +82,22 @@ class DeliveryAgent:
                  credentials: Credentials | None = None,
                  domains: Callable[[], DomainsPolicy] = DomainsPolicy,
                  mta_sts: StrictTransport | None = None,
-                 local: Transport | None = None, local_domain: str = "") -> None:
+                 local: LocalTransport | None = None) -> None:
         self.settings = settings
         self.hostname = hostname
         self.hops = hops
         self.credentials = credentials
         self.domains = domains  # the shaping policy in force (policies/domains.toml)
         self.mta_sts = mta_sts
-        # The bounce domain's mail is taken in here (feedback.intake), never sent on.
         self._local = local
-        self._local_domain = local_domain
 
     def destination_of(self, domain: str) -> str:
-        if domain == self._local_domain:
-            return domain
+        if self._local is not None and domain == self._local.domain:
+            return domain  # not the relayhost's either
         return RELAYHOST if self.settings.relayhost else domain
 
     def session(self, destination: str) -> Transport:
-        if self._local is not None and destination == self._local_domain:
+        if self._local is not None and destination == self._local.domain:
             return self._local
         return DestinationSession(self, destination)
 

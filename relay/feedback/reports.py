@@ -59,10 +59,11 @@ def read_report(data: bytes) -> Report:
     if content_type == "multipart/report" and report_type == "feedback-report":
         return _feedback_report(message)
     if content_type == "multipart/report" and report_type == "delivery-status":
-        failures = _dsn_failures(message)
+        blocks = _status_blocks(message)
+        failures = _dsn_failures(blocks)
         if failures:
             return Report("bounce", "dsn", failures, original=_original(message))
-        if _has_status(message):  # a DSN of delays or successes: nothing failed
+        if blocks:  # a DSN of delays or successes: nothing failed
             return Report("none", "dsn")
     return _detected(message)
 
@@ -103,19 +104,12 @@ def _status_blocks(message: Message) -> list[Message]:
     return []
 
 
-def _has_status(message: Message) -> bool:
-    return bool(_status_blocks(message))
-
-
-def _dsn_failures(message: Message) -> list[Failure]:
-    blocks = _status_blocks(message)
+def _dsn_failures(blocks: list[Message]) -> list[Failure]:
+    """The recipient blocks whose Action is `failed` (the per-message block has none)."""
     remote = ""
     failures = []
     for block in blocks:
-        action = str(block.get("Action", "")).strip().lower()
-        if not action:  # the per-message block
-            continue
-        if action != "failed":
+        if str(block.get("Action", "")).strip().lower() != "failed":
             continue
         remote = _typed_value(block.get("Remote-MTA", "")) or remote
         failures.append(Failure(

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from relay.queue.base import EVERY_STREAM, Outcome, State
 from relay.queue.events import PRUNE_BATCH, EventType, Feedback
+from relay.queue.local_events import add_events
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS suppressions (
@@ -92,12 +93,11 @@ def record(feedback: Feedback, now: float, db: sqlite3.Connection) -> bool:
     added = True
     if feedback.suppress_in is not None:
         added = suppress(feedback.recipient, feedback.reason, feedback.suppress_in, now, db)
-    if added or feedback.kind is not EventType.UNSUBSCRIBED:
-        # Only while the message's history is kept: pruning removes events with it.
-        db.execute("INSERT INTO events (type, at, message_id, recipient, data) SELECT ?, ?, "
-                   "?, ?, ? WHERE EXISTS (SELECT 1 FROM history WHERE message_id = ?)",
-                   (feedback.kind.value, now, feedback.message_id, feedback.recipient,
-                    feedback.data_json, feedback.message_id))
+    # An event only while the message's history is kept: pruning removes events with it.
+    if (added or feedback.kind is not EventType.UNSUBSCRIBED) and db.execute(
+            "SELECT 1 FROM history WHERE message_id = ?", (feedback.message_id,)).fetchone():
+        add_events(db, feedback.kind, now,
+                   [(feedback.message_id, feedback.recipient, feedback.data_json)])
     return added
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from relay.queue import local_events, local_feedback, local_webhooks
 from relay.queue.apikeys import COLUMNS as KEY_COLUMNS
 from relay.queue.apikeys import ApiKey, key_of, key_values
-from relay.queue.base import ReturnPath, Suppression
+from relay.queue.base import EVERY_STREAM, ReturnPath, Suppression
 from relay.queue.events import (
     EVENT_COLUMNS,
     EVENT_FROM,
@@ -96,7 +96,8 @@ class LocalRecords:
                                     f"suppressions {where} ORDER BY address, stream", params)
         return [Suppression(*row) for row in rows]
 
-    async def suppress(self, address: str, reason: str, stream: str = "*") -> bool:
+    async def suppress(self, address: str, reason: str,
+                       stream: str = EVERY_STREAM) -> bool:
         return bool(await self._write(partial(local_feedback.suppress, address, reason,
                                               stream, self._clock())))
 

@@ -61,7 +61,7 @@ from relay.queue.base import (
     messages_with_recipients,
     summary_sql,
 )
-from relay.queue.events import EventType, outcome_data, outcome_event
+from relay.queue.events import EventType
 from relay.queue.postgres_groupcommit import GroupCommit, message_commits, remember_answer
 from relay.queue.postgres_notify import NOTIFY, Listener
 from relay.queue.postgres_pool import (
@@ -296,15 +296,9 @@ class PostgresQueue(PostgresRecords):
                             "by another node, requeued or deleted): not recorded; what they "
                             "delivered may be delivered again", len(outcomes) - len(applied))
             by_id = {o.recipient_id: o for o in outcomes}
-            by_type: dict[EventType, list[tuple[str, str, str | None]]] = {}
-            for r in applied:
-                outcome = by_id[r[0]]
-                by_type.setdefault(outcome_event(outcome), []).append(
-                    (r[1], r[2], outcome_data(outcome)))
-            for kind, rows in by_type.items():
-                await events.add_events(connection, kind, rows)
-            await feedback.keep_return_paths(connection,
-                                             [(by_id[r[0]], r[1], r[2]) for r in applied])
+            applied_outcomes = [(by_id[r[0]], r[1], r[2]) for r in applied]
+            await events.add_outcome_events(connection, applied_outcomes)
+            await feedback.keep_return_paths(connection, applied_outcomes)
             ids = {r[0] for r in applied}
             await broadcasts.record([o for o in outcomes if o.broadcast and o.recipient_id in
                                      ids], connection)

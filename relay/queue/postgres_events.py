@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from relay.queue.base import Tracking
+from relay.queue.base import Outcome, Tracking
 from relay.queue.events import (
     EVENT_COLUMNS,
     EVENT_FROM,
@@ -28,6 +28,8 @@ from relay.queue.events import (
     event_of,
     filter_sql,
     metadata_json,
+    outcome_data,
+    outcome_event,
     tags_json,
 )
 from relay.queue.postgres_pool import NOW
@@ -37,11 +39,24 @@ EventRow = tuple[str, str, str | None]  # message id, recipient, data (JSON)
 
 async def add_events(connection: asyncpg.Connection, kind: EventType,
                      rows: Sequence[EventRow]) -> None:
+    await _insert(connection, [(kind, m, r, d) for m, r, d in rows])
+
+
+async def add_outcome_events(connection: asyncpg.Connection,
+                             applied: Sequence[tuple[Outcome, str, str]]) -> None:
+    """An event for each delivery outcome applied: (outcome, message id, address)."""
+    await _insert(connection, [(outcome_event(o), m, r, outcome_data(o))
+                               for o, m, r in applied])
+
+
+async def _insert(connection: asyncpg.Connection,
+                  rows: Sequence[tuple[EventType, str, str, str | None]]) -> None:
     if rows:
         await connection.execute(
-            f"INSERT INTO events (type, at, message_id, recipient, data) SELECT $1, {NOW}, "
-            "m, r, d FROM unnest($2::text[], $3::text[], $4::text[]) AS x(m, r, d)",
-            kind.value, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+            f"INSERT INTO events (type, at, message_id, recipient, data) SELECT t, {NOW}, "
+            "m, r, d FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) "
+            "AS x(t, m, r, d)", [r[0].value for r in rows], [r[1] for r in rows],
+            [r[2] for r in rows], [r[3] for r in rows])
 
 
 async def add_events_of(connection: asyncpg.Connection, kind: EventType, select: str,

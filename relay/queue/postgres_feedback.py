@@ -11,6 +11,7 @@ import asyncpg
 
 from relay.queue.base import Outcome, State
 from relay.queue.events import PRUNE_BATCH, EventType, Feedback
+from relay.queue.postgres_events import add_events
 from relay.queue.postgres_pool import NOW
 
 # The reason a claimed recipient's address is suppressed for its message's stream, if it
@@ -47,12 +48,11 @@ async def record(connection: asyncpg.Connection, feedback: Feedback) -> bool:
     if feedback.suppress_in is not None:
         added = await suppress(connection, feedback.recipient, feedback.reason,
                                feedback.suppress_in)
-    if added or feedback.kind is not EventType.UNSUBSCRIBED:
-        # Only while the message's history is kept: pruning removes events with it.
-        await connection.execute(
-            f"INSERT INTO events (type, at, message_id, recipient, data) SELECT $1, {NOW}, "
-            "$2, $3, $4 WHERE EXISTS (SELECT 1 FROM history WHERE message_id = $2)",
-            feedback.kind.value, feedback.message_id, feedback.recipient, feedback.data_json)
+    # An event only while the message's history is kept: pruning removes events with it.
+    if (added or feedback.kind is not EventType.UNSUBSCRIBED) and await connection.fetchval(
+            "SELECT 1 FROM history WHERE message_id = $1", feedback.message_id):
+        await add_events(connection, feedback.kind,
+                         [(feedback.message_id, feedback.recipient, feedback.data_json)])
     return added
 
 

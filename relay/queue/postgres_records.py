@@ -13,7 +13,7 @@ from relay.queue import postgres_feedback as feedback
 from relay.queue import postgres_webhooks as webhooks
 from relay.queue.apikeys import COLUMNS as KEY_COLUMNS
 from relay.queue.apikeys import ApiKey, key_of, key_values
-from relay.queue.base import ReturnPath, Suppression
+from relay.queue.base import EVERY_STREAM, ReturnPath, Suppression
 from relay.queue.events import (
     EVENT_COLUMNS,
     EVENT_FROM,
@@ -85,7 +85,8 @@ class PostgresRecords:
                                  f"suppressions {where} ORDER BY address, stream", *params)
         return [Suppression(*row) for row in rows]
 
-    async def suppress(self, address: str, reason: str, stream: str = "*") -> bool:
+    async def suppress(self, address: str, reason: str,
+                       stream: str = EVERY_STREAM) -> bool:
         async with self._connection() as connection:
             return await feedback.suppress(connection, address, reason, stream)
 
