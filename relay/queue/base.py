@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 if TYPE_CHECKING:
     from relay.queue.apikeys import ApiKey
     from relay.queue.events import EventFilter, EventPage, Feedback, MessageHistory
+    from relay.queue.overview import Activity, LeaseHolder
     from relay.queue.webhooks import WebhookEndpoint, WebhookState
 
 
@@ -352,6 +353,9 @@ class Queue(MessageStore, Protocol):
 
     async def broadcast_status(self, broadcast_id: str) -> BroadcastStatus | None: ...
 
+    async def broadcasts(self, limit: int = 100) -> list[BroadcastStatus]:
+        """The newest `limit` broadcasts, newest first."""
+
     async def cancel_broadcast(self, broadcast_id: str) -> BroadcastStatus | None:
         """Drop what has not been sent; None if there is no such broadcast."""
 
@@ -410,6 +414,16 @@ class Queue(MessageStore, Protocol):
     async def prune_history(self, before: float) -> int:
         """Remove up to PRUNE_BATCH rows of history and events of messages that left the
         queue before `before`; never anything of a message still queued. How many."""
+
+    # -- the operator's overview (queue.overview) ----------------------------------------
+
+    async def activity(self, since: float, step: float) -> list[Activity]:
+        """Delivery outcomes (delivered, deferred, bounced events) since `since`, counted
+        per `step` seconds, oldest first; buckets without any are left out."""
+
+    async def lease_holders(self) -> list[LeaseHolder]:
+        """The nodes that hold leases now (recipients, connection slots, webhook
+        endpoints); the local backend, a single node, has none to show."""
 
     # -- webhooks (queue.webhooks) -------------------------------------------------------
 
@@ -500,6 +514,11 @@ def domain_shapes(counts: Sequence[Sequence[Any]], by: ShapeKey) -> list[DomainS
         shapes.setdefault(domain, [0] * (len(SUMMARY_AGE_BUCKETS) + 1))[index] += count
     return sorted((DomainShape(d, sum(c), c) for d, c in shapes.items()),
                   key=lambda shape: (-shape.total, shape.domain))
+
+
+# A broadcast's row as broadcast_status_of reads it.
+BROADCAST_STATUS_COLUMNS = ("state, total, suppressed, rejected, delivered, bounced, cancelled, "
+                            "created_at, accepted_at, finished_at, cancelled_at")
 
 
 def broadcast_status_of(broadcast_id: str, row: Sequence[Any], deferred: int) -> BroadcastStatus:

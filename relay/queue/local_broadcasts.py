@@ -19,6 +19,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from relay.queue.base import BROADCAST_STATUS_COLUMNS as STATUS_COLUMNS
 from relay.queue.base import Idempotency, Outcome, Tracking, domain_of
 from relay.queue.events import EventType
 from relay.queue.local_events import add_events, open_history
@@ -152,7 +153,11 @@ def cancel(broadcast_id: str, now: float, db: sqlite3.Connection) -> list[str] |
     return finish_messages([broadcast_id], now, db)
 
 
-STATUS = ("SELECT state, total, suppressed, rejected, delivered, bounced, cancelled, "
-          "created_at, accepted_at, finished_at, cancelled_at FROM broadcasts WHERE id = ?")
+STATUS = f"SELECT {STATUS_COLUMNS} FROM broadcasts WHERE id = ?"
 DEFERRED = "SELECT COUNT(*) FROM recipients WHERE message_id = ? AND state = 'deferred'"
+_NEWEST_IDS = "SELECT id FROM broadcasts ORDER BY created_at DESC, id LIMIT ?"
+NEWEST = (f"SELECT id, {STATUS_COLUMNS} FROM broadcasts ORDER BY created_at DESC, id "
+          "LIMIT ?")
+DEFERRED_OF_NEWEST = ("SELECT message_id, COUNT(*) FROM recipients WHERE state = 'deferred' "
+                      f"AND message_id IN ({_NEWEST_IDS}) GROUP BY message_id")
 

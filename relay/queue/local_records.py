@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from relay.queue import local_events, local_feedback, local_webhooks
+from relay.queue import local_events, local_feedback, local_webhooks, overview
 from relay.queue.apikeys import COLUMNS as KEY_COLUMNS
 from relay.queue.apikeys import ApiKey, key_of, key_values
 from relay.queue.base import EVERY_STREAM, ReturnPath, Suppression
@@ -26,6 +26,7 @@ from relay.queue.events import (
     filter_sql,
     history_of,
 )
+from relay.queue.overview import Activity, LeaseHolder
 from relay.queue.webhooks import (
     ENDPOINT_COLUMNS,
     STATE_COLUMNS,
@@ -87,6 +88,14 @@ class LocalRecords:
 
     async def prune_history(self, before: float) -> int:
         return int(await self._write(partial(_prune, before), durable=False))
+
+    # -- the operator's overview (queue.overview) ----------------------------------------
+
+    async def activity(self, since: float, step: float) -> list[Activity]:
+        return await overview.activity(self._read_all, overview.LOCAL, since, step)
+
+    async def lease_holders(self) -> list[LeaseHolder]:
+        return []  # one node: nobody else to tell apart
 
     # -- the suppression list, and what comes back later (queue.local_feedback) ---------
 

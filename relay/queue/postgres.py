@@ -461,6 +461,10 @@ class PostgresQueue(PostgresRecords):
         async with self._connection() as connection:
             return await broadcasts.status(connection, broadcast_id)
 
+    async def broadcasts(self, limit: int = 100) -> list[BroadcastStatus]:
+        async with self._connection() as connection:
+            return await broadcasts.newest(connection, limit)
+
     async def cancel_broadcast(self, broadcast_id: str) -> BroadcastStatus | None:
         async with self._transaction() as connection:
             if not await broadcasts.cancel(connection, broadcast_id):

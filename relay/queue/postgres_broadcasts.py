@@ -13,7 +13,13 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from relay.queue.base import BroadcastStatus, Outcome, broadcast_status_of, domain_of
+from relay.queue.base import (
+    BROADCAST_STATUS_COLUMNS,
+    BroadcastStatus,
+    Outcome,
+    broadcast_status_of,
+    domain_of,
+)
 from relay.queue.events import EventType
 from relay.queue.postgres_events import add_events_of
 from relay.queue.postgres_pool import NOW
@@ -133,10 +139,21 @@ async def cancel(connection: asyncpg.Connection, broadcast_id: str) -> bool:
 
 async def status(connection: asyncpg.Connection, broadcast_id: str) -> BroadcastStatus | None:
     row = await connection.fetchrow(
-        "SELECT state, total, suppressed, rejected, delivered, bounced, cancelled, "
-        "created_at, accepted_at, finished_at, cancelled_at, (SELECT COUNT(*) FROM recipients "
-        "WHERE message_id = $1 AND state = 'deferred') FROM broadcasts WHERE id = $1",
+        f"SELECT id, {BROADCAST_STATUS_COLUMNS}, {_DEFERRED} FROM broadcasts b WHERE id = $1",
         broadcast_id)
-    if row is None:
-        return None
-    return broadcast_status_of(broadcast_id, row[:11], int(row[11]))
+    return None if row is None else _status_of(row)
+
+
+async def newest(connection: asyncpg.Connection, limit: int) -> list[BroadcastStatus]:
+    rows = await connection.fetch(
+        f"SELECT id, {BROADCAST_STATUS_COLUMNS}, {_DEFERRED} FROM broadcasts b "
+        "ORDER BY created_at DESC, id LIMIT $1", limit)
+    return [_status_of(row) for row in rows]
+
+
+_DEFERRED = ("(SELECT COUNT(*) FROM recipients r WHERE r.message_id = b.id "
+             "AND r.state = 'deferred')")
+
+
+def _status_of(row: asyncpg.Record) -> BroadcastStatus:
+    return broadcast_status_of(row[0], row[1:12], int(row[12]))

@@ -4,10 +4,12 @@ their delivery state (queue.postgres_webhooks), and the admin API's keys."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
+from relay.queue import overview
 from relay.queue import postgres_events as events
 from relay.queue import postgres_feedback as feedback
 from relay.queue import postgres_webhooks as webhooks
@@ -25,6 +27,7 @@ from relay.queue.events import (
     event_of,
     history_of,
 )
+from relay.queue.overview import Activity, LeaseHolder, lease_holders_of
 from relay.queue.postgres_pool import NOW, count_of
 from relay.queue.webhooks import (
     ENDPOINT_COLUMNS,
@@ -107,6 +110,17 @@ class PostgresRecords:
         async with self._transaction() as connection:
             return await feedback.record(connection, report)
 
+    # -- the operator's overview (queue.overview) ----------------------------------------
+
+    async def activity(self, since: float, step: float) -> list[Activity]:
+        async def read(sql: str, params: Sequence[Any]) -> list[asyncpg.Record]:
+            return await self._fetch(sql, *params)
+
+        return await overview.activity(read, overview.POSTGRES, since, step)
+
+    async def lease_holders(self) -> list[LeaseHolder]:
+        return lease_holders_of(await self._fetch(_LEASE_HOLDERS))
+
     # -- webhooks (queue.postgres_webhooks) --------------------------------------------
 
     async def webhook_endpoints(self) -> list[WebhookEndpoint]:
@@ -161,3 +175,18 @@ class PostgresRecords:
         return count_of(await self._execute(
             f"UPDATE api_keys SET revoked_at = {NOW} WHERE id = $1 AND revoked_at IS NULL",
             key_id)) > 0
+
+
+# Leases still running, by node: a lease past its expiry is anybody's again.
+_LEASE_HOLDERS = f"""
+    SELECT node, SUM(recipients), SUM(connections), SUM(webhooks) FROM (
+        SELECT lease_owner AS node, COUNT(*) AS recipients, 0 AS connections, 0 AS webhooks
+            FROM recipients WHERE state = 'active' AND lease_owner IS NOT NULL
+            AND next_attempt_at > {NOW} GROUP BY lease_owner
+        UNION ALL
+        SELECT owner, 0, COUNT(*), 0 FROM destination_slots WHERE expires_at > {NOW}
+            GROUP BY owner
+        UNION ALL
+        SELECT owner, 0, 0, COUNT(*) FROM webhook_state WHERE owner IS NOT NULL
+            AND lease_until > {NOW} GROUP BY owner
+    ) AS held GROUP BY node ORDER BY node"""

@@ -237,6 +237,61 @@ async def test_an_abandoned_upload_leaves_nothing(queue: Queue) -> None:
     assert await queue.list_messages() == []
 
 
+async def test_broadcasts_are_listed_newest_first_with_their_counts(queue: Queue) -> None:
+    for name in ("B4", "B5"):
+        await queue.open_broadcast(name, "news@sender.test", b"{}", False)
+        await queue.add_broadcast_recipients(name, [(f"r{n}@example.test", "{}")
+                                                    for n in range(2)])
+        await queue.accept_broadcast(name, 0, None, {})
+        await asyncio.sleep(0.01)  # created at different times
+    claims = [c for c in await queue.claim_due(10) if c.message_id == "B4"]
+    await queue.record([outcome(claims[0], State.DEFERRED, "451 4.3.0 later",
+                                next_attempt_at=time.time() + 60)])
+    listed = await queue.broadcasts()
+    assert [b.id for b in listed] == ["B5", "B4"]
+    assert (listed[1].total, listed[1].deferred) == (2, 1)
+    assert listed[1] == await queue.broadcast_status("B4")
+    assert [b.id for b in await queue.broadcasts(limit=1)] == ["B5"]
+
+
+async def test_activity_counts_outcomes_per_step_since_a_time(queue: Queue) -> None:
+    assert await queue.activity(0, 60) == []
+    await queue.store(message("old@example.test"))
+    [old] = await queue.claim_due(1)
+    await queue.record([outcome(old, State.DELIVERED)])
+    await asyncio.sleep(0.05)
+    since = time.time()
+    await asyncio.sleep(0.05)
+    await queue.store(message("a@example.test", "b@example.test", "c@example.test"))
+    a, b, c = sorted(await queue.claim_due(3), key=lambda claim: claim.address)
+    await queue.record([outcome(a, State.DELIVERED), outcome(b, State.BOUNCED, "550 5.1.1 no"),
+                        outcome(c, State.DEFERRED, "451 4.3.0 later",
+                                next_attempt_at=time.time() + 60)])
+    [bucket] = await queue.activity(since, 3600)
+    assert (bucket.delivered, bucket.deferred, bucket.bounced) == (1, 1, 1)
+    assert bucket.start <= time.time() < bucket.start + 3600
+    everything = await queue.activity(0, 10 ** 10)
+    assert sum(b.delivered for b in everything) == 2
+    assert await queue.activity(time.time() + 60, 60) == []
+
+
+async def test_lease_holders_name_the_nodes_and_what_they_hold(postgres_dsn: str) -> None:
+    nodes = [PostgresQueue(postgres_dsn, lease=LEASE, owner=f"node{n}") for n in (1, 2)]
+    for node in nodes:
+        await node.open()
+    try:
+        assert await nodes[0].lease_holders() == []
+        await nodes[0].store(message("a@example.test", "b@example.test"))
+        assert len(await nodes[1].claim_due(1)) == 1
+        assert await nodes[0].take_slot("example.test", 2) is not None
+        holders = {h.node: h for h in await nodes[0].lease_holders()}
+        assert (holders["node2"].recipients, holders["node2"].connections) == (1, 0)
+        assert (holders["node1"].recipients, holders["node1"].connections) == (0, 1)
+    finally:
+        for node in nodes:
+            await node.close()
+
+
 async def test_destination_slots_are_limited_leased_and_released(postgres_dsn: str) -> None:
     """Two nodes on one database share a destination's connection limit."""
     nodes = [PostgresQueue(postgres_dsn, lease=LEASE, owner=f"node{n}") for n in (1, 2)]
