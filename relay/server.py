@@ -122,7 +122,8 @@ class Relay:
         self._admin = HttpServer(
             create_app(Services(self.queue, cleanup, token, self.wake_scheduler, self.scrape,
                                 config.smtp.max_message_size,
-                                [endpoint for endpoint, _ in hooks], rates)),
+                                [endpoint for endpoint, _ in hooks], rates,
+                                cluster=config.queue.backend == "postgres")),
             config.admin.listen)
         self._admin.start()
         if tokens is not None and config.public.listen:

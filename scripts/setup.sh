@@ -35,9 +35,10 @@ if [ "$want_tests" = yes ]; then
     # library verify the DKIM signatures independently of dkimpy (OpenDKIM: Ed25519 too);
     # postgresql: the cluster backend's tests run a server of their own (initdb, pg_ctl);
     # curl runs the README's API examples; postfix is a real MTA that bounces later
-    # (a private instance per test, tests/support/postfix.py; the system one is not started)
+    # (a private instance per test, tests/support/postfix.py; the system one is not started);
+    # chromium and its driver run the console's pages headless (tests/acceptance/test_console.py)
     apt_install swaks systemd libmail-dkim-perl libcryptx-perl libopendkim11 postgresql curl \
-        postfix
+        postfix chromium chromium-driver
     # kubectl renders deploy/kubernetes (kustomize); Debian's package where none is installed
     command -v kubectl >/dev/null 2>&1 || apt_install kubernetes-client
     .venv/bin/python -m pip install -q -e ".[test]"

@@ -4,8 +4,10 @@ Every request but `GET /healthz` needs `Authorization: Bearer <token>` (401 othe
 there is no unauthenticated mode. The token comes from `[admin] token_file`, or is made
 at first start as `<queue path>/admin.token` (mode 0600). Errors are JSON
 `{"error": {"code", "message", "field"}}` with a 4xx status, never a 500 for bad input.
-`relayctl queue ...` is a client of the /v1/queue endpoints; `GET /metrics` is Prometheus's
-(give it the token with `authorization: {credentials_file: ...}` in the scrape config).
+`relayctl queue ...` is a client of the /v1/queue endpoints, the browser console
+(relay.console, under /ui/) signs in with the same token or an API key; `GET /metrics` is
+Prometheus's (give it the token with `authorization: {credentials_file: ...}` in the
+scrape config).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from relay.admin.queue_routes import queue_routes
 from relay.admin.send_routes import send_routes
 from relay.admin.webhook_routes import webhook_routes
 from relay.cleanup import Cleanup
+from relay.console import Console, Sessions, console_routes
 from relay.errors import LocalFailure
 from relay.listeners import bind_tcp
 from relay.queue import Queue
@@ -53,6 +56,7 @@ class Services:
     max_message_size: int  # [smtp] max_message_size holds for the API too
     webhooks: list[WebhookEndpoint] = field(default_factory=list)  # [[webhooks]] endpoints
     rates: RateLimiter = field(default_factory=SlidingWindow)  # API keys' rate limits
+    cluster: bool = False  # the PostgreSQL backend (the console shows its nodes)
 
 
 def create_app(services: Services) -> FastAPI:
@@ -62,8 +66,9 @@ def create_app(services: Services) -> FastAPI:
     _install_error_handlers(app)
     # Who calls, and the body limits, before any route reads a byte (admin.gate).
     keys = KeyRing(services.queue, services.token)
+    sessions = Sessions()  # the browser console's (relay.console)
     app.add_middleware(Gate, keys=keys, rates=services.rates,
-                       max_message_size=services.max_message_size)
+                       max_message_size=services.max_message_size, sessions=sessions)
 
     @app.get("/healthz", responses={503: {"description": "the queue cannot be used now"}})
     async def healthz() -> dict[str, str]:
@@ -95,6 +100,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(broadcast_routes(services.queue, services.wake, idempotency,
                                         services.max_message_size))
     app.include_router(apikey_routes(services.queue, keys))
+    app.include_router(console_routes(Console(services.queue, keys, sessions, services.wake,
+                                              services.webhooks, services.cluster)))
     return app
 
 

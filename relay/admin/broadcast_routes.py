@@ -126,7 +126,7 @@ def broadcast_routes(queue: Queue, wake: Callable[[], None], keys: IdempotencyKe
         """The counts as Server-Sent Events (`event: status`) every second, until the
         broadcast is done or cancelled and nothing of it is being sent."""
         await _existing(queue, broadcast_id)
-        return StreamingResponse(_event_stream(queue, broadcast_id),
+        return StreamingResponse(status_events(queue, broadcast_id),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
@@ -155,7 +155,7 @@ def broadcast_routes(queue: Queue, wake: Callable[[], None], keys: IdempotencyKe
 
     @router.post("/v1/suppressions", status_code=201)
     async def add_suppression(entry: SuppressionEntry) -> dict[str, bool]:
-        _check_address(entry.address)
+        check_address(entry.address)
         return {"added": await queue.suppress(entry.address, entry.reason, entry.stream)}
 
     @router.delete("/v1/suppressions/{address}")
@@ -176,7 +176,7 @@ def openapi_schemas() -> dict[str, Any]:
     return {**schema.pop("$defs", {}), "BroadcastRequest": schema}
 
 
-def _check_address(address: str) -> None:
+def check_address(address: str) -> None:
     try:
         mailbox(address, "address")
     except ComposeError as exc:
@@ -190,7 +190,7 @@ async def _existing(queue: Queue, broadcast_id: str) -> BroadcastStatus:
     return found
 
 
-async def _event_stream(queue: Queue, broadcast_id: str) -> AsyncIterator[str]:
+async def status_events(queue: Queue, broadcast_id: str) -> AsyncIterator[str]:
     """An event when the counts change (the first one at once), a comment now and then
     so that proxies keep the connection, and the end when nothing is left to send."""
     sent, quiet = "", 0

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
+from relay import console
 from relay.admin.errors import ApiError, error_body
 from relay.admin.keys import KeyRing, required_scope
 from relay.errors import LocalFailure
@@ -33,14 +35,15 @@ SMALL_BODY = 1024 * 1024  # ids to flush, a suppression, ...
 # A JSON document is parsed whole: 8 MB of recipients is some 65 MB of Python objects.
 BROADCAST_JSON_LIMIT = 8 * 1024 * 1024
 NDJSON = "application/x-ndjson"
-OPEN_PATHS = frozenset({("GET", "/healthz")})
+OPEN_PATHS = frozenset({("GET", "/healthz")}) | console.OPEN_PATHS
 
 
 class Gate:
     def __init__(self, app: App, keys: KeyRing, rates: RateLimiter,
-                 max_message_size: int) -> None:
+                 max_message_size: int, sessions: console.Sessions) -> None:
         self._app = app
         self._keys = keys
+        self._sessions = sessions
         self._rates = rates
         self._max_message_size = max_message_size
 
@@ -53,7 +56,11 @@ class Gate:
         if (method, path) not in OPEN_PATHS:
             refusal = await self._admit(scope, headers, method, path)
             if refusal is not None:
-                await _answer(send, *refusal)
+                if (refusal[0].status_code == 401 and method == "GET"
+                        and console.is_console(path)):
+                    await _redirect(send, console.SIGN_IN)  # a browser: the sign-in page
+                else:
+                    await _answer(send, *refusal)
                 return
         limit = self.limit(method, path, headers.get("content-type", b"").decode("latin-1"))
         if limit is not None:
@@ -68,9 +75,14 @@ class Gate:
                      ) -> tuple[ApiError, dict[str, str]] | None:
         """None when the caller may go on (and is in the request's state), else why not."""
         scheme, _, given = headers.get("authorization", b"").partition(b" ")
+        token = given.strip() if scheme.lower() == b"bearer" else None
+        if token is None and console.is_console(path):
+            session = self._session(headers)
+            if session is not None:
+                token = session.token
+                scope.setdefault("state", {})["session"] = session
         try:
-            caller = (await self._keys.caller(given.strip())
-                      if scheme.lower() == b"bearer" else None)
+            caller = await self._keys.caller(token) if token is not None else None
             if caller is None:
                 return (ApiError(401, "unauthorized", "missing or wrong bearer token"),
                         {"www-authenticate": "Bearer"})
@@ -86,6 +98,16 @@ class Gate:
             return ApiError(503, "unavailable", f"cannot check the API key now: {exc}"), {}
         scope.setdefault("state", {})["caller"] = caller
         return None
+
+    def _session(self, headers: dict[str, bytes]) -> console.Session | None:
+        """The console session named by the request's cookie, if it is open."""
+        cookies = SimpleCookie()
+        try:
+            cookies.load(headers.get("cookie", b"").decode("latin-1"))
+        except CookieError:
+            return None
+        morsel = cookies.get(console.COOKIE)
+        return self._sessions.find(morsel.value) if morsel is not None else None
 
     def limit(self, method: str, path: str, content_type: str) -> int | None:
         """The most the body of this request may be; None: no limit (streamed)."""
@@ -126,3 +148,10 @@ async def _answer(send: Send, error: ApiError, extra: dict[str, str] | None = No
     await send({"type": "http.response.start", "status": error.status_code,
                 "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _redirect(send: Send, to: str) -> None:
+    await send({"type": "http.response.start", "status": 303,
+                "headers": [(b"location", to.encode()), (b"content-length", b"0"),
+                            (b"cache-control", b"no-store")]})
+    await send({"type": "http.response.body", "body": b""})

@@ -55,6 +55,8 @@ def caller_of(request: Request) -> Caller:
 
 
 def required_scope(method: str, path: str) -> ApiScope:
+    if path == "/ui" or path.startswith("/ui/"):  # the console: pages read, forms act
+        return ApiScope.READ if method == "GET" or path == "/ui/sign-out" else ApiScope.ADMIN
     if path == "/v1/messages" and method == "POST":
         return ApiScope.SEND
     if path.startswith("/v1/broadcasts"):
