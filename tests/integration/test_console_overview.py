@@ -1,0 +1,84 @@
+"""The console's overview on both backends, read as a script reads it (bearer token):
+a failing webhook endpoint, the busiest deferred destination, the delivery chart, and on
+PostgreSQL the node that holds leases. The browser tests are tests/acceptance/test_console.py."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.queue import State
+from relay.webhooks import new_secret
+from tests.integration.conftest import RunningRelay, StartRelay
+from tests.support.dns_server import DnsServer
+from tests.support.sink import Sink
+from tests.support.webhook_receiver import WebhookReceiver
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[WebhookReceiver]:
+    secret = new_secret()
+    (tmp_path / "webhook.secret").write_text(secret + "\n")
+    started = WebhookReceiver(secret)
+    started.failing = True
+    yield started
+    started.stop()
+
+
+async def send(relay: RunningRelay, to: str) -> str:
+    async with relay.http() as client:
+        answer = await client.post("/v1/messages", json={
+            "from": "app@sender.test", "to": [to], "subject": "s", "text": "hi"})
+    assert answer.status_code == 202, answer.text
+    queue_id: str = answer.json()["id"]
+    return queue_id
+
+
+@pytest.mark.parametrize("backend", ["local", "postgres"])
+async def test_the_overview_shows_what_needs_a_look(
+        backend: str, request: pytest.FixtureRequest, start_relay: StartRelay,
+        dns_server: DnsServer, make_sink: Callable[..., Sink],
+        receiver: WebhookReceiver) -> None:
+    dns_server.add("example.test", "A", "127.0.0.2")
+    dns_server.add("slow.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    sink.rcpt_replies["later@slow.test"] = "451 4.3.0 later"
+    overrides: dict[str, Any] = {"webhooks": [{
+        "url": receiver.url, "secret_file": "webhook.secret", "min_backoff": "0.1s",
+        "max_backoff": "0.3s"}]}
+    if backend == "postgres":
+        overrides["queue"] = {"backend": "postgres",
+                              "dsn": request.getfixturevalue("postgres_dsn")}
+    relay = await start_relay(**overrides)
+    await send(relay, "ok@example.test")
+    deferred = await send(relay, "later@slow.test")
+    await relay.until_state(deferred, State.DEFERRED)
+    await asyncio.to_thread(receiver.wait_for, lambda r: r.refused >= 1)
+
+    async def overview() -> str:
+        async with relay.http() as client:
+            answer = await client.get("/ui/")
+        assert answer.status_code == 200
+        assert "script-src 'self'" in answer.headers["content-security-policy"]
+        return html.unescape(answer.text)
+
+    page = await overview()
+    while "retrying" not in page:  # the endpoint's failure is saved a moment after it
+        await asyncio.sleep(0.05)
+        page = await overview()
+    assert receiver.url in page
+    assert re.search(r"<td>slow\.test</td><td class=\"n\">1</td>", page)
+    assert re.search(r"delivered (\d+)", page).group(1) == "1"  # type: ignore[union-attr]
+    assert re.search(r"deferred (\d+)", page).group(1) == "1"  # type: ignore[union-attr]
+    if backend == "postgres":
+        assert "Nodes holding leases" in page
+        node = relay.relay.queue.owner  # type: ignore[attr-defined]
+        assert f"<td>{node}</td>" in page  # its webhook endpoint's lease at least
+    else:
+        assert "Nodes holding leases" not in page
