@@ -163,6 +163,23 @@ def console_routes(console: Console) -> APIRouter:
         "flush": (queue.flush, True), "hold": (queue.hold, False),
         "release": (queue.release, True), "requeue": (queue.requeue, True)}
 
+    async def apply(action: str, selection: Selection) -> int:
+        if action not in actions:
+            raise ApiError(404, "not_found", f"no action {action[:40]!r}", "action")
+        command, wakes = actions[action]
+        count = await command(selection)
+        if wakes and count:
+            console.wake()
+        return count
+
+    @router.post("/queue")
+    async def act_on_many(request: Request) -> Response:
+        """An action for every message with a recipient at `domain`, or every one."""
+        fields = await _form(request)
+        action, domain = fields.get("action", ""), fields.get("domain", "").strip().lower()
+        count = await apply(action, Selection(domain=domain) if domain else Selection(all=True))
+        return redirect(f"{PREFIX}/queue?domain={quote(domain)}&done={action}&count={count}")
+
     @router.post("/queue/{message_id}/{action}")
     async def act(request: Request, message_id: str, action: str) -> Response:
         await _form(request)
@@ -170,12 +187,7 @@ def console_routes(console: Console) -> APIRouter:
             deleted = await queue.delete(Selection([message_id]))
             return redirect(f"{PREFIX}/queue?done={'deleted' if deleted else 'not-deleted'}"
                             f"&id={quote(message_id)}")
-        if action not in actions:
-            raise ApiError(404, "not_found", f"no action {action}", "action")
-        apply, wakes = actions[action]
-        count = await apply(Selection([message_id]))
-        if wakes and count:
-            console.wake()
+        count = await apply(action, Selection([message_id]))
         return redirect(f"{PREFIX}/queue/{quote(message_id)}?done={action}&count={count}")
 
     @router.get("/queue/{message_id}/delete")

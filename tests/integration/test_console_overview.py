@@ -1,6 +1,7 @@
-"""The console's overview on both backends, read as a script reads it (bearer token):
-a failing webhook endpoint, the busiest deferred destination, the delivery chart, and on
-PostgreSQL the node that holds leases. The browser tests are tests/acceptance/test_console.py."""
+"""The console as a script uses it (bearer token), on both backends: the overview (a
+failing webhook endpoint, the busiest deferred destination, the delivery chart, on
+PostgreSQL the node that holds leases) and actions on every message of a domain. The
+browser tests are tests/acceptance/test_console.py."""
 
 from __future__ import annotations
 
@@ -82,3 +83,28 @@ async def test_the_overview_shows_what_needs_a_look(
         assert f"<td>{node}</td>" in page  # its webhook endpoint's lease at least
     else:
         assert "Nodes holding leases" not in page
+
+
+async def test_an_action_applies_to_every_message_of_a_domain(
+        start_relay: StartRelay, dns_server: DnsServer,
+        make_sink: Callable[..., Sink]) -> None:
+    dns_server.add("slow.test", "A", "127.0.0.2")
+    dns_server.add("other.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    for address in ("a@slow.test", "b@slow.test", "c@other.test"):
+        sink.rcpt_replies[address] = "451 4.3.0 later"
+    relay = await start_relay()
+    ids = [await send(relay, to) for to in ("a@slow.test", "b@slow.test", "c@other.test")]
+    for queue_id in ids:
+        await relay.until_state(queue_id, State.DEFERRED)
+    async with relay.http() as client:
+        held = await client.post("/ui/queue", data={"action": "hold", "domain": "Slow.test"})
+        assert held.status_code == 303
+        assert held.headers["location"] == "/ui/queue?domain=slow.test&done=hold&count=2"
+        page = html.unescape((await client.get(held.headers["location"])).text)
+        assert "2 recipient(s) held." in page
+        unknown = await client.post("/ui/queue", data={"action": "explode"})
+        assert unknown.status_code == 404 and unknown.json()["error"]["field"] == "action"
+    states = [(await relay.relay.queue.get_message(i)).recipients[0].state  # type: ignore[union-attr]
+              for i in ids]
+    assert states == [State.HELD, State.HELD, State.DEFERRED]
