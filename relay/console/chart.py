@@ -33,14 +33,14 @@ class Chart:
 def delivery_chart(buckets: Sequence[Activity], since: float, step: float,
                    steps: int) -> Chart:
     """Bars for `steps` buckets of `step` seconds from `since` (empty ones drawn as gaps)."""
-    by_index = {int((b.start - since) // step): b for b in buckets}
-    peak = max((b.delivered + b.deferred + b.bounced for b in buckets), default=0)
+    by_index = {index: b for b in buckets if 0 <= (index := int((b.start - since) // step))
+                < steps}
+    drawn = list(by_index.values())
+    peak = max((b.delivered + b.deferred + b.bounced for b in drawn), default=0)
     scale = HEIGHT / peak if peak else 0.0
     width = WIDTH / steps
     bars = []
     for index, bucket in sorted(by_index.items()):
-        if not 0 <= index < steps:
-            continue
         y, pieces = float(HEIGHT), []
         for kind in KINDS:
             height = getattr(bucket, kind) * scale
@@ -50,5 +50,5 @@ def delivery_chart(buckets: Sequence[Activity], since: float, step: float,
         at = time.strftime("%H:%M UTC", time.gmtime(bucket.start))
         title = f"{at}: " + ", ".join(f"{getattr(bucket, kind)} {kind}" for kind in KINDS)
         bars.append(Bar(index * width, max(width - 1, 1), tuple(pieces), title))
-    totals = {kind: sum(getattr(b, kind) for b in buckets) for kind in KINDS}
+    totals = {kind: sum(getattr(b, kind) for b in drawn) for kind in KINDS}
     return Chart(tuple(bars), peak, totals)
