@@ -108,10 +108,11 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
 
 
 @pytest.fixture
-def signed_in(site: Site, browser: WebDriver) -> WebDriver:
+def signed_in(site: Site, browser: WebDriver, tmp_path: Path) -> WebDriver:
     browser.delete_all_cookies()
     browser.get(f"{site.url}/ui/")
     assert browser.current_url.endswith("/ui/sign-in")  # no session: the sign-in page
+    shoot(browser, tmp_path, "sign-in")
     browser.find_element(By.ID, "token").send_keys(site.token)
     click(browser, "form button[type=submit]")
     assert browser.current_url.endswith("/ui/")
@@ -211,6 +212,14 @@ def test_a_broadcasts_counts_rise_without_reloading(
                                     ).text == "0"
         browser.execute_script("window.notReloaded = true;")
         site.sink.wait_at_gate(waiting + 1)  # sending, held at DATA
+        late = site.api.post("/v1/broadcasts", json={
+            "from": "news@sender.test", "subject": "late news", "text": "hi",
+            "recipients": [{"email": f"late{n}@example.test"} for n in range(3)]}).json()["id"]
+        browser.get(f"{site.url}/ui/broadcasts")
+        click(browser, f"tr[data-broadcast='{late}'] button.danger")
+        assert f"Broadcast {late} cancelled." in text_of(browser)
+        assert site.api.get(f"/v1/broadcasts/{late}").json()["state"] == "cancelled"
+        browser.execute_script("window.notReloaded = true;")
     finally:
         gate.set()
     WebDriverWait(browser, WAIT).until(lambda b: b.find_element(
