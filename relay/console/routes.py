@@ -319,10 +319,18 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 def _same_origin(request: Request) -> None:
-    """A browser says where a form came from; one from another site is refused."""
+    """A browser says where a form came from; one from another site is refused. The host
+    may be the one asked for or, behind a reverse proxy, the one the proxy was asked for."""
     origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc != request.headers.get("host", ""):
-        raise ApiError(403, "cross_origin", f"a form from {origin[:100]} is not accepted "
+    if origin is None:
+        return  # not a browser's form, or one too old to say
+    try:
+        host = urlsplit(origin).netloc
+    except ValueError:
+        host = ""
+    if not host or host not in (request.headers.get("host"),
+                                request.headers.get("x-forwarded-host")):
+        raise ApiError(403, "cross_origin", f"a form from {origin[:100]!r} is not accepted "
                        "here", "origin")
 
 

@@ -105,6 +105,16 @@ async def test_an_action_applies_to_every_message_of_a_domain(
         assert "2 recipient(s) held." in page
         unknown = await client.post("/ui/queue", data={"action": "explode"})
         assert unknown.status_code == 404 and unknown.json()["error"]["field"] == "action"
+        for origin in ("http://[::1", "null", "http://evil.test"):
+            refused = await client.post("/ui/queue", data={"action": "flush"},
+                                        headers={"Origin": origin})
+            assert refused.status_code == 403, origin
+        proxied = await client.post("/ui/queue", data={"action": "flush", "domain": "x.test"},
+                                    headers={"Origin": "https://relay.example",
+                                             "X-Forwarded-Host": "relay.example"})
+        assert proxied.status_code == 303
+        junk = await client.get("/ui/queue?state=%00&age=-1", headers={"Cookie": "a=\"\x7f"})
+        assert junk.status_code == 200 and "is not one of" in junk.text
     states = [(await relay.relay.queue.get_message(i)).recipients[0].state  # type: ignore[union-attr]
               for i in ids]
     assert states == [State.HELD, State.HELD, State.DEFERRED]
