@@ -44,6 +44,7 @@ CHART_STEPS = 180  # three hours
 QUEUE_PAGE = 500  # messages listed at most; the filters narrow it down
 WAITING = (State.QUEUED, State.ACTIVE, State.DEFERRED, State.HELD)
 MAX_HEADERS = 64 * 1024  # bytes of a message's head shown
+ACTIONS = ("flush", "hold", "release", "requeue")  # relayctl's, besides delete
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,7 @@ def console_routes(console: Console) -> APIRouter:
         return _page(request, "message.html", id=message_id, info=info, history=history,
                      broadcast=broadcast, headers=headers, notice=_notice(request))
 
+    # ACTIONS: each one's queue command, and whether it makes mail due (the scheduler wakes).
     actions: dict[str, tuple[Callable[[Selection], Awaitable[int]], bool]] = {
         "flush": (queue.flush, True), "hold": (queue.hold, False),
         "release": (queue.release, True), "requeue": (queue.requeue, True)}
@@ -292,7 +294,7 @@ def _page(request: Request, template: str, status: int = 200, **context: Any) ->
     session = _session(request)
     caller = caller_of(request)
     return page(template, status, csrf=session.csrf if session else "",
-                admin=caller.allows(ApiScope.ADMIN), **context)
+                admin=caller.allows(ApiScope.ADMIN), actions=ACTIONS, **context)
 
 
 def _session(request: Request) -> Session | None:
