@@ -8,6 +8,7 @@ back to the page (post/redirect/get), so they work without JavaScript too.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -147,18 +148,20 @@ def console_routes(console: Console) -> APIRouter:
 
     @router.get("/queue/{message_id}")
     async def message_page(request: Request, message_id: str) -> Response:
+        broadcast = await queue.broadcast_status(message_id)
+        if broadcast is not None:  # a million recipients are no page: its counts instead
+            return _page(request, "broadcast.html", broadcast=broadcast,
+                         stored=await _template(queue, message_id))
         info = await queue.get_message(message_id)
         history = await queue.history(message_id)
         if info is None and history is None:
             return _page(request, "missing.html", 404,
                          what=f"No message {message_id} in the queue or its history.")
-        broadcast = await queue.broadcast_status(message_id)
         headers = None
-        if info is not None and broadcast is None and caller_of(request).allows(
-                ApiScope.ADMIN):
+        if info is not None and caller_of(request).allows(ApiScope.ADMIN):
             headers = await _headers(queue, message_id)
         return _page(request, "message.html", id=message_id, info=info, history=history,
-                     broadcast=broadcast, headers=headers, notice=_notice(request))
+                     headers=headers, notice=_notice(request))
 
     # ACTIONS: each one's queue command, and whether it makes mail due (the scheduler wakes).
     actions: dict[str, tuple[Callable[[Selection], Awaitable[int]], bool]] = {
@@ -356,6 +359,15 @@ async def _headers(queue: Queue, message_id: str) -> list[tuple[str, str]] | Non
     head = body[:MAX_HEADERS].split(b"\r\n\r\n", 1)[0]
     parsed = HeaderParser().parsestr(head.decode("utf-8", "replace"), headersonly=True)
     return [(name, str(value)) for name, value in parsed.items()]
+
+
+async def _template(queue: Queue, broadcast_id: str) -> dict[str, Any] | None:
+    """A broadcast's template (its JSON as stored) while it is in the queue."""
+    try:
+        template = json.loads(await queue.read_body(broadcast_id))
+    except (FileNotFoundError, LocalFailure, ValueError):
+        return None  # finished, and its file gone
+    return template if isinstance(template, dict) else None
 
 
 async def _failing_webhooks(queue: Queue, configured: list[WebhookEndpoint]

@@ -263,7 +263,7 @@ def test_what_came_from_mail_or_the_api_is_text(
     answer = site.api.post("/v1/broadcasts", json={
         "from": "news@sender.test", "subject": HOSTILE, "text": "hi",
         "metadata": {"campaign": "<svg onload=alert(3)>"},
-        "recipients": [{"email": "reader@example.test"}]})
+        "recipients": [{"email": "hostile@example.test"}]})  # deferred: it stays queued
     assert answer.status_code == 202, answer.text
     for path in (f"/ui/queue/{queue_id}", "/ui/queue", "/ui/broadcasts",
                  f"/ui/queue/{answer.json()['id']}"):
@@ -273,6 +273,9 @@ def test_what_came_from_mail_or_the_api_is_text(
     browser.get(f"{site.url}/ui/queue/{queue_id}")
     page = text_of(browser)
     assert HOSTILE in page and "<script>alert(2)</script>" in page
+    browser.get(f"{site.url}/ui/queue/{answer.json()['id']}")  # the broadcast's own page
+    page = text_of(browser)
+    assert HOSTILE in page and "<svg onload=alert(3)>" in page
     shoot(browser, tmp_path, "hostile")
 
 
