@@ -136,14 +136,11 @@ def console_routes(console: Console) -> APIRouter:
                   "age": age.strip()}
         problem = _filter_problem(state, wanted["age"])
         messages = [] if problem else await queue.list_messages(
-            state=State(state) if state else None, domain=wanted["domain"] or None)
-        if wanted["sender"]:
-            messages = [m for m in messages if wanted["sender"].lower() in m.mail_from.lower()]
-        if wanted["age"] and not problem:
-            oldest = time.time() - int(wanted["age"]) * 60
-            messages = [m for m in messages if m.received_at <= oldest]
+            state=State(state) if state else None, domain=wanted["domain"] or None,
+            sender=wanted["sender"], limit=QUEUE_PAGE + 1,
+            received_before=time.time() - int(wanted["age"]) * 60 if wanted["age"] else None)
         return _page(request, "queue.html", messages=messages[:QUEUE_PAGE],
-                     more=max(len(messages) - QUEUE_PAGE, 0), wanted=wanted, states=WAITING,
+                     more=len(messages) > QUEUE_PAGE, wanted=wanted, states=WAITING,
                      problem=problem, notice=_notice(request))
 
     @router.get("/queue/{message_id}")

@@ -319,8 +319,12 @@ class Queue(MessageStore, Protocol):
         """Apply outcomes; messages with only final recipients leave the queue."""
 
     async def list_messages(
-        self, state: State | None = None, domain: str | None = None
-    ) -> list[MessageInfo]: ...
+        self, state: State | None = None, domain: str | None = None, sender: str = "",
+        received_before: float | None = None, limit: int | None = None
+    ) -> list[MessageInfo]:
+        """Messages in the queue, oldest first: with a recipient in `state` or at `domain`,
+        a sender containing `sender` (any case), received at or before `received_before`;
+        at most `limit`."""
 
     async def get_message(self, message_id: str) -> MessageInfo | None: ...
 
@@ -514,6 +518,11 @@ def domain_shapes(counts: Sequence[Sequence[Any]], by: ShapeKey) -> list[DomainS
         shapes.setdefault(domain, [0] * (len(SUMMARY_AGE_BUCKETS) + 1))[index] += count
     return sorted((DomainShape(d, sum(c), c) for d, c in shapes.items()),
                   key=lambda shape: (-shape.total, shape.domain))
+
+
+def like_pattern(text: str) -> str:
+    """`text` anywhere, for `LIKE ... ESCAPE '\\'` (its own % and _ taken literally)."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 # A broadcast's row as broadcast_status_of reads it.

@@ -56,6 +56,7 @@ from relay.queue.base import (
     Tracking,
     broadcast_status_of,
     domain_shapes,
+    like_pattern,
     messages_with_recipients,
     summary_sql,
 )
@@ -249,18 +250,27 @@ class LocalQueue(LocalRecords):
     # -- operator commands -----------------------------------------------------------
 
     async def list_messages(
-        self, state: State | None = None, domain: str | None = None
+        self, state: State | None = None, domain: str | None = None, sender: str = "",
+        received_before: float | None = None, limit: int | None = None
     ) -> list[MessageInfo]:
-        conditions, params = ["done = 0"], []
+        conditions: list[str] = ["done = 0"]
+        params: list[Any] = []
         if state is not None:
             conditions.append("id IN (SELECT message_id FROM recipients WHERE state = ?)")
             params.append(state.value)
         if domain is not None:
             conditions.append("id IN (SELECT message_id FROM recipients WHERE domain = ?)")
             params.append(domain.lower())
+        if sender:
+            conditions.append("mail_from LIKE ? ESCAPE '\\'")  # ASCII case folded
+            params.append(like_pattern(sender))
+        if received_before is not None:
+            conditions.append("received_at <= ?")
+            params.append(received_before)
+        params.append(-1 if limit is None else limit)  # SQLite: a negative LIMIT is none
         rows = await self._read_all(
             "SELECT id, mail_from, size, received_at FROM messages "
-            f"WHERE {' AND '.join(conditions)} ORDER BY received_at", params)
+            f"WHERE {' AND '.join(conditions)} ORDER BY received_at LIMIT ?", params)
         return await self._with_recipients(rows)
 
     async def get_message(self, message_id: str) -> MessageInfo | None:

@@ -58,6 +58,7 @@ from relay.queue.base import (
     State,
     Tracking,
     domain_shapes,
+    like_pattern,
     messages_with_recipients,
     summary_sql,
 )
@@ -324,9 +325,17 @@ class PostgresQueue(PostgresRecords):
 
     # -- operator commands -----------------------------------------------------------
 
-    async def list_messages(self, state: State | None = None,
-                            domain: str | None = None) -> list[MessageInfo]:
-        conditions, params = ["TRUE"], []
+    async def list_messages(self, state: State | None = None, domain: str | None = None,
+                            sender: str = "", received_before: float | None = None,
+                            limit: int | None = None) -> list[MessageInfo]:
+        conditions: list[str] = ["TRUE"]
+        params: list[Any] = []
+        if sender:
+            params.append(like_pattern(sender))
+            conditions.append(f"mail_from ILIKE ${len(params)} ESCAPE '\\'")
+        if received_before is not None:
+            params.append(received_before)
+            conditions.append(f"received_at <= ${len(params)}")
         if state is not None:
             params.append(state.value)
             conditions.append(f"id IN (SELECT message_id FROM recipients WHERE state = "
@@ -338,7 +347,8 @@ class PostgresQueue(PostgresRecords):
         conditions.append("id NOT IN (SELECT id FROM broadcasts WHERE state = 'receiving')")
         rows = await self._fetch(
             "SELECT id, mail_from, size, received_at FROM messages "
-            f"WHERE {' AND '.join(conditions)} ORDER BY received_at, id", *params)
+            f"WHERE {' AND '.join(conditions)} ORDER BY received_at, id LIMIT "
+            f"{'ALL' if limit is None else int(limit)}", *params)
         return await self._with_recipients(rows)
 
     async def get_message(self, message_id: str) -> MessageInfo | None:

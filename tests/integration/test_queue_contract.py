@@ -237,6 +237,25 @@ async def test_an_abandoned_upload_leaves_nothing(queue: Queue) -> None:
     assert await queue.list_messages() == []
 
 
+async def test_messages_are_listed_by_sender_age_and_up_to_a_limit(queue: Queue) -> None:
+    def sent_by(sender: str) -> NewMessage:
+        return NewMessage(new_queue_id(), sender, ("a@example.test",), b"Subject: s\r\n\r\n")
+
+    first = sent_by("News_Letter@Sender.test")
+    await queue.store(first)
+    await asyncio.sleep(0.02)
+    between = time.time()
+    await asyncio.sleep(0.02)
+    for sender in ("newsXletter@sender.test", "app@sender.test"):
+        await queue.store(sent_by(sender))
+    assert [m.id for m in await queue.list_messages(sender="news_letter")] == [first.id]
+    assert len(await queue.list_messages(sender="%")) == 0  # a literal %, not a wildcard
+    assert len(await queue.list_messages(sender="SENDER.TEST")) == 3
+    assert [m.id for m in await queue.list_messages(received_before=between)] == [first.id]
+    assert [m.id for m in await queue.list_messages(limit=1)] == [first.id]  # oldest first
+    assert len(await queue.list_messages(sender="sender", limit=2)) == 2
+
+
 async def test_broadcasts_are_listed_newest_first_with_their_counts(queue: Queue) -> None:
     for name in ("B4", "B5"):
         await queue.open_broadcast(name, "news@sender.test", b"{}", False)
