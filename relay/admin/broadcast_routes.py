@@ -34,7 +34,7 @@ from relay.broadcast import Recipient, Template, check_recipient, envelope_sende
 from relay.compose import ComposeError, mailbox
 from relay.errors import LocalFailure
 from relay.queue import BroadcastStatus, Idempotency, Queue, new_queue_id
-from relay.queue.base import BROADCAST, EVERY_STREAM, STREAM_PATTERN
+from relay.queue.base import BROADCAST, EVERY_STREAM, SUPPRESSION_STREAM_PATTERN
 
 CHUNK = 5000  # recipients per index write while a broadcast is uploaded
 MAX_LINE = 1024 * 1024  # bytes per NDJSON line
@@ -68,7 +68,7 @@ class BroadcastAccepted(BaseModel):
 
 
 # A stream's name, or "*": every stream.
-SuppressionStream = Annotated[str, StringConstraints(pattern=f"{STREAM_PATTERN}|^[*]$")]
+SuppressionStream = Annotated[str, StringConstraints(pattern=SUPPRESSION_STREAM_PATTERN)]
 
 
 class SuppressionEntry(BaseModel):

@@ -29,8 +29,8 @@ from relay.console.sessions import COOKIE, Session, Sessions
 from relay.errors import LocalFailure
 from relay.queue import Queue, Selection, State
 from relay.queue.apikeys import ApiScope
-from relay.queue.base import EVERY_STREAM, STREAM_PATTERN
-from relay.queue.webhooks import WebhookEndpoint
+from relay.queue.base import EVERY_STREAM, SUPPRESSION_STREAM_PATTERN
+from relay.queue.webhooks import WebhookEndpoint, WebhookState
 
 PREFIX = "/ui"
 SIGN_IN = f"{PREFIX}/sign-in"
@@ -116,11 +116,10 @@ def console_routes(console: Console) -> APIRouter:
 
     @router.get("/")
     async def overview(request: Request) -> Response:
-        now = time.time()
-        since = (now // CHART_STEP - CHART_STEPS + 1) * CHART_STEP
+        since = (time.time() // CHART_STEP - CHART_STEPS + 1) * CHART_STEP
         stats = await queue.stats()
         activity = await queue.activity(since, CHART_STEP)
-        return _page(request, "overview.html", stats=stats, states=WAITING, now=now,
+        return _page(request, "overview.html", stats=stats, states=WAITING,
                      chart=delivery_chart(activity, since, CHART_STEP, CHART_STEPS),
                      deferred=(await queue.summary(State.DEFERRED))[:10],
                      failing=await _failing_webhooks(queue, console.webhooks),
@@ -224,10 +223,6 @@ def console_routes(console: Console) -> APIRouter:
 
     # -- suppressions ------------------------------------------------------------------
 
-    @router.get("/suppressions")
-    async def suppression_list(request: Request, q: str = "", stream: str = "") -> Response:
-        return await _suppressions_page(request, q, stream)
-
     async def _suppressions_page(request: Request, q: str, stream: str, problem: str = "",
                                  status: int = 200) -> Response:
         search, stream = q.strip().lower(), stream.strip()
@@ -239,6 +234,10 @@ def console_routes(console: Console) -> APIRouter:
         return _page(request, "suppressions.html", status, suppressions=found[:QUEUE_PAGE],
                      more=max(len(found) - QUEUE_PAGE, 0), q=q, stream=stream,
                      problem=problem, notice=_notice(request))
+
+    @router.get("/suppressions")
+    async def suppression_list(request: Request, q: str = "", stream: str = "") -> Response:
+        return await _suppressions_page(request, q, stream)
 
     @router.post("/suppressions")
     async def add_suppression(request: Request) -> Response:
@@ -345,7 +344,8 @@ def _filter_problem(state: str, age: str) -> str:
 
 
 def _is_stream(stream: str) -> bool:
-    return stream == EVERY_STREAM or re.fullmatch(STREAM_PATTERN, stream) is not None
+    """A stream's name, or EVERY_STREAM: what a suppression may hold in."""
+    return re.fullmatch(SUPPRESSION_STREAM_PATTERN, stream) is not None
 
 
 async def _headers(queue: Queue, message_id: str) -> list[tuple[str, str]] | None:
@@ -368,9 +368,10 @@ async def _template(queue: Queue, broadcast_id: str) -> dict[str, Any] | None:
 
 
 async def _failing_webhooks(queue: Queue, configured: list[WebhookEndpoint]
-                            ) -> list[tuple[WebhookEndpoint, Any]]:
+                            ) -> list[tuple[WebhookEndpoint, WebhookState]]:
+    """Endpoints (configured or added through the API) not answering 2xx, or disabled."""
     states = {state.endpoint: state for state in await queue.webhook_states()}
-    endpoints = [*configured, *await queue.webhook_endpoints()]
-    return [(endpoint, states[endpoint.id]) for endpoint in endpoints
-            if endpoint.id in states and (states[endpoint.id].failing_since is not None
-                                          or states[endpoint.id].disabled_at is not None)]
+    found = [(endpoint, states.get(endpoint.id))
+             for endpoint in [*configured, *await queue.webhook_endpoints()]]
+    return [(endpoint, state) for endpoint, state in found if state is not None
+            and (state.failing_since is not None or state.disabled_at is not None)]

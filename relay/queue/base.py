@@ -77,6 +77,8 @@ TRANSACTIONAL = "transactional"  # SMTP and POST /v1/messages, unless told other
 BROADCAST = "broadcast"  # POST /v1/broadcasts, unless told otherwise
 EVERY_STREAM = "*"
 STREAM_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+# A stream a suppression holds in: a stream's name, or EVERY_STREAM.
+SUPPRESSION_STREAM_PATTERN = rf"{STREAM_PATTERN}|^[*]$"
 
 
 @dataclass(frozen=True)

@@ -346,9 +346,7 @@ class LocalQueue(LocalRecords):
 
     async def broadcasts(self, limit: int = 100) -> list[BroadcastStatus]:
         rows = await self._read_all(broadcasts.NEWEST, [limit])
-        deferred = {row[0]: int(row[1]) for row in
-                    await self._read_all(broadcasts.DEFERRED_OF_NEWEST, [limit])}
-        return [broadcast_status_of(row[0], row[1:], deferred.get(row[0], 0)) for row in rows]
+        return [broadcast_status_of(row[0], row[1:12], int(row[12])) for row in rows]
 
     async def cancel_broadcast(self, broadcast_id: str) -> BroadcastStatus | None:
         finished = await self._write(partial(broadcasts.cancel, broadcast_id, self._clock()))

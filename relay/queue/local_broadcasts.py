@@ -155,9 +155,7 @@ def cancel(broadcast_id: str, now: float, db: sqlite3.Connection) -> list[str] |
 
 STATUS = f"SELECT {STATUS_COLUMNS} FROM broadcasts WHERE id = ?"
 DEFERRED = "SELECT COUNT(*) FROM recipients WHERE message_id = ? AND state = 'deferred'"
-_NEWEST_IDS = "SELECT id FROM broadcasts ORDER BY created_at DESC, id LIMIT ?"
-NEWEST = (f"SELECT id, {STATUS_COLUMNS} FROM broadcasts ORDER BY created_at DESC, id "
-          "LIMIT ?")
-DEFERRED_OF_NEWEST = ("SELECT message_id, COUNT(*) FROM recipients WHERE state = 'deferred' "
-                      f"AND message_id IN ({_NEWEST_IDS}) GROUP BY message_id")
+NEWEST = (f"SELECT id, {STATUS_COLUMNS}, (SELECT COUNT(*) FROM recipients r "
+          "WHERE r.message_id = b.id AND r.state = 'deferred') FROM broadcasts b "
+          "ORDER BY created_at DESC, id LIMIT ?")
 
