@@ -60,6 +60,7 @@ class Result:
     e2e_rate: float  # messages/s from the first connection to the last delivery
     cpu_ms: float  # CPU milliseconds per message, all processes of the system
     peak_rss_mb: float  # sum of the processes' peak RSS
+    first_cpu_ms: float  # of cpu_ms, the first process's own (the relay's main process)
 
 
 def free_port(host: str) -> int:
@@ -95,12 +96,14 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds(pids: list[int], reaped: bool = True) -> float:
+    """CPU time of `pids`; with `reaped`, also of their children that have exited."""
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError, IndexError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+            total += sum(int(f) for f in fields[11:15 if reaped else 13])  # utime stime
+            # (cutime cstime)
     return total / CLOCK_TICKS
 
 
@@ -243,6 +246,7 @@ def measure(system_class: type, load: Load, count: int) -> Result:
         try:
             pids = system.pids()
             cpu_before = cpu_seconds(pids)
+            first_before = cpu_seconds(pids[:1], reaped=False)
             started = time.monotonic()
             run_smtp_source(system.port, load, count)
             ingested = time.monotonic()
@@ -250,12 +254,13 @@ def measure(system_class: type, load: Load, count: int) -> Result:
             delivered = time.monotonic()
             pids = system.pids()
             cpu = cpu_seconds(pids) - cpu_before
+            first = cpu_seconds(pids[:1], reaped=False) - first_before
             rss = peak_rss_mb(pids)
         finally:
             system.stop()
             sink.stop()
     return Result(count / (ingested - started), count / (delivered - started),
-                  cpu / count * 1000, rss)
+                  cpu / count * 1000, rss, first / count * 1000)
 
 
 def missing_tools() -> list[str]:
@@ -266,7 +271,8 @@ def missing_tools() -> list[str]:
 
 def median_result(results: list[Result]) -> Result:
     return Result(*(statistics.median(getattr(r, f) for r in results)
-                    for f in ("ingest_rate", "e2e_rate", "cpu_ms", "peak_rss_mb")))
+                    for f in ("ingest_rate", "e2e_rate", "cpu_ms", "peak_rss_mb",
+                              "first_cpu_ms")))
 
 
 def main() -> int:
@@ -292,7 +298,7 @@ def main() -> int:
     print(f"{args.count} messages per run, {args.repeat} run(s), median shown, "
           f"{os.cpu_count()} CPUs")
     header = (f"{'configuration':<14} {'system':<8} {'ingest/s':>9} {'e2e/s':>8} "
-              f"{'CPU ms/msg':>11} {'peak RSS MB':>12}")
+              f"{'CPU ms/msg':>11} {'peak RSS MB':>12} {'main CPU':>9}")
     print(header)
     print("-" * len(header))
     for load in loads:
@@ -306,7 +312,8 @@ def main() -> int:
         for name in args.systems:
             medians[name] = result = median_result(runs[name])
             print(f"{load.name:<14} {name:<8} {result.ingest_rate:>9.0f} {result.e2e_rate:>8.0f} "
-                  f"{result.cpu_ms:>11.2f} {result.peak_rss_mb:>12.1f}", flush=True)
+                  f"{result.cpu_ms:>11.2f} {result.peak_rss_mb:>12.1f}"
+                  f" {f'{result.first_cpu_ms:.2f}' if name == 'relay' else '-':>9}", flush=True)
         if len(medians) == 2:
             ratio = medians["relay"].e2e_rate / medians["postfix"].e2e_rate
             print(f"{load.name:<14} {'ratio':<8} {'':>9} {ratio:>8.2f}  (relay/Postfix, e2e)")
