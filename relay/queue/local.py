@@ -96,7 +96,9 @@ class LocalQueue(LocalRecords):
         self._db_path = path / "index.sqlite3"
         self._reader_db: aiosqlite.Connection | None = None  # operator queries
         self._committer: GroupCommitter | None = None  # every write
-        # Finished messages whose files are gone; their rows go with the next write.
+        # Finished messages whose files go after the next durable commit (_finished), and
+        # those whose files are gone (_unlinked): their rows go with the next write.
+        self._finished: list[str] = []
         self._unlinked: list[str] = []
         self._removals: set[asyncio.Task[None]] = set()  # files of finished messages
         # File I/O (writes, fsyncs, reads) runs on the queue's own threads, so a busy
@@ -227,12 +229,17 @@ class LocalQueue(LocalRecords):
         self._remove_when_durable(finished)
 
     def _remove_when_durable(self, finished: list[str]) -> None:
-        if finished and self._committer is not None:
-            self._committer.after_durable(partial(self._remove_finished, finished))
+        if not finished or self._committer is None:
+            return
+        if not self._finished:
+            self._committer.after_durable(self._remove_finished)
+        self._finished += finished
 
-    def _remove_finished(self, message_ids: list[str]) -> None:
-        """Body after the durable commit, rows with a later write: a crash in between
-        leaves `done` rows that recovery cleans up."""
+    def _remove_finished(self) -> None:
+        """Files after the durable commit, rows with a later write: a crash in between
+        leaves `done` rows that recovery cleans up. Every message finished since the last
+        durable commit goes in one trip to an I/O thread, not one trip each."""
+        message_ids, self._finished = self._finished, []
         task = asyncio.create_task(self._in_io_thread(self.files.remove_all, message_ids))
         self._removals.add(task)
 
