@@ -11,7 +11,9 @@ so processes never wait on each other's SQLite locks (measured: two writing proc
 slower than one, bench/README.md).
 
 Wire format, one JSON object per line. To index: {"id", "from", "rcpts", "size", "utf8",
-"at"} and the history's "subj", "meta", "tags", "key" when there are any (no reply). A worker
+"at"} and the history's "subj", "meta", "tags", "key" when there are any (no reply); with
+"body": N (a message of up to queue.bodycache.MAX_BODY bytes), the message's N bytes follow
+the line, so that its first delivery need not read the file back. A worker
 announces that it listens with {"ready": true} (no reply), and asks for a rate-limit
 slot with {"id", "rate_key", "count", "window"} (reply {"id", "ok"}): the main process
 keeps the one window, so a user's limit holds across workers; with "peek": true it only
@@ -37,6 +39,7 @@ from typing import Any
 from relay.config import Rate
 from relay.errors import LocalFailure
 from relay.queue.base import MessageMeta, NewMessage, Tracking
+from relay.queue.bodycache import MAX_BODY
 from relay.queue.local import LocalQueue
 from relay.queue.spoolfiles import Envelope, SpoolFiles
 from relay.ratelimit import SlidingWindow
@@ -108,7 +111,12 @@ class HandoffStore:
             await asyncio.get_running_loop().run_in_executor(
                 self._io, self.files.write, message.id, envelope, message.data)
         # Durable now: the 250 need not wait for the index (see the module's docstring).
-        self._writer.write(_encode(_request(message.meta, envelope.received_at)))
+        request = _request(message.meta, envelope.received_at)
+        if len(message.data) <= MAX_BODY:
+            request["body"] = len(message.data)
+            self._writer.writelines([_encode(request), message.data])
+        else:
+            self._writer.write(_encode(request))
 
     async def _read_replies(self) -> None:
         try:
@@ -150,10 +158,10 @@ async def serve_handoff(queue: LocalQueue, sock: socket.socket, rates: SlidingWi
     tasks: set[asyncio.Task[None]] = set()
     trouble = Trouble("indexing new mail", log)
 
-    async def index(meta: MessageMeta, received_at: float) -> None:
+    async def index(meta: MessageMeta, received_at: float, body: bytes | None) -> None:
         # Acknowledged already: retried until it is in (or, if this process stops first,
         # left to the next start's recovery, which indexes the file).
-        await trouble.until_done(lambda: queue.index(meta, received_at))
+        await trouble.until_done(lambda: queue.index(meta, received_at, body=body))
         events.stored()
 
     try:
@@ -171,9 +179,15 @@ async def serve_handoff(queue: LocalQueue, sock: socket.socket, rates: SlidingWi
                 allowed = check(request["rate_key"], rate)
                 writer.write(_encode({"id": request["id"], "ok": allowed}))
                 continue
-            task = asyncio.create_task(index(_meta(request), float(request["at"])))
+            # A worker killed while a body was on the way has sent its line whole (the
+            # line goes first): the message is indexed all the same, its body read later
+            # from the file.
+            body = await _read_body(reader, int(request["body"])) if "body" in request else None
+            task = asyncio.create_task(index(_meta(request), float(request["at"]), body))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+            if "body" in request and body is None:
+                break  # the worker is gone
         if tasks:
             await asyncio.wait(tasks)
     finally:
@@ -188,6 +202,14 @@ async def _read_line(reader: asyncio.StreamReader) -> bytes:
         return await reader.readline()
     except ConnectionError:
         return b""
+
+
+async def _read_body(reader: asyncio.StreamReader, size: int) -> bytes | None:
+    """The body that follows a line, or None once the peer is gone before it all came."""
+    try:
+        return await reader.readexactly(size)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
 
 
 def _request(meta: MessageMeta, received_at: float) -> dict[str, Any]:

@@ -60,6 +60,7 @@ from relay.queue.base import (
     messages_with_recipients,
     summary_sql,
 )
+from relay.queue.bodycache import BodyCache
 from relay.queue.events import EventType
 from relay.queue.groupcommit import GroupCommitter
 from relay.queue.local_events import add_events, add_outcome_events
@@ -105,6 +106,7 @@ class LocalQueue(LocalRecords):
         # default executor can never hold up a 250.
         self._io: ThreadPoolExecutor | None = None
         self._taker: NewMailTaker | None = None  # claims new mail as it is indexed
+        self.bodies = BodyCache()  # of mail claimed as it was indexed, for its first read
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -152,7 +154,7 @@ class LocalQueue(LocalRecords):
             # Durable at once only with an Idempotency-Key, which lives in the index alone;
             # the rest is in the queue file.
             await self.index(message.meta, envelope.received_at,
-                             durable=message.idempotency is not None)
+                             durable=message.idempotency is not None, body=message.data)
         except asyncio.CancelledError:
             raise  # the client went away; the commit may still land, so the file stays
         except Exception as exc:
@@ -173,16 +175,19 @@ class LocalQueue(LocalRecords):
         indexes it, while it has room: no claim of its own, no wake-up (bench/README.md)."""
         self._taker = taker
 
-    async def index(self, meta: MessageMeta, received_at: float, durable: bool = False) -> None:
+    async def index(self, meta: MessageMeta, received_at: float, durable: bool = False,
+                    body: bytes | None = None) -> None:
         """Step two (the owner only): the index rows, in the next group commit; not
         durable by themselves (the queue file is), so this costs no fsync. Raises what the
-        commit raised."""
+        commit raised. `body`, the message's, saves its first delivery reading the file."""
         taker = self._taker
         lease = (self._lease if taker is not None and taker.room() >= len(meta.recipients)
                  else None)
         claimed = await self._write(partial(_index_claiming, meta, received_at, self._clock(),
                                             lease), durable=durable)
         if taker is not None:
+            if claimed and body is not None:
+                self.bodies.put(meta.id, body)
             taker.take_claimed(claimed) if claimed else taker.wake()
 
     # -- delivery --------------------------------------------------------------------
@@ -216,7 +221,9 @@ class LocalQueue(LocalRecords):
         return None if row is None or row[0] is None else float(row[0])
 
     async def read_body(self, message_id: str) -> bytes:
-        return await self._in_io_thread(self.files.read, message_id)
+        body = self.bodies.take(message_id)
+        return body if body is not None else await self._in_io_thread(self.files.read,
+                                                                      message_id)
 
     async def record(self, outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
@@ -240,6 +247,7 @@ class LocalQueue(LocalRecords):
         leaves `done` rows that recovery cleans up. Every message finished since the last
         durable commit goes in one trip to an I/O thread, not one trip each."""
         message_ids, self._finished = self._finished, []
+        self.bodies.discard(message_ids)
         task = asyncio.create_task(self._in_io_thread(self.files.remove_all, message_ids))
         self._removals.add(task)
 
@@ -396,6 +404,7 @@ class LocalQueue(LocalRecords):
             return 0
         deleted = await self._write(partial(delete_selected, DELETABLE.format(where), params,
                                             self._clock()))
+        self.bodies.discard(deleted)
         for message_id in deleted:
             self.files.remove(message_id)
         return len(deleted)
