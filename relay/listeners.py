@@ -78,7 +78,10 @@ def bind_tcp(address: str, service: str, reuse_port: bool = False,
     a port that cannot be had is a RelayError naming the service and the address."""
     host, port = split_hostport(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: asyncio turns Nagle off (TCP_NODELAY) only on accepted sockets
+    # whose protocol says TCP, and with Nagle every reply after a multi-line one waited
+    # for the client's (delayed) ACK, up to 40 ms.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:

@@ -192,6 +192,7 @@ class RelaySMTP(SMTP):
         self._auth = handler.auth
         self._credentials: tuple[str, LoginPassword] | None = None  # AUTH, being checked
         self._plain_replies = True  # greeting, HELO/EHLO: no enhanced codes (RFC 2034)
+        self._continued: list[str] = []  # the lines so far of a multi-line reply
 
     def _create_session(self) -> Session:
         return RelaySession(self.loop)
@@ -288,6 +289,14 @@ class RelaySMTP(SMTP):
     async def push(self, status: Any) -> None:
         if isinstance(status, str) and not self._plain_replies:
             status = with_enhanced_code(status)
+        if isinstance(status, str) and status[3:4] == "-":
+            # A multi-line reply (EHLO's) goes out in one write, as Postfix's does: one
+            # segment, one wake-up of the client, instead of one per line.
+            self._continued.append(status)
+            return
+        if self._continued:
+            status = "\r\n".join([*self._continued, str(status)])
+            self._continued.clear()
         await super().push(status)
         if isinstance(status, str) and status.startswith("220 ") and self._plain_replies:
             self._plain_replies = False  # the greeting went out

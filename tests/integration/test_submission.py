@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import socket
 import ssl
 from pathlib import Path
 
 import pytest
 
+from relay.listeners import bind_tcp
 from relay.passwords import hash_password
 from tests.integration.conftest import StartRelay
 from tests.support.client import message, send
@@ -194,6 +196,49 @@ async def test_every_reply_after_ehlo_has_an_enhanced_code(start_relay: StartRel
 
     for code, text in await in_thread(session):
         assert text[:1] == str(code)[0].encode() and text[1:2] == b".", (code, text)
+
+
+async def test_accepted_connections_have_nagle_off() -> None:
+    """asyncio sets TCP_NODELAY only on sockets whose protocol says TCP: with Nagle on, a
+    reply written after a multi-line one waited for the client's delayed ACK (40 ms)."""
+    loop = asyncio.get_running_loop()
+    nodelay: asyncio.Future[int] = loop.create_future()
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            option = transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP,
+                                                                   socket.TCP_NODELAY)
+            nodelay.set_result(option)
+            transport.close()
+
+    server = await loop.create_server(Probe, sock=bind_tcp(f"127.0.0.1:{free_port()}", "test"))
+    try:
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(nodelay, 30) != 0
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_multi_line_reply_is_one_write(start_relay: StartRelay) -> None:
+    """EHLO's lines go out together, as Postfix's do: one segment for the client to read,
+    not one per line."""
+    relay = await start_relay()
+
+    def ehlo_reply() -> bytes:
+        with socket.create_connection(("127.0.0.1", relay.smtp_port), timeout=30) as sock:
+            greeting = b""
+            while not greeting.endswith(b"\r\n"):
+                greeting += sock.recv(4096)
+            sock.sendall(b"EHLO client.test\r\n")
+            return sock.recv(65536)  # what the first segment brought
+
+    lines = (await in_thread(ehlo_reply)).split(b"\r\n")
+    assert len(lines) > 3 and lines[-1] == b"", lines
+    assert all(line.startswith(b"250-") for line in lines[:-2]), lines
+    assert lines[-2].startswith(b"250 "), lines
 
 
 async def test_local_failure_answers_451_not_5xx(start_relay: StartRelay) -> None:
