@@ -31,6 +31,7 @@ import sys
 from collections.abc import Callable
 
 from relay import config as config_module
+from relay import tuning
 from relay.cleanup import Cleanup
 from relay.config import Config
 from relay.errors import RelayError
@@ -186,6 +187,7 @@ class _Worker:
         servers = await serve_listeners(handler, config.smtp, config.server.hostname,
                                         registry, self.sockets, self.tls)
         store.announce_ready()
+        tuning.started()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -226,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handoff-fd", type=int, required=True)
     parser.add_argument("--shutdown-timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
+    tuning.tune_allocator()
     try:
         config = config_module.load(args.config)
     except RelayError as exc:

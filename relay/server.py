@@ -17,6 +17,7 @@ import os
 import signal
 import time
 
+from relay import tuning
 from relay.admin.app import HttpServer, Services, create_app
 from relay.admin.token import load_or_create_token
 from relay.cleanup import Cleanup
@@ -139,6 +140,7 @@ class Relay:
         if isinstance(self.queue, PostgresQueue):
             self.queue.listen(self.wake_scheduler)  # mail stored or released by any node
         self._started = True
+        tuning.started()
         log.info("relay started: smtp=%s admin=%s queue=%s ingest=%s",
                  ",".join(config.smtp.listen + config.smtp.tls_listen + config.bounces.listen),
                  config.admin.listen,

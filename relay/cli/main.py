@@ -43,9 +43,11 @@ def main() -> None:
 @one_line_errors
 def serve(ctx: click.Context) -> None:
     """Run the relay in the foreground."""
+    from relay import tuning
     from relay.logsetup import configure_logging, event_loop_runner
     from relay.server import serve as run
 
+    tuning.tune_allocator()
     config = load_config(ctx)
     flush_log = configure_logging(config)
     try:
