@@ -14,6 +14,15 @@ outcomes; claims) skip the fsync; the WAL is sequential, so the next durable com
 them durable too. `after_durable` runs a callback once that has happened (or after
 `sync_delay`, with an fsync of its own): the local queue removes a delivered message's
 file only then.
+
+Such a commit is an append to the WAL in the page cache, a few tens of microseconds, while
+a trip to the writer thread and back costs two thread wake-ups and a contended GIL (about
+0.1 ms of CPU each on a virtual machine, bench/README.md). So the small ones of them
+(`quick`: new mail, outcomes, claims) are committed on the event loop itself, all that
+came in one pass of the loop in one transaction, whenever the writer thread is not using
+the connection; a lock says who has it. The event loop never waits for it, nor for an
+fsync: automatic checkpoints are off (a checkpoint fsyncs the database), and the writer
+thread checkpoints instead, every CHECKPOINT_CHANGES rows written.
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ log = logging.getLogger("relay.queue")
 WriteOp = Callable[[sqlite3.Connection], Any]
 Result = tuple[bool, Any]  # (True, value) or (False, exception)
 SYNC_DELAY = 0.05  # how long after_durable waits for a durable commit to come along
+# Rows inserted, updated or deleted between two checkpoints: a row is a page or two of
+# the WAL, so about SQLite's own default (1000 pages).
+CHECKPOINT_CHANGES = 1000
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -42,6 +54,7 @@ def connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.execute("PRAGMA busy_timeout=10000")
+    db.execute("PRAGMA wal_autocheckpoint=0")  # GroupCommitter checkpoints in its thread
     return db
 
 
@@ -52,37 +65,85 @@ class _Request:
     durable: bool  # must survive a power loss once committed (new mail: yes)
 
 
+def _checkpoint(db: sqlite3.Connection) -> None:
+    """Not a write: the writer thread runs it outside a transaction (a marker op)."""
+
+
 class GroupCommitter:
     def __init__(self, db: sqlite3.Connection, max_batch: int = 1024,
-                 sync_delay: float = SYNC_DELAY) -> None:
+                 sync_delay: float = SYNC_DELAY,
+                 checkpoint_changes: int = CHECKPOINT_CHANGES) -> None:
         self._db = db
         self._sync_delay = sync_delay
+        self._checkpoint_changes = checkpoint_changes
         self._max_batch = max_batch
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="queue-writer", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._durable = True  # connect() sets synchronous=FULL
-        self._after_durable: list[Callable[[], None]] = []
+        # Callbacks with the number of the commit that must be durable before they run.
+        self._after_durable: list[tuple[int, Callable[[], None]]] = []
         self._sync_timer: asyncio.TimerHandle | None = None
+        self._in_use = threading.Lock()  # the connection: the writer thread or the loop
+        self._commits = 0  # made so far, on either side
+        self._synced_upto = 0  # the last commit made with an fsync (all before it are safe)
+        self._durable_commits = 0  # of which the loop has heard
+        self._checkpointed = 0  # the connection's total_changes at the last checkpoint
+        self._here: list[_Request] = []  # quick requests of this pass of the loop
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._thread.start()
 
-    async def submit(self, op: WriteOp, durable: bool = True) -> Any:
+    async def submit(self, op: WriteOp, durable: bool = True, quick: bool = False) -> Any:
         """Run `op` in the next group commit. `durable=False` lets the commit skip its fsync:
         the WAL is sequential, so the next durable commit makes it durable too, and a crash
-        of the process loses nothing either way; only a power cut can forget it."""
+        of the process loses nothing either way; only a power cut can forget it. `quick`
+        (with durable=False): a few rows, which may be committed on the event loop."""
         if self._closing or self._loop is None:
             raise RuntimeError("queue is closed")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._requests.put(_Request(op, future, durable))
+        request = _Request(op, future, durable)
+        if quick and not durable:
+            if not self._here:
+                self._loop.call_soon(self._commit_here)
+            self._here.append(request)
+        else:
+            self._requests.put(request)
         return await future
+
+    def _commit_here(self) -> None:
+        """On the event loop: this pass's quick requests as one transaction, unless the
+        writer thread has the connection (then they go to it; the loop does not wait)."""
+        batch, self._here = self._here, []
+        if not self._in_use.acquire(blocking=False):
+            for request in batch:
+                self._requests.put(request)
+            return
+        try:
+            results = self._commit_statements(batch)
+            if self._checkpoint_due():
+                self._checkpoint_in_thread()
+        finally:
+            self._in_use.release()
+        self._settle(batch, results, None)
+
+    def _checkpoint_due(self) -> bool:
+        """Under the lock: CHECKPOINT_CHANGES rows written since the last checkpoint."""
+        return self._db.total_changes - self._checkpointed >= self._checkpoint_changes
+
+    def _checkpoint_in_thread(self) -> None:
+        """From the loop: the writer thread checkpoints (it may fsync; the loop must not)."""
+        assert self._loop is not None
+        self._checkpointed = self._db.total_changes
+        done: asyncio.Future[Any] = self._loop.create_future()
+        done.add_done_callback(lambda future: future.exception())  # logged by the thread
+        self._requests.put(_Request(_checkpoint, done, durable=False))
 
     def after_durable(self, callback: Callable[[], None]) -> None:
         """Call `callback` (on the event loop) once every commit made so far is durable."""
-        self._after_durable.append(callback)
+        self._after_durable.append((self._commits, callback))
         self._arm_sync()
 
     def _arm_sync(self) -> None:
@@ -109,6 +170,8 @@ class GroupCommitter:
 
     async def close(self) -> None:
         """Commit what is pending, make it durable, then stop."""
+        if self._here:
+            self._commit_here()
         if self._thread.is_alive():
             await self.flush_durable()
         self._closing = True
@@ -132,15 +195,37 @@ class GroupCommitter:
                     stop = True
                     break
                 batch.append(request)
-            try:
-                results = self._commit_statements(batch)
-            except BaseException as exc:  # the waiting sessions must hear of it
-                results = [(False, exc)] * len(batch)
+            with self._in_use:
+                try:
+                    results = self._commit_batch(batch)
+                except BaseException as exc:  # the waiting sessions must hear of it
+                    results = [(False, exc)] * len(batch)
+                if self._checkpoint_due():
+                    self._checkpoint()
+                synced_upto = self._synced_upto
             assert self._loop is not None
-            durable = any(r.durable and ok for r, (ok, _) in zip(batch, results, strict=True))
-            self._loop.call_soon_threadsafe(self._settle, batch, results, durable)
+            self._loop.call_soon_threadsafe(self._settle, batch, results, synced_upto)
             if stop:
                 return
+
+    def _commit_batch(self, batch: list[_Request]) -> list[Result]:
+        """The thread's batch: its writes as one transaction, then any checkpoint."""
+        writes = [request for request in batch if request.op is not _checkpoint]
+        results = dict(zip(map(id, writes), self._commit_statements(writes) if writes else [],
+                           strict=True))
+        for request in batch:
+            if request.op is _checkpoint:
+                results[id(request)] = self._checkpoint()
+        return [results[id(request)] for request in batch]
+
+    def _checkpoint(self) -> Result:
+        self._checkpointed = self._db.total_changes
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:  # the next one may do better; the WAL only grows
+            log.warning("checkpoint of the queue index failed: %s", exc)
+            return False, exc
+        return True, None
 
     def _commit_statements(self, batch: list[_Request]) -> list[Result]:
         """The batch as one transaction, or singly if that fails."""
@@ -168,15 +253,19 @@ class GroupCommitter:
         try:
             results = [op(self._db) for op in ops]
             self._db.execute("COMMIT")
+            self._commits += 1
+            if self._durable:  # synchronous=FULL: the WAL was fsynced up to here
+                self._synced_upto = self._commits
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
         return results
 
-    def _settle(self, batch: list[_Request], results: list[Result], durable: bool) -> None:
-        """On the event loop: wake every request of a committed batch (unless it gave up);
-        after a durable one, whoever waited for durability."""
+    def _settle(self, batch: list[_Request], results: list[Result],
+                synced_upto: int | None) -> None:
+        """On the event loop: wake every request of a committed batch (unless it gave up),
+        and whoever waited for commits that are durable now (up to `synced_upto`)."""
         for request, (ok, value) in zip(batch, results, strict=True):
             if request.future.done():
                 continue
@@ -184,11 +273,15 @@ class GroupCommitter:
                 request.future.set_result(value)
             else:
                 request.future.set_exception(value)
-        if durable and self._after_durable:
-            callbacks, self._after_durable = self._after_durable, []
-            for callback in callbacks:
-                callback()
-        elif self._after_durable:
+        if synced_upto is not None and synced_upto > self._durable_commits:
+            self._durable_commits = synced_upto
+            due = [c for upto, c in self._after_durable if upto <= self._durable_commits]
+            if due:
+                self._after_durable = [(upto, c) for upto, c in self._after_durable
+                                       if upto > self._durable_commits]
+                for callback in due:
+                    callback()
+        if self._after_durable:
             self._arm_sync()
 
 

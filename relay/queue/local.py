@@ -184,7 +184,7 @@ class LocalQueue(LocalRecords):
         lease = (self._lease if taker is not None and taker.room() >= len(meta.recipients)
                  else None)
         claimed = await self._write(partial(_index_claiming, meta, received_at, self._clock(),
-                                            lease), durable=durable)
+                                            lease), durable=durable, quick=True)
         if taker is not None:
             if claimed and body is not None:
                 self.bodies.put(meta.id, body)
@@ -195,12 +195,12 @@ class LocalQueue(LocalRecords):
     async def claim_due(self, limit: int) -> list[Claimed]:
         # A claim lost to a power cut only forgets that an attempt was made.
         return list(await self._write(partial(_claim_due, limit, self._clock(), self._lease),
-                                      durable=False))
+                                      durable=False, quick=True))
 
     async def renew_leases(self, claims: Sequence[tuple[int, int]]) -> None:
         if claims:
             await self._write(partial(_renew_leases, claims, self._clock() + self._lease),
-                              durable=False)
+                              durable=False, quick=True)
 
     async def take_slot(self, destination: str, limit: int) -> str | None:
         return "local"  # one node: the scheduler's own count is the whole relay's
@@ -232,7 +232,7 @@ class LocalQueue(LocalRecords):
         # durable, and a power cut before that only means delivering again. A finished
         # message's file goes only once the commit that finished it is durable.
         finished = await self._write(partial(_record, outcomes, self._take_unlinked(),
-                                             self._clock()), durable=False)
+                                             self._clock()), durable=False, quick=True)
         self._remove_when_durable(finished)
 
     def _remove_when_durable(self, finished: list[str]) -> None:
@@ -417,10 +417,11 @@ class LocalQueue(LocalRecords):
 
     # -- plumbing --------------------------------------------------------------------
 
-    async def _write(self, op: Any, durable: bool = True) -> Any:
+    async def _write(self, op: Any, durable: bool = True, quick: bool = False) -> Any:
+        """`quick`: a few rows, the hot path's writes (groupcommit: on the event loop)."""
         if self._committer is None:
             raise LocalFailure("queue is not open")
-        return await self._committer.submit(op, durable=durable)
+        return await self._committer.submit(op, durable=durable, quick=quick)
 
     async def _in_io_thread(self, function: Callable[..., _T], *args: Any) -> _T:
         if self._io is None:

@@ -54,7 +54,7 @@ class LocalRecords:
 
     _clock: Any
 
-    async def _write(self, op: Any, durable: bool = True) -> Any:
+    async def _write(self, op: Any, durable: bool = True, quick: bool = False) -> Any:
         raise NotImplementedError
 
     async def _read_all(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:

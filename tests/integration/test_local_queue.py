@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,66 @@ async def test_after_durable_makes_its_own_sync_when_no_commit_comes(tmp_path: P
     covered = asyncio.Event()
     committer.after_durable(covered.set)
     await asyncio.wait_for(covered.wait(), 10)
+    await committer.close()
+
+
+async def test_after_durable_waits_for_a_durable_commit_after_quick_ones(
+        tmp_path: Path) -> None:
+    """Quick commits run on the event loop, beside the writer thread's: a callback waits
+    for a durable commit made after every commit before it, whichever side made them."""
+    committer = GroupCommitter(connect(tmp_path / "db"), sync_delay=3600)
+    committer.start()
+    await committer.submit(lambda db: db.execute("CREATE TABLE t (v)"))
+    await committer.submit(lambda db: _insert(1, db), durable=False, quick=True)
+    covered = asyncio.Event()
+    committer.after_durable(covered.set)
+    await committer.submit(lambda db: _insert(2, db), durable=False, quick=True)
+    assert not covered.is_set()
+    await committer.submit(lambda db: _insert(3, db))
+    assert covered.is_set()
+    await committer.close()
+    with sqlite3.connect(tmp_path / "db") as db:
+        assert [r[0] for r in db.execute("SELECT v FROM t ORDER BY v")] == [1, 2, 3]
+
+
+async def test_quick_writes_never_wait_for_the_writer_thread(tmp_path: Path) -> None:
+    """While the writer thread holds the connection, quick writes go to it: the event
+    loop goes on (here: it is what lets the thread finish)."""
+    committer = GroupCommitter(connect(tmp_path / "db"))
+    committer.start()
+    await committer.submit(lambda db: db.execute("CREATE TABLE t (v)"))
+    in_thread, finish = threading.Event(), threading.Event()
+
+    def slow(db: sqlite3.Connection) -> None:
+        in_thread.set()
+        finish.wait(30)
+        _insert(1, db)
+
+    slow_write = asyncio.create_task(committer.submit(slow))
+    await asyncio.to_thread(in_thread.wait, 30)
+    quick_write = asyncio.create_task(committer.submit(lambda db: _insert(2, db),
+                                                       durable=False, quick=True))
+    await asyncio.sleep(0)  # the quick write's turn on the loop: it must not block it
+    await asyncio.sleep(0)
+    assert not quick_write.done()
+    finish.set()
+    await asyncio.wait_for(asyncio.gather(slow_write, quick_write), 30)
+    await committer.close()
+
+
+async def test_quick_writes_are_checkpointed_by_the_writer_thread(tmp_path: Path) -> None:
+    """SQLite's own checkpoints are off (one would fsync on the event loop): the writer
+    thread's keep the WAL from growing without end."""
+    committer = GroupCommitter(connect(tmp_path / "db"), checkpoint_changes=1)
+    committer.start()
+    await committer.submit(lambda db: db.execute("CREATE TABLE t (v)"))
+    row = b"x" * 2000
+    for _ in range(4):  # 4 MB of rows in all; unchecked, the WAL would hold every one
+        for _ in range(500):
+            await committer.submit(lambda db: db.execute("INSERT INTO t VALUES (?)", (row,)),
+                                   durable=False, quick=True)
+        await committer.submit(lambda db: None)  # in the thread, after its checkpoints
+    assert (tmp_path / "db-wal").stat().st_size < 2_000_000
     await committer.close()
 
 
