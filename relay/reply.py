@@ -51,6 +51,7 @@ LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 AUTH_REVOKED = Reply(530, "5.7.0", "Authentication no longer valid, log in again")
 RATE_LIMITED = Reply(451, "4.7.0", "Sending rate exceeded, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
+IDLE_TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing the connection")
 AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 AUTH_TOO_MANY_FAILURES = Reply(421, "4.7.0", "Too many failed authentication attempts, "

@@ -344,7 +344,9 @@ class Scheduler:
             destination.arrived.clear()
             destination.idle += 1
             try:
-                await asyncio.wait_for(destination.arrived.wait(), remaining)
+                # (a timeout scope, not wait_for: no task of its own for every wait)
+                async with asyncio.timeout(remaining):
+                    await destination.arrived.wait()
             except TimeoutError:
                 pass
             finally:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import aiosmtpd.smtp
 from aiosmtpd.smtp import (
     SMTP,
     AuthResult,
@@ -193,6 +194,27 @@ class RelaySMTP(SMTP):
         self._credentials: tuple[str, LoginPassword] | None = None  # AUTH, being checked
         self._plain_replies = True  # greeting, HELO/EHLO: no enhanced codes (RFC 2034)
         self._continued: list[str] = []  # the lines so far of a multi-line reply
+        self._idle_deadline = 0.0  # loop time when an idle session is closed
+        self._timed_out = False
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd cancels its idle timer and makes a new one for every command; here the
+        deadline moves and the timer stays, armed again for what is left if it fires
+        early (bench/README.md)."""
+        self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        if handle is None or self._timed_out or handle.when() > self._idle_deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timed_out = False
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_timer)
+
+    def _idle_timer(self) -> None:
+        if self.loop.time() < self._idle_deadline:
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_timer)
+        else:
+            self._timed_out = True
+            self._hang_up(reply.IDLE_TIMEOUT)  # said first, as Postfix's smtpd does
 
     def _create_session(self) -> Session:
         return RelaySession(self.loop)
@@ -204,10 +226,13 @@ class RelaySMTP(SMTP):
 
     def say_goodbye(self) -> None:
         """421 and close: the relay is stopping (RFC 5321, 3.8)."""
+        self._hang_up(reply.SHUTTING_DOWN)
+
+    def _hang_up(self, why: reply.Reply) -> None:
         # (uvloop's transports are not registered as asyncio.WriteTransport)
         transport = cast(asyncio.Transport | None, self.transport)
         if transport is not None and not transport.is_closing():
-            transport.write(f"{reply.SHUTTING_DOWN}\r\n".encode())
+            transport.write(f"{why}\r\n".encode())
             transport.close()
 
     async def smtp_AUTH(self, arg: str) -> None:
@@ -488,6 +513,25 @@ class _Presigned:
 
     def __call__(self, *args: Any) -> Any:
         return self._method(*args)
+
+
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
+_aiosmtpd_sanitized_log = aiosmtpd.smtp.sanitized_log
+
+
+def _sanitized_log(func: Callable[..., None], msg: Any, *args: Any, **kwargs: Any) -> None:
+    """aiosmtpd's sanitized_log, which masks AUTH data with a regular expression before
+    the logger decides; twice for every command line, both dropped (mail.log logs
+    warnings only: relay.logsetup). Here the logger decides first."""
+    logger = getattr(func, "__self__", None)
+    level = _LOG_LEVELS.get(getattr(func, "__name__", ""))
+    if isinstance(logger, logging.Logger) and level is not None \
+            and not logger.isEnabledFor(level):
+        return
+    _aiosmtpd_sanitized_log(func, msg, *args, **kwargs)
+
+
+aiosmtpd.smtp.sanitized_log = _sanitized_log  # _handle_client looks it up on every call
 
 
 def _client_ip(session: Session) -> str:

@@ -10,10 +10,10 @@ owner dies first, its successor's recovery indexes the file. One process writes 
 so processes never wait on each other's SQLite locks (measured: two writing processes were
 slower than one, bench/README.md).
 
-Wire format, one JSON object per line. To index: {"id", "from", "rcpts", "size", "utf8",
-"at"} and the history's "subj", "meta", "tags", "key" when there are any (no reply); with
-"body": N (a message of up to queue.bodycache.MAX_BODY bytes), the message's N bytes follow
-the line, so that its first delivery need not read the file back. A worker
+Wire format, one JSON object per line. To index: {"id", "env"}, "env" the queue file's
+envelope (queue.spoolfiles.Envelope, encoded once for both: no reply); with "body": N (a
+message of up to queue.bodycache.MAX_BODY bytes), the message's N bytes follow the line, so
+that its first delivery need not read the file back. A worker
 announces that it listens with {"ready": true} (no reply), and asks for a rate-limit
 slot with {"id", "rate_key", "count", "window"} (reply {"id", "ok"}): the main process
 keeps the one window, so a user's limit holds across workers; with "peek": true it only
@@ -38,7 +38,7 @@ from typing import Any
 
 from relay.config import Rate
 from relay.errors import LocalFailure
-from relay.queue.base import MessageMeta, NewMessage, Tracking
+from relay.queue.base import NewMessage
 from relay.queue.bodycache import MAX_BODY
 from relay.queue.local import LocalQueue
 from relay.queue.spoolfiles import Envelope, SpoolFiles
@@ -111,12 +111,11 @@ class HandoffStore:
             await asyncio.get_running_loop().run_in_executor(
                 self._io, self.files.write, message.id, envelope, message.data)
         # Durable now: the 250 need not wait for the index (see the module's docstring).
-        request = _request(message.meta, envelope.received_at)
-        if len(message.data) <= MAX_BODY:
-            request["body"] = len(message.data)
-            self._writer.writelines([_encode(request), message.data])
-        else:
-            self._writer.write(_encode(request))
+        with_body = len(message.data) <= MAX_BODY
+        body = b',"body":%d' % len(message.data) if with_body else b""
+        line = b'{"id":%s%s,"env":%s}\n' % (json.dumps(message.id).encode(), body,
+                                            envelope.json)
+        self._writer.writelines([line, message.data] if with_body else [line])
 
     async def _read_replies(self) -> None:
         try:
@@ -158,10 +157,11 @@ async def serve_handoff(queue: LocalQueue, sock: socket.socket, rates: SlidingWi
     tasks: set[asyncio.Task[None]] = set()
     trouble = Trouble("indexing new mail", log)
 
-    async def index(meta: MessageMeta, received_at: float, body: bytes | None) -> None:
+    async def index(message_id: str, envelope: Envelope, body: bytes | None) -> None:
         # Acknowledged already: retried until it is in (or, if this process stops first,
         # left to the next start's recovery, which indexes the file).
-        await trouble.until_done(lambda: queue.index(meta, received_at, body=body))
+        meta = envelope.meta(message_id)
+        await trouble.until_done(lambda: queue.index(meta, envelope.received_at, body=body))
         events.stored()
 
     try:
@@ -183,7 +183,8 @@ async def serve_handoff(queue: LocalQueue, sock: socket.socket, rates: SlidingWi
             # line goes first): the message is indexed all the same, its body read later
             # from the file.
             body = await _read_body(reader, int(request["body"])) if "body" in request else None
-            task = asyncio.create_task(index(_meta(request), float(request["at"]), body))
+            task = asyncio.create_task(index(request["id"], Envelope.of_fields(request["env"]),
+                                             body))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             if "body" in request and body is None:
@@ -210,18 +211,6 @@ async def _read_body(reader: asyncio.StreamReader, size: int) -> bytes | None:
         return await reader.readexactly(size)
     except (asyncio.IncompleteReadError, ConnectionError):
         return None
-
-
-def _request(meta: MessageMeta, received_at: float) -> dict[str, Any]:
-    return {"id": meta.id, "from": meta.mail_from, "rcpts": list(meta.recipients),
-            "size": meta.size, "utf8": meta.smtputf8, "at": received_at,
-            **meta.tracking.fields()}
-
-
-def _meta(request: dict[str, Any]) -> MessageMeta:
-    return MessageMeta(request["id"], request["from"], tuple(request["rcpts"]),
-                       int(request["size"]), bool(request["utf8"]),
-                       tracking=Tracking.of_fields(request))
 
 
 def _encode(obj: dict[str, Any]) -> bytes:

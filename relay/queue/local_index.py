@@ -20,7 +20,6 @@ from pathlib import Path
 
 from relay.queue import local_broadcasts as broadcasts
 from relay.queue import local_events, local_feedback, local_records, local_webhooks
-from relay.queue.base import MessageMeta
 from relay.queue.groupcommit import connect
 from relay.queue.local_sql import delete_messages, insert_message
 from relay.queue.spoolfiles import SpoolFiles
@@ -136,9 +135,7 @@ def index_again(files: SpoolFiles, message_id: str, now: float,
         log.warning("recovery: %s: removing the template of a broadcast never accepted",
                     message_id)
     else:
-        meta = MessageMeta(message_id, envelope.mail_from, envelope.recipients,
-                           envelope.size, envelope.smtputf8, tracking=envelope.tracking)
-        insert_message(meta, envelope.received_at, now, db)
+        insert_message(envelope.meta(message_id), envelope.received_at, now, db)
         return True
     return False
 

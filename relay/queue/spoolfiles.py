@@ -15,15 +15,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from relay.errors import LocalFailure, RelayError
-from relay.queue.base import NO_TRACKING, NewMessage, Tracking
+from relay.queue.base import NO_TRACKING, MessageMeta, NewMessage, Tracking
 from relay.reply import SPOOL_FULL
 
 log = logging.getLogger("relay.queue")
@@ -52,20 +54,33 @@ class Envelope:
         return cls(message.mail_from, tuple(message.recipients), len(message.data),
                    message.smtputf8, received_at, broadcast, message.tracking)
 
-    def encode(self) -> bytes:
+    @functools.cached_property
+    def json(self) -> bytes:
+        """The fields as one JSON object: the queue file's envelope line, and what an ingest
+        worker sends the owner to index (queue.handoff), encoded once for both."""
         fields = {"from": self.mail_from, "rcpts": list(self.recipients), "size": self.size,
                   "utf8": self.smtputf8, "at": self.received_at, **self.tracking.fields()}
         if self.broadcast:
             fields["broadcast"] = True
-        return FORMAT + json.dumps(fields, ensure_ascii=False,
-                                   separators=(",", ":")).encode() + b"\n"
+        return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def encode(self) -> bytes:
+        return FORMAT + self.json + b"\n"
 
     @classmethod
     def decode(cls, line: bytes) -> Envelope:
-        fields = json.loads(line)
+        return cls.of_fields(json.loads(line))
+
+    @classmethod
+    def of_fields(cls, fields: dict[str, Any]) -> Envelope:
         return cls(str(fields["from"]), tuple(map(str, fields["rcpts"])), int(fields["size"]),
                    bool(fields["utf8"]), float(fields["at"]), bool(fields.get("broadcast")),
                    Tracking.of_fields(fields))
+
+    def meta(self, message_id: str) -> MessageMeta:
+        """The index's view of the message this envelope is of."""
+        return MessageMeta(message_id, self.mail_from, self.recipients, self.size,
+                           self.smtputf8, tracking=self.tracking)
 
 
 class SpoolInUse(RelayError):

@@ -6,6 +6,7 @@ import asyncio
 import smtplib
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,26 @@ async def test_a_multi_line_reply_is_one_write(start_relay: StartRelay) -> None:
     assert len(lines) > 3 and lines[-1] == b"", lines
     assert all(line.startswith(b"250-") for line in lines[:-2]), lines
     assert lines[-2].startswith(b"250 "), lines
+
+
+async def test_an_idle_session_is_closed_and_a_talking_one_is_not(
+        start_relay: StartRelay) -> None:
+    relay = await start_relay(smtp={"timeout": "2s"})
+
+    def session() -> tuple[list[bytes], bytes]:
+        with socket.create_connection(("127.0.0.1", relay.smtp_port), timeout=30) as sock:
+            reader = sock.makefile("rb")
+            reader.readline()  # the greeting
+            replies = []
+            for _ in range(6):  # 3 s of commands, each within 0.5 s of the one before
+                sock.sendall(b"NOOP\r\n")
+                replies.append(reader.readline())
+                time.sleep(0.5)
+            return replies, reader.read()  # until the relay hangs up
+
+    replies, last = await in_thread(session)
+    assert all(r.startswith(b"250 ") for r in replies), replies
+    assert last.startswith(b"421 4.4.2 "), last
 
 
 async def test_local_failure_answers_451_not_5xx(start_relay: StartRelay) -> None:

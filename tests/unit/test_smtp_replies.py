@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import logging
+
+import aiosmtpd.smtp
 import pytest
 
 from relay.reply import Reply
-from relay.smtpd import with_enhanced_code
+from relay.smtpd import _sanitized_log, with_enhanced_code
 
 
 @pytest.mark.parametrize("status, expected", [
@@ -27,3 +30,15 @@ def test_enhanced_codes_are_added_where_missing(status: str, expected: str) -> N
 ])
 def test_remote_replies_are_parsed(code: int, message: str, expected: Reply) -> None:
     assert Reply.parse(code, message) == expected
+
+
+def test_aiosmtpd_command_lines_are_masked_when_logged_and_skipped_when_not(
+        caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("mail.log")
+    assert aiosmtpd.smtp.sanitized_log is _sanitized_log
+    with caplog.at_level(logging.INFO, logger="mail.log"):
+        aiosmtpd.smtp.sanitized_log(logger.info, "%r >> %r", "peer",
+                                    b"AUTH PLAIN c2VjcmV0LXBhc3M=\r\n")
+        aiosmtpd.smtp.sanitized_log(logger.debug, "%r", b"dropped")
+    assert [r.getMessage() for r in caplog.records] == [
+        "'peer' >> b'AUTH PLAIN ********\\r\\n'"]
