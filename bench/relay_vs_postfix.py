@@ -10,6 +10,7 @@ Postfix instance (`postfix -c DIR`, its own queue, relaying to the same sink, st
 afterwards). Prints both with the ratio relay/Postfix.
 
     python bench/relay_vs_postfix.py [--count 2000] [--repeat 1] [--only NAME ...]
+                                     [--workers N ...]
 
 It installs nothing; a missing tool is named with the Debian package that has it.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,9 +162,7 @@ class SmtpSink:
 # -- systems under test ---------------------------------------------------------------
 
 class RelayUnderTest:
-    name = "relay"
-
-    def __init__(self, sink_port: int, workdir: Path) -> None:
+    def __init__(self, sink_port: int, workdir: Path, workers: int | None = None) -> None:
         self.port = free_port(LOOPBACK)
         self.admin_port = free_port(LOOPBACK)
         self.workdir = workdir
@@ -169,6 +170,7 @@ class RelayUnderTest:
         (workdir / "relay.toml").write_text(
             f'[server]\nhostname = "relay.bench"\n'
             f'[smtp]\nlisten = ["{LOOPBACK}:{self.port}"]\nmin_free_space = "1MB"\n'
+            + (f'workers = {workers}\n' if workers is not None else "") +
             f'[queue]\npath = "spool"\n'
             f'[delivery]\nrelayhost = "[{SINK_HOST}]:{sink_port}"\ntls = "none"\n'
             f'max_connections_per_domain = 20\n'
@@ -193,8 +195,6 @@ class RelayUnderTest:
 
 
 class PostfixUnderTest:
-    name = "postfix"
-
     def __init__(self, sink_port: int, workdir: Path) -> None:
         self.port = free_port(LOOPBACK)
         self.conf = workdir / "conf"
@@ -239,9 +239,12 @@ def run_smtp_source(port: int, load: Load, count: int) -> None:
          f"{LOOPBACK}:{port}"], check=True, stdout=subprocess.DEVNULL, timeout=600)
 
 
-def measure(system_class: type, load: Load, count: int) -> Result:
+System = Callable[[int, Path], "RelayUnderTest | PostfixUnderTest"]
+
+
+def measure(system_class: System, load: Load, count: int) -> Result:
     sink = SmtpSink()
-    with tempfile.TemporaryDirectory(prefix=f"bench-{system_class.name}-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
         system = system_class(sink.port, Path(workdir))
         try:
             pids = system.pids()
@@ -284,6 +287,9 @@ def main() -> int:
                         help=f"configurations to run: {', '.join(load.name for load in LOADS)}")
     parser.add_argument("--systems", nargs="*", default=["relay", "postfix"],
                         choices=["relay", "postfix"])
+    parser.add_argument("--workers", nargs="*", type=int, default=None,
+                        help="the relay's [smtp] workers (default: its own); several values "
+                             "run a relay for each, reps interleaved with the rest")
     args = parser.parse_args()
     os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin"
     if missing := missing_tools():
@@ -294,7 +300,16 @@ def main() -> int:
         print("run as root: smtp-sink and a private postfix instance need it", file=sys.stderr)
         return 2
     loads = [load for load in LOADS if args.only is None or load.name in args.only]
-    systems = {"relay": RelayUnderTest, "postfix": PostfixUnderTest}
+    systems: dict[str, System] = {}
+    for name in args.systems:
+        if name == "postfix":
+            systems[name] = PostfixUnderTest
+        elif not args.workers:
+            systems[name] = RelayUnderTest
+        else:
+            for workers in args.workers:
+                label = name if len(args.workers) == 1 else f"relay/{workers}w"
+                systems[label] = functools.partial(RelayUnderTest, workers=workers)
     print(f"{args.count} messages per run, {args.repeat} run(s), median shown, "
           f"{os.cpu_count()} CPUs")
     header = (f"{'configuration':<14} {'system':<8} {'ingest/s':>9} {'e2e/s':>8} "
@@ -304,19 +319,24 @@ def main() -> int:
     for load in loads:
         # Reps interleaved (relay, Postfix, relay, ...): a machine that slows down for a
         # while slows both systems, not one of them.
-        runs: dict[str, list[Result]] = {name: [] for name in args.systems}
+        runs: dict[str, list[Result]] = {name: [] for name in systems}
         for _ in range(args.repeat):
-            for name in args.systems:
-                runs[name].append(measure(systems[name], load, args.count))
+            for name, system in systems.items():
+                runs[name].append(measure(system, load, args.count))
         medians: dict[str, Result] = {}
-        for name in args.systems:
+        for name in systems:
             medians[name] = result = median_result(runs[name])
+            relay = name.startswith("relay")
             print(f"{load.name:<14} {name:<8} {result.ingest_rate:>9.0f} {result.e2e_rate:>8.0f} "
                   f"{result.cpu_ms:>11.2f} {result.peak_rss_mb:>12.1f}"
-                  f" {f'{result.first_cpu_ms:.2f}' if name == 'relay' else '-':>9}", flush=True)
-        if len(medians) == 2:
-            ratio = medians["relay"].e2e_rate / medians["postfix"].e2e_rate
-            print(f"{load.name:<14} {'ratio':<8} {'':>9} {ratio:>8.2f}  (relay/Postfix, e2e)")
+                  f" {f'{result.first_cpu_ms:.2f}' if relay else '-':>9}", flush=True)
+        if "postfix" in medians:
+            for name in medians:
+                if name != "postfix":
+                    ratio = medians[name].e2e_rate / medians["postfix"].e2e_rate
+                    label = "ratio" if name == "relay" else f"ratio{name.removeprefix('relay')}"
+                    print(f"{load.name:<14} {label:<8} {'':>9} {ratio:>8.2f}  "
+                          f"({name}/Postfix, e2e)")
     return 0
 
 
