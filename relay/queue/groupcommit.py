@@ -124,6 +124,8 @@ class GroupCommitter:
         """On the event loop: this pass's quick requests as one transaction, unless the
         writer thread has the connection (then they go to it; the loop does not wait)."""
         batch, self._here = self._here, []
+        if not batch:
+            return  # close() committed them already
         if not self._in_use.acquire(blocking=False):
             for request in batch:
                 self._requests.put(request)
