@@ -46,6 +46,7 @@ def test_a_complaint_acknowledged_before_a_kill_9_is_recorded_after_the_restart(
         "text": "buy", "stream": "newsletter"})
     [copy] = sink.wait_for(1)
     assert copy.mail_from.startswith("b-")
+    until_event(admin, "delivered")  # the complaint comes after (its return path is known)
     with smtplib.SMTP("127.0.0.1", feedback_port, timeout=30,
                       source_address=("127.0.0.6", 0)) as client:  # not a trusted client
         client.ehlo("fbl.provider.test")
