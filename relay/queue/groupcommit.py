@@ -220,14 +220,13 @@ class GroupCommitter:
                 return
 
     def _commit_batch(self, batch: list[_Request]) -> list[Result]:
-        """The thread's batch: its writes as one transaction, then any checkpoint."""
+        """The thread's batch: its writes as one transaction, then one checkpoint for every
+        checkpoint request in it."""
         writes = [request for request in batch if request.op is not _checkpoint]
-        results = dict(zip(map(id, writes), self._commit_statements(writes) if writes else [],
-                           strict=True))
-        for request in batch:
-            if request.op is _checkpoint:
-                results[id(request)] = self._checkpoint()
-        return [results[id(request)] for request in batch]
+        written = iter(self._commit_statements(writes) if writes else [])
+        checkpointed = self._checkpoint() if len(writes) < len(batch) else (True, None)
+        return [checkpointed if request.op is _checkpoint else next(written)
+                for request in batch]
 
     def _checkpoint(self) -> Result:
         self._checkpointed = (self._db.total_changes, time.monotonic())

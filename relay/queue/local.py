@@ -106,7 +106,7 @@ class LocalQueue(LocalRecords):
         # default executor can never hold up a 250.
         self._io: ThreadPoolExecutor | None = None
         self._taker: NewMailTaker | None = None  # claims new mail as it is indexed
-        self.bodies = BodyCache()  # of mail claimed as it was indexed, for its first read
+        self._bodies = BodyCache()  # of mail claimed as it was indexed, for its first read
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -187,7 +187,7 @@ class LocalQueue(LocalRecords):
                                             lease), durable=durable, quick=True)
         if taker is not None:
             if claimed and body is not None:
-                self.bodies.put(meta.id, body)
+                self._bodies.put(meta.id, body)
             taker.take_claimed(claimed) if claimed else taker.wake()
 
     # -- delivery --------------------------------------------------------------------
@@ -221,7 +221,7 @@ class LocalQueue(LocalRecords):
         return None if row is None or row[0] is None else float(row[0])
 
     async def read_body(self, message_id: str) -> bytes:
-        body = self.bodies.take(message_id)
+        body = self._bodies.take(message_id)
         return body if body is not None else await self._in_io_thread(self.files.read,
                                                                       message_id)
 
@@ -247,7 +247,7 @@ class LocalQueue(LocalRecords):
         leaves `done` rows that recovery cleans up. Every message finished since the last
         durable commit goes in one trip to an I/O thread, not one trip each."""
         message_ids, self._finished = self._finished, []
-        self.bodies.discard(message_ids)
+        self._bodies.discard(message_ids)
         task = asyncio.create_task(self._in_io_thread(self.files.remove_all, message_ids))
         self._removals.add(task)
 
@@ -404,7 +404,7 @@ class LocalQueue(LocalRecords):
             return 0
         deleted = await self._write(partial(delete_selected, DELETABLE.format(where), params,
                                             self._clock()))
-        self.bodies.discard(deleted)
+        self._bodies.discard(deleted)
         for message_id in deleted:
             self.files.remove(message_id)
         return len(deleted)
