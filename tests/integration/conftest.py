@@ -82,6 +82,11 @@ async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await made.close()
 
 
+def postgres_queue(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The `[queue]` overrides of a relay on the test database (start_relay(queue=...))."""
+    return {"backend": "postgres", "dsn": request.getfixturevalue("postgres_dsn")}
+
+
 @pytest.fixture
 async def start_relay(tmp_path: Path, dns_server: DnsServer,
                       mx_port: int) -> AsyncIterator[StartRelay]:

@@ -16,7 +16,7 @@ import pytest
 
 from relay.queue import State
 from relay.webhooks import new_secret
-from tests.integration.conftest import RunningRelay, StartRelay
+from tests.integration.conftest import RunningRelay, StartRelay, postgres_queue
 from tests.support.dns_server import DnsServer
 from tests.support.sink import Sink
 from tests.support.webhook_receiver import WebhookReceiver
@@ -54,8 +54,7 @@ async def test_the_overview_shows_what_needs_a_look(
         "url": receiver.url, "secret_file": "webhook.secret", "min_backoff": "0.1s",
         "max_backoff": "0.3s"}]}
     if backend == "postgres":
-        overrides["queue"] = {"backend": "postgres",
-                              "dsn": request.getfixturevalue("postgres_dsn")}
+        overrides["queue"] = postgres_queue(request)
     relay = await start_relay(**overrides)
     await send(relay, "ok@example.test")
     deferred = await send(relay, "later@slow.test")

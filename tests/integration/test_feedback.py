@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import RunningRelay, StartRelay
+from tests.integration.conftest import RunningRelay, StartRelay, postgres_queue
 from tests.support.dns_server import DnsServer
 from tests.support.feedback_reports import arf_report
 from tests.support.net import free_port
@@ -146,8 +146,7 @@ async def test_a_complaint_suppresses_in_its_stream_only(
     sink = make_sink("127.0.0.2")
     overrides = feedback_overrides()
     if backend == "postgres":
-        overrides["queue"] = {"backend": "postgres",
-                              "dsn": request.getfixturevalue("postgres_dsn")}
+        overrides["queue"] = postgres_queue(request)
         key = tmp_path / "feedback.key"  # what every node of a cluster shares
         key.write_text("a-key-of-at-least-sixteen-characters\n")
         overrides["bounces"]["secret_file"] = str(key)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from relay.webhooks import new_secret
-from tests.integration.conftest import RunningRelay, StartRelay
+from tests.integration.conftest import RunningRelay, StartRelay, postgres_queue
 from tests.support.dns_server import DnsServer
 from tests.support.sink import Sink
 from tests.support.webhook_receiver import WebhookReceiver
@@ -61,8 +61,7 @@ async def test_every_event_arrives_signed_through_a_failing_receiver(
     overrides: dict[str, Any] = {"webhooks": [hook(receiver, events=["accepted",
                                                                     "delivered"])]}
     if backend == "postgres":
-        overrides["queue"] = {"backend": "postgres",
-                              "dsn": request.getfixturevalue("postgres_dsn")}
+        overrides["queue"] = postgres_queue(request)
     receiver.failing = True
     relay = await start_relay(**overrides)
     ids = await send(relay, 5)
