@@ -58,8 +58,24 @@ class _Destination:
     pace: DestinationPace  # connections allowed now, rate, adaptive slow-down
     jobs: deque[Job] = field(default_factory=deque)
     workers: set[asyncio.Task[None]] = field(default_factory=set)
-    idle: int = 0
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    # The idle workers' wake-ups, the one idle last at the end.
+    idle: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def wake_one(self) -> bool:
+        """Wake the worker that went idle last, for a new job: one wake-up per job (waking
+        every idle worker cost each of them a pass through its wait, per message), and
+        the ones idle longest stay asleep and, if the load does not need them, quit after
+        idle_timeout with their connection. False when no worker is idle."""
+        while self.idle:
+            waiter = self.idle.pop()
+            if not waiter.done():
+                waiter.set_result(None)
+                return True
+        return False
+
+    def wake_all(self) -> None:
+        while self.wake_one():
+            pass
 
 
 def group_into_jobs(claimed: Iterable[Claimed], destination_of: Callable[[str], str],
@@ -153,7 +169,7 @@ class Scheduler:
             self._look_again.cancel()
         self._wakeup.set()
         for destination in self._destinations.values():
-            destination.arrived.set()
+            destination.wake_all()
         if self._task is not None:
             # Bounded: a claim stuck on an unanswered queue must not hold the stop.
             done, _ = await asyncio.wait({self._task}, timeout=timeout)
@@ -258,9 +274,9 @@ class Scheduler:
             destination = _Destination(job.destination, self._pace_of(job.destination))
             self._destinations[job.destination] = destination
         destination.jobs.append(job)
-        destination.arrived.set()
-        short_of_workers = len(destination.jobs) > destination.idle
-        if short_of_workers and len(destination.workers) < destination.pace.connections:
+        if destination.wake_one():
+            return
+        if len(destination.workers) < destination.pace.connections:
             task = asyncio.create_task(self._work(destination),
                                        name=f"delivery {destination.name}")
             destination.workers.add(task)
@@ -341,16 +357,19 @@ class Scheduler:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            destination.arrived.clear()
-            destination.idle += 1
+            woken = asyncio.get_running_loop().create_future()
+            destination.idle.append(woken)
             try:
                 # (a timeout scope, not wait_for: no task of its own for every wait)
                 async with asyncio.timeout(remaining):
-                    await destination.arrived.wait()
+                    await woken
             except TimeoutError:
-                pass
+                pass  # (woken just before: the loop takes the job, however late)
             finally:
-                destination.idle -= 1
+                if not woken.done():
+                    woken.cancel()
+                with contextlib.suppress(ValueError):
+                    destination.idle.remove(woken)
         return destination.jobs.popleft()
 
     def _pace_of(self, destination: str) -> DestinationPace:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,3 +91,25 @@ async def test_connections_are_limited_per_domain_and_reused(
     received = await asyncio.to_thread(sink.wait_for, 30)
     connections = {m.session_id for m in received}
     assert 1 <= len(connections) <= 2, len(connections)
+
+
+async def test_mail_one_at_a_time_keeps_to_one_of_the_open_connections(
+        start_relay: StartRelay, dns_server: DnsServer, make_sink: Callable[..., Sink]) -> None:
+    """After a burst opened several connections, messages that come one at a time go over
+    the connection used last, not round the idle ones: the others are left to close."""
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    sink.data_gate = threading.Event()
+    relay = await start_relay()
+    burst = [asyncio.create_task(send(relay.smtp_port, "app@sender.test",
+                                      [f"burst{n}@example.test"], message()))
+             for n in range(3)]
+    await asyncio.to_thread(sink.wait_at_gate, 3)  # three transactions: three connections
+    sink.data_gate.set()
+    await asyncio.gather(*burst)
+    await asyncio.to_thread(sink.wait_for, 3)
+    for n in range(4):
+        await send(relay.smtp_port, "app@sender.test", [f"single{n}@example.test"], message())
+        await asyncio.to_thread(sink.wait_for, 4 + n)
+    singles = [m.session_id for m in sink.messages[3:]]
+    assert len(set(singles)) == 1, singles
