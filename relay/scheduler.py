@@ -366,9 +366,7 @@ class Scheduler:
             except TimeoutError:
                 pass  # (woken just before: the loop takes the job, however late)
             finally:
-                if not woken.done():
-                    woken.cancel()
-                with contextlib.suppress(ValueError):
+                with contextlib.suppress(ValueError):  # (gone if wake_one took it)
                     destination.idle.remove(woken)
         return destination.jobs.popleft()
 
