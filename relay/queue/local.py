@@ -457,13 +457,11 @@ def _index_claiming(meta: MessageMeta, received_at: float, now: float, lease: fl
                     db: sqlite3.Connection) -> list[Claimed]:
     """A new message's rows; with `lease`, its recipients claimed at once (active, the
     first attempt counted, leased), as claim_due would."""
-    insert_message(meta, received_at, now, db)
+    insert_message(meta, received_at, now, db, None if lease is None else now + lease)
     if lease is None:
         return []
-    rows = db.execute(
-        "UPDATE recipients SET state = 'active', attempts = 1, last_attempt_at = ?, "
-        "next_attempt_at = ? WHERE message_id = ? RETURNING id, address, domain",
-        (now, now + lease, meta.id)).fetchall()
+    rows = db.execute("SELECT id, address, domain FROM recipients WHERE message_id = ?",
+                      (meta.id,)).fetchall()
     stream = meta.tracking.stream
     suppressed = suppressed_in(db, [(address, stream) for _, address, _ in rows])
     return [Claimed(rid, meta.id, address, domain, 1, meta.mail_from, received_at,
