@@ -14,6 +14,8 @@ from relay.queue.base import EVERY_STREAM, Outcome, State
 from relay.queue.events import PRUNE_BATCH, EventType, Feedback
 from relay.queue.local_events import add_events
 
+_LOOKUP_CHUNK = 500  # addresses per statement (SQLite binds at most 32766 values)
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS suppressions (
     address TEXT NOT NULL,  -- lower case
@@ -52,11 +54,20 @@ def migrate(db: sqlite3.Connection) -> None:
 def suppressed_in(db: sqlite3.Connection, wanted: Iterable[tuple[str, str]]) -> dict[
         tuple[str, str], str]:
     """Of (address, stream) pairs, those suppressed in their stream or in every stream,
-    with the reason (the stream's own entry first)."""
+    with the reason (the stream's own entry first). One statement for a claim's addresses
+    (by the primary key's prefix), not one each: a statement costs more than the lookup."""
+    pairs = set(wanted)
+    addresses = sorted({address.lower() for address, _ in pairs})
+    held: dict[str, dict[str, str]] = {}
+    for start in range(0, len(addresses), _LOOKUP_CHUNK):
+        chunk = addresses[start:start + _LOOKUP_CHUNK]
+        for address, stream, reason in db.execute(
+                "SELECT address, stream, reason FROM suppressions "
+                f"WHERE address IN ({','.join('?' * len(chunk))})", chunk):
+            held.setdefault(address, {})[stream] = reason
     found = {}
-    for address, stream in set(wanted):
-        entries = dict(db.execute("SELECT stream, reason FROM suppressions WHERE address = ?",
-                                  (address.lower(),)).fetchall())
+    for address, stream in pairs:
+        entries = held.get(address.lower(), {})
         reason = entries.get(stream) or entries.get(EVERY_STREAM)
         if reason is not None:
             found[(address, stream)] = reason

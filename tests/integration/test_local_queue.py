@@ -298,6 +298,26 @@ async def test_new_mail_is_claimed_in_the_commit_that_indexes_it(tmp_path: Path)
         await queue.close()
 
 
+async def test_a_claim_of_more_addresses_than_one_lookup_takes_finds_every_suppression(
+        tmp_path: Path) -> None:
+    # The suppression list is read for a claim's addresses a chunk at a time.
+    queue = LocalQueue(tmp_path / "spool", lease=60.0)
+    await queue.open()
+    try:
+        recipients = [f"r{n:04}@example.test" for n in range(1100)]
+        await queue.suppress("R0003@example.test", "550 5.1.1 gone")
+        await queue.suppress("r1050@example.test", "unsubscribed", "transactional")
+        await queue.suppress("r0600@example.test", "complained", "newsletter")  # elsewhere
+        await queue.store(NewMessage(new_queue_id(), "app@sender.test", recipients,
+                                     b"Subject: x\r\n\r\nx\r\n"))
+        claimed = await queue.claim_due(2000)
+        assert len(claimed) == 1100
+        assert {c.address: c.suppressed for c in claimed if c.suppressed} == {
+            "r0003@example.test": "550 5.1.1 gone", "r1050@example.test": "unsubscribed"}
+    finally:
+        await queue.close()
+
+
 async def test_mail_claimed_as_it_was_indexed_comes_back_after_a_crash(tmp_path: Path) -> None:
     queue = LocalQueue(tmp_path / "spool", lease=60.0)
     await queue.open()
