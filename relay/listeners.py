@@ -2,12 +2,17 @@
 
 The main process binds every address at start (so a busy port is its error); with ingest
 workers each worker binds its own SO_REUSEPORT sockets and the kernel spreads connections
-over them. `ServerTls` holds the certificate and loads a renewed one on SIGHUP.
+over them. The main process binds without SO_REUSEPORT: that bind fails while any other
+process listens on the address, so a second relay cannot join the first one's
+SO_REUSEPORT group (any process of the same user could, and take part of its mail), yet
+its own workers still can, since the main process's socket does not listen.
+`ServerTls` holds the certificate and loads a renewed one on SIGHUP.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import ssl
 from collections.abc import Callable
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 
 from relay.config import SmtpSection, split_hostport
 from relay.errors import ConfigError, RelayError
+from relay.portholders import who_listens
 from relay.smtpd import RelaySMTP, SessionRegistry, SubmissionHandler
 
 
@@ -60,10 +66,11 @@ class ListenSockets:
 def bind_listeners(settings: SmtpSection, shared: bool = False, listen: bool = True,
                    more: list[str] | None = None) -> ListenSockets:
     """Bind `listen` and `tls_listen`, and `more` plain ones (`[bounces] listen`).
-    `shared`: with SO_REUSEPORT, so that every ingest worker listens on a socket of its
-    own and the kernel spreads connections over them
-    (one shared socket wakes every worker for every connection). The main process binds
-    the same addresses without listening: a busy port is its clean error at start."""
+    `shared` (ingest workers): with SO_REUSEPORT, so that every worker listens on a socket
+    of its own and the kernel spreads connections over them (one shared socket wakes
+    every worker for every connection). The main process binds the same addresses
+    without SO_REUSEPORT, and without listening when workers serve them: a port another
+    process listens on is its clean error at start."""
 
     def bind(address: str) -> socket.socket:
         return bind_tcp(address, "smtp", reuse_port=shared, backlog=1024 if listen else None)
@@ -91,9 +98,21 @@ def bind_tcp(address: str, service: str, reuse_port: bool = False,
             sock.listen(backlog)
     except OSError as exc:
         sock.close()
+        others = who_listens(host, port) if exc.errno == errno.EADDRINUSE else []
+        held = f"; {', '.join(others)} listens there" if others else ""
         raise RelayError(f"cannot start: {service} cannot listen on {address}: "
-                         f"{exc.strerror or exc}") from exc
+                         f"{exc.strerror or exc}{held}") from exc
     return sock
+
+
+def check_alone(settings: SmtpSection, more: list[str], own: list[int]) -> None:
+    """RelayError when a process other than `own` also listens on an SMTP address: one
+    that bound it in the moment between the main process's bind and its workers'."""
+    for address in settings.listen + settings.tls_listen + more:
+        others = who_listens(*split_hostport(address), besides=own)
+        if others:
+            raise RelayError(f"cannot start: smtp cannot listen on {address}: "
+                             f"{', '.join(others)} listens there too")
 
 
 async def serve_listeners(handler: SubmissionHandler, settings: SmtpSection, hostname: str,

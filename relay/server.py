@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 
 from relay import tuning
@@ -31,7 +32,14 @@ from relay.feedback.tokens import FeedbackTokens
 from relay.feedback.unsubscribe import create_public_app
 from relay.history import HistoryPruner
 from relay.ingest import IngestWorkers
-from relay.listeners import ListenSockets, ServerTls, bind_listeners, serve_listeners
+from relay.listeners import (
+    ListenSockets,
+    ServerTls,
+    bind_listeners,
+    bind_tcp,
+    check_alone,
+    serve_listeners,
+)
 from relay.metrics import Metrics
 from relay.outcomes import OutcomeRecorder
 from relay.policy import Policies, load_policies
@@ -75,6 +83,7 @@ class Relay:
         self._tls: ServerTls | None = None
         self._shutdown_timeout = shutdown_timeout
         self._sockets: ListenSockets | None = None
+        self._http_sockets: list[socket.socket] = []  # the admin API's, the public one's
         self._listeners: list[asyncio.Server] = []  # SMTP served in this process
         self._ingest: IngestWorkers | None = None  # or by worker processes
         self._sessions = SessionRegistry()
@@ -94,6 +103,15 @@ class Relay:
         token = load_or_create_token(config.admin_token_path, create=not config.admin.token_file)
         hooks = configured_endpoints(config)  # their secrets, read before anything starts
         tokens = configured_tokens(config)
+        workers = config.smtp.workers if isinstance(self.queue, LocalQueue) else 0
+        # Every address is bound before anything starts: a port that another process has
+        # is the error, before this relay has taken any mail. With workers, the SMTP
+        # sockets only reserve the addresses; each worker listens on its own.
+        self._sockets = bind_listeners(config.smtp, listen=workers == 0,
+                                       more=config.bounces.listen)
+        self._http_sockets = [bind_tcp(config.admin.listen, "admin")]
+        if tokens is not None and config.public.listen:
+            self._http_sockets.append(bind_tcp(config.public.listen, "public"))
         await self.queue.open()
         # One relay owns a local spool (its lock): whatever it leased before a crash is its.
         owner = self.queue.owner if isinstance(self.queue, PostgresQueue) else "local"
@@ -104,14 +122,11 @@ class Relay:
         self._scheduler = self._delivery(cleanup, tokens, credentials)
         # With several nodes on one database, rate limits are counted there.
         rates = self.queue if isinstance(self.queue, PostgresQueue) else SlidingWindow()
-        workers = config.smtp.workers if isinstance(self.queue, LocalQueue) else 0
-        # With workers, these only reserve the ports; each worker listens on its own.
-        self._sockets = bind_listeners(config.smtp, shared=workers > 0, listen=workers == 0,
-                                       more=config.bounces.listen)
         if workers > 0 and isinstance(self.queue, LocalQueue):
             self._ingest = IngestWorkers(config, self.queue, workers, self._stored,
                                          self.metrics.sessions_ended, self._shutdown_timeout)
             await self._ingest.start()
+            check_alone(config.smtp, config.bounces.listen, [os.getpid(), *self._ingest.pids])
         else:
             free_space = (self.queue.files.free_bytes if isinstance(self.queue, LocalQueue)
                           else None)
@@ -125,12 +140,12 @@ class Relay:
                                 config.smtp.max_message_size,
                                 [endpoint for endpoint, _ in hooks], rates,
                                 cluster=config.queue.backend == "postgres")),
-            config.admin.listen)
+            self._http_sockets[0])
         self._admin.start()
         if tokens is not None and config.public.listen:
             self._public = HttpServer(create_public_app(self.queue, tokens,
                                                          self.metrics.feedback_taken),
-                                       config.public.listen, service="public")
+                                       self._http_sockets[1], service="public")
             self._public.start()
         self._scheduler.start()
         if isinstance(self.queue, LocalQueue):
@@ -224,6 +239,8 @@ class Relay:
         for http in (self._admin, self._public):
             if http is not None:
                 await http.stop()
+        for sock in self._http_sockets:  # also those of a start that failed before them
+            sock.close()
         await self._pruner.stop()
         if self._webhooks is not None:
             await self._webhooks.stop()

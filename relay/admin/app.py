@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,6 @@ from relay.admin.webhook_routes import webhook_routes
 from relay.cleanup import Cleanup
 from relay.console import Console, Sessions, console_routes
 from relay.errors import LocalFailure
-from relay.listeners import bind_tcp
 from relay.queue import Queue
 from relay.queue.webhooks import WebhookEndpoint
 from relay.ratelimit import RateLimiter, SlidingWindow
@@ -137,8 +137,8 @@ class HttpServer:
     """An app served by uvicorn in the relay's loop: the admin API (or the public
     unsubscribe listener, relay.feedback.unsubscribe)."""
 
-    def __init__(self, app: FastAPI, listen: str, service: str = "admin") -> None:
-        self._socket = bind_tcp(listen, service)  # here, so a busy port is a clean error
+    def __init__(self, app: FastAPI, sock: socket.socket, service: str = "admin") -> None:
+        self._socket = sock  # bound at start, so that a busy port is a clean error
         self._socket.setblocking(False)
         config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
                                 timeout_graceful_shutdown=5)
