@@ -26,17 +26,21 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from relay.errors import ConfigError
 from relay.queue.events import EventType
 
 DEFAULT_LOCATIONS = (Path("relay.toml"), Path("/etc/relay/relay.toml"))
+NO_FILE = "(defaults)"  # Config.source when no configuration file was found
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 1000, "K": 1000, "MB": 1000**2, "M": 1000**2,
@@ -308,7 +312,7 @@ class Config(BaseSettings):
     log: LogSection = LogSection()
 
     # Where the file came from; relative paths were resolved against its directory.
-    source: str = Field("(defaults)", exclude=True)
+    source: str = Field(NO_FILE, exclude=True)
 
     @model_validator(mode="after")
     def _public_needs_bounces(self) -> Config:
@@ -358,12 +362,16 @@ def load(explicit: str | Path | None = None) -> Config:
             raise ConfigError(f"{path}: cannot read: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
-    source = str(path) if path else "(defaults)"
+    source = str(path) if path else NO_FILE
     try:
         config = _with_file(data)()
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, lambda loc: _origin(loc, source))
                           ) from exc
+    except SettingsError as exc:  # a section given whole as JSON that is not JSON
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = f"RELAY_{field.group(1).upper()}" if field else "a RELAY_* variable"
+        raise ConfigError(f"environment variable {name}: not valid JSON") from exc
     base = path.parent if path else Path.cwd()
     return resolve_paths(config, base.resolve(), source)
 
@@ -406,9 +414,26 @@ def _with_file(data: dict[str, Any]) -> type[Config]:
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return init_settings, env_settings, InitSettingsSource(settings_cls, data)
+            return init_settings, _Environment(settings_cls), InitSettingsSource(settings_cls, data)
 
     return FileConfig
+
+
+class _Environment(EnvSettingsSource):
+    """RELAY_* variables; a list key also takes plain text, as one item or several
+    separated by commas (RELAY_SMTP__LISTEN=127.0.0.1:2525), besides a JSON list."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            if isinstance(value, str) and _is_list(field):
+                return [item.strip() for item in value.split(",") if item.strip()]
+            raise
+
+
+def _is_list(field: FieldInfo | None) -> bool:
+    return field is not None and getattr(field.annotation, "__origin__", None) is list
 
 
 def resolve_paths(config: Config, base: Path, source: str) -> Config:

@@ -129,7 +129,7 @@ class IngestWorkers:
         command = [sys.executable, "-m", "relay.ingest",
                    "--handoff-fd", str(handoff.fileno()),
                    "--shutdown-timeout", str(self._shutdown_timeout)]
-        if self._config.source != "(defaults)":
+        if self._config.source != config_module.NO_FILE:
             command += ["--config", self._config.source]
         return await asyncio.create_subprocess_exec(*command, pass_fds=fds)
 

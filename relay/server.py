@@ -20,7 +20,7 @@ import time
 
 from relay import tuning
 from relay.admin.app import HttpServer, Services, create_app
-from relay.admin.token import load_or_create_token
+from relay.admin.token import load_or_create_token, shared_secret_missing
 from relay.cleanup import Cleanup
 from relay.config import Config
 from relay.delivery import Credentials, DeliveryAgent, NextHops, relayhost_credentials
@@ -100,9 +100,13 @@ class Relay:
         self._tls = ServerTls(config.smtp)  # here, not only in workers that would crash-loop
         # The spool directory holds the token and caches, whatever the queue backend.
         config.queue.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        token = load_or_create_token(config.admin_token_path, create=not config.admin.token_file)
+        # A node of a cluster does not make a named token: every node must have the same.
+        clustered = config.queue.backend == "postgres" and bool(config.admin.token_file)
+        token = load_or_create_token(config.admin_token_path, create=not clustered,
+                                     missing=shared_secret_missing(config.admin_token_path))
         hooks = configured_endpoints(config)  # their secrets, read before anything starts
         tokens = configured_tokens(config)
+        await self.queue.open()  # a local spool's lock first: its error names the relay
         workers = config.smtp.workers if isinstance(self.queue, LocalQueue) else 0
         # Every address is bound before anything starts: a port that another process has
         # is the error, before this relay has taken any mail. With workers, the SMTP
@@ -112,7 +116,6 @@ class Relay:
         self._http_sockets = [bind_tcp(config.admin.listen, "admin")]
         if tokens is not None and config.public.listen:
             self._http_sockets.append(bind_tcp(config.public.listen, "public"))
-        await self.queue.open()
         # One relay owns a local spool (its lock): whatever it leased before a crash is its.
         owner = self.queue.owner if isinstance(self.queue, PostgresQueue) else "local"
         self._webhooks = WebhookDispatcher(self.queue, hooks, owner, self.metrics)

@@ -13,7 +13,14 @@ import click
 from pydantic import BaseModel
 
 from relay.cli.support import config_option, load_config, one_line_errors
-from relay.config import Config, Rate, format_duration, parse_duration, resolve_paths
+from relay.config import (
+    NO_FILE,
+    Config,
+    Rate,
+    format_duration,
+    parse_duration,
+    resolve_paths,
+)
 
 MASK = "********"
 
@@ -53,7 +60,7 @@ def show(ctx: click.Context, changed: bool) -> None:
     """Print the effective configuration as TOML, environment overrides applied and
     secrets masked (postconf)."""
     config = load_config(ctx)
-    base = (Path(config.source).resolve().parent if config.source != "(defaults)"
+    base = (Path(config.source).resolve().parent if config.source != NO_FILE
             else Path.cwd())  # where relative paths were resolved
     # The sections' own defaults: Config() would read the environment.
     defaults = resolve_paths(Config.model_construct(**{

@@ -8,6 +8,7 @@ import importlib
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -15,7 +16,7 @@ import click
 from relay import config as config_module
 from relay.cli.client import AdminClient
 from relay.config import Config
-from relay.errors import RelayError
+from relay.errors import ConfigError, RelayError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -90,7 +91,15 @@ def load_config(ctx: click.Context) -> Config:
 
 
 def admin_client(ctx: click.Context) -> AdminClient:
-    return AdminClient.from_config(load_config(ctx))
+    """The running relay's admin API, at the address and with the token its configuration
+    names: without a configuration file, defaults would point at a relay that is not
+    there, so that is the error."""
+    config = load_config(ctx)
+    if config.source == config_module.NO_FILE:
+        raise ConfigError("no configuration file found (looked for -c FILE, $RELAY_CONFIG, "
+                          f"{Path.cwd() / 'relay.toml'}, /etc/relay/relay.toml): the admin "
+                          "API's address and token come from it")
+    return AdminClient.from_config(config)
 
 
 def date_of(stamp: float | None) -> str:

@@ -8,16 +8,19 @@ carry one-click unsubscribe links served on `[public] listen` (feedback.unsubscr
 
 from __future__ import annotations
 
-from relay.admin.token import load_or_create_token
+from relay.admin.token import load_or_create_token, shared_secret_missing
 from relay.config import Config
 from relay.feedback.tokens import FeedbackTokens
 
 
 def configured_tokens(config: Config) -> FeedbackTokens | None:
-    """The tokens of `[bounces] domain` with the relay's feedback key (made at first start
-    unless `secret_file` names one: nodes sharing a queue need the same); None without."""
+    """The tokens of `[bounces] domain` with the relay's feedback key (made at first start,
+    except on nodes that share a queue: they need the same, the file `secret_file` names);
+    None without."""
     if not config.bounces.domain:
         return None
-    key = load_or_create_token(config.feedback_key_path, create=not config.bounces.secret_file,
-                               what="[bounces] secret")
+    clustered = config.queue.backend == "postgres"  # which names a file (config checks)
+    key = load_or_create_token(config.feedback_key_path, create=not clustered,
+                               what="[bounces] secret",
+                               missing=shared_secret_missing(config.feedback_key_path))
     return FeedbackTokens(key.encode("utf-8"), config.bounces.domain, config.public.url)

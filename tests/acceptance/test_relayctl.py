@@ -6,6 +6,7 @@ import email
 import email.policy
 import itertools
 import json
+import os
 import re
 import shutil
 import socket
@@ -286,9 +287,10 @@ def test_a_port_taken_by_another_program_is_a_clear_error(relay_process: MakeRel
     with socket.create_server(("127.0.0.1", port)):
         result = relayctl(relay.config, "serve")
     assert result.returncode == 2
-    assert result.stderr.splitlines()[-1] == (
-        f"relayctl: cannot start: smtp cannot listen on 127.0.0.1:{port}: "
-        "Address already in use"), result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"relayctl: cannot start: smtp cannot listen on 127.0.0.1:{port}: "
+                           f"Address already in use; pid {os.getpid()} ("), last
+    assert last.endswith(") listens there"), last
     assert "relay stopping" not in result.stderr and "relay stopped" not in result.stderr
     assert "Traceback" not in result.stderr
 
