@@ -33,6 +33,7 @@ from relay.admin.gate import Gate
 from relay.admin.history_routes import history_routes
 from relay.admin.idempotency import IdempotencyKeys
 from relay.admin.keys import KeyRing
+from relay.admin.outage import RETRY_AFTER, QueueOutage
 from relay.admin.queue_routes import queue_routes
 from relay.admin.send_routes import send_routes
 from relay.admin.webhook_routes import webhook_routes
@@ -63,12 +64,14 @@ def create_app(services: Services) -> FastAPI:
     # The built-in docs routes would be unauthenticated; /openapi.json is served below.
     app = FastAPI(title="relay admin API", version="1", openapi_url=None, docs_url=None,
                   redoc_url=None)
-    _install_error_handlers(app)
+    outage = QueueOutage()
+    _install_error_handlers(app, outage)
     # Who calls, and the body limits, before any route reads a byte (admin.gate).
     keys = KeyRing(services.queue, services.token)
     sessions = Sessions()  # the browser console's (relay.console)
     app.add_middleware(Gate, keys=keys, rates=services.rates,
-                       max_message_size=services.max_message_size, sessions=sessions)
+                       max_message_size=services.max_message_size, sessions=sessions,
+                       outage=outage)
 
     @app.get("/healthz", responses={503: {"description": "the queue cannot be used now"}})
     async def healthz() -> dict[str, str]:
@@ -109,7 +112,13 @@ HEALTH_TIMEOUT = 2.0  # seconds; a probe that waits longer is as good as a failu
 _CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, outage: QueueOutage) -> None:
+    @app.exception_handler(LocalFailure)  # the queue cannot be used: 503, logged by change
+    async def _queue_unavailable(request: Request, exc: LocalFailure) -> JSONResponse:
+        error = outage.answer(exc)
+        return JSONResponse(error_body(error.code, str(error.detail)), error.status_code,
+                            headers={"Retry-After": RETRY_AFTER})
+
     @app.exception_handler(HTTPException)  # ours, FastAPI's and Starlette's (404, 405)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = exc.code if isinstance(exc, ApiError) else _CODES.get(exc.status_code,

@@ -32,7 +32,6 @@ from relay.admin.idempotency import IdempotencyKeys, replay
 from relay.admin.keys import caller_of
 from relay.broadcast import Recipient, Template, check_recipient, envelope_sender
 from relay.compose import ComposeError, mailbox
-from relay.errors import LocalFailure
 from relay.queue import BroadcastStatus, Idempotency, Queue, new_queue_id
 from relay.queue.base import BROADCAST, EVERY_STREAM, SUPPRESSION_STREAM_PATTERN
 
@@ -359,15 +358,13 @@ async def _store(queue: Queue, body: _Body, idempotency_key: str | None, *,
                        if idempotency_key is not None else None)
         accepting = True
         await queue.accept_broadcast(broadcast_id, rejected_total, idempotency, answer)
-    except BaseException as exc:
+    except BaseException:
         # Never acknowledged: nothing of it stays. Once accepting, the commit may have
         # landed (a retry with the Idempotency-Key then finds it); if it did not, the
         # next start removes the broadcast that is still "receiving".
         if not accepting:
             await asyncio.shield(queue.abandon_broadcast(broadcast_id))
-        if isinstance(exc, LocalFailure):
-            raise ApiError(503, "unavailable", str(exc.reply)) from None
-        raise
+        raise  # a LocalFailure is queue_unavailable (admin.outage)
     return answer
 
 

@@ -15,21 +15,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import CookieError, SimpleCookie
-from typing import Any
 
 from relay import console
+from relay.admin.asgi import App, Message, Receive, Scope, Send
 from relay.admin.errors import ApiError, error_body
 from relay.admin.keys import KeyRing, required_scope
+from relay.admin.outage import RETRY_AFTER, QueueOutage
 from relay.errors import LocalFailure
 from relay.ratelimit import RateLimiter
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SMALL_BODY = 1024 * 1024  # ids to flush, a suppression, ...
 # A JSON document is parsed whole: 8 MB of recipients is some 65 MB of Python objects.
@@ -40,8 +34,10 @@ OPEN_PATHS = frozenset({("GET", "/healthz")}) | console.OPEN_PATHS
 
 class Gate:
     def __init__(self, app: App, keys: KeyRing, rates: RateLimiter,
-                 max_message_size: int, sessions: console.Sessions) -> None:
+                 max_message_size: int, sessions: console.Sessions, outage: QueueOutage
+                 ) -> None:
         self._app = app
+        self._outage = outage
         self._keys = keys
         self._sessions = sessions
         self._rates = rates
@@ -69,7 +65,7 @@ class Gate:
                 await _answer(send, _too_large(method, path, limit))
                 return
             receive = _counted(receive, limit, method, path)
-        await self._app(scope, receive, send)
+        await self._app(scope, receive, self._outage.watching(send))
 
     async def _admit(self, scope: Scope, headers: dict[str, bytes], method: str, path: str
                      ) -> tuple[ApiError, dict[str, str]] | None:
@@ -95,7 +91,7 @@ class Gate:
                 return (ApiError(429, "rate_limited", "this API key is over its rate limit "
                                  "of requests"), {"retry-after": str(int(caller.rate.window))})
         except LocalFailure as exc:  # the keys are in the queue, which cannot answer now
-            return ApiError(503, "unavailable", f"cannot check the API key now: {exc}"), {}
+            return self._outage.answer(exc), {"retry-after": RETRY_AFTER}
         scope.setdefault("state", {})["caller"] = caller
         return None
 

@@ -83,8 +83,9 @@ def send_routes(cleanup: Cleanup, keys: IdempotencyKeys, max_message_size: int) 
             field = "raw" if isinstance(message, RawMessage) else "text"
             raise ApiError(422, "rejected", str(exc.reply), field) from None
         except LocalFailure as exc:
-            code = "spool_full" if exc.reply is SPOOL_FULL else "unavailable"
-            raise ApiError(503, code, str(exc.reply)) from None
+            if exc.reply is not SPOOL_FULL:
+                raise  # queue_unavailable (admin.outage)
+            raise ApiError(503, "spool_full", str(exc.reply)) from None
         return {"id": queue_id, "recipients": len(composed.recipients)}
 
     return router

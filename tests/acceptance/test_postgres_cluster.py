@@ -188,6 +188,7 @@ def test_a_database_outage_is_4xx_then_recovery_without_restart(
         try:
             down = httpx.get(health, timeout=30)
             assert down.status_code == 503 and down.json()["error"]["code"] == "not_ready"
+            _the_api_and_relayctl_say_the_queue_is_unavailable(node)
             until(lambda: len(refused) >= 5, "mail refused during the outage")
             threading.Event().wait(10)  # the outage lasts ten seconds, under load
         finally:
@@ -202,8 +203,29 @@ def test_a_database_outage_is_4xx_then_recovery_without_restart(
     until(lambda: queue_json(node.config) == [], "the queue to empty", timeout=60)
     arrived = {_test_id(m) for m in sink.messages}
     assert set(acked) <= arrived  # every acknowledged message arrived
-    assert "Traceback" not in node.log()
+    log = node.log()
+    assert "Traceback" not in log
+    # The API's failures by state change: the first one, the recovery (one line each).
+    assert log.count("answering admin API requests from the queue failed: ") == 1, log
+    assert log.count("answering admin API requests from the queue works again") == 1, log
     assert node.stop() == 0
+
+
+def _the_api_and_relayctl_say_the_queue_is_unavailable(node: RelayProcess) -> None:
+    config = config_module.load(node.config)
+    token = config.admin_token_path.read_text().strip()
+    for _ in range(3):
+        answer = httpx.get(f"http://{config.admin.listen}/v1/queue", timeout=30,
+                           headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 503, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "queue_unavailable"
+        assert error["message"].startswith("the queue cannot be used now: queue database")
+        assert PASSWORD not in answer.text
+    listed = relayctl(node.config, "queue", "list")
+    assert listed.returncode == 2
+    assert listed.stderr.startswith("relayctl: the queue cannot be used now: queue database")
+    assert listed.stderr.count("\n") == 1, listed.stderr
 
 
 def test_a_users_rate_limit_holds_for_the_cluster(
