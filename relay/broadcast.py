@@ -4,9 +4,9 @@ A template is a structured message (relay.compose) whose from, subject, text, ht
 values and `unsubscribe_url` may hold `{{field}}` placeholders. A recipient is an address
 and its fields. `check_recipient` runs at submission, so a bad recipient is rejected with a
 reason while the others are accepted; `render` runs at delivery time and builds that
-recipient's message: values are HTML-escaped in `html`, a CR or LF in a value becomes a
-space before it can reach a header, and a field the recipient lacks is an error (it was
-checked at submission), never a silent blank. With `unsubscribe_url`, every message carries
+recipient's message: values are HTML-escaped in `html`, URL-encoded in `unsubscribe_url`,
+a CR or LF in a value becomes a space before it can reach a header, and a field the
+recipient lacks is an error (it was checked at submission), never a silent blank. With `unsubscribe_url`, every message carries
 `List-Unsubscribe` and `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
 """
 
@@ -18,6 +18,7 @@ import functools
 import html
 import json
 import re
+import urllib.parse
 from collections.abc import Mapping
 from email.header import Header
 from email.headerregistry import Address
@@ -139,7 +140,8 @@ def render(template: Template, fields: Mapping[str, str]) -> tuple[str, bytes, b
     display_name, sender = _sender(template.from_)
     headers = {name: one_line(value) for name, value in template.headers.items()}
     if template.unsubscribe_url:
-        headers["List-Unsubscribe"] = f"<{one_line(template.unsubscribe_url)}>"
+        url = _substitute(template.unsubscribe_url, fields, _in_url)
+        headers["List-Unsubscribe"] = f"<{url}>"
         headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     text = (_substitute(template.text, fields, lambda v: v)
             if template.text is not None else None)
@@ -200,6 +202,13 @@ def _sender(from_: str) -> tuple[str, str]:
     """The display name (still with its fields) and the address of a template's From."""
     parsed = mailbox(from_, "from")
     return parsed.display_name, parsed.addr_spec
+
+
+def _in_url(value: str) -> str:
+    """A value as a URL's query or path takes it: percent-encoded (RFC 3986), so that a
+    '+' is not read as a space and '&', '=', '#' or CR LF cannot end or add a parameter;
+    '@' stays, as pchar allows it (an address reads as one)."""
+    return urllib.parse.quote(value, safe="@")
 
 
 def _substitute(text: str, fields: Mapping[str, str], escape: Any) -> str:

@@ -56,8 +56,8 @@ async def test_every_recipient_gets_its_own_fields(
     relay = await start_relay()
     recipients = [
         {"email": "ann@example.test", "fields": {"name": "Ann", "code": 1, "team": "Team"}},
-        {"email": "bob@example.test", "fields": {"name": "<b>Bob</b> & co", "code": "2",
-                                                "team": "Team"}},
+        {"email": "bob+tag@example.test", "fields": {"name": "<b>Bob</b> & co",
+                                                    "code": "2 & B=C+d", "team": "Team"}},
         {"email": "eve@example.test", "fields": {"name": "Eve\r\nBcc: victim@example.test",
                                                  "code": "3", "team": "T\nX-Evil: 1"}},
         {"email": "not an address", "fields": {"name": "x", "code": "4", "team": "T"}},
@@ -79,19 +79,23 @@ async def test_every_recipient_gets_its_own_fields(
     assert (status["total"], status["delivered"], status["queued"], status["rejected"]) == (
         3, 3, 0, 2)
 
-    ann, bob, eve = (arrived[f"{n}@example.test"] for n in ("ann", "bob", "eve"))
+    ann, bob, eve = (arrived[f"{n}@example.test"] for n in ("ann", "bob+tag", "eve"))
     assert ann["Subject"] == "Hello Ann" and ann["To"] == "ann@example.test"
     assert ann["From"] == "Team <news@sender.test>" and ann["X-Campaign"] == "c-1"
     assert ann["List-Unsubscribe"] == "<https://sender.test/u?e=ann@example.test&c=1>"
     assert ann["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # Values in the URL are URL-encoded: a '+' would read as a space, '&' and '=' would
+    # end the parameter.
+    assert bob["List-Unsubscribe"].strip() == \
+        "<https://sender.test/u?e=bob%2Btag@example.test&c=2%20%26%20B%3DC%2Bd>"
     assert ann["Message-ID"] != bob["Message-ID"]
     text, html = (part.get_content() for part in bob.iter_parts())
-    assert "Dear <b>Bob</b> & co, your code is 2." in text
+    assert "Dear <b>Bob</b> & co, your code is 2 & B=C+d." in text
     assert "<p>Dear &lt;b&gt;Bob&lt;/b&gt; &amp; co</p>" in html
     assert eve["Bcc"] is None and eve["X-Evil"] is None
     assert eve["Subject"] == "Hello Eve Bcc: victim@example.test"
     assert {r for m in sink.messages for r in m.rcpt_tos} == {
-        "ann@example.test", "bob@example.test", "eve@example.test"}
+        "ann@example.test", "bob+tag@example.test", "eve@example.test"}
 
 
 async def _ndjson(template: dict[str, Any], count: int) -> AsyncIterator[bytes]:
