@@ -6,8 +6,9 @@ and its fields. `check_recipient` runs at submission, so a bad recipient is reje
 reason while the others are accepted; `render` runs at delivery time and builds that
 recipient's message: values are HTML-escaped in `html`, URL-encoded in `unsubscribe_url`,
 a CR or LF in a value becomes a space before it can reach a header, and a field the
-recipient lacks is an error (it was checked at submission), never a silent blank. With `unsubscribe_url`, every message carries
-`List-Unsubscribe` and `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+recipient lacks is an error (it was checked at submission), never a silent blank. With
+`unsubscribe_url`, every message carries `List-Unsubscribe` and
+`List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
 """
 
 from __future__ import annotations

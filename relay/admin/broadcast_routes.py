@@ -8,21 +8,23 @@ are answered with their index and the reason, addresses on the suppression list 
 skipped and counted. The 202 `{"id", "accepted", "suppressed", "rejected": [...]}` comes
 once the broadcast is durable and due. Then `GET /v1/broadcasts/{id}` gives its counts,
 `.../events` streams them as Server-Sent Events until it is over, `.../cancel` drops what
-has not been sent.
+has not been sent. `GET /v1/broadcasts` lists them, newest first, a page at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import dataclasses
 import functools
 import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 from starlette.requests import ClientDisconnect
@@ -64,6 +66,15 @@ class BroadcastAccepted(BaseModel):
     suppressed: int
     rejected: list[Rejection]
     rejected_total: int
+
+
+BroadcastState = Literal["receiving", "sending", "done", "cancelled"]
+DEFAULT_PAGE, MAX_PAGE = 50, 1000  # broadcasts a listing answers with
+
+
+class BroadcastPage(BaseModel):
+    broadcasts: list[BroadcastStatus]
+    next_cursor: str | None
 
 
 # A stream's name, or "*": every stream.
@@ -114,6 +125,18 @@ def broadcast_routes(queue: Queue, wake: Callable[[], None], keys: IdempotencyKe
             raise ApiError(400, "incomplete", "the client ended the upload", "body") from None
         wake()
         return answer
+
+    @router.get("/v1/broadcasts", response_model=BroadcastPage,
+                responses={422: {"description": "a bad cursor, state or limit"}})
+    async def listing(state: BroadcastState | None = None, cursor: str | None = None,
+                      limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE
+                      ) -> BroadcastPage:
+        """The broadcasts, newest first, a page at a time: `next_cursor` (null on the
+        last page) asks for the next one."""
+        found = await queue.broadcasts(limit + 1, state, _cursor_position(cursor))
+        page, more = found[:limit], len(found) > limit
+        return BroadcastPage(broadcasts=page,
+                             next_cursor=_cursor_of(page[-1]) if more else None)
 
     @router.get("/v1/broadcasts/{broadcast_id}", response_model=BroadcastStatus)
     async def status(broadcast_id: str) -> BroadcastStatus:
@@ -166,6 +189,21 @@ def broadcast_routes(queue: Queue, wake: Callable[[], None], keys: IdempotencyKe
         return {"removed": True}
 
     return router
+
+
+def _cursor_of(last: BroadcastStatus) -> str:
+    """Where the next page starts, as an opaque token (the last row's time and id)."""
+    return base64.urlsafe_b64encode(json.dumps([last.created_at, last.id]).encode()).decode()
+
+
+def _cursor_position(cursor: str | None) -> tuple[float, str] | None:
+    if cursor is None:
+        return None
+    try:
+        created, broadcast_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return float(created), str(broadcast_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise ApiError(422, "invalid", "not a cursor this API gave", "cursor") from None
 
 
 def openapi_schemas() -> dict[str, Any]:

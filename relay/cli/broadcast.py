@@ -1,4 +1,4 @@
-"""cli.broadcast: `relayctl broadcast submit|status|cancel` and `relayctl suppression`,
+"""cli.broadcast: `relayctl broadcast submit|list|status|cancel` and `relayctl suppression`,
 clients of the admin API's /v1/broadcasts and /v1/suppressions."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from relay.cli.support import admin_client, config_option, one_line_errors
+from relay.cli.support import admin_client, config_option, date_of, one_line_errors
 from relay.errors import RelayError
 
 
@@ -107,13 +107,46 @@ def _csv_as_ndjson(path: str, template: bytes, progress: Any) -> Iterator[bytes]
             yield ("\n".join(batch) + "\n").encode()
 
 
-@broadcast.command(name="status")
-@click.argument("broadcast_id")
-@click.option("--follow", is_flag=True, help="print the counts as they change, until done")
+@broadcast.command(name="list")
+@click.option("--state", type=click.Choice(["receiving", "sending", "done", "cancelled"]),
+              help="only the broadcasts in this state")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="how many, newest first")
 @config_option
 @click.pass_context
 @one_line_errors
-def broadcast_status(ctx: click.Context, broadcast_id: str, follow: bool) -> None:
+def broadcast_list(ctx: click.Context, state: str | None, limit: int) -> None:
+    """The newest broadcasts, a line each: id, state, counts, when it was created."""
+    client = admin_client(ctx)
+    cursor: str | None = None
+    shown = 0
+    while shown < limit:
+        query = {"limit": min(limit - shown, 1000), "state": state, "cursor": cursor}
+        page = client.request("GET", "/v1/broadcasts?" + urllib.parse.urlencode(
+            {k: v for k, v in query.items() if v is not None}))
+        for counts in page["broadcasts"]:
+            click.echo(f"{format_broadcast(counts)} (created {date_of(counts['created_at'])})")
+        shown += len(page["broadcasts"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    if shown == 0:
+        click.echo("No broadcasts" + (f" {state}" if state else ""))
+
+
+@broadcast.command(name="status")
+@click.argument("broadcast_id")
+@click.option("--follow", is_flag=True,
+              help="print the counts as they change, until --until is reached")
+@click.option("--until", type=click.Choice(["attempted", "final"]), default="attempted",
+              show_default=True,
+              help="with --follow, attempted: until every recipient was tried once (only "
+                   "deferred ones may be left, retried for up to [retry] max_age); final: "
+                   "until every recipient is delivered, bounced or cancelled")
+@config_option
+@click.pass_context
+@one_line_errors
+def broadcast_status(ctx: click.Context, broadcast_id: str, follow: bool, until: str) -> None:
     """A broadcast's counts: total, queued, deferred, delivered, bounced..."""
     client = admin_client(ctx)
     if not follow:
@@ -125,6 +158,11 @@ def broadcast_status(ctx: click.Context, broadcast_id: str, follow: bool) -> Non
         if line != last:  # the stream ends with the final counts, printed like any change
             click.echo(line)
             last = line
+        if until == "attempted" and counts["queued"] == 0 and counts["deferred"]:
+            click.echo(f"{counts['deferred']} deferred, retried with backoff; the next "
+                       f"attempt at {date_of(counts['next_attempt_at'])} (--until final "
+                       "follows them)")
+            return
 
 
 @broadcast.command(name="cancel")

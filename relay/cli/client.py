@@ -21,7 +21,14 @@ _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
 class AdminClientError(RelayError):
-    pass
+    exit_status = 2
+
+
+class NotFound(AdminClientError):
+    """The id asked for is not there (404): exit status 1, as postsuper's for an id that
+    is not in the queue, whatever the command."""
+
+    exit_status = 1
 
 
 class AdminClient:
@@ -80,7 +87,8 @@ class AdminClient:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 yield response
         except urllib.error.HTTPError as exc:
-            raise AdminClientError(_describe_http_error(exc)) from exc
+            kind = NotFound if exc.code == 404 else AdminClientError
+            raise kind(_describe_http_error(exc)) from exc
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise AdminClientError(
@@ -91,7 +99,8 @@ class AdminClient:
 def _describe_http_error(exc: urllib.error.HTTPError) -> str:
     try:
         error = json.loads(exc.read())["error"]
-        field = f" ({error['field']})" if error.get("field") else ""
+        named = error.get("field") and exc.code != 404  # "no message X": X is the id
+        field = f" ({error['field']})" if named else ""
         return f"{error['message']}{field}"
     except (ValueError, KeyError, TypeError):
         return f"HTTP {exc.code} {exc.reason}"

@@ -4,7 +4,8 @@ running relay's admin API (/v1/queue), on either backend.
 Commands that change the queue take message ids, `-` (ids on standard input, one per line
 or separated by spaces, as `postsuper -d -` reads them; mailq's `*` and `!` marks are
 ignored), `--domain D` or `--all`. They print what changed; an id that is not in the queue
-is one line on standard error and makes the exit status 1.
+is one line on standard error and makes the exit status 1, for these and for `show` and
+`cat` alike.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from relay.cli.support import admin_client, config_option, date_of, one_line_err
 from relay.errors import RelayError
 
 WAITING_STATES = ["queued", "active", "deferred", "held"]
+LEFT_THE_QUEUE = ("delivered", "bounced")  # final: listed by `queue history`, not here
 
 
 def _waiting_state(ctx: click.Context, param: click.Parameter, value: str | None
@@ -49,20 +51,24 @@ queue.add_command(history_command)  # `queue history`: its module is cli.history
 @queue.command(name="list")
 @state_option
 @click.option("--domain", help="only messages with a recipient at this domain")
-@click.option("--json", "as_json", is_flag=True, help="one JSON object per message")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON Lines: one JSON object per message, a line each, with the "
+                   "recipients still in the queue (as postqueue -j)")
 @config_option
 @click.pass_context
 @one_line_errors
 def list_command(ctx: click.Context, state: str | None, domain: str | None,
                  as_json: bool) -> None:
-    """List queued messages, like mailq."""
+    """List queued messages, like mailq: each with its recipients still in the queue
+    (delivered and bounced ones have left it)."""
     query = "&".join(f"{k}={v}" for k, v in (("state", state), ("domain", domain)) if v)
-    messages = admin_client(ctx).request("GET", "/v1/queue" + (f"?{query}" if query else ""))
+    answer = admin_client(ctx).request("GET", "/v1/queue" + (f"?{query}" if query else ""))
+    messages = still_queued(answer["messages"])
     if as_json:
-        for message in messages["messages"]:
+        for message in messages:
             click.echo(json.dumps(message))
         return
-    click.echo(format_mailq(messages["messages"]))
+    click.echo(format_mailq(messages))
 
 
 @queue.command()
@@ -127,8 +133,8 @@ def _operator_command(name: str, key: str, help_text: str, done: str, unchanged:
         count = answer[key]
         click.echo(f"{count} {counted}{'' if count == 1 else 's'} {done}"
                    + ("" if count or answer["missing"] else f" ({unchanged})"))
-        for missing in answer["missing"]:
-            click.echo(f"relayctl: queue {name}: no message {missing} in the queue", err=True)
+        for missing in answer["missing"]:  # as `queue show` says it (admin.queue_routes)
+            click.echo(f"relayctl: no message {missing} in the queue", err=True)
         if answer["missing"]:
             sys.exit(1)
 
@@ -193,6 +199,12 @@ def format_qshape(summary: dict[str, Any]) -> str:
     return "\n".join([line("", headers)] + [line(name, cells) for name, cells in rows])
 
 
+def still_queued(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages with only their recipients that have not left the queue."""
+    return [{**m, "recipients": [r for r in m["recipients"]
+                                 if r["state"] not in LEFT_THE_QUEUE]} for m in messages]
+
+
 def format_mailq(messages: list[dict[str, Any]]) -> str:
     """The queue as Postfix's mailq prints it: `*` active, `!` held."""
     if not messages:
@@ -206,8 +218,6 @@ def format_mailq(messages: list[dict[str, Any]]) -> str:
         lines.append(f"{message['id']}{mark} {message['size']:>8} {arrival}  "
                      f"{message['from'] or 'MAILER-DAEMON'}")
         for rcpt in message["recipients"]:
-            if rcpt["state"] in ("delivered", "bounced"):
-                continue
             if rcpt["last_reply"]:
                 lines.append(f"{'':51}({rcpt['last_reply']})")
             lines.append(f"{'':51}{rcpt['address']}")

@@ -1,5 +1,6 @@
 """cli.support: what every relayctl command shares: -c FILE wherever it is given, the
-configuration and admin API client it names, and one-line errors with exit status 2."""
+configuration and admin API client it names, and one-line errors with exit status 2 (1
+for an id that is not there)."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def one_line_errors(command: F) -> F:
             return command(*args, **kwargs)
         except RelayError as exc:
             click.echo(f"relayctl: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(getattr(exc, "exit_status", 2))
 
     return wrapper  # type: ignore[return-value]
 

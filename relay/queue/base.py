@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -201,6 +201,7 @@ class BroadcastStatus:
     accepted_at: float | None
     finished_at: float | None
     cancelled_at: float | None
+    next_attempt_at: float | None = None  # the soonest of its deferred recipients'
 
 
 @dataclass(frozen=True)
@@ -359,8 +360,10 @@ class Queue(MessageStore, Protocol):
 
     async def broadcast_status(self, broadcast_id: str) -> BroadcastStatus | None: ...
 
-    async def broadcasts(self, limit: int = 100) -> list[BroadcastStatus]:
-        """The newest `limit` broadcasts, newest first."""
+    async def broadcasts(self, limit: int = 100, state: str | None = None,
+                         after: tuple[float, str] | None = None) -> list[BroadcastStatus]:
+        """The newest `limit` broadcasts in `state` (any when None), newest first; `after`:
+        those after the one created then with that id (the previous page's last)."""
 
     async def cancel_broadcast(self, broadcast_id: str) -> BroadcastStatus | None:
         """Drop what has not been sent; None if there is no such broadcast."""
@@ -527,20 +530,53 @@ def like_pattern(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-# A broadcast's row as broadcast_status_of reads it.
-BROADCAST_STATUS_COLUMNS = ("state, total, suppressed, rejected, delivered, bounced, cancelled, "
-                            "created_at, accepted_at, finished_at, cancelled_at")
+# A broadcast b as broadcast_status_of reads it, in both dialects: its row, then how many
+# of its recipients are deferred and the soonest next attempt among them.
+_DEFERRED = "FROM recipients r WHERE r.message_id = b.id AND r.state = 'deferred'"
+BROADCAST_STATUS_SELECT = (
+    "SELECT b.id, b.state, b.total, b.suppressed, b.rejected, b.delivered, b.bounced, "
+    "b.cancelled, b.created_at, b.accepted_at, b.finished_at, b.cancelled_at, "
+    f"(SELECT COUNT(*) {_DEFERRED}), (SELECT MIN(r.next_attempt_at) {_DEFERRED}) "
+    "FROM broadcasts b")
 
 
-def broadcast_status_of(broadcast_id: str, row: Sequence[Any], deferred: int) -> BroadcastStatus:
-    """From a row (state, total, suppressed, rejected, delivered, bounced, cancelled,
-    created_at, accepted_at, finished_at, cancelled_at) and the count of deferred ones."""
-    state, total, suppressed, rejected, delivered, bounced, cancelled = row[:7]
+def broadcast_status_of(row: Sequence[Any]) -> BroadcastStatus:
+    """A row of BROADCAST_STATUS_SELECT."""
+    broadcast_id, state, total, suppressed, rejected, delivered, bounced, cancelled = row[:8]
+    created_at, accepted_at, finished_at, cancelled_at, deferred, next_attempt_at = row[8:14]
     unsent = total - delivered - bounced - cancelled
-    if state == "sending" and row[9] is not None:
+    if state == "sending" and finished_at is not None:
         state = "done"
     return BroadcastStatus(
-        id=broadcast_id, state=state, total=total, queued=unsent - deferred,
-        deferred=deferred, delivered=delivered, bounced=bounced, cancelled=cancelled,
-        suppressed=suppressed, rejected=rejected, created_at=row[7], accepted_at=row[8],
-        finished_at=row[9], cancelled_at=row[10])
+        id=broadcast_id, state=state, total=total, queued=unsent - int(deferred),
+        deferred=int(deferred), delivered=delivered, bounced=bounced, cancelled=cancelled,
+        suppressed=suppressed, rejected=rejected, created_at=created_at,
+        accepted_at=accepted_at, finished_at=finished_at, cancelled_at=cancelled_at,
+        next_attempt_at=next_attempt_at)
+
+
+def broadcasts_page_sql(limit: int, state: str | None, after: tuple[float, str] | None,
+                        placeholder: Callable[[int], str]) -> tuple[str, list[Any]]:
+    """The query of `Queue.broadcasts` and its parameters; `placeholder(n)` writes the
+    n-th parameter (1-based) in the backend's style. "done" and "sending" are one stored
+    state told apart by whether the broadcast finished."""
+    conditions: list[str] = []
+    params: list[Any] = []
+
+    def param(value: Any) -> str:
+        params.append(value)
+        return placeholder(len(params))
+
+    if state == "done":
+        conditions.append("b.state = 'sending' AND b.finished_at IS NOT NULL")
+    elif state == "sending":
+        conditions.append("b.state = 'sending' AND b.finished_at IS NULL")
+    elif state is not None:
+        conditions.append(f"b.state = {param(state)}")
+    if after is not None:
+        created, after_id = after
+        conditions.append(f"(b.created_at < {param(created)} OR "
+                          f"(b.created_at = {param(created)} AND b.id > {param(after_id)}))")
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return (f"{BROADCAST_STATUS_SELECT}{where} ORDER BY b.created_at DESC, b.id "
+            f"LIMIT {param(limit)}"), params

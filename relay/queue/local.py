@@ -55,6 +55,7 @@ from relay.queue.base import (
     State,
     Tracking,
     broadcast_status_of,
+    broadcasts_page_sql,
     domain_shapes,
     like_pattern,
     messages_with_recipients,
@@ -354,14 +355,12 @@ class LocalQueue(LocalRecords):
 
     async def broadcast_status(self, broadcast_id: str) -> BroadcastStatus | None:
         found = await self._read_all(broadcasts.STATUS, [broadcast_id])
-        if not found:
-            return None
-        [(deferred,)] = await self._read_all(broadcasts.DEFERRED, [broadcast_id])
-        return broadcast_status_of(broadcast_id, found[0], int(deferred))
+        return broadcast_status_of(found[0]) if found else None
 
-    async def broadcasts(self, limit: int = 100) -> list[BroadcastStatus]:
-        rows = await self._read_all(broadcasts.NEWEST, [limit])
-        return [broadcast_status_of(row[0], row[1:12], int(row[12])) for row in rows]
+    async def broadcasts(self, limit: int = 100, state: str | None = None,
+                         after: tuple[float, str] | None = None) -> list[BroadcastStatus]:
+        query, params = broadcasts_page_sql(limit, state, after, lambda n: "?")
+        return [broadcast_status_of(row) for row in await self._read_all(query, params)]
 
     async def cancel_broadcast(self, broadcast_id: str) -> BroadcastStatus | None:
         finished = await self._write(partial(broadcasts.cancel, broadcast_id, self._clock()))

@@ -19,8 +19,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from relay.queue.base import BROADCAST_STATUS_COLUMNS as STATUS_COLUMNS
-from relay.queue.base import Idempotency, Outcome, Tracking, domain_of
+from relay.queue.base import BROADCAST_STATUS_SELECT, Idempotency, Outcome, Tracking, domain_of
 from relay.queue.events import EventType
 from relay.queue.local_events import add_events, open_history
 from relay.queue.local_sql import IDS, finish_messages, remember_answer
@@ -153,9 +152,5 @@ def cancel(broadcast_id: str, now: float, db: sqlite3.Connection) -> list[str] |
     return finish_messages([broadcast_id], now, db)
 
 
-STATUS = f"SELECT {STATUS_COLUMNS} FROM broadcasts WHERE id = ?"
-DEFERRED = "SELECT COUNT(*) FROM recipients WHERE message_id = ? AND state = 'deferred'"
-NEWEST = (f"SELECT id, {STATUS_COLUMNS}, (SELECT COUNT(*) FROM recipients r "
-          "WHERE r.message_id = b.id AND r.state = 'deferred') FROM broadcasts b "
-          "ORDER BY created_at DESC, id LIMIT ?")
+STATUS = f"{BROADCAST_STATUS_SELECT} WHERE b.id = ?"
 

@@ -471,9 +471,10 @@ class PostgresQueue(PostgresRecords):
         async with self._connection() as connection:
             return await broadcasts.status(connection, broadcast_id)
 
-    async def broadcasts(self, limit: int = 100) -> list[BroadcastStatus]:
+    async def broadcasts(self, limit: int = 100, state: str | None = None,
+                         after: tuple[float, str] | None = None) -> list[BroadcastStatus]:
         async with self._connection() as connection:
-            return await broadcasts.newest(connection, limit)
+            return await broadcasts.page(connection, limit, state, after)
 
     async def cancel_broadcast(self, broadcast_id: str) -> BroadcastStatus | None:
         async with self._transaction() as connection:

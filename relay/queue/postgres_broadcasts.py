@@ -14,10 +14,11 @@ from collections.abc import Sequence
 import asyncpg
 
 from relay.queue.base import (
-    BROADCAST_STATUS_COLUMNS,
+    BROADCAST_STATUS_SELECT,
     BroadcastStatus,
     Outcome,
     broadcast_status_of,
+    broadcasts_page_sql,
     domain_of,
 )
 from relay.queue.events import EventType
@@ -138,22 +139,11 @@ async def cancel(connection: asyncpg.Connection, broadcast_id: str) -> bool:
 
 
 async def status(connection: asyncpg.Connection, broadcast_id: str) -> BroadcastStatus | None:
-    row = await connection.fetchrow(
-        f"SELECT id, {BROADCAST_STATUS_COLUMNS}, {_DEFERRED} FROM broadcasts b WHERE id = $1",
-        broadcast_id)
-    return None if row is None else _status_of(row)
+    row = await connection.fetchrow(f"{BROADCAST_STATUS_SELECT} WHERE b.id = $1", broadcast_id)
+    return None if row is None else broadcast_status_of(row)
 
 
-async def newest(connection: asyncpg.Connection, limit: int) -> list[BroadcastStatus]:
-    rows = await connection.fetch(
-        f"SELECT id, {BROADCAST_STATUS_COLUMNS}, {_DEFERRED} FROM broadcasts b "
-        "ORDER BY created_at DESC, id LIMIT $1", limit)
-    return [_status_of(row) for row in rows]
-
-
-_DEFERRED = ("(SELECT COUNT(*) FROM recipients r WHERE r.message_id = b.id "
-             "AND r.state = 'deferred')")
-
-
-def _status_of(row: asyncpg.Record) -> BroadcastStatus:
-    return broadcast_status_of(row[0], row[1:12], int(row[12]))
+async def page(connection: asyncpg.Connection, limit: int, state: str | None,
+               after: tuple[float, str] | None) -> list[BroadcastStatus]:
+    query, params = broadcasts_page_sql(limit, state, after, lambda n: f"${n}")
+    return [broadcast_status_of(row) for row in await connection.fetch(query, *params)]

@@ -269,8 +269,19 @@ async def test_broadcasts_are_listed_newest_first_with_their_counts(queue: Queue
     listed = await queue.broadcasts()
     assert [b.id for b in listed] == ["B5", "B4"]
     assert (listed[1].total, listed[1].deferred) == (2, 1)
+    assert listed[1].next_attempt_at is not None and \
+        listed[1].next_attempt_at > time.time() + 50
     assert listed[1] == await queue.broadcast_status("B4")
-    assert [b.id for b in await queue.broadcasts(limit=1)] == ["B5"]
+    first = await queue.broadcasts(limit=1)
+    assert [b.id for b in first] == ["B5"]
+    after = (first[0].created_at, first[0].id)  # the next page starts after the last
+    assert [b.id for b in await queue.broadcasts(limit=1, after=after)] == ["B4"]
+    assert await queue.broadcasts(after=(listed[1].created_at, "B4")) == []
+    assert [b.id for b in await queue.broadcasts(state="sending")] == ["B5", "B4"]
+    assert await queue.broadcasts(state="done") == []
+    await queue.cancel_broadcast("B5")
+    assert [b.id for b in await queue.broadcasts(state="cancelled")] == ["B5"]
+    assert [b.id for b in await queue.broadcasts(state="sending")] == ["B4"]
 
 
 async def test_activity_counts_outcomes_per_step_since_a_time(queue: Queue) -> None:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from relay.cli.queue import format_mailq, format_qshape
+from relay.cli.queue import format_mailq, format_qshape, still_queued
 
 
 def test_empty_queue() -> None:
@@ -21,7 +21,7 @@ def test_mailq_layout_marks_held_and_active() -> None:
         {"id": "CCC", "from": "c@sender.test", "size": 1024, "received_at": 0,
          "recipients": [rcpt("c@y.test", "active")]},
     ]
-    lines = format_mailq(messages).splitlines()
+    lines = format_mailq(still_queued(messages)).splitlines()
     assert lines[0].startswith("-Queue ID-")
     assert lines[1].startswith("AAA ") and lines[1].endswith("app@sender.test")
     assert lines[2].strip() == "(451 4.2.0 later)" and lines[3].strip() == "a@x.test"
