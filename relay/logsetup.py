@@ -114,6 +114,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+def log_value(value: str) -> str:
+    """A key=value log field's value: as it is, or in double quotes (quotes and
+    backslashes escaped) when it holds a space, a quote or an `=`, or is empty, so that a log reader
+    splitting on spaces gets each field whole (`tls="TLSv1.3 with cipher ..."`)."""
+    if value and not any(c in value for c in ' "=\\\t'):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def configure_logging(config: Config) -> Callable[[], None]:
     """Lines on stderr (journald keeps them when run by systemd): text by default, with the
     pid as in Postfix's `smtpd[1234]` so lines from ingest workers can be told apart, or

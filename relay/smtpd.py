@@ -38,6 +38,7 @@ from relay.addresses import address_problem
 from relay.cleanup import Cleanup, Origin, inspect
 from relay.config import SmtpSection
 from relay.errors import LocalFailure, Rejected
+from relay.logsetup import log_value
 from relay.policy import AccessPolicy, User
 from relay.queue.base import domain_of
 from relay.ratelimit import RateLimiter, SlidingWindow
@@ -304,12 +305,14 @@ class RelaySMTP(SMTP):
         self._registry.discard(self)
         if isinstance(session, RelaySession):
             self._registry.ended(tls=bool(session.tls_description))
+            # A client that ends with a reset instead of QUIT (common after TLS) is no error.
+            failed = error is not None and not isinstance(error, ConnectionResetError)
             log.info(
                 "session client=[%s] helo=%s tls=%s user=%s accepted=%d rejected=%d "
-                "duration=%.3fs%s", _client_ip(session), session.host_name or "-",
-                session.tls_description or "none", session.user or "-", session.accepted,
-                session.rejected, time.monotonic() - session.started,
-                f" error={error}" if error else "")
+                "duration=%.3fs%s", _client_ip(session), log_value(session.host_name or "-"),
+                log_value(session.tls_description or "none"), log_value(session.user or "-"),
+                session.accepted, session.rejected, time.monotonic() - session.started,
+                f" error={log_value(str(error))}" if failed else "")
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str) and not self._plain_replies:

@@ -2,7 +2,8 @@
 # Create .venv with the relay installed. With --test, also what the test suite needs:
 # the test extras from PyPI and the Debian tools the tests drive (swaks, systemd-analyze,
 # PostgreSQL).
-# Idempotent: a second run only checks.
+# Idempotent: a second run only checks (a second or so): pip runs again only when
+# pyproject.toml changed or the virtualenv lacks what was asked for.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -29,7 +30,21 @@ if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
     apt_install python3-venv
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+
+# What pip installed last, and from which pyproject.toml: the same again is a no-op.
+stamp=.venv/.relay-setup
+wanted="$want_tests $(sha256sum pyproject.toml | cut -d' ' -f1)"
+installed() {
+    [ -f "$stamp" ] && [ -x .venv/bin/relayctl ] || return 1
+    [ "$(cat "$stamp")" = "$wanted" ] || [ "$(cat "$stamp")" = "yes ${wanted#* }" ]
+}
+pip_install() {
+    installed && return 0
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e "$1"
+    echo "$wanted" > "$stamp"
+}
+
 if [ "$want_tests" = yes ]; then
     # systemd: systemd-analyze checks the unit; Mail::DKIM (with CryptX) and OpenDKIM's
     # library verify the DKIM signatures independently of dkimpy (OpenDKIM: Ed25519 too);
@@ -41,8 +56,8 @@ if [ "$want_tests" = yes ]; then
         postfix chromium chromium-driver
     # kubectl renders deploy/kubernetes (kustomize); Debian's package where none is installed
     command -v kubectl >/dev/null 2>&1 || apt_install kubernetes-client
-    .venv/bin/python -m pip install -q -e ".[test]"
+    pip_install ".[test]"
 else
-    .venv/bin/python -m pip install -q -e .
+    pip_install .
 fi
 echo "setup: ready (.venv)"
