@@ -203,7 +203,7 @@ def load_policies(directory: Path) -> Policies:
     """Load every policy file in `directory`; raise ConfigError with one line."""
     dkim = _load(directory / "dkim.toml", DkimPolicy)
     for index, key in enumerate(dkim.keys):
-        path = key.private_key if key.private_key.is_absolute() else directory / key.private_key
+        path = dkim_key_path(key, directory)
         try:
             key._key = path.read_bytes()
             check_dkim_key(key.key, key.algorithm)
@@ -218,6 +218,11 @@ def load_policies(directory: Path) -> Policies:
         raise ConfigError(f"{directory / 'pgp.toml'}: keyring: needed for the rules")
     return Policies(access=_load(directory / "access.toml", AccessPolicy), dkim=dkim,
                     domains=_load(directory / "domains.toml", DomainsPolicy), pgp=pgp)
+
+
+def dkim_key_path(key: DkimKey, directory: Path) -> Path:
+    """Where a key of dkim.toml in `directory` is (a relative path is relative to it)."""
+    return key.private_key if key.private_key.is_absolute() else directory / key.private_key
 
 
 def check_dkim_key(key: bytes, algorithm: str) -> None:

@@ -21,6 +21,7 @@ from relay.config import (
     parse_duration,
     resolve_paths,
 )
+from relay.errors import RelayError
 
 MASK = "********"
 
@@ -37,16 +38,20 @@ def config_group() -> None:
 def check(ctx: click.Context) -> None:
     """Validate relay.toml, the policies, and the files they name."""
     # Imported here: they are large, and every other relayctl command would pay for them.
+    from relay.cli.service_user import check_readable
     from relay.delivery.client import relayhost_credentials
     from relay.delivery.mta_sts import trust_store
     from relay.listeners import ServerTls
     from relay.policy import load_policies
 
     config = load_config(ctx)
-    load_policies(config.policies.path)
+    policies = load_policies(config.policies.path)
     ServerTls(config.smtp)  # loads the certificate and key, or says why not
     relayhost_credentials(config.delivery)
     trust_store(config.delivery.ca_file)
+    unreadable = check_readable(config, policies)  # root reads all; the relay may not
+    if unreadable:
+        raise RelayError(f"config check: {unreadable}")
     click.echo(f"{config.source}: ok (policies in {config.policies.path}: ok)")
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from relay.addresses import dkim_key_name_problem
+from relay.cli.service_user import service_user
 from relay.cli.support import config_option, load_config, one_line_errors
 from relay.errors import RelayError
 from relay.policy import load_policies
@@ -37,15 +38,24 @@ def dkim() -> None:
 @one_line_errors
 def dkim_keygen(ctx: click.Context, domain: str, selector: str, algorithm: str, bits: int,
                 directory: str | None) -> None:
-    """Write a new private key (mode 0600) and print its DNS TXT record."""
+    """Write a new private key and print its DNS TXT record. The key is mode 0600; run by
+    root for an installed relay, 0640 and of the relay's group, so that it can read it."""
     from relay.delivery import dkim as dkim_keys
 
     problem = dkim_key_name_problem(domain, selector)
     if problem:
         raise RelayError(f"dkim keygen: {problem}")
 
-    target_dir = Path(directory) if directory else load_config(ctx).policies.path / "dkim"
-    target_dir.mkdir(parents=True, exist_ok=True)
+    config = load_config(ctx)
+    target_dir = Path(directory) if directory else config.policies.path / "dkim"
+    # Run by root for an installed relay: the key is root's, readable by the relay's group
+    # (0640 root:relay), as the policies are; else the caller's alone (0600).
+    user = service_user(config)
+    if not target_dir.exists():
+        target_dir.mkdir(parents=True)
+        target_dir.chmod(0o750 if user else 0o700)  # whatever the umask
+        if user:
+            os.chown(target_dir, 0, user.gid)
     suffix = "key" if algorithm == "ed25519-sha256" else "pem"
     target = target_dir / f"{domain}.{selector}.{suffix}"
     private = dkim_keys.generate_key(algorithm, bits)
@@ -54,8 +64,12 @@ def dkim_keygen(ctx: click.Context, domain: str, selector: str, algorithm: str, 
     except FileExistsError:
         raise RelayError(f"dkim keygen: {target} exists; choose another selector") from None
     with os.fdopen(fd, "wb") as file:
+        if user:
+            os.fchown(file.fileno(), 0, user.gid)
+            os.fchmod(file.fileno(), 0o640)
         file.write(private)
-    click.echo(f"wrote {target}")
+    shared = f" (0640 root:{user.group}, for the relay's user {user.name})" if user else ""
+    click.echo(f"wrote {target}{shared}")
     click.echo("publish in DNS:")
     click.echo(dkim_keys.dns_record(domain, selector, algorithm,
                                     dkim_keys.public_key(private, algorithm)))

@@ -81,3 +81,45 @@ def test_install_script_sets_up_a_working_relay(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=600, check=False)
     assert again.returncode == 0, again.stderr
     assert "created" not in again.stdout  # an upgrade keeps the configuration and token
+
+
+def _staged_install(source: Path, root: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env |= {"RELAY_PREFIX": str(root / "opt"), "RELAY_ETC": str(root / "etc"),
+            "RELAY_STATE": str(root / "state"), "RELAY_UNIT_DIR": str(root / "units"),
+            "RELAY_USER": "root", "RELAY_NO_SYSTEMCTL": "1",
+            "RELAY_HOSTNAME": "relay.example.com"}
+    return subprocess.run(["sh", str(source / "scripts" / "install.sh")], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_install_ships_the_committed_policies_and_stops_before_changing_anything(
+        tmp_path: Path) -> None:
+    # A developer's checkout: a key of their own in the working tree's dkim.toml (its file
+    # not in the repository), which the installed relay could not start with.
+    source = tmp_path / "checkout"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(source)], check=True, timeout=120)
+    committed = (source / "policies" / "dkim.toml").read_text()
+    (source / "policies" / "dkim.toml").write_text(
+        '[[keys]]\ndomain = "dev.test"\nselector = "s1"\nprivate_key = "dkim/dev.pem"\n')
+    root = tmp_path / "root"
+    etc = root / "etc"
+    # An earlier run (of an older script) left a broken policy: nothing else changes.
+    (etc / "policies").mkdir(parents=True)
+    (etc / "policies" / "domains.toml").write_text('[domains."*"]\nmax_connections = "x"\n')
+
+    stopped = _staged_install(source, root)
+    assert stopped.returncode == 2, stopped.stdout + stopped.stderr
+    assert f"{etc}/policies/domains.toml: " in stopped.stderr
+    assert stopped.stderr.endswith("install: stopped before changing anything: fix the "
+                                   "above, then run this again\n")
+    assert sorted(p.name for p in etc.iterdir()) == ["policies"]  # no token, no relay.toml
+    assert not (root / "units").exists() and not (root / "state").exists()
+
+    (etc / "policies" / "domains.toml").write_text('[domains."*"]\nmax_connections = 5\n')
+    again = _staged_install(source, root)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (etc / "policies" / "dkim.toml").read_text() == committed
+    assert (etc / "policies" / "domains.toml").read_text().endswith("max_connections = 5\n")
+    assert (etc / "admin.token").exists() and (root / "units" / "relay.service").exists()
+    assert f"{etc}/relay.toml: ok" in again.stdout
