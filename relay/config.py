@@ -143,6 +143,17 @@ def _required_rate(value: object) -> Rate:
 
 
 RateLimit = Annotated[Rate, BeforeValidator(_required_rate)]
+
+
+def _optional_rate(value: object) -> Rate | None:
+    if value is None or isinstance(value, Rate):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a rate such as \"60/m\", or \"\" for no limit")
+    return parse_rate(value)
+
+
+OptionalRate = Annotated[Rate | None, BeforeValidator(_optional_rate)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 ListenAddress = Annotated[str, BeforeValidator(_check_listen)]
 HostPort = Annotated[str, BeforeValidator(_check_hostport)]
@@ -175,6 +186,10 @@ class SmtpSection(_Section):
     auth_failure_delay: Duration = parse_duration("1s")
     max_auth_failures: int = Field(3, ge=1)
     auth_failure_limit: RateLimit = Rate(10, 600.0)
+    # Clients outside trusted_networks (relay.anvil): connections per window (beyond:
+    # 421 4.7.0) and mail transactions without AUTH (beyond: 450 4.7.1); "" for none.
+    client_connection_rate: OptionalRate = Rate(60, 60.0)
+    client_message_rate: OptionalRate = Rate(300, 60.0)
 
     @model_validator(mode="after")
     def _tls_listen_needs_a_certificate(self) -> SmtpSection:

@@ -1,5 +1,6 @@
 """ratelimit: "N per window" limits, as Postfix's anvil keeps them: users' rate_limit,
-counted when MAIL FROM is accepted, and failed AUTH per client address.
+counted when MAIL FROM is accepted, failed AUTH per client address, and the connections
+and messages of clients outside trusted_networks (relay.anvil).
 
 `RateLimiter` is what smtpd asks. In one process, a SlidingWindow answers; with ingest
 workers, the main process keeps the one SlidingWindow and workers ask it over the handoff
@@ -13,6 +14,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from relay.config import Rate
+
+SWEEP_AT = 10_000  # keys; a new key beyond them first drops the idle ones
 
 
 class RateLimiter(Protocol):
@@ -29,6 +32,11 @@ class SlidingWindow:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._events: dict[str, deque[float]] = {}
         self._clock = clock
+        self._longest = 0.0  # the longest window asked for: older events count nowhere
+
+    def __len__(self) -> int:
+        """How many keys it holds."""
+        return len(self._events)
 
     def allows(self, key: str, rate: Rate) -> bool:
         return len(self._recent(key, rate)) < rate.count
@@ -49,8 +57,20 @@ class SlidingWindow:
         return self.allows(key, rate)
 
     def _recent(self, key: str, rate: Rate) -> deque[float]:
-        events = self._events.setdefault(key, deque())
+        events = self._events.get(key)
+        if events is None:
+            if len(self._events) >= SWEEP_AT:
+                self._sweep()
+            events = self._events[key] = deque()
+        self._longest = max(self._longest, rate.window)
         horizon = self._clock() - rate.window
         while events and events[0] <= horizon:
             events.popleft()
         return events
+
+    def _sweep(self) -> None:
+        """Forget the keys with nothing in any window: with a key per client address of
+        the internet (relay.anvil), they would otherwise only grow."""
+        horizon = self._clock() - self._longest
+        self._events = {key: events for key, events in self._events.items()
+                        if events and events[-1] > horizon}

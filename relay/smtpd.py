@@ -35,6 +35,7 @@ from aiosmtpd.smtp import (
 
 from relay import reply
 from relay.addresses import address_problem
+from relay.anvil import ClientLimits
 from relay.cleanup import Cleanup, Origin, inspect
 from relay.config import SmtpSection
 from relay.errors import LocalFailure, Rejected
@@ -192,6 +193,8 @@ class RelaySMTP(SMTP):
                               for mechanism, name in mechanisms.items()}
         self._registry = registry
         self._auth = handler.auth
+        self._clients = handler.clients
+        self._greeted = False
         self._credentials: tuple[str, LoginPassword] | None = None  # AUTH, being checked
         self._plain_replies = True  # greeting, HELO/EHLO: no enhanced codes (RFC 2034)
         self._continued: list[str] = []  # the lines so far of a multi-line reply
@@ -325,6 +328,14 @@ class RelaySMTP(SMTP):
         if self._continued:
             status = "\r\n".join([*self._continued, str(status)])
             self._continued.clear()
+        session = self.session
+        if not self._greeted and session is not None:  # the greeting: let in, or told why not
+            self._greeted = True
+            refusal = await self._clients.connection_refused(_client_ip(session))
+            if refusal is not None:
+                _refuse(session, refusal)
+                self._hang_up(refusal)
+                return
         await super().push(status)
         if isinstance(status, str) and status.startswith("220 ") and self._plain_replies:
             self._plain_replies = False  # the greeting went out
@@ -409,6 +420,9 @@ class SubmissionHandler:
     def __post_init__(self) -> None:
         self.handle_EHLO = _Presigned(self.handle_EHLO)  # type: ignore[method-assign,assignment]
         self.auth = AuthGuard(self.settings, self.access, self.rates)
+        self.clients = ClientLimits(self.rates, self.access,
+                                    self.settings.client_connection_rate,
+                                    self.settings.client_message_rate)
 
     cleanup: Cleanup
     settings: SmtpSection
@@ -441,6 +455,10 @@ class SubmissionHandler:
             rate = user.rate
             if rate is not None and not await self.rates.take(user.name, rate):
                 return _refuse(session, reply.RATE_LIMITED)
+        else:
+            refusal = await self.clients.message_refused(_client_ip(session))
+            if refusal is not None:
+                return _refuse(session, refusal)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"

@@ -1,0 +1,53 @@
+"""anvil: per-client limits for SMTP clients the relay does not trust, as Postfix's anvil
+keeps them (smtpd_client_connection_rate_limit, smtpd_client_message_rate_limit).
+
+Anyone may connect to send to the bounce domain (relay.feedback): without a limit, one
+address could open connections or send messages as fast as it likes. A client outside
+`trusted_networks` may open `[smtp] client_connection_rate` connections per window
+(beyond: `421 4.7.0` at the greeting, and the connection closes) and start
+`[smtp] client_message_rate` mail transactions without AUTH (beyond: `450 4.7.1` to
+MAIL). Trusted networks are exempt, as Postfix exempts $mynetworks; an authenticated
+session is held to its user's own rate_limit instead. The counts are the relay's (the
+main process's, or the cluster's database), not one ingest worker's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from relay import reply
+from relay.config import Rate
+from relay.policy import AccessPolicy
+from relay.ratelimit import RateLimiter
+
+log = logging.getLogger("relay.smtpd")
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    rates: RateLimiter
+    access: Callable[[], AccessPolicy]
+    connection_rate: Rate | None
+    message_rate: Rate | None
+
+    async def connection_refused(self, client: str) -> reply.Reply | None:
+        """At the greeting: None, or why this connection is refused."""
+        rate = self._limit(client, self.connection_rate)
+        if rate is None or await self.rates.take(f"anvil-connect:{client}", rate):
+            return None
+        log.warning("client=[%s] over its connection rate (%s): 421", client, rate)
+        return reply.CLIENT_CONNECTION_RATE
+
+    async def message_refused(self, client: str) -> reply.Reply | None:
+        """At MAIL without AUTH: None, or why this transaction is refused."""
+        rate = self._limit(client, self.message_rate)
+        if rate is None or await self.rates.take(f"anvil-mail:{client}", rate):
+            return None
+        log.warning("client=[%s] over its message rate (%s): 450", client, rate)
+        return reply.CLIENT_MESSAGE_RATE
+
+    def _limit(self, client: str, rate: Rate | None) -> Rate | None:
+        """`rate`, or None where no limit applies (none is set, or the client is trusted)."""
+        return None if rate is None or self.access().is_trusted(client) else rate
