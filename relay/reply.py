@@ -98,3 +98,4 @@ MTA_STS_NO_MX = Reply(451, "4.7.5", "No MX host of the recipient domain matches 
 # Mail that came back to the bounce domain (relay.feedback): taken in, never bounced.
 FEEDBACK_RECORDED = Reply(250, "2.0.0", "Feedback recorded")
 FEEDBACK_DROPPED = Reply(250, "2.0.0", "Matched no message sent from here: dropped")
+FEEDBACK_NOT_YET = Reply(451, "4.3.0", "About a delivery not recorded yet: matched again later")

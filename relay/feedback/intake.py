@@ -13,7 +13,10 @@ matched by its address:
 
 A match is recorded as an event of the original message and recipient and, for a hard
 bounce (every stream), a complaint or an unsubscribe (its stream), a suppression
-(Queue.record_feedback). What matches nothing is logged and dropped, never bounced.
+(Queue.record_feedback). A report can arrive before the outcome it is about is recorded
+(the return path is stored with the outcome): while the message it names is still in
+the queue, the report is deferred (451 4.3.0) and matched again with the retry backoff,
+up to MATCH_TRIES tries. What matches nothing is logged and dropped, never bounced.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ from relay.queue.events import EventType, Feedback
 log = logging.getLogger("relay.feedback")
 
 MAX_TOKENS = 10  # of the relay's tokens looked up in one returned message
+# Tries to match a report whose message is still being sent before it is dropped: with
+# [retry]'s backoff (5 minutes, doubling to an hour) five tries span over two hours.
+MATCH_TRIES = 5
 
 
 class FeedbackIntake:
@@ -65,14 +71,16 @@ class FeedbackIntake:
     async def deliver(self, job: Job, body: bytes) -> list[Attempt]:
         attempts = []
         for recipient in job.recipients:
-            verdict = await self._take(job.message_id, recipient.address, body)
+            verdict = await self._take(job.message_id, recipient.address, body,
+                                       last_try=recipient.attempts >= MATCH_TRIES)
             attempts.append(Attempt(recipient, verdict, "feedback"))
         return attempts
 
     async def close(self) -> None:
         pass
 
-    async def _take(self, queue_id: str, address: str, body: bytes) -> reply.Reply:
+    async def _take(self, queue_id: str, address: str, body: bytes, last_try: bool
+                    ) -> reply.Reply:
         local = address.rpartition("@")[0].lower()
         if local.startswith(UNSUBSCRIBE_PREFIX):
             found = self._tokens.read_unsubscribe(local.removeprefix(UNSUBSCRIBE_PREFIX))
@@ -87,6 +95,12 @@ class FeedbackIntake:
         if report.kind == "none":
             return self._dropped(queue_id, address, f"no bounce or complaint ({report.source})")
         copy = await self._copy_of(local, body)
+        if copy is None and not last_try and await self._still_sending(local, body):
+            # A report can overtake the outcome it is about: the copy's return path is
+            # stored with it. The message keeps its place and is matched again later.
+            log.info("%s: to=<%s>, feedback=%s about a delivery not recorded yet: "
+                     "matched again later", queue_id, address, report.kind)
+            return reply.FEEDBACK_NOT_YET
         if copy is None:
             return self._dropped(queue_id, address, f"{report.kind} about no copy sent from here")
         if report.kind == "complaint":
@@ -97,13 +111,26 @@ class FeedbackIntake:
         await self._record(queue_id, address, bounced_later(copy, failure, report, notified))
         return reply.FEEDBACK_RECORDED
 
+    def _tokens_in(self, local: str, body: bytes) -> list[str]:
+        """The return path tokens of a report: the address it came back to, then those
+        in the message it returns; the first few only, however many it is stuffed with."""
+        tokens = [local.removeprefix(VERP_PREFIX)] if local.startswith(VERP_PREFIX) else []
+        tokens += [m.decode().lower() for m in self._return_path.findall(body)]
+        return list(dict.fromkeys(tokens))[:MAX_TOKENS]
+
+    async def _still_sending(self, local: str, body: bytes) -> bool:
+        """Whether a message a token names (its id is the token's first part) is still in
+        the queue: its copies' outcomes, and their return paths, are yet to come."""
+        for token in self._tokens_in(local, body):
+            message_id = token.rpartition("-")[0].upper()
+            if message_id and await self._queue.get_message(message_id) is not None:
+                return True
+        return False
+
     async def _copy_of(self, local: str, body: bytes) -> Copy | None:
         """The copy a report is about: by the return path it came back to, else by the
         relay's tokens in the message it returns."""
-        tokens = [local.removeprefix(VERP_PREFIX)] if local.startswith(VERP_PREFIX) else []
-        tokens += [m.decode().lower() for m in self._return_path.findall(body)]
-        # A message stuffed with tokens costs a lookup for the first few only.
-        for token in list(dict.fromkeys(tokens))[:MAX_TOKENS]:
+        for token in self._tokens_in(local, body):
             path = await self._queue.return_path(token)
             if path is not None:
                 return Copy(path.message_id, path.recipient, path.stream)

@@ -10,6 +10,7 @@ import email
 import email.policy
 import re
 import smtplib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,12 +19,13 @@ from typing import Any
 import httpx
 import pytest
 
+from relay.feedback.tokens import FeedbackTokens
 from tests.integration.conftest import RunningRelay, StartRelay, postgres_queue
 from tests.support.dns_server import DnsServer
 from tests.support.feedback_reports import arf_report
 from tests.support.net import free_port
 from tests.support.postfix import PrivatePostfix, postfix_available
-from tests.support.sink import Sink
+from tests.support.sink import Received, Sink
 
 BOUNCES = "bounces.test"
 UNTRUSTED = "127.0.0.6"  # a client address outside the relay's trusted networks
@@ -158,8 +160,8 @@ async def test_a_complaint_suppresses_in_its_stream_only(
         message_id = sent.json()["id"]
         [copy] = await asyncio.to_thread(sink.wait_for, 1)
         assert copy.mail_from.startswith("b-") and copy.mail_from.endswith(f"@{BOUNCES}")
-        # A complaint comes after the delivery is recorded (one that overtakes it finds no
-        # copy: the return path is stored with the outcome).
+        # The complaint comes after the delivery is recorded (one that overtakes it:
+        # test_a_report_that_overtakes_the_outcome_is_matched_once_it_lands).
         await until_event(relay, "delivered", message=message_id)
         code, _ = await asyncio.to_thread(send_from, relay, "fbl@provider.test",
                                           f"fbl@{BOUNCES}", arf_report(copy, BOUNCES))
@@ -182,6 +184,44 @@ async def test_a_complaint_suppresses_in_its_stream_only(
             "text": "buy", "stream": "newsletter"})
         await until_event(relay, "suppressed", message=later.json()["id"])
     assert len(sink.messages) == 2  # the first newsletter and the receipt
+
+
+async def test_a_report_that_overtakes_the_outcome_is_matched_once_it_lands(
+        start_relay: StartRelay, dns_server: DnsServer,
+        make_sink: Callable[..., Sink]) -> None:
+    """A provider can send its complaint before the relay has recorded the delivery it is
+    about (whose commit stores the return path the report is matched by): the report is
+    deferred, not dropped, and matched on a later try once the outcome is there."""
+    dns_server.add("example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    sink.data_gate = threading.Event()  # the delivery waits for its DATA reply
+    relay = await start_relay(**feedback_overrides(),
+                              retry={"min_backoff": "1s", "max_backoff": "1s"})
+    async with relay.http() as client:
+        sent = await client.post("/v1/messages", json={
+            "from": "news@sender.test", "to": ["ann@example.test"], "subject": "Offers",
+            "text": "buy", "stream": "newsletter"})
+        message_id = sent.json()["id"]
+        await asyncio.to_thread(sink.wait_at_gate, 1)
+        # The copy as the provider has it: sent from its own return path.
+        tokens = FeedbackTokens(relay.config.feedback_key_path.read_bytes().strip(), BOUNCES)
+        return_path = tokens.return_path(message_id, "ann@example.test")[1]
+        copy = Received(return_path, ["ann@example.test"],
+                        f"From: news@sender.test\r\nSubject: Offers\r\n"
+                        f"Message-ID: <{message_id}@relay.test>\r\n\r\nbuy\r\n".encode(),
+                        [], False, None, 0)
+        code, answer = await asyncio.to_thread(send_from, relay, "fbl@provider.test",
+                                               f"fbl@{BOUNCES}", arf_report(copy, BOUNCES))
+        assert code == 250
+        report_id = answer.decode().rsplit(" ", 1)[-1]
+        deferred = await until_event(relay, "deferred", message=report_id)
+        assert deferred["data"]["reply"].startswith("451 4.3.0 About a delivery not recorded")
+        sink.data_gate.set()
+        await until_event(relay, "delivered", message=message_id)
+        complained = await until_event(relay, "complained", message=message_id)
+        assert complained["recipient"] == "ann@example.test"
+        assert await suppressions(relay) == [("ann@example.test", "newsletter")]
+        await relay.until_queue_empty()
 
 
 async def test_one_click_unsubscribe_and_its_mailto_form(
