@@ -21,6 +21,7 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("POST", "/v1/messages", MESSAGE, "send"),
     ("POST", "/v1/broadcasts", BROADCAST, "broadcast"),
     ("POST", "/v1/broadcasts/NOSUCH/cancel", None, "broadcast"),
+    ("GET", "/v1/broadcasts", None, "read"),
     ("GET", "/v1/broadcasts/NOSUCH", None, "read"),
     ("GET", "/v1/broadcasts/NOSUCH/events", None, "read"),
     ("GET", "/v1/queue", None, "read"),
