@@ -213,6 +213,14 @@ class QueueSection(_Section):
     # How long a claimed recipient stays leased without a renewal; the scheduler renews
     # its leases every quarter of this.
     lease: Duration = Field(parse_duration("2m"), ge=1.0)
+    # postgres backend: this node's name, stable across restarts, one per node (a restart
+    # takes back what the node's earlier run leased); empty: the host name (on
+    # Kubernetes, the pod's name).
+    node: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,62})?$")
+
+    @property
+    def node_name(self) -> str:
+        return self.node or socket.gethostname()
 
     @model_validator(mode="after")
     def _postgres_needs_a_database(self) -> QueueSection:

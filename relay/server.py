@@ -63,7 +63,7 @@ def build_queue(config: Config) -> Queue:
     settings = config.queue
     if settings.backend == "postgres":
         return PostgresQueue(database_dsn(settings), lease=settings.lease,
-                             notify=settings.notify)
+                             node=settings.node_name, notify=settings.notify)
     return LocalQueue(settings.path, lease=settings.lease)
 
 

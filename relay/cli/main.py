@@ -11,7 +11,13 @@ import sys
 
 import click
 
-from relay.cli.support import OneLineUsageErrors, config_option, load_config, one_line_errors
+from relay.cli.support import (
+    OneLineUsageErrors,
+    config_option,
+    date_of,
+    load_config,
+    one_line_errors,
+)
 from relay.errors import RelayError
 
 # Each topic's commands, imported when they run (cli.support.LazyCommands).
@@ -68,7 +74,9 @@ def db_group() -> None:
 @click.pass_context
 @one_line_errors
 def db_status(ctx: click.Context) -> None:
-    """Say which schema version the queue database has."""
+    """Say which schema version the queue database has, and list the nodes by name with
+    their last heartbeat (gone: none within a lease)."""
+    from relay.queue.postgres_nodes import nodes_of
     from relay.queue.postgres_pool import database_dsn, schema_status, where
 
     config = load_config(ctx)
@@ -79,6 +87,9 @@ def db_status(ctx: click.Context) -> None:
     state = ("up to date" if current == newest else
              f"{newest - current} migrations to apply (a starting relay applies them)")
     click.echo(f"{where(dsn)}: schema version {current} of {newest}, {state}")
+    for node in asyncio.run(nodes_of(dsn, config.queue.lease)):
+        click.echo(f"node {node.name}: {'gone' if node.gone else 'running'}, last heartbeat "
+                   f"{date_of(node.heartbeat_at)}, started {date_of(node.started_at)}")
 
 
 @main.command(name="hash-password")

@@ -124,7 +124,9 @@ def console_routes(console: Console) -> APIRouter:
                      deferred=(await queue.summary(State.DEFERRED))[:10],
                      failing=await _failing_webhooks(queue, console.webhooks),
                      cluster=console.cluster,
-                     holders=await queue.lease_holders() if console.cluster else [])
+                     nodes=await queue.nodes() if console.cluster else [],
+                     holders={h.node: h for h in await queue.lease_holders()}
+                     if console.cluster else {})
 
     # -- the queue ---------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 if TYPE_CHECKING:
     from relay.queue.apikeys import ApiKey
     from relay.queue.events import EventFilter, EventPage, Feedback, MessageHistory
-    from relay.queue.overview import Activity, LeaseHolder
+    from relay.queue.overview import Activity, LeaseHolder, NodeInfo
     from relay.queue.webhooks import WebhookEndpoint, WebhookState
 
 
@@ -433,6 +433,9 @@ class Queue(MessageStore, Protocol):
     async def lease_holders(self) -> list[LeaseHolder]:
         """The nodes that hold leases now (recipients, connection slots, webhook
         endpoints); the local backend, a single node, has none to show."""
+
+    async def nodes(self) -> list[NodeInfo]:
+        """The nodes of a cluster by name, with their last heartbeat; none for local."""
 
     # -- webhooks (queue.webhooks) -------------------------------------------------------
 

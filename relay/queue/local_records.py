@@ -26,7 +26,7 @@ from relay.queue.events import (
     filter_sql,
     history_of,
 )
-from relay.queue.overview import Activity, LeaseHolder
+from relay.queue.overview import Activity, LeaseHolder, NodeInfo
 from relay.queue.webhooks import (
     ENDPOINT_COLUMNS,
     STATE_COLUMNS,
@@ -96,6 +96,9 @@ class LocalRecords:
 
     async def lease_holders(self) -> list[LeaseHolder]:
         return []  # one node: nobody else to tell apart
+
+    async def nodes(self) -> list[NodeInfo]:
+        return []
 
     # -- the suppression list, and what comes back later (queue.local_feedback) ---------
 

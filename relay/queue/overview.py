@@ -40,6 +40,19 @@ class LeaseHolder:
     webhooks: int
 
 
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node of a cluster by its stable name: the owner of its leases in its latest run
+    ("name/incarnation"), when that run started, its last heartbeat, and whether that is
+    older than a lease (the node is gone: stopped, crashed or cut off)."""
+
+    name: str
+    owner: str
+    started_at: float
+    heartbeat_at: float
+    gone: bool
+
+
 Read = Callable[[str, Sequence[Any]], Awaitable[Sequence[Sequence[Any]]]]
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from typing import Any
 import asyncpg
 
 from relay.config import Rate
-from relay.errors import LocalFailure
+from relay.errors import LocalFailure, RelayError
 from relay.queue import postgres_broadcasts as broadcasts
 from relay.queue import postgres_events as events
 from relay.queue import postgres_feedback as feedback
@@ -64,6 +65,7 @@ from relay.queue.base import (
 )
 from relay.queue.events import EventType
 from relay.queue.postgres_groupcommit import GroupCommit, message_commits, remember_answer
+from relay.queue.postgres_nodes import NodeLock, incarnation_of
 from relay.queue.postgres_notify import NOTIFY, Listener
 from relay.queue.postgres_pool import (
     CONNECT_TIMEOUT,
@@ -72,7 +74,6 @@ from relay.queue.postgres_pool import (
     Failing,
     count_of,
     describe,
-    node_name,
 )
 from relay.queue.postgres_records import PostgresRecords
 from relay.queue.postgres_schema import migrate
@@ -116,13 +117,15 @@ class BodyCache:
 class PostgresQueue(PostgresRecords):
     """Queue backend for a cluster: every table in one PostgreSQL database."""
 
-    def __init__(self, dsn: str, lease: float = DEFAULT_LEASE, owner: str | None = None,
+    def __init__(self, dsn: str, lease: float = DEFAULT_LEASE, node: str | None = None,
                  pool_size: int = 10, notify: bool = True) -> None:
         self._dsn = dsn
         self._notify = notify
         self._listener: Listener | None = None
         self._lease = lease
-        self.owner = owner or node_name()
+        self.node = node or socket.gethostname()
+        self.owner = incarnation_of(self.node)  # of this run's leases
+        self._node_lock: NodeLock | None = None
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._batches: GroupCommit[NewMessage] | None = None
@@ -143,10 +146,14 @@ class PostgresQueue(PostgresRecords):
             async with self._pool.acquire() as connection:
                 await migrate(connection)
                 await broadcasts.abandon_stale_uploads(connection)
-        except DATABASE_ERRORS as exc:
+            self._node_lock = NodeLock(self._dsn, self.node, self.owner, self._lease / 4)
+            await self._node_lock.take()  # and what an earlier run of this node leased
+        except (*DATABASE_ERRORS, RelayError) as exc:
             if self._pool is not None:
                 await self._pool.close()
                 self._pool = None
+            if isinstance(exc, RelayError):
+                raise
             raise LocalFailure(f"queue database: {describe(exc)}") from exc
         self._batches = message_commits(self._pool)
         self._records = GroupCommit(self._record_together)
@@ -162,6 +169,9 @@ class PostgresQueue(PostgresRecords):
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
+        if self._node_lock is not None:
+            await self._node_lock.release()
+            self._node_lock = None
         for writes in (self._batches, self._records):
             if writes is not None:
                 await writes.close()

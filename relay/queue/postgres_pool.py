@@ -5,8 +5,6 @@ scheduler), never a database exception escaping into SMTP or HTTP."""
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -97,6 +95,3 @@ async def schema_status(dsn: str) -> tuple[int, int]:
     finally:
         await connection.close()
 
-
-def node_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"

@@ -27,7 +27,8 @@ from relay.queue.events import (
     event_of,
     history_of,
 )
-from relay.queue.overview import Activity, LeaseHolder, lease_holders_of
+from relay.queue.overview import Activity, LeaseHolder, NodeInfo, lease_holders_of
+from relay.queue.postgres_nodes import node_list
 from relay.queue.postgres_pool import NOW, count_of
 from relay.queue.webhooks import (
     ENDPOINT_COLUMNS,
@@ -41,6 +42,8 @@ from relay.queue.webhooks import (
 
 class PostgresRecords:
     """The Queue methods of this module; PostgresQueue provides the plumbing."""
+
+    _lease: float  # seconds a claim is leased for
 
     def _connection(self) -> Any:
         raise NotImplementedError
@@ -121,6 +124,10 @@ class PostgresRecords:
     async def lease_holders(self) -> list[LeaseHolder]:
         return lease_holders_of(await self._fetch(_LEASE_HOLDERS))
 
+    async def nodes(self) -> list[NodeInfo]:
+        async with self._connection() as connection:
+            return await node_list(connection, self._lease)
+
     # -- webhooks (queue.postgres_webhooks) --------------------------------------------
 
     async def webhook_endpoints(self) -> list[WebhookEndpoint]:
@@ -178,9 +185,11 @@ class PostgresRecords:
 
 
 # Leases still running, by node: a lease past its expiry is anybody's again.
+# By node name: an owner is "name/incarnation" (queue.postgres_nodes).
 _LEASE_HOLDERS = f"""
-    SELECT node, SUM(recipients), SUM(connections), SUM(webhooks) FROM (
-        SELECT lease_owner AS node, COUNT(*) AS recipients, 0 AS connections, 0 AS webhooks
+    SELECT split_part(owner, '/', 1) AS node, SUM(recipients), SUM(connections),
+        SUM(webhooks) FROM (
+        SELECT lease_owner AS owner, COUNT(*) AS recipients, 0 AS connections, 0 AS webhooks
             FROM recipients WHERE state = 'active' AND lease_owner IS NOT NULL
             AND next_attempt_at > {NOW} GROUP BY lease_owner
         UNION ALL
@@ -189,4 +198,4 @@ _LEASE_HOLDERS = f"""
         UNION ALL
         SELECT owner, 0, 0, COUNT(*) FROM webhook_state WHERE owner IS NOT NULL
             AND lease_until > {NOW} GROUP BY owner
-    ) AS held GROUP BY node ORDER BY node"""
+    ) AS held GROUP BY 1 ORDER BY 1"""

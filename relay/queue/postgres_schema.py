@@ -170,6 +170,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX return_paths_by_age ON return_paths (at);
     """,
+    # 8: nodes by their stable names, with their heartbeats (queue.postgres_nodes).
+    """
+    CREATE TABLE nodes (
+        name text PRIMARY KEY,
+        owner text NOT NULL,
+        started_at double precision NOT NULL,
+        heartbeat_at double precision NOT NULL
+    );
+    """,
 ]
 
 

@@ -12,6 +12,7 @@ import asyncio
 import re
 import signal
 import smtplib
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -47,7 +48,8 @@ def make_node(tmp_path: Path, dns_server: DnsServer, mx_port: int,
     def make(name: str, **overrides: dict[str, Any]) -> RelayProcess:
         directory = tmp_path / name
         directory.mkdir()
-        overrides.setdefault("queue", {}).update({"backend": "postgres", "dsn_file": "dsn"})
+        overrides.setdefault("queue", {}).update({"backend": "postgres", "dsn_file": "dsn",
+                                                  "node": name})
         # A password in the DSN (the test server trusts loopback and ignores it): it must
         # never reach a log line or an answer.
         with_password = postgres_dsn.replace("://relay@", f"://relay:{PASSWORD}@")
@@ -379,3 +381,43 @@ async def _leased_by(dsn: str, pid: int) -> int:
 
 def _test_id(message: Received) -> int:
     return int(_TEST_ID.search(message.content).group(1))  # type: ignore[union-attr]
+
+
+def test_a_restarted_node_takes_back_its_own_leases_at_once(
+        make_node: MakeNode, dns_server: DnsServer, make_sink: Callable[..., Sink],
+        mx_port: int) -> None:
+    """kill -9 of a node whose deliveries hang (an MX that accepts and never greets): the
+    same node started again (its [queue] node name) takes its leases back at start, so
+    acknowledged mail does not wait out the lease (five minutes here); a second process
+    with that name, while it runs, refuses to start; `relayctl db status` lists the node
+    by name with its heartbeat."""
+    silent = socket.create_server(("127.0.0.3", mx_port))  # accepts, never says a word
+    dns_server.add("example.test", "A", "127.0.0.3")
+    sink = make_sink("127.0.0.2")
+    try:
+        node = make_node("a", queue={"lease": "5m"}).start()
+        for number in range(3):
+            send_numbered(node, number)
+        until(lambda: [r["state"] for m in queue_json(node.config) for r in m["recipients"]]
+              == ["active"] * 3, "the node to hold its three leases")
+        node.kill()
+        dns_server.records["example.test"]["A"] = ["127.0.0.2"]  # the MX works again
+
+        node.start()
+        sink.wait_for(3, timeout=60)  # well within the lease it would otherwise wait out
+        assert sorted(_test_id(m) for m in sink.messages) == [0, 1, 2]
+        node.wait_for_lines("took back 3 recipients")
+
+        twin = relayctl(node.config, "serve")  # the same name, while it runs
+        assert twin.returncode == 2
+        assert twin.stderr.splitlines()[-1] == (
+            "relayctl: cannot start: another node named a is running on this queue "
+            "database: give each node its own [queue] node")
+        status = relayctl(node.config, "db", "status")
+        assert status.returncode == 0, status.stderr
+        assert re.search(r"^node a: running, last heartbeat 20\d\d-", status.stdout, re.M), \
+            status.stdout
+        assert "Traceback" not in node.log()
+        assert node.stop() == 0
+    finally:
+        silent.close()

@@ -76,12 +76,16 @@ async def test_the_overview_shows_what_needs_a_look(
     assert re.search(r"<td>slow\.test</td><td class=\"n\">1</td>", page)
     assert re.search(r"delivered (\d+)", page).group(1) == "1"  # type: ignore[union-attr]
     assert re.search(r"deferred (\d+)", page).group(1) == "1"  # type: ignore[union-attr]
-    if backend == "postgres":
-        assert "Nodes holding leases" in page
-        node = relay.relay.queue.owner  # type: ignore[attr-defined]
-        assert f"<td>{node}</td>" in page  # its webhook endpoint's lease at least
+    if backend == "postgres":  # the node by its name, alive, and what it holds
+        assert "<h2>Nodes</h2>" in page
+        node = relay.config.queue.node_name
+        row = re.search(rf"<tr><td>{re.escape(node)}</td>(.*?)</tr>", page, re.S)
+        assert row is not None, page
+        assert "gone" not in row.group(1) and " UTC</td>" in row.group(1)
+        webhooks = re.findall(r'<td class="n">(\d+)</td>', row.group(1))[-1]
+        assert webhooks == "1"  # its webhook endpoint's lease
     else:
-        assert "Nodes holding leases" not in page
+        assert "<h2>Nodes</h2>" not in page
 
 
 async def test_an_action_applies_to_every_message_of_a_domain(

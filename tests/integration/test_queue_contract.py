@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import pytest
 
 from relay.config import Rate
+from relay.errors import RelayError
 from relay.queue import (
     Claimed,
     Idempotency,
@@ -306,7 +307,7 @@ async def test_activity_counts_outcomes_per_step_since_a_time(queue: Queue) -> N
 
 
 async def test_lease_holders_name_the_nodes_and_what_they_hold(postgres_dsn: str) -> None:
-    nodes = [PostgresQueue(postgres_dsn, lease=LEASE, owner=f"node{n}") for n in (1, 2)]
+    nodes = [PostgresQueue(postgres_dsn, lease=LEASE, node=f"node{n}") for n in (1, 2)]
     for node in nodes:
         await node.open()
     try:
@@ -324,7 +325,7 @@ async def test_lease_holders_name_the_nodes_and_what_they_hold(postgres_dsn: str
 
 async def test_destination_slots_are_limited_leased_and_released(postgres_dsn: str) -> None:
     """Two nodes on one database share a destination's connection limit."""
-    nodes = [PostgresQueue(postgres_dsn, lease=LEASE, owner=f"node{n}") for n in (1, 2)]
+    nodes = [PostgresQueue(postgres_dsn, lease=LEASE, node=f"node{n}") for n in (1, 2)]
     for node in nodes:
         await node.open()
     try:
@@ -349,7 +350,7 @@ async def test_destination_slots_are_limited_leased_and_released(postgres_dsn: s
 
 
 async def test_rate_limits_hold_for_the_cluster(postgres_dsn: str) -> None:
-    nodes = [PostgresQueue(postgres_dsn, owner=f"node{n}") for n in (1, 2)]
+    nodes = [PostgresQueue(postgres_dsn, node=f"node{n}") for n in (1, 2)]
     for node in nodes:
         await node.open()
     try:
@@ -373,7 +374,8 @@ async def test_rate_limits_hold_for_the_cluster(postgres_dsn: str) -> None:
 async def test_new_work_wakes_the_other_nodes(postgres_dsn: str, notify: bool) -> None:
     """LISTEN/NOTIFY: mail stored, released or flushed on one node wakes the others;
     with notify = false nobody is woken (nodes poll)."""
-    storing, idle = (PostgresQueue(postgres_dsn, notify=notify) for _ in range(2))
+    storing, idle = (PostgresQueue(postgres_dsn, node=name, notify=notify)
+                     for name in ("storing", "idle"))
     await storing.open()
     await idle.open()
     woken = asyncio.Event()
@@ -400,7 +402,7 @@ async def test_new_work_wakes_the_other_nodes(postgres_dsn: str, notify: bool) -
 
 async def test_nodes_that_start_together_migrate_once(postgres_dsn: str) -> None:
     """The schema is made under an advisory lock: five nodes starting at once all start."""
-    nodes = [PostgresQueue(postgres_dsn) for _ in range(5)]
+    nodes = [PostgresQueue(postgres_dsn, node=f"node{n}") for n in range(5)]
     await asyncio.gather(*(node.open() for node in nodes))
     try:
         assert await schema_status(postgres_dsn) == (len(MIGRATIONS), len(MIGRATIONS))
@@ -408,3 +410,45 @@ async def test_nodes_that_start_together_migrate_once(postgres_dsn: str) -> None
         assert len(await nodes[4].list_messages()) == 1
     finally:
         await asyncio.gather(*(node.close() for node in nodes))
+
+
+async def test_nodes_are_listed_by_name_and_gone_once_their_heartbeat_stops(
+        postgres_dsn: str) -> None:
+    """A node holds its name while it runs (a twin cannot open), beats every quarter
+    lease, and is listed as gone once no heartbeat came within a lease."""
+    node = PostgresQueue(postgres_dsn, lease=1.0, node="n1")
+    observer = PostgresQueue(postgres_dsn, lease=1.0, node="observer")
+    await node.open()
+    await observer.open()
+    try:
+        twin = PostgresQueue(postgres_dsn, lease=1.0, node="n1")
+        with pytest.raises(RelayError, match="another node named n1 is running"):
+            await twin.open()
+        first = {n.name: n for n in await observer.nodes()}["n1"]
+        assert first.owner == node.owner and first.owner.startswith("n1/")
+        assert not first.gone
+        await until(lambda: _heartbeat_after(observer, first.heartbeat_at), "a heartbeat")
+        await node.close()
+        await until(lambda: _gone(observer, "n1"), "n1 listed as gone")
+        again = PostgresQueue(postgres_dsn, lease=1.0, node="n1")  # its name is free
+        await again.open()
+        await again.close()
+    finally:
+        await observer.close()
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str,
+                timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _heartbeat_after(queue: PostgresQueue, at: float) -> bool:
+    return any(n.name == "n1" and n.heartbeat_at > at for n in await queue.nodes())
+
+
+async def _gone(queue: PostgresQueue, name: str) -> bool:
+    return any(n.name == name and n.gone for n in await queue.nodes())
