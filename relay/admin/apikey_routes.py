@@ -52,6 +52,10 @@ def apikey_routes(queue: Queue, keys: KeyRing) -> APIRouter:
         if not await queue.revoke_api_key(key_id):
             raise ApiError(404, "not_found", f"no API key {key_id} that is not revoked", "id")
         keys.forget()
+        revoked = next(k for k in await queue.api_keys() if k.id == key_id)
+        # Its console sessions would be refused anyway (the key is checked on every
+        # request); they are ended too, not left to expire.
+        await queue.close_console_sessions(token_digest=revoked.digest)
         return {"revoked": 1}
 
     return router

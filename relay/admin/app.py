@@ -68,7 +68,7 @@ def create_app(services: Services) -> FastAPI:
     _install_error_handlers(app, outage)
     # Who calls, and the body limits, before any route reads a byte (admin.gate).
     keys = KeyRing(services.queue, services.token)
-    sessions = Sessions()  # the browser console's (relay.console)
+    sessions = Sessions(services.queue)  # the browser console's (relay.console)
     app.add_middleware(Gate, keys=keys, rates=services.rates,
                        max_message_size=services.max_message_size, sessions=sessions,
                        outage=outage)

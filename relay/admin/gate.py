@@ -72,13 +72,15 @@ class Gate:
         """None when the caller may go on (and is in the request's state), else why not."""
         scheme, _, given = headers.get("authorization", b"").partition(b" ")
         token = given.strip() if scheme.lower() == b"bearer" else None
-        if token is None and console.is_console(path):
-            session = self._session(headers)
-            if session is not None:
-                token = session.token
-                scope.setdefault("state", {})["session"] = session
         try:
-            caller = await self._keys.caller(token) if token is not None else None
+            caller = None
+            if token is not None:
+                caller = await self._keys.caller(token)
+            elif console.is_console(path):
+                session = await self._session(headers)
+                if session is not None:  # whoever signed in: checked again, now
+                    scope.setdefault("state", {})["session"] = session
+                    caller = await self._keys.caller_of_digest(session.token_digest)
             if caller is None:
                 return (ApiError(401, "unauthorized", "missing or wrong bearer token"),
                         {"www-authenticate": "Bearer"})
@@ -95,7 +97,7 @@ class Gate:
         scope.setdefault("state", {})["caller"] = caller
         return None
 
-    def _session(self, headers: dict[str, bytes]) -> console.Session | None:
+    async def _session(self, headers: dict[str, bytes]) -> console.Session | None:
         """The console session named by the request's cookie, if it is open."""
         cookies = SimpleCookie()
         try:
@@ -103,7 +105,7 @@ class Gate:
         except CookieError:
             return None
         morsel = cookies.get(console.COOKIE)
-        return self._sessions.find(morsel.value) if morsel is not None else None
+        return await self._sessions.find(morsel.value) if morsel is not None else None
 
     def limit(self, method: str, path: str, content_type: str) -> int | None:
         """The most the body of this request may be; None: no limit (streamed)."""

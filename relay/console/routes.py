@@ -85,9 +85,12 @@ def console_routes(console: Console) -> APIRouter:
         if caller is None or not caller.allows(ApiScope.READ):
             return page("sign_in.html", 401, error="That is neither the admin token nor an "
                         "API key with the read scope.")
-        session = console.sessions.open(token)
+        try:
+            cookie = await console.sessions.open(token)
+        except LocalFailure as exc:
+            return page("sign_in.html", 503, error=f"Cannot sign in now: {exc}")
         response = redirect(f"{PREFIX}/")
-        response.set_cookie(COOKIE, session.id, max_age=int(console.sessions.lifetime),
+        response.set_cookie(COOKIE, cookie, max_age=int(console.sessions.lifetime),
                             path=PREFIX, httponly=True, samesite="strict",
                             secure=request.url.scheme == "https")
         return response
@@ -97,7 +100,7 @@ def console_routes(console: Console) -> APIRouter:
         await _form(request)
         session = _session(request)
         if session is not None:
-            console.sessions.close(session.id)
+            await console.sessions.close(session)
         response = redirect(SIGN_IN)
         response.delete_cookie(COOKIE, path=PREFIX)
         return response

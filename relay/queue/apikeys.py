@@ -2,10 +2,17 @@
 knows them. Only a digest of each key is stored (SHA-256: the keys are 32 random bytes,
 nothing to guess, so a slow hash buys nothing); the key itself is shown once, when it is
 made. A revoked key stays listed, refused.
+
+The console's sessions are kept here too (console.sessions), so that a signed-in operator
+stays signed in whichever node a load balancer picks, and after a restart: the digest of
+the session's cookie, the digest of the token it signed in with (checked again on every
+request), its CSRF token and when it expires. A database read reveals no cookie.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +46,11 @@ class ApiKey:
 COLUMNS = "id, name, digest, scopes, rate_limit, created_at, revoked_at"
 
 
+def digest_of(secret: str | bytes) -> str:
+    """SHA-256, hex: what is stored of a key, a token or a console cookie."""
+    return hashlib.sha256(secret.encode() if isinstance(secret, str) else secret).hexdigest()
+
+
 def key_of(row: Sequence[Any]) -> ApiKey:
     return ApiKey(row[0], row[1], row[2], tuple(ApiScope(s) for s in json.loads(row[3])),
                   row[4], float(row[5]), None if row[6] is None else float(row[6]))
@@ -47,3 +59,21 @@ def key_of(row: Sequence[Any]) -> ApiKey:
 def key_values(key: ApiKey) -> tuple[Any, ...]:
     return (key.id, key.name, key.digest, json.dumps([s.value for s in key.scopes]),
             key.rate_limit, key.created_at, key.revoked_at)
+
+
+@dataclass(frozen=True)
+class ConsoleSession:
+    id_digest: str  # SHA-256 of the cookie's value, hex
+    token_digest: str  # of the admin token or API key it signed in with
+    csrf: str  # every form that changes something carries it
+    expires_at: float
+
+    def checks(self, csrf: str) -> bool:
+        return hmac.compare_digest(self.csrf.encode(), csrf.encode())
+
+
+SESSION_COLUMNS = "id, token, csrf, expires_at"
+
+
+def session_of(row: Sequence[Any]) -> ConsoleSession:
+    return ConsoleSession(row[0], row[1], row[2], float(row[3]))

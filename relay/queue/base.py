@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
-    from relay.queue.apikeys import ApiKey
+    from relay.queue.apikeys import ApiKey, ConsoleSession
     from relay.queue.events import EventFilter, EventPage, Feedback, MessageHistory
     from relay.queue.overview import Activity, LeaseHolder, NodeInfo
     from relay.queue.webhooks import WebhookEndpoint, WebhookState
@@ -472,6 +472,20 @@ class Queue(MessageStore, Protocol):
     async def add_api_key(self, key: ApiKey) -> None: ...
 
     async def revoke_api_key(self, key_id: str) -> bool: ...
+
+    # -- the console's sessions (queue.apikeys) -----------------------------------------
+
+    async def open_console_session(self, id_digest: str, token_digest: str, csrf: str,
+                                   lifetime: float) -> None:
+        """Keep a session for `lifetime` seconds (and drop the ones that expired)."""
+
+    async def console_session(self, id_digest: str) -> ConsoleSession | None:
+        """The session, while it has not expired."""
+
+    async def close_console_sessions(self, id_digest: str = "", token_digest: str = ""
+                                     ) -> int:
+        """End one session (signing out), or every one signed in with a token (its key
+        revoked); how many."""
 
 
 # Shared by the backends: SQL both dialects read alike, and their query results into the

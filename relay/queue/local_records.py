@@ -11,7 +11,14 @@ from typing import Any
 
 from relay.queue import local_events, local_feedback, local_webhooks, overview
 from relay.queue.apikeys import COLUMNS as KEY_COLUMNS
-from relay.queue.apikeys import ApiKey, key_of, key_values
+from relay.queue.apikeys import (
+    SESSION_COLUMNS,
+    ApiKey,
+    ConsoleSession,
+    key_of,
+    key_values,
+    session_of,
+)
 from relay.queue.base import EVERY_STREAM, ReturnPath, Suppression
 from relay.queue.events import (
     EVENT_COLUMNS,
@@ -46,6 +53,13 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at REAL NOT NULL,
     revoked_at REAL
 );
+CREATE TABLE IF NOT EXISTS console_sessions (
+    id TEXT PRIMARY KEY,  -- SHA-256 of the cookie's value (queue.apikeys)
+    token TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_sessions_by_token ON console_sessions(token);
 """
 
 
@@ -180,6 +194,25 @@ class LocalRecords:
             _execute, "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
             (self._clock(), key_id))))
 
+    # -- the console's sessions (queue.apikeys) ----------------------------------------
+
+    async def open_console_session(self, id_digest: str, token_digest: str, csrf: str,
+                                   lifetime: float) -> None:
+        now = self._clock()  # a sign-in lost in a power cut is only a sign-in: no fsync
+        await self._write(partial(_open_session, (id_digest, token_digest, csrf,
+                                                  now + lifetime), now), durable=False)
+
+    async def console_session(self, id_digest: str) -> ConsoleSession | None:
+        rows = await self._read_all(f"SELECT {SESSION_COLUMNS} FROM console_sessions "
+                                    "WHERE id = ? AND expires_at > ?", [id_digest, self._clock()])
+        return session_of(rows[0]) if rows else None
+
+    async def close_console_sessions(self, id_digest: str = "", token_digest: str = ""
+                                     ) -> int:
+        return int(await self._write(partial(
+            _execute, "DELETE FROM console_sessions WHERE id = ? OR token = ?",
+            (id_digest, token_digest)), durable=False))
+
 
 def _event_where(wanted: EventFilter) -> tuple[str, list[Any]]:
     """One writer commits in id order: an id read is never followed by a smaller one, so
@@ -191,6 +224,12 @@ def _event_where(wanted: EventFilter) -> tuple[str, list[Any]]:
 
 def _execute(sql: str, params: Sequence[Any], db: sqlite3.Connection) -> int:
     return db.execute(sql, params).rowcount
+
+
+def _open_session(values: tuple[str, str, str, float], now: float,
+                  db: sqlite3.Connection) -> None:
+    db.execute("DELETE FROM console_sessions WHERE expires_at <= ?", (now,))
+    db.execute(f"INSERT INTO console_sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?)", values)
 
 
 def _prune(before: float, db: sqlite3.Connection) -> int:

@@ -14,7 +14,14 @@ from relay.queue import postgres_events as events
 from relay.queue import postgres_feedback as feedback
 from relay.queue import postgres_webhooks as webhooks
 from relay.queue.apikeys import COLUMNS as KEY_COLUMNS
-from relay.queue.apikeys import ApiKey, key_of, key_values
+from relay.queue.apikeys import (
+    SESSION_COLUMNS,
+    ApiKey,
+    ConsoleSession,
+    key_of,
+    key_values,
+    session_of,
+)
 from relay.queue.base import EVERY_STREAM, ReturnPath, Suppression
 from relay.queue.events import (
     EVENT_COLUMNS,
@@ -182,6 +189,27 @@ class PostgresRecords:
         return count_of(await self._execute(
             f"UPDATE api_keys SET revoked_at = {NOW} WHERE id = $1 AND revoked_at IS NULL",
             key_id)) > 0
+
+    # -- the console's sessions (queue.apikeys) ----------------------------------------
+
+    async def open_console_session(self, id_digest: str, token_digest: str, csrf: str,
+                                   lifetime: float) -> None:
+        async with self._transaction() as connection:
+            await connection.execute(f"DELETE FROM console_sessions WHERE expires_at <= {NOW}")
+            await connection.execute(
+                f"INSERT INTO console_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, "
+                f"{NOW} + $4)", id_digest, token_digest, csrf, lifetime)
+
+    async def console_session(self, id_digest: str) -> ConsoleSession | None:
+        rows = await self._fetch(f"SELECT {SESSION_COLUMNS} FROM console_sessions "
+                                 f"WHERE id = $1 AND expires_at > {NOW}", id_digest)
+        return session_of(rows[0]) if rows else None
+
+    async def close_console_sessions(self, id_digest: str = "", token_digest: str = ""
+                                     ) -> int:
+        return count_of(await self._execute(
+            "DELETE FROM console_sessions WHERE id = $1 OR token = $2", id_digest,
+            token_digest))
 
 
 # Leases still running, by node: a lease past its expiry is anybody's again.

@@ -179,6 +179,16 @@ MIGRATIONS: list[str] = [
         heartbeat_at double precision NOT NULL
     );
     """,
+    # 9: the console's sessions, for every node (queue.apikeys).
+    """
+    CREATE TABLE console_sessions (
+        id text PRIMARY KEY,
+        token text NOT NULL,
+        csrf text NOT NULL,
+        expires_at double precision NOT NULL
+    );
+    CREATE INDEX console_sessions_by_token ON console_sessions (token);
+    """,
 ]
 
 

@@ -421,3 +421,34 @@ def test_a_restarted_node_takes_back_its_own_leases_at_once(
         assert node.stop() == 0
     finally:
         silent.close()
+
+
+def test_a_console_session_holds_on_every_node_and_across_a_restart(
+        make_node: MakeNode, tmp_path: Path) -> None:
+    """Behind a load balancer a request may reach any node: a session opened on one is
+    known to the others, survives a restart, and signing out on one ends it on all."""
+    token = tmp_path / "admin.token"  # one token for the cluster, as a Secret gives it
+    token.write_text("a-shared-admin-token-of-the-cluster\n")
+    nodes = [make_node(name, admin={"token_file": str(token)}).start() for name in "ab"]
+    a, b = (f"http://{config_module.load(n.config).admin.listen}" for n in nodes)
+    signed_in = httpx.post(f"{a}/ui/sign-in", data={"token": token.read_text().strip()},
+                           timeout=30)
+    assert signed_in.status_code == 303
+    cookie = {"relay_console": signed_in.cookies["relay_console"]}
+
+    def status(url: str) -> int:
+        return httpx.get(f"{url}/ui/queue", cookies=cookie, timeout=30).status_code
+
+    assert status(a) == 200 and status(b) == 200  # the other node knows it
+    assert nodes[0].stop() == 0
+    nodes[0].start()
+    assert status(a) == 200  # a restart keeps it
+    page = httpx.get(f"{b}/ui/queue", cookies=cookie, timeout=30).text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert csrf is not None
+    signed_out = httpx.post(f"{b}/ui/sign-out", data={"csrf": csrf.group(1)},
+                            cookies=cookie, timeout=30)
+    assert signed_out.status_code == 303
+    assert status(a) == 303 and status(b) == 303  # ended everywhere: to the sign-in page
+    for node in nodes:
+        assert node.stop() == 0

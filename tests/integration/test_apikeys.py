@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from relay.queue.apikeys import digest_of
 from tests.integration.conftest import RunningRelay, StartRelay
 
 MESSAGE = {"from": "app@sender.test", "to": ["x@example.test"], "text": "hi"}
@@ -106,7 +107,13 @@ async def test_each_scope_reaches_its_routes_only(relay: RunningRelay) -> None:
 
 
 async def test_revoked_unknown_and_rate_limited_keys(relay: RunningRelay) -> None:
-    made = await make_key(relay, ["read"])
+    made = await make_key(relay, ["read"])  # it signs in to the console too
+    async with httpx.AsyncClient(base_url=relay.admin.base_url, timeout=30) as browser:
+        opened = await browser.post("/ui/sign-in", data={"token": made["key"]})
+        assert opened.status_code == 303
+        cookie = opened.cookies["relay_console"]
+    session = await relay.relay.queue.console_session(digest_of(cookie))
+    assert session is not None
     async with relay.http() as admin:
         listed = (await admin.get("/v1/apikeys")).json()["keys"]
         assert [k["id"] for k in listed] == [made["id"]] and "key" not in listed[0]
@@ -120,6 +127,7 @@ async def test_revoked_unknown_and_rate_limited_keys(relay: RunningRelay) -> Non
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "rate_limit"
     async with with_key(relay, made["key"]) as client:
         assert (await client.get("/v1/queue")).status_code == 401  # revoked
+    assert await relay.relay.queue.console_session(digest_of(cookie)) is None  # ended
     async with with_key(relay, made["key"][:-2] + "xx") as client:
         assert (await client.get("/v1/queue")).status_code == 401  # not a key
     limited = await make_key(relay, ["read"], rate_limit="2/1m")

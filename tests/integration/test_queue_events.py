@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import asyncpg
 
-from relay.admin.keys import digest_of, new_key
+from relay.admin.keys import new_key
 from relay.history import HistoryPruner
 from relay.queue import NewMessage, Queue, Selection, State, Tracking, new_queue_id
-from relay.queue.apikeys import ApiScope
+from relay.queue.apikeys import ApiScope, digest_of
 from relay.queue.events import EventFilter, EventType
 from relay.queue.postgres import PostgresQueue
 from relay.queue.webhooks import WebhookEndpoint

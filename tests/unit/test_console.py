@@ -1,25 +1,11 @@
-"""The console's pure parts: sessions, the chart's geometry, the pages' escaping."""
+"""The console's pure parts: the chart's geometry, the pages' escaping (its sessions:
+tests/integration/test_queue_contract.py)."""
 
 from __future__ import annotations
 
 from relay.console.chart import HEIGHT, WIDTH, delivery_chart
 from relay.console.render import page
-from relay.console.sessions import MAX_SESSIONS, Sessions
 from relay.queue.overview import Activity
-
-
-def test_sessions_expire_and_are_bounded() -> None:
-    now = [1000.0]
-    sessions = Sessions(clock=lambda: now[0], lifetime=60)
-    first = sessions.open(b"token")
-    assert sessions.find(first.id) == first and first.checks(first.csrf)
-    assert not first.checks("") and not first.checks(first.csrf + "x")
-    now[0] += 61
-    assert sessions.find(first.id) is None  # expired
-    opened = [sessions.open(b"token") for _ in range(MAX_SESSIONS + 5)]
-    assert sessions.find(opened[0].id) is None and sessions.find(opened[-1].id) is not None
-    sessions.close(opened[-1].id)
-    assert sessions.find(opened[-1].id) is None
 
 
 def test_the_chart_stacks_outcomes_in_their_minute() -> None:
