@@ -38,7 +38,7 @@ from relay.admin.queue_routes import queue_routes
 from relay.admin.send_routes import send_routes
 from relay.admin.webhook_routes import webhook_routes
 from relay.cleanup import Cleanup
-from relay.console import Console, Sessions, console_routes
+from relay.console import Console, Sessions, console_routes, is_console, not_found_page
 from relay.errors import LocalFailure
 from relay.queue import Queue
 from relay.queue.webhooks import WebhookEndpoint
@@ -120,7 +120,10 @@ def _install_error_handlers(app: FastAPI, outage: QueueOutage) -> None:
                             headers={"Retry-After": RETRY_AFTER})
 
     @app.exception_handler(HTTPException)  # ours, FastAPI's and Starlette's (404, 405)
-    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        if (exc.status_code in (404, 405) and request.method == "GET"
+                and is_console(request.url.path)):
+            return not_found_page(request)  # a browser's page, not JSON
         code = exc.code if isinstance(exc, ApiError) else _CODES.get(exc.status_code,
                                                                       "http_error")
         field = exc.field if isinstance(exc, ApiError) else None

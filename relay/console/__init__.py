@@ -13,8 +13,16 @@ with the `read` scope (console.sessions); actions need `admin`.
 - Suppressions: search, add, remove, by stream.
 """
 
-from relay.console.routes import OPEN_PATHS, PREFIX, SIGN_IN, Console, console_routes, is_console
+from relay.console.routes import (
+    OPEN_PATHS,
+    PREFIX,
+    SIGN_IN,
+    Console,
+    console_routes,
+    is_console,
+    not_found_page,
+)
 from relay.console.sessions import COOKIE, Session, Sessions
 
 __all__ = ["COOKIE", "OPEN_PATHS", "PREFIX", "SIGN_IN", "Console", "Session", "Sessions",
-           "console_routes", "is_console"]
+           "console_routes", "is_console", "not_found_page"]

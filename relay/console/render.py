@@ -53,9 +53,14 @@ def _size(size: int) -> str:
 
 
 def _details(data: dict[str, Any]) -> str:
-    """An event's data as `name: value` pairs (escaped by the template like the rest)."""
-    return " · ".join(f"{name}: {value if isinstance(value, str) else json.dumps(value)}"
-                      for name, value in data.items())
+    """An event's data as `name: value` pairs (escaped by the template like the rest); a
+    time (`next_attempt_at`) as a date, as every time on the pages."""
+    def shown(name: str, value: Any) -> str:
+        if name.endswith("_at") and isinstance(value, int | float):
+            return _when(value)
+        return value if isinstance(value, str) else json.dumps(value)
+
+    return " · ".join(f"{name}: {shown(name, value)}" for name, value in data.items())
 
 
 def _environment() -> Environment:

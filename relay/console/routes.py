@@ -24,6 +24,7 @@ from relay.admin.broadcast_routes import check_address, status_events
 from relay.admin.errors import ApiError
 from relay.admin.keys import KeyRing, caller_of
 from relay.console.chart import delivery_chart
+from relay.console.queue_view import WAITING, QueueFilter, rows_of, states_of
 from relay.console.render import SECURITY_HEADERS, page, redirect, static
 from relay.console.sessions import COOKIE, Session, Sessions
 from relay.errors import LocalFailure
@@ -43,7 +44,7 @@ STATIC_FILES = ("console.css", "console.js", "favicon.svg")
 CHART_STEP = 60.0  # seconds per bar: deliveries per minute
 CHART_STEPS = 180  # three hours
 QUEUE_PAGE = 500  # messages listed at most; the filters narrow it down
-WAITING = (State.QUEUED, State.ACTIVE, State.DEFERRED, State.HELD)
+RECIPIENTS_LISTED = 50  # of one message, on its page, until asked for every one
 MAX_HEADERS = 64 * 1024  # bytes of a message's head shown
 ACTIONS = ("flush", "hold", "release", "requeue")  # relayctl's, besides delete
 
@@ -134,18 +135,23 @@ def console_routes(console: Console) -> APIRouter:
     # -- the queue ---------------------------------------------------------------------
 
     @router.get("/queue")
-    async def queue_list(request: Request, state: str = "", domain: str = "",
-                         sender: str = "", age: str = "") -> Response:
-        wanted = {"state": state, "domain": domain.strip(), "sender": sender.strip(),
-                  "age": age.strip()}
-        problem = _filter_problem(state, wanted["age"])
-        messages = [] if problem else await queue.list_messages(
-            state=State(state) if state else None, domain=wanted["domain"] or None,
-            sender=wanted["sender"], limit=QUEUE_PAGE + 1,
-            received_before=time.time() - int(wanted["age"]) * 60 if wanted["age"] else None)
-        return _page(request, "queue.html", messages=messages[:QUEUE_PAGE],
+    async def queue_list(request: Request) -> Response:
+        wanted = QueueFilter.of(request.query_params)
+        messages = [] if wanted.problem else await queue.list_messages(
+            **wanted.query(), limit=QUEUE_PAGE + 1)
+        return _page(request, "queue.html", rows=rows_of(messages[:QUEUE_PAGE], wanted),
                      more=len(messages) > QUEUE_PAGE, wanted=wanted, states=WAITING,
-                     problem=problem, notice=_notice(request))
+                     problem=wanted.problem, notice=_notice(request))
+
+    @router.get("/queue/act")
+    async def confirm_bulk(request: Request, action: str = "") -> Response:
+        """Before a bulk action: how many messages the filter picks, and a question."""
+        wanted = QueueFilter.of(request.query_params)
+        if action not in ACTIONS or wanted.problem:
+            return _page(request, "missing.html", 404, what="No such action, or a filter "
+                         f"that does not parse: {wanted.problem or action[:40]}")
+        count = len(await _picked(queue, wanted))
+        return _page(request, "bulk.html", action=action, wanted=wanted, count=count)
 
     @router.get("/queue/{message_id}")
     async def message_page(request: Request, message_id: str) -> Response:
@@ -161,8 +167,11 @@ def console_routes(console: Console) -> APIRouter:
         headers = None
         if info is not None and caller_of(request).allows(ApiScope.ADMIN):
             headers = await _headers(queue, message_id)
+        everyone = request.query_params.get("all") == "1"
         return _page(request, "message.html", id=message_id, info=info, history=history,
-                     headers=headers, notice=_notice(request))
+                     headers=headers, notice=_notice(request),
+                     shown=10 ** 9 if everyone else RECIPIENTS_LISTED,
+                     states=states_of(info.recipients) if info else [])
 
     # ACTIONS: each one's queue command, and whether it makes mail due (the scheduler wakes).
     actions: dict[str, tuple[Callable[[Selection], Awaitable[int]], bool]] = {
@@ -180,11 +189,18 @@ def console_routes(console: Console) -> APIRouter:
 
     @router.post("/queue")
     async def act_on_many(request: Request) -> Response:
-        """An action for every message with a recipient at `domain`, or every one."""
+        """An action for exactly the messages the posted filter picks (every message
+        without one), as the page that asked said."""
         fields = await _form(request)
-        action, domain = fields.get("action", ""), fields.get("domain", "").strip().lower()
-        count = await apply(action, Selection(domain=domain) if domain else Selection(all=True))
-        return redirect(f"{PREFIX}/queue?domain={quote(domain)}&done={action}&count={count}")
+        wanted = QueueFilter.of(fields)
+        if wanted.problem:
+            raise ApiError(422, "invalid", wanted.problem, "filter")
+        selection = (Selection(all=True) if wanted.empty
+                     else Selection(await _picked(queue, wanted)))
+        count = await apply(fields.get("action", ""), selection)
+        query = wanted.as_query_string()
+        return redirect(f"{PREFIX}/queue?{query}{'&' if query else ''}"
+                        f"done={fields.get('action', '')}&count={count}")
 
     @router.post("/queue/{message_id}/{action}")
     async def act(request: Request, message_id: str, action: str) -> Response:
@@ -301,6 +317,15 @@ def _page(request: Request, template: str, status: int = 200, **context: Any) ->
                 admin=caller.allows(ApiScope.ADMIN), actions=ACTIONS, **context)
 
 
+def not_found_page(request: Request) -> Response:
+    """What a console address that leads nowhere answers: a page with the console's
+    header (to go on from), not the API's JSON."""
+    if getattr(request.state, "caller", None) is None:  # not signed in: nothing to show
+        return page("missing.html", 404, what="There is no such page.")
+    return _page(request, "missing.html", 404,
+                 what=f"There is no page at {request.url.path[:200]}.")
+
+
 def _session(request: Request) -> Session | None:
     """The session the gate found; None for a script with a bearer token."""
     session = getattr(request.state, "session", None)
@@ -340,12 +365,9 @@ def _same_origin(request: Request) -> None:
                        "here", "origin")
 
 
-def _filter_problem(state: str, age: str) -> str:
-    if state and state not in {s.value for s in WAITING}:
-        return f"state: {state[:40]!r} is not one of " + ", ".join(s.value for s in WAITING)
-    if age and not _COUNT.fullmatch(age):
-        return "age: give whole minutes"
-    return ""
+async def _picked(queue: Queue, wanted: QueueFilter) -> list[str]:
+    """The ids of every message the filter picks (not only the page's)."""
+    return [m.id for m in await queue.list_messages(**wanted.query())]
 
 
 def _is_stream(stream: str) -> bool:

@@ -4,6 +4,7 @@ Selenium, against `relayctl serve` with a real DNS server and an SMTP sink."""
 from __future__ import annotations
 
 import os
+import re
 import struct
 import threading
 import time
@@ -141,14 +142,18 @@ def png_pixels(png: bytes) -> bytes:
 
 
 def click(browser: WebDriver, selector: str) -> None:
-    """Click what leads to another page, and wait until the browser shows that page."""
+    """Click what leads to another page, and wait until the browser shows that page,
+    loaded: reading the old one, or the new one half built, would be a race."""
     before = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.CSS_SELECTOR, selector).click()
     WebDriverWait(browser, WAIT).until(staleness_of(before))
+    WebDriverWait(browser, WAIT).until(
+        lambda b: b.execute_script("return document.readyState;") == "complete")
 
 
 def text_of(browser: WebDriver) -> str:
-    return str(browser.find_element(By.TAG_NAME, "body").text)
+    """The page's text, read in one step in the page (no element handle to go stale)."""
+    return str(browser.execute_script("return document.body.innerText;"))
 
 
 def ran_no_script(browser: WebDriver) -> None:
@@ -332,3 +337,75 @@ def test_the_console_is_in_the_package_and_offline() -> None:
     for page in (console / "templates").glob("*.html"):
         text = page.read_text()
         assert "http://" not in text and "https://" not in text, page  # nothing from elsewhere
+
+
+WIDTHS = (1366, 420)  # a laptop, a phone
+# A single word per element that must stay whole: headers, counts, states, buttons.
+_BROKEN_WORDS = """
+const broken = [];
+for (const el of document.querySelectorAll("th, td.n, .state, td[data-count], button")) {
+  const text = el.textContent.trim();
+  if (!text || /\\s/.test(text)) continue;
+  const range = document.createRange();
+  range.selectNodeContents(el);
+  const lines = new Set([...range.getClientRects()].map((r) => Math.round(r.top)));
+  if (lines.size > 1) broken.push(text);
+}
+return broken;
+"""
+
+
+def test_every_page_reads_at_a_laptops_and_a_phones_width(
+        site: Site, signed_in: WebDriver, tmp_path: Path) -> None:
+    """Each page at 1366 and 420 px: nothing wider than the window (wide tables scroll in
+    their own box), no word broken in the middle, dates instead of epochs; screenshots
+    of each are in the test's directory."""
+    browser = signed_in
+    slow = [f"waiting{n}@example.test" for n in range(30)]
+    for address in slow:
+        site.sink.rcpt_replies[address] = "451 4.3.0 a reply long enough to need some room"
+    answer = site.api.post("/v1/messages", json={
+        "from": "app@sender.test", "to": slow, "subject": "many recipients", "text": "hi"})
+    many = answer.json()["id"]
+    site.until(f"/v1/queue/{many}", lambda m: all(r["state"] == "deferred"
+                                                    for r in m["recipients"]))
+    cancelled = site.api.post("/v1/broadcasts", json={
+        "from": "news@sender.test", "subject": "later", "text": "hi",
+        "recipients": [{"email": address} for address in slow[:3]]}).json()["id"]
+    site.api.post(f"/v1/broadcasts/{cancelled}/cancel")
+    pages = {"overview": "/ui/", "queue": "/ui/queue?state=deferred",
+             "message": f"/ui/queue/{many}", "broadcasts": "/ui/broadcasts",
+             "broadcast": f"/ui/queue/{cancelled}", "suppressions": "/ui/suppressions",
+             "bulk": "/ui/queue/act?action=hold&state=deferred", "missing": "/ui/nowhere"}
+    try:
+        for width in WIDTHS:
+            browser.set_window_size(width, 1000)
+            assert browser.execute_script("return window.innerWidth;") <= width
+            for name, path in pages.items():
+                browser.get(f"{site.url}{path}")
+                shoot(browser, tmp_path, f"{name}-{width}")
+                overflow = browser.execute_script(
+                    "const e = document.documentElement; return e.scrollWidth - e.clientWidth;")
+                assert overflow <= 0, f"{name} at {width} px is {overflow} px too wide"
+                assert browser.execute_script(_BROKEN_WORDS) == [], (name, width)
+                assert not re.search(r"\b1[789]\d{8}\.\d+", text_of(browser)), (name, width)
+    finally:
+        browser.set_window_size(1280, 1000)
+    browser.get(f"{site.url}/ui/nowhere")
+    assert "Not found" in text_of(browser) and browser.find_elements(By.LINK_TEXT, "Queue")
+    browser.get_log("browser")  # read, and so emptied: the 404s just asked for
+
+    browser.get(f"{site.url}/ui/broadcasts")
+    row = f"tr[data-broadcast='{cancelled}']"
+    bar = browser.find_element(By.CSS_SELECTOR, f"{row} progress")
+    assert bar.get_attribute("value") == "0"  # nothing sent (the sink defers them all)
+    counts = site.api.get(f"/v1/broadcasts/{cancelled}").json()
+    assert browser.find_element(By.CSS_SELECTOR, f"{row} [data-count=state]"
+                                ).text == counts["state"] == "cancelled"
+    cell = browser.find_element(By.CSS_SELECTOR, f"{row} [data-count=cancelled]")
+    assert cell.text == str(counts["cancelled"])
+    assert browser.find_element(By.CSS_SELECTOR, f"{row} [data-count=rejected]").text == "0"
+    browser.get(f"{site.url}/ui/queue?state=deferred")
+    assert "and 20 more" in text_of(browser)
+    site.api.post("/v1/queue/delete", json={"ids": [many]})
+    ran_no_script(browser)

@@ -121,3 +121,70 @@ async def test_an_action_applies_to_every_message_of_a_domain(
     states = [(await relay.relay.queue.get_message(i)).recipients[0].state  # type: ignore[union-attr]
               for i in ids]
     assert states == [State.HELD, State.HELD, State.DEFERRED]
+
+
+async def test_the_queue_page_shows_what_the_filter_picks_and_acts_on_that_only(
+        start_relay: StartRelay, dns_server: DnsServer,
+        make_sink: Callable[..., Sink]) -> None:
+    """A message of many recipients shows, under a state filter, only its recipients in
+    that state, the first few and a count of the rest; a bulk action says how many
+    messages the filter picks (state, sender and age included), asks, and acts on them
+    alone."""
+    dns_server.add("slow.test", "A", "127.0.0.2")
+    dns_server.add("fast.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    slow = [f"r{n}@slow.test" for n in range(25)]
+    for address in [*slow, "other@slow.test"]:
+        sink.rcpt_replies[address] = "451 4.3.0 later"
+    relay = await start_relay()
+    async with relay.http() as client:
+        many = (await client.post("/v1/messages", json={
+            "from": "app@sender.test", "to": [*slow, "a@fast.test", "b@fast.test"],
+            "subject": "s", "text": "hi"})).json()["id"]
+        other = (await client.post("/v1/messages", json={
+            "from": "shop@shop.test", "to": ["other@slow.test"], "subject": "s",
+            "text": "hi"})).json()["id"]
+        await relay.until_state(other, State.DEFERRED)
+        for _ in range(400):
+            info = await relay.relay.queue.get_message(many)
+            assert info is not None
+            if {r.state for r in info.recipients} == {State.DEFERRED, State.DELIVERED}:
+                break
+            await asyncio.sleep(0.05)
+
+        page = html.unescape((await client.get("/ui/queue?state=deferred&sender=app")).text)
+        assert "27 recipients: 25 deferred, 2 delivered" in page
+        assert page.count('<span class="state deferred">') == 10  # the first ten
+        assert "and 15 more…" in page and "a@fast.test" not in page
+        assert other not in page  # another sender's
+
+        asked = html.unescape((await client.get(
+            "/ui/queue/act?action=hold&state=deferred&sender=app&age=0")).text)
+        assert "Hold 1 message?" in asked
+        said = ("every message with a recipient deferred, a sender containing 'app', "
+                "received over 0 minutes ago: 1 now")
+        assert said in " ".join(asked.split())
+        held = await client.post("/ui/queue", data={
+            "action": "hold", "state": "deferred", "sender": "app", "age": "0"})
+        assert held.headers["location"] == (
+            "/ui/queue?state=deferred&sender=app&age=0&done=hold&count=25")
+        nothing = html.unescape((await client.get(
+            "/ui/queue/act?action=flush&sender=nobody")).text)
+        assert "Flush 0 messages?" in nothing and 'name="action"' not in nothing
+    states = {r.state for r in (await relay.relay.queue.get_message(other)).recipients}  # type: ignore[union-attr]
+    assert states == {State.DEFERRED}  # not picked: left alone
+    held_now = await relay.relay.queue.get_message(many)
+    assert held_now is not None
+    assert sorted({r.state for r in held_now.recipients}) == [State.DELIVERED, State.HELD]
+
+
+async def test_a_console_address_that_leads_nowhere_is_a_page(
+        start_relay: StartRelay) -> None:
+    relay = await start_relay()
+    async with relay.http() as client:
+        for path in ("/ui/nowhere", "/ui/queue/ID/nonsense", "/ui/sign-out"):
+            answer = await client.get(path)
+            assert answer.status_code == 404, path
+            assert answer.headers["content-type"].startswith("text/html"), path
+            assert "<h1>Not found</h1>" in answer.text and 'href="/ui/queue"' in answer.text
+        assert (await client.get("/v1/nowhere")).json()["error"]["code"] == "not_found"

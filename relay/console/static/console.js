@@ -3,7 +3,8 @@
 // Events; every page reads the same without it.
 "use strict";
 
-const COUNTS = ["delivered", "bounced", "deferred", "queued", "cancelled", "suppressed", "total"];
+const COUNTS = ["delivered", "bounced", "deferred", "queued", "cancelled", "suppressed",
+  "rejected", "total"];
 
 function follow(row) {
   const id = row.dataset.broadcast;
@@ -14,12 +15,13 @@ function follow(row) {
       const cell = row.querySelector(`[data-count="${name}"]`);
       if (cell) cell.textContent = String(status[name]);
     }
-    const done = status.delivered + status.bounced + status.cancelled;
-    row.querySelector('[data-count="done"]').textContent = String(done);
+    // Sent: delivered or bounced. What was cancelled was never sent: no progress.
+    const sent = status.delivered + status.bounced;
+    row.querySelector('[data-count="sent"]').textContent = String(sent);
     row.querySelector('[data-count="state"]').textContent = status.state;
     const bar = row.querySelector("progress");
     bar.max = Math.max(status.total, 1);
-    bar.value = done;
+    bar.value = sent;
     row.dataset.state = status.state;
   });
   // The stream ends once nothing is left to send; the browser would reconnect, so stop.
