@@ -34,20 +34,22 @@ class ClientLimits:
 
     async def connection_refused(self, client: str) -> reply.Reply | None:
         """At the greeting: None, or why this connection is refused."""
-        rate = self._limit(client, self.connection_rate)
-        if rate is None or await self.rates.take(f"anvil-connect:{client}", rate):
-            return None
-        log.warning("client=[%s] over its connection rate (%s): 421", client, rate)
-        return reply.CLIENT_CONNECTION_RATE
+        return await self._refused(client, "connection", self.connection_rate,
+                                   reply.CLIENT_CONNECTION_RATE)
 
     async def message_refused(self, client: str) -> reply.Reply | None:
         """At MAIL without AUTH: None, or why this transaction is refused."""
-        rate = self._limit(client, self.message_rate)
-        if rate is None or await self.rates.take(f"anvil-mail:{client}", rate):
-            return None
-        log.warning("client=[%s] over its message rate (%s): 450", client, rate)
-        return reply.CLIENT_MESSAGE_RATE
+        return await self._refused(client, "message", self.message_rate,
+                                   reply.CLIENT_MESSAGE_RATE)
 
-    def _limit(self, client: str, rate: Rate | None) -> Rate | None:
-        """`rate`, or None where no limit applies (none is set, or the client is trusted)."""
-        return None if rate is None or self.access().is_trusted(client) else rate
+    async def _refused(self, client: str, counted: str, rate: Rate | None,
+                       refusal: reply.Reply) -> reply.Reply | None:
+        """None where no limit applies (none is set, or the client is trusted) or the
+        client is within it; else `refusal`, logged."""
+        if rate is None or self.access().is_trusted(client):
+            return None
+        if await self.rates.take(f"anvil-{counted}:{client}", rate):
+            return None
+        log.warning("client=[%s] over its %s rate (%s): %s", client, counted, rate,
+                    refusal.code)
+        return refusal
