@@ -4,7 +4,10 @@ A port that cannot be had is a start-up error, and the operator's next question 
 has it: the answer names the process (its pid and command line), as `ss -ltnp` would.
 It also lets a relay check, once its ingest workers listen, that nobody else joined its
 SO_REUSEPORT group in the moment between its own bind and theirs (two relays started at
-once). Everything here is best effort: where /proc cannot be read, nobody is named.
+once). Everything here is best effort: where /proc cannot be read (the systemd unit's
+ProcSubset=pid hides /proc/net), nobody is named and that second check finds nobody; the
+first line of defence, the main process's bind without SO_REUSEPORT (relay.listeners),
+does not need /proc.
 """
 
 from __future__ import annotations
