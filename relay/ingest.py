@@ -43,7 +43,8 @@ from relay.queue.local import LocalQueue
 from relay.queue.spoolfiles import SpoolFiles
 from relay.ratelimit import SlidingWindow
 from relay.reload import reload
-from relay.smtpd import SessionRegistry, SubmissionHandler
+from relay.smtp_sessions import SessionRegistry
+from relay.submission import SubmissionHandler
 
 log = logging.getLogger("relay.ingest")
 

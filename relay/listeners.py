@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from relay.config import SmtpSection, split_hostport
 from relay.errors import ConfigError, RelayError
 from relay.portholders import who_listens
-from relay.smtpd import RelaySMTP, SessionRegistry, SubmissionHandler
+from relay.smtp_sessions import SessionRegistry
+from relay.smtpd import RelaySMTP
+from relay.submission import SubmissionHandler
 
 
 def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -123,7 +125,8 @@ async def serve_listeners(handler: SubmissionHandler, settings: SmtpSection, hos
 
     def factory(starttls: ssl.SSLContext | None) -> Callable[[], RelaySMTP]:
         return lambda: RelaySMTP(
-            handler, registry, hostname=hostname, ident="relay", tls_context=starttls,
+            handler, registry, handler.auth, handler.clients, hostname=hostname,
+            ident="relay", tls_context=starttls,
             data_size_limit=settings.max_message_size, enable_SMTPUTF8=True,
             auth_require_tls=True,  # AUTH itself: RelaySMTP.smtp_AUTH
             timeout=settings.timeout, loop=loop)

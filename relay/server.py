@@ -51,7 +51,8 @@ from relay.ratelimit import SlidingWindow
 from relay.reload import reload
 from relay.scheduler import Scheduler
 from relay.sdnotify import Notifier
-from relay.smtpd import SessionRegistry, SubmissionHandler
+from relay.smtp_sessions import SessionRegistry
+from relay.submission import SubmissionHandler
 from relay.webhooks import WebhookDispatcher, configured_endpoints
 
 log = logging.getLogger("relay")

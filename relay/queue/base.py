@@ -1,6 +1,6 @@
 """queue.base: the queue interface every backend implements, and its records.
 
-Contract (DESIGN.md, "The queue contract"):
+Contract (docs/architecture.md, "The queue contract"):
 - `store` returns only when the body and the index entry are durable; only then may the
   caller answer 250.
 - Each recipient has its own state (`State`). `claim_due` moves due recipients to `active`

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from relay.smtpd import read_message
+from relay.smtp_data import read_message
 
 
 async def read(chunks: list[bytes], limit: int | None = None,
