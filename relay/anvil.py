@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay import reply
-from relay.config import Rate
 from relay.policy import AccessPolicy
 from relay.ratelimit import RateLimiter
+from relay.units import Rate
 
 log = logging.getLogger("relay.smtpd")
 

@@ -28,9 +28,10 @@ from pydantic import (
 )
 
 from relay.addresses import dkim_key_name_problem
-from relay.config import Rate, describe_validation_error, parse_rate
+from relay.config import describe_validation_error
 from relay.errors import ConfigError
 from relay.passwords import is_valid_hash
+from relay.units import Rate, parse_rate
 
 _M = TypeVar("_M", bound=BaseModel)
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

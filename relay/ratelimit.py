@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from relay.config import Rate
+from relay.units import Rate
 
 SWEEP_AT = 10_000  # keys; a new key beyond them first drops the idle ones
 

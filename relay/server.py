@@ -19,8 +19,6 @@ import socket
 import time
 
 from relay import tuning
-from relay.admin.app import HttpServer, Services, create_app
-from relay.admin.token import load_or_create_token, shared_secret_missing
 from relay.cleanup import Cleanup
 from relay.config import Config
 from relay.delivery import Credentials, DeliveryAgent, NextHops, relayhost_credentials
@@ -51,8 +49,10 @@ from relay.ratelimit import SlidingWindow
 from relay.reload import reload
 from relay.scheduler import Scheduler
 from relay.sdnotify import Notifier
+from relay.secretfiles import load_or_create_token, shared_secret_missing
 from relay.smtp_sessions import SessionRegistry
 from relay.submission import SubmissionHandler
+from relay.webapp import HttpServer, Services, create_app
 from relay.webhooks import WebhookDispatcher, configured_endpoints
 
 log = logging.getLogger("relay")

@@ -1,5 +1,6 @@
-"""admin: the HTTP API. `app` builds it and serves it; the routes live by topic.
+"""admin: the HTTP API's routes, by topic, and what every request passes first (gate,
+keys, outage). relay.webapp builds the app from them and the console.
 
-Nothing is imported here: relayctl needs `admin.token` alone, and FastAPI is a large
-import for a command that only makes one request.
+Nothing is imported here: FastAPI is a large import, and relayctl, a client of the API,
+needs none of it.
 """

@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from relay.admin.errors import ApiError
 from relay.admin.keys import KeyRing, new_key
-from relay.config import parse_rate
 from relay.queue import Queue
 from relay.queue.apikeys import ApiScope
+from relay.units import parse_rate
 
 
 class NewApiKey(BaseModel):

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from relay.config import Rate, parse_rate
 from relay.queue import Queue
 from relay.queue.apikeys import ApiKey, ApiScope, digest_of
+from relay.units import Rate, parse_rate
 
 KEY_PREFIX = "rk_"
 KEY_CACHE_SECONDS = 2.0
@@ -48,7 +48,7 @@ ADMIN = Caller(ADMIN_TOKEN_ID, frozenset({ApiScope.ADMIN}))
 
 
 def caller_of(request: Request) -> Caller:
-    """Who made this request (admin.gate put it there)."""
+    """Who made this request (relay.webgate put it there)."""
     caller = getattr(request.state, "caller", None)
     return caller if isinstance(caller, Caller) else ADMIN
 

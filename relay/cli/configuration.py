@@ -13,15 +13,9 @@ import click
 from pydantic import BaseModel
 
 from relay.cli.support import config_option, load_config, one_line_errors
-from relay.config import (
-    NO_FILE,
-    Config,
-    Rate,
-    format_duration,
-    parse_duration,
-    resolve_paths,
-)
+from relay.config import NO_FILE, Config, resolve_paths
 from relay.errors import RelayError
+from relay.units import Rate, format_duration, parse_duration
 
 MASK = "********"
 

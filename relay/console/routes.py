@@ -1,7 +1,7 @@
 """console.routes: the console's pages and the forms they post, under /ui/.
 
 Reading needs the `read` scope, every action `admin` (admin.keys.required_scope); the gate
-(admin.gate) admits a request by its session cookie or, for scripts, its bearer token.
+(relay.webgate) admits a request by its session cookie or, for scripts, its bearer token.
 Actions are POSTed forms that carry the session's CSRF token and answer with a redirect
 back to the page (post/redirect/get), so they work without JavaScript too.
 """

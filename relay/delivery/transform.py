@@ -17,6 +17,7 @@ import dataclasses
 import json
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
 from relay.broadcast import Template, render
 from relay.cleanup import rfc5322_date
@@ -24,12 +25,22 @@ from relay.delivery.agent import Job
 from relay.delivery.dkim import Signer
 from relay.delivery.pgp import NoKey, encrypt_for
 from relay.errors import LocalFailure
-from relay.feedback.tokens import FeedbackTokens
 from relay.policy import DkimPolicy, PgpPolicy
 from relay.queue import Claimed
 from relay.reply import PGP_KEY_MISSING
 
 TEMPLATE_CACHE = 64  # parsed templates kept: a broadcast is sent one recipient at a time
+
+
+class FeedbackTokens(Protocol):
+    """What the transform needs of the bounce domain's tokens (relay.feedback.tokens makes
+    them): a return path per copy, and a broadcast copy's unsubscribe headers."""
+
+    domain: str
+
+    def return_path(self, message_id: str, recipient: str) -> tuple[str, str]: ...
+
+    def list_unsubscribe(self, message_id: str, recipient: str, stream: str) -> str: ...
 
 
 class BroadcastRenderer:

@@ -8,9 +8,9 @@ carry one-click unsubscribe links served on `[public] listen` (feedback.unsubscr
 
 from __future__ import annotations
 
-from relay.admin.token import load_or_create_token, shared_secret_missing
 from relay.config import Config
 from relay.feedback.tokens import FeedbackTokens
+from relay.secretfiles import load_or_create_token, shared_secret_missing
 
 
 def configured_tokens(config: Config) -> FeedbackTokens | None:

@@ -1,4 +1,4 @@
-"""queue: the durable store. One interface (`Queue`), backends behind it."""
+"""queue: the durable store. One interface (`Queue`, queue.roles), backends behind it."""
 
 from relay.queue.base import (
     MAX_METADATA,
@@ -10,10 +10,8 @@ from relay.queue.base import (
     IdempotentAnswer,
     MessageInfo,
     MessageMeta,
-    MessageStore,
     NewMessage,
     Outcome,
-    Queue,
     QueueStats,
     RecipientInfo,
     Selection,
@@ -24,6 +22,7 @@ from relay.queue.base import (
     domain_of,
     new_queue_id,
 )
+from relay.queue.roles import MessageStore, Queue
 
 __all__ = [
     "MAX_METADATA", "SUMMARY_AGE_BUCKETS", "BroadcastStatus", "Claimed", "DomainShape",

@@ -17,28 +17,14 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
-from enum import StrEnum
 from typing import Any
 
-from relay.queue.base import Outcome, State
+from relay.mailstates import EventType as EventType  # re-exported: events speak it
+from relay.mailstates import State
+from relay.queue.base import Outcome
 
 PRUNE_BATCH = 1000  # rows a pruning transaction removes at most
 MAX_PAGE = 1000  # events one GET /v1/events returns at most
-
-
-class EventType(StrEnum):
-    ACCEPTED = "accepted"
-    DEFERRED = "deferred"
-    DELIVERED = "delivered"
-    BOUNCED = "bounced"
-    SUPPRESSED = "suppressed"  # not sent: the address is on its stream's suppression list
-    CANCELLED = "cancelled"  # a broadcast recipient dropped by its broadcast's cancel
-    HELD = "held"  # by an operator, like the three below
-    RELEASED = "released"
-    REQUEUED = "requeued"  # made due now (flush, requeue)
-    DELETED = "deleted"
-    COMPLAINED = "complained"  # a spam complaint (ARF report) came back (relay.feedback)
-    UNSUBSCRIBED = "unsubscribed"  # one-click unsubscribe (RFC 8058), or its mailto form
 
 
 def outcome_event(outcome: Outcome) -> EventType:

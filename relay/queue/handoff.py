@@ -36,7 +36,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from relay.config import Rate
 from relay.errors import LocalFailure
 from relay.queue.base import NewMessage
 from relay.queue.bodycache import MAX_BODY
@@ -44,6 +43,7 @@ from relay.queue.local import LocalQueue
 from relay.queue.spoolfiles import Envelope, SpoolFiles
 from relay.ratelimit import SlidingWindow
 from relay.trouble import Trouble
+from relay.units import Rate
 
 log = logging.getLogger("relay.queue")
 

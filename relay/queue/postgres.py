@@ -31,7 +31,6 @@ from typing import Any
 
 import asyncpg
 
-from relay.config import Rate
 from relay.errors import LocalFailure, RelayError
 from relay.queue import postgres_broadcasts as broadcasts
 from relay.queue import postgres_events as events
@@ -77,6 +76,7 @@ from relay.queue.postgres_pool import (
 )
 from relay.queue.postgres_records import PostgresRecords
 from relay.queue.postgres_schema import migrate
+from relay.units import Rate
 
 log = logging.getLogger("relay.queue")
 

@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from relay.config import Rate
 from relay.errors import RelayError
 from relay.queue import (
     Claimed,
@@ -25,6 +24,7 @@ from relay.queue import (
 from relay.queue.postgres import PostgresQueue
 from relay.queue.postgres_pool import schema_status
 from relay.queue.postgres_schema import MIGRATIONS
+from relay.units import Rate
 from tests.integration.conftest import QUEUE_LEASE as LEASE
 
 _T = TypeVar("_T")

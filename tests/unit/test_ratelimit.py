@@ -4,8 +4,8 @@ per client address of the internet must not grow without bound)."""
 from __future__ import annotations
 
 from relay import ratelimit
-from relay.config import Rate
 from relay.ratelimit import SlidingWindow
+from relay.units import Rate
 
 
 class Clock:

@@ -1,7 +1,8 @@
-"""admin.token: the bearer token shared by the admin API and relayctl.
+"""secretfiles: the relay's secret files: the admin token shared by the admin API and
+relayctl, and the key of the bounce domain's tokens (relay.feedback).
 
-From `[admin] token_file`, or made at first start as `<queue path>/admin.token` with mode
-0600. It never appears in argv or logs.
+Each is read from the file the configuration names, or made at first start (mode 0600)
+where the relay keeps its own; never in argv or logs.
 """
 
 from __future__ import annotations

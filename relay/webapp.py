@@ -1,4 +1,6 @@
-"""admin.app: the HTTP API (FastAPI on uvicorn, in the relay's event loop).
+"""webapp: the admin listener's app, the admin API (relay.admin) and the operator's
+console (relay.console) in one FastAPI on uvicorn, in the relay's event loop; above both,
+so that neither imports the other's routes.
 
 Every request but `GET /healthz` needs `Authorization: Bearer <token>` (401 otherwise);
 there is no unauthenticated mode. The token comes from `[admin] token_file`, or is made
@@ -29,7 +31,6 @@ from relay import metrics
 from relay.admin.apikey_routes import apikey_routes
 from relay.admin.broadcast_routes import broadcast_routes, openapi_schemas
 from relay.admin.errors import ApiError, error_body, validation_error
-from relay.admin.gate import Gate
 from relay.admin.history_routes import history_routes
 from relay.admin.idempotency import IdempotencyKeys
 from relay.admin.keys import KeyRing
@@ -43,6 +44,7 @@ from relay.errors import LocalFailure
 from relay.queue import Queue
 from relay.queue.webhooks import WebhookEndpoint
 from relay.ratelimit import RateLimiter, SlidingWindow
+from relay.webgate import Gate
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def create_app(services: Services) -> FastAPI:
                   redoc_url=None)
     outage = QueueOutage()
     _install_error_handlers(app, outage)
-    # Who calls, and the body limits, before any route reads a byte (admin.gate).
+    # Who calls, and the body limits, before any route reads a byte (relay.webgate).
     keys = KeyRing(services.queue, services.token)
     sessions = Sessions(services.queue)  # the browser console's (relay.console)
     app.add_middleware(Gate, keys=keys, rates=services.rates,
