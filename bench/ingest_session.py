@@ -107,7 +107,7 @@ class WorkerAlone(Server):
             f'min_free_space = "1MB"\nworkers = 1\n[queue]\npath = "{spool}"\n'
             f'[delivery]\nrelayhost = "[{LOOPBACK}]:9"\ntls = "none"\n')
         sys.path.insert(0, str(REPO))
-        from relay.queue.spoolfiles import SpoolFiles
+        from relay.queue.local.spoolfiles import SpoolFiles
         SpoolFiles(spool).create_dirs()  # the main process's work, done for it
         ours, theirs = socket.socketpair()
         self._handoff = ours

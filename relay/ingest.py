@@ -7,7 +7,7 @@ SO_REUSEPORT, so the kernel spreads connections over them (one shared socket wou
 every worker for every connection); the main process binds the same addresses first,
 without listening, so that a busy port is its error at start. Each worker runs smtpd and
 cleanup, writes message files into the spool and has the main process index them
-(queue.handoff): the main process stays the only writer of the index, and wakes its
+(queue.local.handoff): the main process stays the only writer of the index, and wakes its
 scheduler on every new message. Delivery, the admin API and recovery stay in the main
 process. The main process says it has started only once every worker listens.
 
@@ -38,9 +38,9 @@ from relay.errors import RelayError
 from relay.listeners import ListenSockets, ServerTls, bind_listeners, serve_listeners
 from relay.logsetup import configure_logging, event_loop_runner
 from relay.policy import Policies, load_policies
-from relay.queue.handoff import HandoffStore, WorkerEvents, serve_handoff
 from relay.queue.local import LocalQueue
-from relay.queue.spoolfiles import SpoolFiles
+from relay.queue.local.handoff import HandoffStore, WorkerEvents, serve_handoff
+from relay.queue.local.spoolfiles import SpoolFiles
 from relay.ratelimit import SlidingWindow
 from relay.reload import reload
 from relay.smtp_sessions import SessionRegistry
@@ -55,7 +55,7 @@ SESSION_REPORT_INTERVAL = 2.0
 
 class IngestWorkers:
     """The main process's side: start, supervise, reload and stop the worker processes,
-    and index what they store (queue.handoff)."""
+    and index what they store (queue.local.handoff)."""
 
     def __init__(self, config: Config, queue: LocalQueue, count: int,
                  on_stored: Callable[[], None], on_sessions: Callable[[int, int], None],

@@ -3,7 +3,7 @@
 Counters are bumped where things happen (intake, SMTP session end, delivery outcome);
 queue depth, oldest message and spool space are read from the queue when Prometheus
 scrapes. Ingest worker processes count their SMTP sessions and send the counts to the main
-process (queue.handoff), which owns the registry. Destination domains are a label with
+process (queue.local.handoff), which owns the registry. Destination domains are a label with
 bounded cardinality: the first `DOMAIN_LABELS` domains seen keep their name, every later
 one is counted as "other", so a bulk send to a million domains cannot blow up Prometheus.
 """

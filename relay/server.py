@@ -44,7 +44,7 @@ from relay.policy import Policies, load_policies
 from relay.queue import Queue, QueueStats, State
 from relay.queue.local import LocalQueue
 from relay.queue.postgres import PostgresQueue
-from relay.queue.postgres_pool import database_dsn, where
+from relay.queue.postgres.pool import database_dsn, where
 from relay.ratelimit import SlidingWindow
 from relay.reload import reload
 from relay.scheduler import Scheduler

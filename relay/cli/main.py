@@ -76,8 +76,8 @@ def db_group() -> None:
 def db_status(ctx: click.Context) -> None:
     """Say which schema version the queue database has, and list the nodes by name with
     their last heartbeat (gone: none within a lease)."""
-    from relay.queue.postgres_nodes import nodes_of
-    from relay.queue.postgres_pool import database_dsn, schema_status, where
+    from relay.queue.postgres.nodes import nodes_of
+    from relay.queue.postgres.pool import database_dsn, schema_status, where
 
     config = load_config(ctx)
     if config.queue.backend != "postgres":

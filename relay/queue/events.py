@@ -97,7 +97,7 @@ class EventPage:
     """Events oldest first, and the cursor to ask for the next ones with. The cursor is
     the backend's: a later page never misses an event committed after this one was read
     (for SQLite, whose one writer commits in id order, the last id; for PostgreSQL, whose
-    ids are taken before commit, the transaction and the id, queue.postgres_events)."""
+    ids are taken before commit, the transaction and the id, queue.postgres.events)."""
 
     events: list[Event]
     cursor: str

@@ -1,7 +1,7 @@
 """queue.overview: what an operator's overview reads from the queue, for both backends:
 delivery outcomes per minute (from the events), and which nodes hold leases.
 
-The events table has no index on time (queue.local_events says why), so the first event
+The events table has no index on time (queue.local.events says why), so the first event
 of a time range is found by a binary search over ids, whose order is the order of their
 commits: a chart of the last hours reads those hours' events, not the whole retention.
 """

@@ -26,7 +26,7 @@ import trustme
 
 from relay import config as config_module
 from relay.passwords import hash_password
-from relay.queue.postgres_schema import MIGRATIONS
+from relay.queue.postgres.schema import MIGRATIONS
 from tests.acceptance.test_relayctl import queue_json, smtp_port, until
 from tests.support.client import send_blocking
 from tests.support.dns_server import DnsServer
@@ -368,7 +368,7 @@ def test_kill_9_of_one_node_of_three_under_load(
 
 async def _leased_by(dsn: str, node: str) -> int:
     """How many recipients the node of this name holds leases on (its leases' owner is
-    "name/incarnation", queue.postgres_nodes)."""
+    "name/incarnation", queue.postgres.nodes)."""
     connection = await asyncpg.connect(dsn)
     try:
         return int(await connection.fetchval(

@@ -11,9 +11,9 @@ import pytest
 from relay.errors import LocalFailure
 from relay.policy import Rate
 from relay.queue import NewMessage, State, Tracking, new_queue_id
-from relay.queue.handoff import HandoffStore, WorkerEvents, serve_handoff
 from relay.queue.local import LocalQueue
-from relay.queue.spoolfiles import SpoolFiles
+from relay.queue.local.handoff import HandoffStore, WorkerEvents, serve_handoff
+from relay.queue.local.spoolfiles import SpoolFiles
 from relay.ratelimit import SlidingWindow
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from relay.queue import Claimed, NewMessage, Outcome, Selection, State, new_queue_id
-from relay.queue.groupcommit import GroupCommitter, connect
 from relay.queue.local import LocalQueue
-from relay.queue.spoolfiles import Envelope, SpoolFiles
+from relay.queue.local.groupcommit import GroupCommitter, connect
+from relay.queue.local.spoolfiles import Envelope, SpoolFiles
 
 
 def _insert(value: int, db: sqlite3.Connection) -> None:

@@ -22,8 +22,8 @@ from relay.queue import (
     new_queue_id,
 )
 from relay.queue.postgres import PostgresQueue
-from relay.queue.postgres_pool import schema_status
-from relay.queue.postgres_schema import MIGRATIONS
+from relay.queue.postgres.pool import schema_status
+from relay.queue.postgres.schema import MIGRATIONS
 from relay.units import Rate
 from tests.integration.conftest import QUEUE_LEASE as LEASE
 

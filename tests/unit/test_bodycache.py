@@ -1,8 +1,8 @@
-"""queue.bodycache: new mail's bodies between indexing and first delivery, bounded."""
+"""queue.local.bodycache: new mail's bodies between indexing and first delivery, bounded."""
 
 from __future__ import annotations
 
-from relay.queue.bodycache import BodyCache
+from relay.queue.local.bodycache import BodyCache
 
 
 def test_a_body_is_taken_once_and_the_oldest_go_first() -> None:

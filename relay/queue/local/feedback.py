@@ -1,4 +1,4 @@
-"""queue.local_feedback: the suppression list, by stream, and what mail that comes back
+"""queue.local.feedback: the suppression list, by stream, and what mail that comes back
 later needs (relay.feedback) in the local backend's index: the return paths of delivered
 copies and the late bounces, complaints and unsubscribes themselves.
 
@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from relay.queue.base import EVERY_STREAM, Outcome, State
 from relay.queue.events import PRUNE_BATCH, EventType, Feedback
-from relay.queue.local_events import add_events
+from relay.queue.local.events import add_events
 
 _LOOKUP_CHUNK = 500  # addresses per statement (SQLite binds at most 32766 values)
 

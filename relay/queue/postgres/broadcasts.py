@@ -1,5 +1,5 @@
-"""queue.postgres_broadcasts: broadcasts and the suppression list in the PostgreSQL backend,
-as queue.local_broadcasts keeps them: the template stored once (the message row's body),
+"""queue.postgres.broadcasts: broadcasts and the suppression list in the PostgreSQL backend,
+as queue.local.broadcasts keeps them: the template stored once (the message row's body),
 one recipient row per address, `held` while the upload runs and made due in the one
 transaction that accepts it. Final counts live in the `broadcasts` row, which outlives the
 message. Uploads are per node, so an upload cut short by a dead node is removed only once
@@ -22,8 +22,8 @@ from relay.queue.base import (
     domain_of,
 )
 from relay.queue.events import EventType
-from relay.queue.postgres_events import add_events_of
-from relay.queue.postgres_pool import NOW
+from relay.queue.postgres.events import add_events_of
+from relay.queue.postgres.pool import NOW
 
 log = logging.getLogger("relay.queue")
 

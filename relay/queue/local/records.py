@@ -1,6 +1,6 @@
-"""queue.local_records: what the local backend keeps besides the mail itself, for
-LocalQueue: message histories and events (queue.local_events), webhook endpoints and
-their delivery state (queue.local_webhooks), and the admin API's keys."""
+"""queue.local.records: what the local backend keeps besides the mail itself, for
+LocalQueue: message histories and events (queue.local.events), webhook endpoints and
+their delivery state (queue.local.webhooks), and the admin API's keys."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from relay.queue import local_events, local_feedback, local_webhooks, overview
+from relay.queue import overview
 from relay.queue.apikeys import COLUMNS as KEY_COLUMNS
 from relay.queue.apikeys import (
     SESSION_COLUMNS,
@@ -33,6 +33,9 @@ from relay.queue.events import (
     filter_sql,
     history_of,
 )
+from relay.queue.local import events as local_events
+from relay.queue.local import feedback as local_feedback
+from relay.queue.local import webhooks as local_webhooks
 from relay.queue.overview import Activity, LeaseHolder, NodeInfo
 from relay.queue.webhooks import (
     ENDPOINT_COLUMNS,
@@ -114,7 +117,7 @@ class LocalRecords:
     async def nodes(self) -> list[NodeInfo]:
         return []
 
-    # -- the suppression list, and what comes back later (queue.local_feedback) ---------
+    # -- the suppression list, and what comes back later (queue.local.feedback) ---------
 
     async def suppressions(self, stream: str | None = None) -> list[Suppression]:
         where, params = ("", []) if stream is None else ("WHERE stream = ?", [stream])
@@ -139,7 +142,7 @@ class LocalRecords:
         return bool(await self._write(partial(local_feedback.record, report,
                                               self._clock())))
 
-    # -- webhooks (queue.local_webhooks) -----------------------------------------------
+    # -- webhooks (queue.local.webhooks) -----------------------------------------------
 
     async def webhook_endpoints(self) -> list[WebhookEndpoint]:
         return [endpoint_of(row) for row in await self._read_all(

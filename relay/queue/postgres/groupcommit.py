@@ -1,4 +1,4 @@
-"""queue.postgres_groupcommit: writes committed many to a transaction.
+"""queue.postgres.groupcommit: writes committed many to a transaction.
 
 Each SMTP session waits for its message to be committed before it answers 250, and each
 delivery worker for its outcomes to be recorded. While one transaction is in flight, the
@@ -21,9 +21,9 @@ import asyncpg
 from relay.errors import LocalFailure
 from relay.queue.base import IDEMPOTENCY_WINDOW, Idempotency, NewMessage, domain_of
 from relay.queue.events import EventType
-from relay.queue.postgres_events import add_events, open_histories
-from relay.queue.postgres_notify import NOTIFY
-from relay.queue.postgres_pool import NOW, describe
+from relay.queue.postgres.events import add_events, open_histories
+from relay.queue.postgres.notify import NOTIFY
+from relay.queue.postgres.pool import NOW, describe
 
 MAX_BATCH = 500
 _Write = TypeVar("_Write")

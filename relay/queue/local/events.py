@@ -1,4 +1,4 @@
-"""queue.local_events: events and message history in the local backend's index
+"""queue.local.events: events and message history in the local backend's index
 (queue.events says what they are). Every function here runs in the index writer thread,
 inside the transaction of the state change it records.
 

@@ -1,4 +1,4 @@
-"""queue.groupcommit: the one writer of the SQLite index, committing many requests at once.
+"""queue.local.groupcommit: the one writer of the SQLite index, committing many requests at once.
 
 Many requests come at once (new messages to index, claims, outcomes). One commit (and
 fsync) each would cap throughput, so requests queue here and a single writer thread runs

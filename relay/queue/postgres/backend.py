@@ -15,7 +15,7 @@ Contract (queue.base) across nodes:
 - The hot tables hold only what is queued: a message leaves with its recipients in the
   transaction that makes its last one final (the message row is locked first, so two
   nodes finishing its last two recipients at once cannot both leave it behind).
-Broadcasts and suppressions: queue.postgres_broadcasts.
+Broadcasts and suppressions: queue.postgres.broadcasts.
 """
 
 from __future__ import annotations
@@ -32,9 +32,6 @@ from typing import Any
 import asyncpg
 
 from relay.errors import LocalFailure, RelayError
-from relay.queue import postgres_broadcasts as broadcasts
-from relay.queue import postgres_events as events
-from relay.queue import postgres_feedback as feedback
 from relay.queue.base import (
     DELETABLE,
     FLUSHABLE,
@@ -63,10 +60,11 @@ from relay.queue.base import (
     summary_sql,
 )
 from relay.queue.events import EventType
-from relay.queue.postgres_groupcommit import GroupCommit, message_commits, remember_answer
-from relay.queue.postgres_nodes import NodeLock, incarnation_of
-from relay.queue.postgres_notify import NOTIFY, Listener
-from relay.queue.postgres_pool import (
+from relay.queue.postgres import broadcasts, events, feedback
+from relay.queue.postgres.groupcommit import GroupCommit, message_commits, remember_answer
+from relay.queue.postgres.nodes import NodeLock, incarnation_of
+from relay.queue.postgres.notify import NOTIFY, Listener
+from relay.queue.postgres.pool import (
     CONNECT_TIMEOUT,
     DATABASE_ERRORS,
     NOW,
@@ -74,8 +72,8 @@ from relay.queue.postgres_pool import (
     count_of,
     describe,
 )
-from relay.queue.postgres_records import PostgresRecords
-from relay.queue.postgres_schema import migrate
+from relay.queue.postgres.records import PostgresRecords
+from relay.queue.postgres.schema import migrate
 from relay.units import Rate
 
 log = logging.getLogger("relay.queue")
@@ -159,7 +157,7 @@ class PostgresQueue(PostgresRecords):
         self._records = GroupCommit(self._record_together)
 
     def listen(self, wake: Callable[[], None]) -> None:
-        """Call `wake` when any node makes work due (queue.postgres_notify); nothing with
+        """Call `wake` when any node makes work due (queue.postgres.notify); nothing with
         `notify = false`, where nodes poll."""
         if self._notify and self._listener is None:
             self._listener = Listener(self._dsn, wake)
@@ -448,7 +446,7 @@ class PostgresQueue(PostgresRecords):
             "SELECT id FROM messages WHERE id = ANY($1::text[])", list(message_ids))}
         return [message_id for message_id in message_ids if message_id not in found]
 
-    # -- broadcasts (queue.postgres_broadcasts) -------------------------------------
+    # -- broadcasts (queue.postgres.broadcasts) -------------------------------------
 
     async def open_broadcast(self, broadcast_id: str, mail_from: str, template: bytes,
                              smtputf8: bool, tracking: Tracking = NO_TRACKING) -> None:

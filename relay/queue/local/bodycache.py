@@ -1,4 +1,4 @@
-"""queue.bodycache: new mail's bodies kept in memory from indexing to first delivery.
+"""queue.local.bodycache: new mail's bodies kept in memory from indexing to first delivery.
 
 The process that indexes a message often has its body in hand already (an ingest worker
 sends it along with the index rows, the API stores it itself), and its first delivery

@@ -1,4 +1,4 @@
-"""queue.handoff: how an ingest worker process stores mail into the queue that the main
+"""queue.local.handoff: how an ingest worker process stores mail into the queue that the main
 process owns.
 
 The worker writes the queue file itself (envelope, message and completion mark, fsynced
@@ -11,8 +11,8 @@ so processes never wait on each other's SQLite locks (measured: two writing proc
 slower than one, bench/README.md).
 
 Wire format, one JSON object per line. To index: {"id", "env"}, "env" the queue file's
-envelope (queue.spoolfiles.Envelope, encoded once for both: no reply); with "body": N (a
-message of up to queue.bodycache.MAX_BODY bytes), the message's N bytes follow the line, so
+envelope (queue.local.spoolfiles.Envelope, encoded once for both: no reply); with "body": N (a
+message of up to queue.local.bodycache.MAX_BODY bytes), the message's N bytes follow the line, so
 that its first delivery need not read the file back. A worker
 announces that it listens with {"ready": true} (no reply), and asks for a rate-limit
 slot with {"id", "rate_key", "count", "window"} (reply {"id", "ok"}): the main process
@@ -38,9 +38,9 @@ from typing import Any
 
 from relay.errors import LocalFailure
 from relay.queue.base import NewMessage
-from relay.queue.bodycache import MAX_BODY
 from relay.queue.local import LocalQueue
-from relay.queue.spoolfiles import Envelope, SpoolFiles
+from relay.queue.local.bodycache import MAX_BODY
+from relay.queue.local.spoolfiles import Envelope, SpoolFiles
 from relay.ratelimit import SlidingWindow
 from relay.trouble import Trouble
 from relay.units import Rate

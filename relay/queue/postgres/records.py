@@ -1,6 +1,6 @@
-"""queue.postgres_records: what the cluster backend keeps besides the mail itself, for
-PostgresQueue: message histories and events (queue.postgres_events), webhook endpoints and
-their delivery state (queue.postgres_webhooks), and the admin API's keys."""
+"""queue.postgres.records: what the cluster backend keeps besides the mail itself, for
+PostgresQueue: message histories and events (queue.postgres.events), webhook endpoints and
+their delivery state (queue.postgres.webhooks), and the admin API's keys."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ from typing import Any
 import asyncpg
 
 from relay.queue import overview
-from relay.queue import postgres_events as events
-from relay.queue import postgres_feedback as feedback
-from relay.queue import postgres_webhooks as webhooks
 from relay.queue.apikeys import COLUMNS as KEY_COLUMNS
 from relay.queue.apikeys import (
     SESSION_COLUMNS,
@@ -35,8 +32,9 @@ from relay.queue.events import (
     history_of,
 )
 from relay.queue.overview import Activity, LeaseHolder, NodeInfo, lease_holders_of
-from relay.queue.postgres_nodes import node_list
-from relay.queue.postgres_pool import NOW, count_of
+from relay.queue.postgres import events, feedback, webhooks
+from relay.queue.postgres.nodes import node_list
+from relay.queue.postgres.pool import NOW, count_of
 from relay.queue.webhooks import (
     ENDPOINT_COLUMNS,
     STATE_COLUMNS,
@@ -64,7 +62,7 @@ class PostgresRecords:
     async def _execute(self, sql: str, *params: Any) -> str:
         raise NotImplementedError
 
-    # -- what happened (queue.postgres_events) -----------------------------------------
+    # -- what happened (queue.postgres.events) -----------------------------------------
 
     async def history(self, message_id: str) -> MessageHistory | None:
         async with self._connection() as connection:
@@ -90,7 +88,7 @@ class PostgresRecords:
             return (await events.prune(connection, before)
                     + await feedback.prune_return_paths(connection, before))
 
-    # -- the suppression list, and what comes back later (queue.postgres_feedback) ------
+    # -- the suppression list, and what comes back later (queue.postgres.feedback) ------
 
     async def suppressions(self, stream: str | None = None) -> list[Suppression]:
         where, params = ("", []) if stream is None else ("WHERE stream = $1", [stream])
@@ -135,7 +133,7 @@ class PostgresRecords:
         async with self._connection() as connection:
             return await node_list(connection, self._lease)
 
-    # -- webhooks (queue.postgres_webhooks) --------------------------------------------
+    # -- webhooks (queue.postgres.webhooks) --------------------------------------------
 
     async def webhook_endpoints(self) -> list[WebhookEndpoint]:
         return [endpoint_of(row) for row in await self._fetch(
@@ -213,7 +211,7 @@ class PostgresRecords:
 
 
 # Leases still running, by node: a lease past its expiry is anybody's again.
-# By node name: an owner is "name/incarnation" (queue.postgres_nodes).
+# By node name: an owner is "name/incarnation" (queue.postgres.nodes).
 _LEASE_HOLDERS = f"""
     SELECT split_part(owner, '/', 1) AS node, SUM(recipients), SUM(connections),
         SUM(webhooks) FROM (

@@ -1,4 +1,4 @@
-"""queue.postgres_pool: the PostgreSQL backend's connections: where the database is (the
+"""queue.postgres.pool: the PostgreSQL backend's connections: where the database is (the
 DSN, from a file when given, never logged), and database failures as the relay's one
 failure type, LocalFailure (451 4.3.0 to a client, a retry with a growing delay for the
 scheduler), never a database exception escaping into SMTP or HTTP."""
@@ -13,7 +13,7 @@ import asyncpg
 
 from relay.config import QueueSection
 from relay.errors import ConfigError, LocalFailure
-from relay.queue.postgres_schema import MIGRATIONS, version
+from relay.queue.postgres.schema import MIGRATIONS, version
 
 # Every time in the queue is the database's, in seconds since the epoch (never a node's).
 NOW = "extract(epoch from clock_timestamp())"

@@ -1,4 +1,4 @@
-"""queue.postgres_events: events and message history in the PostgreSQL backend
+"""queue.postgres.events: events and message history in the PostgreSQL backend
 (queue.events says what they are), written in the transaction of each change.
 
 Reading in commit order: an event's id comes from a sequence when it is inserted, so a
@@ -32,7 +32,7 @@ from relay.queue.events import (
     outcome_event,
     tags_json,
 )
-from relay.queue.postgres_pool import NOW
+from relay.queue.postgres.pool import NOW
 
 EventRow = tuple[str, str, str | None]  # message id, recipient, data (JSON)
 

@@ -1,16 +1,16 @@
 """queue.local: the embedded backend, message files under the spool plus a SQLite index.
 
 A new message is durable once its queue file (envelope, message, completion mark) is
-fsynced under its final name (queue.spoolfiles, Postfix's rule); its index rows follow in
+fsynced under its final name (queue.local.spoolfiles, Postfix's rule); its index rows follow in
 the next group commit, and recovery indexes again a complete file the index lacks.
 Every index write goes through one group-committing writer thread; ingest worker
-processes write their files themselves and hand the rows to it (queue.handoff). Operator
+processes write their files themselves and hand the rows to it (queue.local.handoff). Operator
 queries read through a separate aiosqlite connection. Every change of a recipient's state
-writes its event in the transaction that makes it (queue.local_events); histories,
-webhooks and API keys are in queue.local_records.
+writes its event in the transaction that makes it (queue.local.events); histories,
+webhooks and API keys are in queue.local.records.
 
 The index's schema and the recovery that reconciles it with the files at start are in
-queue.local_index. Active recipients are leased (queue.base): for them next_attempt_at is
+queue.local.index. Active recipients are leased (queue.base): for them next_attempt_at is
 the lease's expiry.
 """
 
@@ -30,7 +30,6 @@ from typing import Any, Protocol, TypeVar
 import aiosqlite
 
 from relay.errors import LocalFailure
-from relay.queue import local_broadcasts as broadcasts
 from relay.queue.base import (
     DELETABLE,
     FLUSHABLE,
@@ -61,21 +60,22 @@ from relay.queue.base import (
     messages_with_recipients,
     summary_sql,
 )
-from relay.queue.bodycache import BodyCache
 from relay.queue.events import EventType
-from relay.queue.groupcommit import GroupCommitter
-from relay.queue.local_events import add_events, add_outcome_events
-from relay.queue.local_feedback import keep_return_paths, suppressed_in
-from relay.queue.local_index import open_index, recover
-from relay.queue.local_records import LocalRecords
-from relay.queue.local_sql import (
+from relay.queue.local import broadcasts
+from relay.queue.local.bodycache import BodyCache
+from relay.queue.local.events import add_events, add_outcome_events
+from relay.queue.local.feedback import keep_return_paths, suppressed_in
+from relay.queue.local.groupcommit import GroupCommitter
+from relay.queue.local.index import open_index, recover
+from relay.queue.local.records import LocalRecords
+from relay.queue.local.spoolfiles import Envelope, SpoolFiles, storage_failure
+from relay.queue.local.sql import (
     IDS,
     delete_messages,
     delete_selected,
     finish_messages,
     insert_message,
 )
-from relay.queue.spoolfiles import Envelope, SpoolFiles, storage_failure
 
 log = logging.getLogger("relay.queue")
 
@@ -326,7 +326,7 @@ class LocalQueue(LocalRecords):
             params.append(state.value)
         return domain_shapes(await self._read_all(summary_sql(by, "?", condition), params), by)
 
-    # -- broadcasts (queue.local_broadcasts) ------------------------------------------
+    # -- broadcasts (queue.local.broadcasts) ------------------------------------------
 
     async def open_broadcast(self, broadcast_id: str, mail_from: str, template: bytes,
                              smtputf8: bool, tracking: Tracking = NO_TRACKING) -> None:

@@ -1,12 +1,12 @@
-"""queue.postgres_webhooks: webhook endpoints and delivery state in the PostgreSQL backend
+"""queue.postgres.webhooks: webhook endpoints and delivery state in the PostgreSQL backend
 (queue.webhooks says what they are), shared by every node; leases in the database's
-clock. Their tables: migration 5 (queue.postgres_schema)."""
+clock. Their tables: migration 5 (queue.postgres.schema)."""
 
 from __future__ import annotations
 
 import asyncpg
 
-from relay.queue.postgres_pool import NOW, count_of
+from relay.queue.postgres.pool import NOW, count_of
 from relay.queue.webhooks import (
     ENDPOINT_COLUMNS,
     STATE_COLUMNS,
@@ -28,7 +28,7 @@ async def add_endpoint(connection: asyncpg.Connection, endpoint: WebhookEndpoint
 
 async def start(connection: asyncpg.Connection, endpoint_id: str) -> None:
     """An endpoint's state, if it has none: its events are those that commit after the
-    ones visible now (queue.postgres_events)."""
+    ones visible now (queue.postgres.events)."""
     await connection.execute(
         "INSERT INTO webhook_state (endpoint, cursor) VALUES "
         "($1, pg_snapshot_xmin(pg_current_snapshot())::text || '.0') ON CONFLICT DO NOTHING",

@@ -1,4 +1,4 @@
-"""queue.local_broadcasts: broadcasts and the suppression list in the local backend.
+"""queue.local.broadcasts: broadcasts and the suppression list in the local backend.
 
 A broadcast is stored once: its template is the message file (JSON), `messages` has one
 row for it, and `recipients` one row per recipient with the recipient's fields. While the
@@ -21,8 +21,8 @@ from typing import Any
 
 from relay.queue.base import BROADCAST_STATUS_SELECT, Idempotency, Outcome, Tracking, domain_of
 from relay.queue.events import EventType
-from relay.queue.local_events import add_events, open_history
-from relay.queue.local_sql import IDS, finish_messages, remember_answer
+from relay.queue.local.events import add_events, open_history
+from relay.queue.local.sql import IDS, finish_messages, remember_answer
 
 log = logging.getLogger("relay.queue")
 

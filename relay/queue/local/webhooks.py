@@ -1,4 +1,4 @@
-"""queue.local_webhooks: webhook endpoints and delivery state in the local backend's index
+"""queue.local.webhooks: webhook endpoints and delivery state in the local backend's index
 (queue.webhooks says what they are). The functions run in the index writer thread."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""queue.local_index: the local backend's SQLite index: its schema, opening it, and the
+"""queue.local.index: the local backend's SQLite index: its schema, opening it, and the
 recovery that makes it agree with the message files at start.
 
 Recovery on open: the index is derived from the queue files, so a complete queue file
@@ -18,11 +18,14 @@ import logging
 import sqlite3
 from pathlib import Path
 
-from relay.queue import local_broadcasts as broadcasts
-from relay.queue import local_events, local_feedback, local_records, local_webhooks
-from relay.queue.groupcommit import connect
-from relay.queue.local_sql import delete_messages, insert_message
-from relay.queue.spoolfiles import SpoolFiles
+from relay.queue.local import broadcasts
+from relay.queue.local import events as local_events
+from relay.queue.local import feedback as local_feedback
+from relay.queue.local import records as local_records
+from relay.queue.local import webhooks as local_webhooks
+from relay.queue.local.groupcommit import connect
+from relay.queue.local.spoolfiles import SpoolFiles
+from relay.queue.local.sql import delete_messages, insert_message
 
 log = logging.getLogger("relay.queue")
 

@@ -1,4 +1,4 @@
-"""queue.postgres_notify: new work wakes every node at once (LISTEN/NOTIFY).
+"""queue.postgres.notify: new work wakes every node at once (LISTEN/NOTIFY).
 
 Whatever makes recipients due now (new mail, an accepted broadcast, a flush, a requeue, a
 release) sends a notification on CHANNEL in its own transaction, so it arrives when that
@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from relay.queue.postgres_pool import CONNECT_TIMEOUT, DATABASE_ERRORS
+from relay.queue.postgres.pool import CONNECT_TIMEOUT, DATABASE_ERRORS
 from relay.trouble import Trouble
 
 log = logging.getLogger("relay.queue")

@@ -1,5 +1,5 @@
-"""queue.postgres_feedback: the suppression list, by stream, and what mail that comes back
-later needs (relay.feedback) in the PostgreSQL backend, as queue.local_feedback keeps them:
+"""queue.postgres.feedback: the suppression list, by stream, and what mail that comes back
+later needs (relay.feedback) in the PostgreSQL backend, as queue.local.feedback keeps them:
 the return paths of delivered copies, and the late bounces, complaints and unsubscribes.
 """
 
@@ -11,8 +11,8 @@ import asyncpg
 
 from relay.queue.base import Outcome, State
 from relay.queue.events import PRUNE_BATCH, EventType, Feedback
-from relay.queue.postgres_events import add_events
-from relay.queue.postgres_pool import NOW
+from relay.queue.postgres.events import add_events
+from relay.queue.postgres.pool import NOW
 
 # The reason a claimed recipient's address is suppressed for its message's stream, if it
 # is (in the claim's SELECT: `c` the claimed recipient, `m` its message).

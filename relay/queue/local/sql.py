@@ -1,4 +1,4 @@
-"""queue.local_sql: statements that local.py and local_broadcasts.py share. They run in the
+"""queue.local.sql: statements that local.py and local_broadcasts.py share. They run in the
 index writer thread, inside the group committer's transaction."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 from relay.queue.base import IDEMPOTENCY_WINDOW, WAITING, Idempotency, MessageMeta, domain_of
 from relay.queue.events import EventType
-from relay.queue.local_events import add_events, message_accepted
+from relay.queue.local.events import add_events, message_accepted
 
 IDS = "(SELECT value FROM json_each(?))"  # a JSON list bound as one parameter
 

@@ -1,4 +1,4 @@
-"""queue.postgres_nodes: who the nodes of a cluster are, and what a restarted node takes
+"""queue.postgres.nodes: who the nodes of a cluster are, and what a restarted node takes
 back.
 
 A node has a stable name (`[queue] node`, default the host name: a pod's name on
@@ -29,8 +29,8 @@ import asyncpg
 
 from relay.errors import LocalFailure, RelayError
 from relay.queue.overview import NodeInfo
-from relay.queue.postgres_notify import NOTIFY
-from relay.queue.postgres_pool import (
+from relay.queue.postgres.notify import NOTIFY
+from relay.queue.postgres.pool import (
     CONNECT_TIMEOUT,
     DATABASE_ERRORS,
     NOW,

@@ -1,4 +1,4 @@
-"""queue.postgres_schema: the PostgreSQL backend's tables, created and migrated at start.
+"""queue.postgres.schema: the PostgreSQL backend's tables, created and migrated at start.
 
 Migrations are numbered and applied in order, each in the transaction that records it in
 `relay_migrations`, under one advisory lock: nodes that start together wait for each other
@@ -94,7 +94,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX rate_events_by_key ON rate_events (key, at);
     """,
     # 4: what happened (queue.events): every recipient's events (an outbox, written in the
-    # transaction of the change; `tx` orders them by commit, queue.postgres_events) and
+    # transaction of the change; `tx` orders them by commit, queue.postgres.events) and
     # each message's history, kept after it left the queue.
     """
     CREATE TABLE history (
@@ -170,7 +170,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX return_paths_by_age ON return_paths (at);
     """,
-    # 8: nodes by their stable names, with their heartbeats (queue.postgres_nodes).
+    # 8: nodes by their stable names, with their heartbeats (queue.postgres.nodes).
     """
     CREATE TABLE nodes (
         name text PRIMARY KEY,

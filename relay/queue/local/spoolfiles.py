@@ -1,4 +1,4 @@
-"""queue.spoolfiles: the local backend's queue files, Postfix's rule.
+"""queue.local.spoolfiles: the local backend's queue files, Postfix's rule.
 
 A queue file holds everything the relay acknowledged: a first line naming the format, the
 envelope as one JSON line (sender, recipients, size, SMTPUTF8, arrival time), the message
@@ -57,7 +57,7 @@ class Envelope:
     @functools.cached_property
     def json(self) -> bytes:
         """The fields as one JSON object: the queue file's envelope line, and what an ingest
-        worker sends the owner to index (queue.handoff), encoded once for both."""
+        worker sends the owner to index (queue.local.handoff), encoded once for both."""
         fields = {"from": self.mail_from, "rcpts": list(self.recipients), "size": self.size,
                   "utf8": self.smtputf8, "at": self.received_at, **self.tracking.fields()}
         if self.broadcast:
