@@ -27,6 +27,13 @@ PRUNE_BATCH = 1000  # rows a pruning transaction removes at most
 MAX_PAGE = 1000  # events one GET /v1/events returns at most
 
 
+# Whether a copy's feedback of a kind was recorded already (message, recipient, type):
+# a report taken in again after a crash, before its own outcome was committed, is the
+# same report. Both dialects, their placeholders filled in.
+FEEDBACK_SEEN = ("SELECT 1 FROM events WHERE message_id = {} AND recipient = {} "
+                 "AND type = {} LIMIT 1")
+
+
 def outcome_event(outcome: Outcome) -> EventType:
     if outcome.suppressed:
         return EventType.SUPPRESSED

@@ -80,10 +80,18 @@ async def test_a_delivered_copy_keeps_its_return_path_and_feedback_is_recorded(
     late = Feedback(EventType.BOUNCED, sent.id, "ann@example.test",
                     {"reply": "550 5.1.1 gone", "late": True}, "*", "bounced later")
     assert await queue.record_feedback(late)
+    # The same report taken in again (its message delivered twice: at least once, a
+    # crash before its outcome was committed) is one event, whatever its kind.
+    complaint = Feedback(EventType.COMPLAINED, sent.id, "ann@example.test",
+                         {"feedback_type": "abuse"}, "newsletter", "complaint")
+    await queue.record_feedback(complaint)
+    await queue.record_feedback(complaint)
+    assert not await queue.record_feedback(late)
     events = (await queue.events(EventFilter(message_id=sent.id,
                                              recipient="ann@example.test"))).events
     assert [e.type for e in events] == [EventType.ACCEPTED, EventType.DELIVERED,
-                                        EventType.UNSUBSCRIBED, EventType.BOUNCED]
+                                        EventType.UNSUBSCRIBED, EventType.BOUNCED,
+                                        EventType.COMPLAINED]
     assert {(s.address, s.stream) for s in await queue.suppressions()} == {
         ("ann@example.test", "newsletter"), ("ann@example.test", "*")}
 

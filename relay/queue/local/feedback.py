@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Iterable
 
 from relay.queue.base import EVERY_STREAM, Outcome, State
-from relay.queue.events import PRUNE_BATCH, EventType, Feedback
+from relay.queue.events import FEEDBACK_SEEN, PRUNE_BATCH, EventType, Feedback
 from relay.queue.local.events import add_events
 
 _LOOKUP_CHUNK = 500  # addresses per statement (SQLite binds at most 32766 values)
@@ -105,8 +105,11 @@ def record(feedback: Feedback, now: float, db: sqlite3.Connection) -> bool:
     if feedback.suppress_in is not None:
         added = suppress(feedback.recipient, feedback.reason, feedback.suppress_in, now, db)
     # An event only while the message's history is kept: pruning removes events with it.
+    # One of each kind per copy: the report's own message is delivered at least once.
     if (added or feedback.kind is not EventType.UNSUBSCRIBED) and db.execute(
-            "SELECT 1 FROM history WHERE message_id = ?", (feedback.message_id,)).fetchone():
+            "SELECT 1 FROM history WHERE message_id = ?", (feedback.message_id,)).fetchone() \
+            and not db.execute(FEEDBACK_SEEN.format("?", "?", "?"), (
+                feedback.message_id, feedback.recipient, feedback.kind.value)).fetchone():
         add_events(db, feedback.kind, now,
                    [(feedback.message_id, feedback.recipient, feedback.data_json)])
     return added

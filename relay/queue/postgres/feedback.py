@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import asyncpg
 
 from relay.queue.base import Outcome, State
-from relay.queue.events import PRUNE_BATCH, EventType, Feedback
+from relay.queue.events import FEEDBACK_SEEN, PRUNE_BATCH, EventType, Feedback
 from relay.queue.postgres.events import add_events
 from relay.queue.postgres.pool import NOW
 
@@ -49,8 +49,12 @@ async def record(connection: asyncpg.Connection, feedback: Feedback) -> bool:
         added = await suppress(connection, feedback.recipient, feedback.reason,
                                feedback.suppress_in)
     # An event only while the message's history is kept: pruning removes events with it.
+    # One of each kind per copy: the report's own message is delivered at least once.
     if (added or feedback.kind is not EventType.UNSUBSCRIBED) and await connection.fetchval(
-            "SELECT 1 FROM history WHERE message_id = $1", feedback.message_id):
+            "SELECT 1 FROM history WHERE message_id = $1", feedback.message_id) \
+            and not await connection.fetchval(FEEDBACK_SEEN.format("$1", "$2", "$3"),
+                                              feedback.message_id, feedback.recipient,
+                                              feedback.kind.value):
         await add_events(connection, feedback.kind,
                          [(feedback.message_id, feedback.recipient, feedback.data_json)])
     return added
