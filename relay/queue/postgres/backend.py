@@ -25,7 +25,6 @@ import logging
 import secrets
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,6 +60,7 @@ from relay.queue.base import (
 )
 from relay.queue.events import EventType
 from relay.queue.postgres import broadcasts, events, feedback
+from relay.queue.postgres.finish import finish_messages
 from relay.queue.postgres.groupcommit import GroupCommit, message_commits, remember_answer
 from relay.queue.postgres.nodes import NodeLock, incarnation_of
 from relay.queue.postgres.notify import NOTIFY, Listener
@@ -72,9 +72,10 @@ from relay.queue.postgres.pool import (
     count_of,
     describe,
 )
+from relay.queue.postgres.prefetched import PrefetchedBodies
+from relay.queue.postgres.ratelimits import PostgresRateLimits
 from relay.queue.postgres.records import PostgresRecords
 from relay.queue.postgres.schema import migrate
-from relay.units import Rate
 
 log = logging.getLogger("relay.queue")
 
@@ -85,34 +86,7 @@ _CLAIMABLE = "state IN ('queued', 'deferred', 'active')"
 POOL_CLOSE_TIMEOUT = 10.0  # seconds
 
 
-class BodyCache:
-    """Message bodies by id, the oldest dropped beyond `capacity` bytes."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._size = 0
-        self._bodies: OrderedDict[str, bytes] = OrderedDict()
-
-    def keep(self, message_id: str, body: bytes) -> None:
-        if message_id in self._bodies:
-            self._bodies.move_to_end(message_id)
-            return
-        self._bodies[message_id] = body
-        self._size += len(body)
-        while self._size > self._capacity and self._bodies:
-            self._size -= len(self._bodies.popitem(last=False)[1])
-
-    def get(self, message_id: str) -> bytes | None:
-        return self._bodies.get(message_id)
-
-    def forget(self, message_ids: list[str]) -> None:
-        for message_id in message_ids:
-            body = self._bodies.pop(message_id, None)
-            if body is not None:
-                self._size -= len(body)
-
-
-class PostgresQueue(PostgresRecords):
+class PostgresQueue(PostgresRateLimits, PostgresRecords):
     """Queue backend for a cluster: every table in one PostgreSQL database."""
 
     def __init__(self, dsn: str, lease: float = DEFAULT_LEASE, node: str | None = None,
@@ -130,7 +104,7 @@ class PostgresQueue(PostgresRecords):
         self._records: GroupCommit[Sequence[Outcome]] | None = None
         self._slots: set[str] = set()  # tokens of the destination slots this node holds
         # Bodies of small messages come with their claim: no query per message to read it.
-        self._bodies = BodyCache(PREFETCH_BYTES)
+        self._bodies = PrefetchedBodies(PREFETCH_BYTES)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -311,25 +285,8 @@ class PostgresQueue(PostgresRecords):
             ids = {r[0] for r in applied}
             await broadcasts.record([o for o in outcomes if o.broadcast and o.recipient_id in
                                      ids], connection)
-            finished = await _finish_messages(connection, sorted({r[1] for r in applied}))
+            finished = await finish_messages(connection, sorted({r[1] for r in applied}))
         self._bodies.forget(finished)
-
-    # -- limits for the whole cluster (relay.ratelimit.RateLimiter) --------------------
-
-    async def take(self, key: str, rate: Rate) -> bool:
-        """Count one event for `key` if `rate` allows it, for every node at once (the key
-        is locked for the transaction: two nodes cannot both take the last one)."""
-        async with self._transaction() as connection:
-            await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", key)
-            if not await _rate_allows(connection, key, rate):
-                return False
-            await connection.execute(f"INSERT INTO rate_events (key, at) VALUES ($1, {NOW})",
-                                     key)
-            return True
-
-    async def peek(self, key: str, rate: Rate) -> bool:
-        async with self._connection() as connection:
-            return await _rate_allows(connection, key, rate)
 
     # -- operator commands -----------------------------------------------------------
 
@@ -469,7 +426,7 @@ class PostgresQueue(PostgresRecords):
             await connection.execute(NOTIFY)
             if idempotency is not None:
                 await remember_answer(connection, [(idempotency, answer)])
-            await _finish_messages(connection, [broadcast_id])
+            await finish_messages(connection, [broadcast_id])
 
     async def abandon_broadcast(self, broadcast_id: str) -> None:
         async with self._transaction() as connection:
@@ -488,7 +445,7 @@ class PostgresQueue(PostgresRecords):
         async with self._transaction() as connection:
             if not await broadcasts.cancel(connection, broadcast_id):
                 return None
-            await _finish_messages(connection, [broadcast_id])
+            await finish_messages(connection, [broadcast_id])
         return await self.broadcast_status(broadcast_id)
 
     # -- plumbing --------------------------------------------------------------------
@@ -518,37 +475,6 @@ class PostgresQueue(PostgresRecords):
     async def _execute(self, sql: str, *params: Any) -> str:
         async with self._connection() as connection:
             return str(await connection.execute(sql, *params))
-
-
-async def _rate_allows(connection: asyncpg.Connection, key: str, rate: Rate) -> bool:
-    """Events of `key` older than the window go; whether one more fits in it."""
-    await connection.execute(f"DELETE FROM rate_events WHERE key = $1 AND at <= {NOW} - $2",
-                             key, rate.window)
-    recent = await connection.fetchval("SELECT COUNT(*) FROM rate_events WHERE key = $1", key)
-    return int(recent) < rate.count
-
-
-async def _finish_messages(connection: asyncpg.Connection,
-                           message_ids: list[str]) -> list[str]:
-    """Those of `message_ids` whose recipients are all final leave the queue (a broadcast
-    keeps its counts and gets its finish time). The rows are locked first, in order: of
-    two nodes finishing a message's last recipients at once, the second sees the first's
-    commit."""
-    if not message_ids:
-        return []
-    await connection.execute("SELECT id FROM messages WHERE id = ANY($1::text[]) ORDER BY id "
-                             "FOR UPDATE", message_ids)
-    finished = [r[0] for r in await connection.fetch(
-        "DELETE FROM messages m WHERE m.id = ANY($1::text[]) AND NOT EXISTS ("
-        "SELECT 1 FROM recipients r WHERE r.message_id = m.id "
-        "AND r.state NOT IN ('delivered', 'bounced')) AND m.id NOT IN "
-        "(SELECT id FROM broadcasts WHERE state = 'receiving') RETURNING m.id", message_ids)]
-    if finished:
-        await connection.execute(f"UPDATE broadcasts SET finished_at = {NOW} "
-                                 "WHERE id = ANY($1::text[]) AND finished_at IS NULL",
-                                 finished)
-        await events.finish_history(connection, finished)
-    return finished
 
 
 def _selection_sql(selection: Selection, first: int) -> tuple[str | None, list[Any]]:
