@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from relay.cleanup import inspect
+from relay.cleanup import inspect_message
 
 MAILER_DAEMON = "MAILER-DAEMON"
 
@@ -50,7 +50,7 @@ def build_dsn(hostname: str, queue_id: str, sender: str, received_at: float,
         _part("text/plain; charset=us-ascii", _human_text(hostname, failed)),
         _part("message/delivery-status", _status_fields(hostname, queue_id, received_at,
                                                         failed, now)),
-        _part("text/rfc822-headers", original[:inspect(original).header_end], raw=True),
+        _part("text/rfc822-headers", original[:inspect_message(original).header_end], raw=True),
     ]
     # The CRLF before each delimiter belongs to the delimiter (RFC 2046 section 5.1.1).
     body = b"".join(f"--{boundary}\r\n".encode() + part + b"\r\n" for part in parts)

@@ -71,7 +71,7 @@ class Inspected:
         return tuple(address for _, address in pairs if address)
 
 
-def inspect(data: bytes) -> Inspected:
+def inspect_message(data: bytes) -> Inspected:
     """Check that `data` can be a message and find what cleanup needs; raise Rejected."""
     if b"\0" in data:
         raise Rejected(malformed("message contains NUL bytes"))
@@ -215,7 +215,7 @@ class Cleanup:
                      tracking: Tracking = NO_TRACKING) -> str:
         """Store the finished message durably and return its queue id; raise Rejected.
         `tracking` is what the API says of the message for its history."""
-        inspected = inspected or inspect(data)
+        inspected = inspected or inspect_message(data)
         tracking = application_tracking(inspected, tracking)
         queue_id = new_queue_id()
         now = self._clock()

@@ -24,7 +24,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from relay import reply
 from relay.addresses import address_problem
 from relay.anvil import ClientLimits
-from relay.cleanup import Cleanup, Origin, inspect
+from relay.cleanup import Cleanup, Origin, inspect_message
 from relay.config import SmtpSection
 from relay.errors import LocalFailure, Rejected
 from relay.policy import AccessPolicy, User
@@ -108,7 +108,7 @@ class SubmissionHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         data = envelope.original_content or b""
         try:
-            inspected = inspect(data)
+            inspected = inspect_message(data)
             user = self._user(session)
             if user is not None and not all(map(user.may_send_as, inspected.from_addresses)):
                 raise Rejected(reply.SENDER_NOT_ALLOWED)

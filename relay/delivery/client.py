@@ -23,7 +23,7 @@ from relay import reply
 from relay.addresses import address_problem
 from relay.config import DeliverySection, TlsMode
 from relay.delivery.mx import Hop
-from relay.delivery.pipeline import ReplyReader
+from relay.delivery.pipelining import ReplyReader
 from relay.errors import ConfigError, DeliveryError, Scope
 from relay.reply import Reply
 

@@ -1,4 +1,4 @@
-"""delivery.pipeline: reading SMTP replies to pipelined commands (RFC 2920).
+"""delivery.pipelining: reading SMTP replies to pipelined commands (RFC 2920).
 
 aiosmtplib waits for each reply before it sends the next command, one await and one write
 per command, and cannot do otherwise (its protocol keeps a single pending reply). When the
