@@ -76,18 +76,18 @@ def db_group() -> None:
 def db_status(ctx: click.Context) -> None:
     """Say which schema version the queue database has, and list the nodes by name with
     their last heartbeat (gone: none within a lease)."""
-    from relay.queue.postgres.nodes import nodes_of
-    from relay.queue.postgres.pool import database_dsn, schema_status, where
+    from relay.queue.postgres.nodes import cluster_status
+    from relay.queue.postgres.pool import database_dsn, where
 
     config = load_config(ctx)
     if config.queue.backend != "postgres":
         raise RelayError("db status: [queue] backend is local: there is no database")
     dsn = database_dsn(config.queue)
-    current, newest = asyncio.run(schema_status(dsn))
+    current, newest, nodes = asyncio.run(cluster_status(dsn, config.queue.lease))
     state = ("up to date" if current == newest else
              f"{newest - current} migrations to apply (a starting relay applies them)")
     click.echo(f"{where(dsn)}: schema version {current} of {newest}, {state}")
-    for node in asyncio.run(nodes_of(dsn, config.queue.lease)):
+    for node in nodes:
         click.echo(f"node {node.name}: {'gone' if node.gone else 'running'}, last heartbeat "
                    f"{date_of(node.heartbeat_at)}, started {date_of(node.started_at)}")
 

@@ -94,8 +94,9 @@ class FeedbackIntake:
             return self._dropped(queue_id, address, f"unreadable ({exc!r})")
         if report.kind == "none":
             return self._dropped(queue_id, address, f"no bounce or complaint ({report.source})")
-        copy = await self._copy_of(local, body)
-        if copy is None and not last_try and await self._still_sending(local, body):
+        tokens = self._tokens_in(local, body)
+        copy = await self._copy_of(tokens, body)
+        if copy is None and not last_try and await self._still_sending(tokens):
             # A report can overtake the outcome it is about: the copy's return path is
             # stored with it. The message keeps its place and is matched again later.
             log.info("%s: to=<%s>, feedback=%s about a delivery not recorded yet: "
@@ -118,19 +119,19 @@ class FeedbackIntake:
         tokens += [m.decode().lower() for m in self._return_path.findall(body)]
         return list(dict.fromkeys(tokens))[:MAX_TOKENS]
 
-    async def _still_sending(self, local: str, body: bytes) -> bool:
+    async def _still_sending(self, tokens: list[str]) -> bool:
         """Whether a message a token names (its id is the token's first part) is still in
         the queue: its copies' outcomes, and their return paths, are yet to come."""
-        for token in self._tokens_in(local, body):
+        for token in tokens:
             message_id = token.rpartition("-")[0].upper()
             if message_id and await self._queue.get_message(message_id) is not None:
                 return True
         return False
 
-    async def _copy_of(self, local: str, body: bytes) -> Copy | None:
+    async def _copy_of(self, tokens: list[str], body: bytes) -> Copy | None:
         """The copy a report is about: by the return path it came back to, else by the
         relay's tokens in the message it returns."""
-        for token in self._tokens_in(local, body):
+        for token in tokens:
             path = await self._queue.return_path(token)
             if path is not None:
                 return Copy(path.message_id, path.recipient, path.stream)

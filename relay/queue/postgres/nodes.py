@@ -27,17 +27,11 @@ import secrets
 
 import asyncpg
 
-from relay.errors import LocalFailure, RelayError
+from relay.errors import RelayError
 from relay.queue.overview import NodeInfo
 from relay.queue.postgres.notify import NOTIFY
-from relay.queue.postgres.pool import (
-    CONNECT_TIMEOUT,
-    DATABASE_ERRORS,
-    NOW,
-    count_of,
-    describe,
-    where,
-)
+from relay.queue.postgres.pool import CONNECT_TIMEOUT, DATABASE_ERRORS, NOW, connected, count_of
+from relay.queue.postgres.schema import MIGRATIONS, version
 from relay.trouble import Trouble
 
 log = logging.getLogger("relay.queue")
@@ -143,16 +137,11 @@ async def node_list(connection: asyncpg.Connection, lease: float) -> list[NodeIn
     return [NodeInfo(*row) for row in rows]
 
 
-async def nodes_of(dsn: str, lease: float) -> list[NodeInfo]:
-    """node_list on a connection of its own (relayctl db status); none before the schema
-    has its nodes table."""
-    try:
-        connection = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
-    except DATABASE_ERRORS as exc:
-        raise LocalFailure(f"queue database {where(dsn)}: {describe(exc)}") from exc
-    try:
-        if not await connection.fetchval("SELECT to_regclass('nodes') IS NOT NULL"):
-            return []
-        return await node_list(connection, lease)
-    finally:
-        await connection.close()
+async def cluster_status(dsn: str, lease: float) -> tuple[int, int, list[NodeInfo]]:
+    """relayctl db status, on one connection: the version the database has, the newest
+    this relay knows, and the nodes (none before the schema has their table)."""
+    async with connected(dsn) as connection:
+        current = await version(connection)
+        has_nodes = await connection.fetchval("SELECT to_regclass('nodes') IS NOT NULL")
+        return (current, len(MIGRATIONS),
+                await node_list(connection, lease) if has_nodes else [])

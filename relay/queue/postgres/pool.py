@@ -5,6 +5,8 @@ scheduler), never a database exception escaping into SMTP or HTTP."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -84,14 +86,22 @@ def where(dsn: str) -> str:
     return f"{host}:{parts.port or 5432}{parts.path or ''}"
 
 
-async def schema_status(dsn: str) -> tuple[int, int]:
-    """(the version the database has, the newest this relay knows)."""
+@contextlib.asynccontextmanager
+async def connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of its own, outside any pool (relayctl's look at the database);
+    LocalFailure naming the database when it cannot be had."""
     try:
         connection = await asyncpg.connect(dsn, timeout=10)
     except DATABASE_ERRORS as exc:
         raise LocalFailure(f"queue database {where(dsn)}: {describe(exc)}") from exc
     try:
-        return await version(connection), len(MIGRATIONS)
+        yield connection
     finally:
         await connection.close()
+
+
+async def schema_status(dsn: str) -> tuple[int, int]:
+    """(the version the database has, the newest this relay knows)."""
+    async with connected(dsn) as connection:
+        return await version(connection), len(MIGRATIONS)
 
