@@ -35,9 +35,9 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from relay.errors import ConfigError
-from relay.mailstates import EventType
-from relay.units import (
+from relay.core.errors import ConfigError
+from relay.core.mailstates import EventType
+from relay.core.units import (
     Rate,
     parse_duration,
     parse_rate,
@@ -127,7 +127,7 @@ class SmtpSection(_Section):
     auth_failure_delay: Duration = parse_duration("1s")
     max_auth_failures: int = Field(3, ge=1)
     auth_failure_limit: RateLimit = Rate(10, 600.0)
-    # Clients outside trusted_networks (relay.anvil): connections per window (beyond:
+    # Clients outside trusted_networks (relay.smtp.anvil): connections per window (beyond:
     # 421 4.7.0) and mail transactions without AUTH (beyond: 450 4.7.1); "" for none.
     client_connection_rate: OptionalRate = Rate(60, 60.0)
     client_message_rate: OptionalRate = Rate(300, 60.0)

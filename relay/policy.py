@@ -27,11 +27,11 @@ from pydantic import (
     model_validator,
 )
 
-from relay.addresses import dkim_key_name_problem
 from relay.config import describe_validation_error
-from relay.errors import ConfigError
+from relay.core.addresses import dkim_key_name_problem
+from relay.core.errors import ConfigError
+from relay.core.units import Rate, parse_rate
 from relay.passwords import is_valid_hash
-from relay.units import Rate, parse_rate
 
 _M = TypeVar("_M", bound=BaseModel)
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

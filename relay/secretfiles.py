@@ -11,7 +11,7 @@ import os
 import secrets
 from pathlib import Path
 
-from relay.errors import ConfigError
+from relay.core.errors import ConfigError
 
 MADE_AT_START = "the relay makes it at its first start (is it running with this configuration?)"
 

@@ -2,10 +2,10 @@
 start-up, shutdown and signals.
 
 Start order: policies, queue (with recovery), admin token, delivery, SMTP listeners,
-admin API, scheduler; then systemd hears READY=1 (relay.sdnotify). SIGTERM/SIGINT stop
+admin API, scheduler; then systemd hears READY=1 (relay.runtime.sdnotify). SIGTERM/SIGINT stop
 gracefully: STOPPING=1, listeners close, SMTP sessions get `shutdown_timeout` to finish,
 deliveries in hand finish (or stay queued), then the queue closes. SIGHUP reloads the
-policies and the TLS certificate (relay.reload); a broken file keeps the old ones.
+policies and the TLS certificate (relay.smtp.reload); a broken file keeps the old ones.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import signal
 import socket
 import time
 
-from relay import tuning
-from relay.cleanup import Cleanup
+from relay.cleanup.cleanup import Cleanup
 from relay.config import Config
+from relay.core.ratelimit import SlidingWindow
 from relay.delivery import Credentials, DeliveryAgent, NextHops, relayhost_credentials
 from relay.delivery.mta_sts import StrictTransport
 from relay.delivery.transform import Transform
@@ -28,9 +28,21 @@ from relay.feedback import configured_tokens
 from relay.feedback.intake import FeedbackIntake
 from relay.feedback.tokens import FeedbackTokens
 from relay.feedback.unsubscribe import create_public_app
-from relay.history import HistoryPruner
-from relay.ingest import IngestWorkers
-from relay.listeners import (
+from relay.notify.pruner import HistoryPruner
+from relay.notify.webhooks import WebhookDispatcher, configured_endpoints
+from relay.outcomes.recorder import OutcomeRecorder
+from relay.policy import Policies, load_policies
+from relay.queue import Queue, QueueStats, State
+from relay.queue.local import LocalQueue
+from relay.queue.postgres import PostgresQueue
+from relay.queue.postgres.pool import database_dsn, where
+from relay.runtime import tuning
+from relay.runtime.metrics import Metrics
+from relay.runtime.sdnotify import Notifier
+from relay.scheduler.scheduler import Scheduler
+from relay.secretfiles import load_or_create_token, shared_secret_missing
+from relay.smtp.ingest import IngestWorkers
+from relay.smtp.listeners import (
     ListenSockets,
     ServerTls,
     bind_listeners,
@@ -38,22 +50,10 @@ from relay.listeners import (
     check_alone,
     serve_listeners,
 )
-from relay.metrics import Metrics
-from relay.outcomes import OutcomeRecorder
-from relay.policy import Policies, load_policies
-from relay.queue import Queue, QueueStats, State
-from relay.queue.local import LocalQueue
-from relay.queue.postgres import PostgresQueue
-from relay.queue.postgres.pool import database_dsn, where
-from relay.ratelimit import SlidingWindow
-from relay.reload import reload
-from relay.scheduler import Scheduler
-from relay.sdnotify import Notifier
-from relay.secretfiles import load_or_create_token, shared_secret_missing
-from relay.smtp_sessions import SessionRegistry
-from relay.submission import SubmissionHandler
-from relay.webapp import HttpServer, Services, create_app
-from relay.webhooks import WebhookDispatcher, configured_endpoints
+from relay.smtp.reload import reload
+from relay.smtp.sessions import SessionRegistry
+from relay.smtp.submission import SubmissionHandler
+from relay.web.app import HttpServer, Services, create_app
 
 log = logging.getLogger("relay")
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from relay.config import Config, split_hostport
-from relay.errors import RelayError
+from relay.core.errors import RelayError
 from relay.secretfiles import load_or_create_token
 
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}

@@ -14,8 +14,8 @@ from pydantic import BaseModel
 
 from relay.cli.support import config_option, load_config, one_line_errors
 from relay.config import NO_FILE, Config, resolve_paths
-from relay.errors import RelayError
-from relay.units import Rate, format_duration, parse_duration
+from relay.core.errors import RelayError
+from relay.core.units import Rate, format_duration, parse_duration
 
 MASK = "********"
 
@@ -35,8 +35,8 @@ def check(ctx: click.Context) -> None:
     from relay.cli.service_user import check_readable
     from relay.delivery.client import relayhost_credentials
     from relay.delivery.mta_sts import trust_store
-    from relay.listeners import ServerTls
     from relay.policy import load_policies
+    from relay.smtp.listeners import ServerTls
 
     config = load_config(ctx)
     policies = load_policies(config.policies.path)

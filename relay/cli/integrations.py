@@ -131,6 +131,6 @@ def enable_webhook(ctx: click.Context, webhook_id: str) -> None:
 @webhooks.command(name="secret")
 def make_secret() -> None:
     """Print a new signing secret for a [[webhooks]] secret_file."""
-    from relay.webhooks import new_secret  # here: relay.webhooks is a large import
+    from relay.notify.webhooks import new_secret  # here: relay.notify.webhooks is a large import
 
     click.echo(new_secret())

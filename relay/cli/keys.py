@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 
-from relay.addresses import dkim_key_name_problem
 from relay.cli.service_user import service_user
 from relay.cli.support import config_option, load_config, one_line_errors
-from relay.errors import RelayError
+from relay.core.addresses import dkim_key_name_problem
+from relay.core.errors import RelayError
 from relay.policy import load_policies
 
 

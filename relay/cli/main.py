@@ -18,7 +18,7 @@ from relay.cli.support import (
     load_config,
     one_line_errors,
 )
-from relay.errors import RelayError
+from relay.core.errors import RelayError
 
 # Each topic's commands, imported when they run (cli.support.LazyCommands).
 TOPICS = {
@@ -49,8 +49,8 @@ def main() -> None:
 @one_line_errors
 def serve(ctx: click.Context) -> None:
     """Run the relay in the foreground."""
-    from relay import tuning
-    from relay.logsetup import configure_logging, event_loop_runner
+    from relay.runtime import tuning
+    from relay.runtime.logsetup import configure_logging, event_loop_runner
     from relay.server import serve as run
 
     tuning.tune_allocator()

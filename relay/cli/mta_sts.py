@@ -11,6 +11,7 @@ import dns.exception
 
 from relay.cli.support import config_option, load_config, one_line_errors
 from relay.config import DeliverySection
+from relay.core.errors import DeliveryError, RelayError
 from relay.delivery.mta_sts import (
     HttpsFetcher,
     Policy,
@@ -20,7 +21,6 @@ from relay.delivery.mta_sts import (
     trust_store,
 )
 from relay.delivery.mx import NextHops
-from relay.errors import DeliveryError, RelayError
 
 
 @click.command(name="mta-sts")

@@ -19,7 +19,7 @@ import click
 
 from relay.cli.history import history_command
 from relay.cli.support import admin_client, config_option, date_of, one_line_errors
-from relay.errors import RelayError
+from relay.core.errors import RelayError
 
 WAITING_STATES = ["queued", "active", "deferred", "held"]
 LEFT_THE_QUEUE = ("delivered", "bounced")  # final: listed by `queue history`, not here

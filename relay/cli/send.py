@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from relay.cli.support import admin_client, config_option, one_line_errors
-from relay.errors import RelayError
+from relay.core.errors import RelayError
 
 
 @click.command()

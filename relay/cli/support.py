@@ -17,7 +17,7 @@ import click
 from relay import config as config_module
 from relay.cli.client import AdminClient
 from relay.config import Config
-from relay.errors import ConfigError, RelayError
+from relay.core.errors import ConfigError, RelayError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -15,15 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from relay import reply
 from relay.config import DeliverySection
+from relay.core import reply
+from relay.core.errors import DeliveryError, Scope
+from relay.core.reply import Reply
 from relay.delivery.client import Credentials, SmtpConnection
 from relay.delivery.mta_sts import Policy, StrictTransport
 from relay.delivery.mx import Hop, NextHops
-from relay.errors import DeliveryError, Scope
 from relay.policy import DomainsPolicy
 from relay.queue import Claimed
-from relay.reply import Reply
 
 log = logging.getLogger("relay.delivery")
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import aiosmtplib
 
-from relay import reply
-from relay.addresses import address_problem
 from relay.config import DeliverySection, TlsMode
+from relay.core import reply
+from relay.core.addresses import address_problem
+from relay.core.errors import ConfigError, DeliveryError, Scope
+from relay.core.reply import Reply
 from relay.delivery.mx import Hop
 from relay.delivery.pipelining import ReplyReader
-from relay.errors import ConfigError, DeliveryError, Scope
-from relay.reply import Reply
 
 _LINE_END = re.compile(rb"\r\n|\n|\r")
 

@@ -25,10 +25,10 @@ import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from relay.core.errors import LocalFailure
+from relay.core.reply import SIGNING_FAILED
 from relay.delivery.mx import txt_records
-from relay.errors import LocalFailure
 from relay.policy import DkimPolicy
-from relay.reply import SIGNING_FAILED
 
 log = logging.getLogger("relay.delivery")
 

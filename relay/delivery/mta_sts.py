@@ -37,8 +37,8 @@ import dns.name
 import httpx
 
 from relay.config import DeliverySection
+from relay.core.errors import ConfigError
 from relay.delivery.mx import NextHops, txt_records
-from relay.errors import ConfigError
 
 log = logging.getLogger("relay.mta_sts")
 

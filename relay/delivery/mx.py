@@ -3,7 +3,7 @@
 MX records sorted by preference with equal preferences shuffled; no MX means the domain's
 own A/AAAA (implicit MX); a null MX (RFC 7505: one record, preference 0, exchange ".")
 bounces at once with 5.1.10; a domain that does not exist, or cannot (an empty label, a
-label over 63 octets: relay.addresses), bounces with 5.1.2; DNS trouble defers with 4.4.3.
+label over 63 octets: relay.core.addresses), bounces with 5.1.2; DNS trouble defers with 4.4.3.
 In relayhost mode the one upstream is the only hop.
 """
 
@@ -18,10 +18,10 @@ import dns.exception
 import dns.nameserver
 import dns.resolver
 
-from relay import reply
-from relay.addresses import domain_problem, is_ip
 from relay.config import split_hostport
-from relay.errors import DeliveryError, Scope
+from relay.core import reply
+from relay.core.addresses import domain_problem, is_ip
+from relay.core.errors import DeliveryError, Scope
 
 
 @dataclass(frozen=True)

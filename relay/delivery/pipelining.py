@@ -13,7 +13,7 @@ import asyncio
 from collections import deque
 from typing import cast
 
-from relay.reply import Reply
+from relay.core.reply import Reply
 
 MAX_REPLY = 64 * 1024
 

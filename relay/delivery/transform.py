@@ -1,7 +1,7 @@
 """delivery.transform: what a message becomes on its way out.
 
 A broadcast's recipient gets its own message, rendered from the stored template with the
-recipient's fields (relay.broadcast) just before it is sent, with a Message-ID of its own.
+recipient's fields (relay.cleanup.templates) just before it is sent, with a Message-ID of its own.
 A recipient that policies/pgp.toml names gets its own PGP/MIME copy (delivery.pgp).
 Then every message is DKIM-signed (delivery.dkim), after rendering and encryption.
 With `[bounces] domain` (relay.feedback), each recipient's copy goes out from a return
@@ -19,15 +19,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-from relay.broadcast import Template, render
-from relay.cleanup import rfc5322_date
+from relay.cleanup.cleanup import rfc5322_date
+from relay.cleanup.templates import Template, render
+from relay.core.errors import LocalFailure
+from relay.core.reply import PGP_KEY_MISSING
 from relay.delivery.agent import Job
 from relay.delivery.dkim import Signer
 from relay.delivery.pgp import NoKey, encrypt_for
-from relay.errors import LocalFailure
 from relay.policy import DkimPolicy, PgpPolicy
 from relay.queue import Claimed
-from relay.reply import PGP_KEY_MISSING
 
 TEMPLATE_CACHE = 64  # parsed templates kept: a broadcast is sent one recipient at a time
 

@@ -26,12 +26,13 @@ import re
 import time
 from collections.abc import Callable
 
-from relay import bounce, reply
-from relay.cleanup import Cleanup, Origin
+from relay.cleanup.cleanup import Cleanup, Origin
+from relay.core import reply
+from relay.core.errors import Rejected
 from relay.delivery.agent import Attempt, Job
-from relay.errors import Rejected
 from relay.feedback.reports import Failure, Report, read_report
 from relay.feedback.tokens import UNSUBSCRIBE_PREFIX, VERP_PREFIX, Copy, FeedbackTokens
+from relay.outcomes import dsn
 from relay.queue import Queue
 from relay.queue.base import EVERY_STREAM
 from relay.queue.events import EventType, Feedback
@@ -157,16 +158,16 @@ class FeedbackIntake:
         """With `[bounces] notify_sender`: the application's envelope sender gets a DSN
         of the relay's own about the late bounce."""
         history = await self._queue.history(copy.message_id)
-        if history is None or not bounce.should_bounce(history.mail_from):
+        if history is None or not dsn.should_bounce(history.mail_from):
             return False
-        dsn = bounce.build_dsn(
+        notification = dsn.build_dsn(
             self._hostname, copy.message_id, history.mail_from, history.received_at,
-            [bounce.FailedRecipient(copy.recipient, failure.status,
-                                    failure.diagnostic or failure.status,
-                                    failure.remote_mta)],
+            [dsn.FailedRecipient(copy.recipient, failure.status,
+                                 failure.diagnostic or failure.status,
+                                 failure.remote_mta)],
             report.original or b"\r\n", self._clock())
         try:
-            await self._cleanup.submit("", [history.mail_from], dsn,
+            await self._cleanup.submit("", [history.mail_from], notification,
                                        Origin("local", "127.0.0.1", self._hostname),
                                        smtputf8=not history.mail_from.isascii())
         except Rejected as exc:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
-from relay.errors import LocalFailure
+from relay.core.errors import LocalFailure
 from relay.feedback.intake import unsubscribed
 from relay.feedback.tokens import FeedbackTokens
 from relay.queue import Queue

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from relay.mailstates import State as State  # re-exported: the queue speaks it
+from relay.core.mailstates import State as State  # re-exported: the queue speaks it
 
 _ID_RANDOM = random.Random(secrets.randbits(64))  # unpredictability is not needed here
 

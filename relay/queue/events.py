@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 from typing import Any
 
-from relay.mailstates import EventType as EventType  # re-exported: events speak it
-from relay.mailstates import State
+from relay.core.mailstates import EventType as EventType  # re-exported: events speak it
+from relay.core.mailstates import State
 from relay.queue.base import Outcome
 
 PRUNE_BATCH = 1000  # rows a pruning transaction removes at most

@@ -1,4 +1,4 @@
-"""queue.webhooks: what the queue keeps for webhook delivery (relay.webhooks): endpoints
+"""queue.webhooks: what the queue keeps for webhook delivery (relay.notify.webhooks): endpoints
 added through the API, and each endpoint's place in the event stream.
 
 An endpoint's state is its cursor into the events (queue.events: everything before it

@@ -20,7 +20,7 @@ import trustme
 
 from relay import config as config_module
 from relay.config import split_hostport
-from relay.webhooks import new_secret
+from relay.notify.webhooks import new_secret
 from tests.acceptance.conftest import MakeRelay
 from tests.support.client import message, send_blocking
 from tests.support.dns_server import DnsServer

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from relay.notify.webhooks import new_secret
 from relay.queue import State
-from relay.webhooks import new_secret
 from tests.integration.conftest import RunningRelay, StartRelay, postgres_queue
 from tests.support.dns_server import DnsServer
 from tests.support.sink import Sink

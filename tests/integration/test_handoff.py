@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from relay.errors import LocalFailure
+from relay.core.errors import LocalFailure
+from relay.core.ratelimit import SlidingWindow
 from relay.policy import Rate
 from relay.queue import NewMessage, State, Tracking, new_queue_id
 from relay.queue.local import LocalQueue
 from relay.queue.local.handoff import HandoffStore, WorkerEvents, serve_handoff
 from relay.queue.local.spoolfiles import SpoolFiles
-from relay.ratelimit import SlidingWindow
 
 
 async def test_worker_stores_through_the_owner_and_shares_rate_limits(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
+from relay.core.errors import DeliveryError
 from relay.delivery import NextHops
-from relay.errors import DeliveryError
 from tests.support.dns_server import DnsServer
 
 

@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from relay.errors import RelayError
+from relay.core.errors import RelayError
+from relay.core.units import Rate
 from relay.queue import (
     Claimed,
     Idempotency,
@@ -24,7 +25,6 @@ from relay.queue import (
 from relay.queue.postgres import PostgresQueue
 from relay.queue.postgres.pool import schema_status
 from relay.queue.postgres.schema import MIGRATIONS
-from relay.units import Rate
 from tests.integration.conftest import QUEUE_LEASE as LEASE
 
 _T = TypeVar("_T")

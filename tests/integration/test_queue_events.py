@@ -9,13 +9,13 @@ from dataclasses import replace
 
 import asyncpg
 
-from relay.admin.keys import new_key
-from relay.history import HistoryPruner
+from relay.notify.pruner import HistoryPruner
 from relay.queue import NewMessage, Queue, Selection, State, Tracking, new_queue_id
 from relay.queue.apikeys import ApiScope, digest_of
 from relay.queue.events import EventFilter, EventType
 from relay.queue.postgres import PostgresQueue
 from relay.queue.webhooks import WebhookEndpoint
+from relay.web.admin.keys import new_key
 from tests.integration.test_queue_contract import outcome
 
 TRACKING = Tracking("=?utf-8?q?Caf=C3=A9?= news", {"user": 42}, ("welcome",))

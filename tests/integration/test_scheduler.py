@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from relay.cleanup import Cleanup, Origin
+from relay.cleanup.cleanup import Cleanup, Origin
 from relay.config import DeliverySection, RetrySection
 from relay.delivery import Attempt, DeliveryAgent, DestinationSession, Job, NextHops
 from relay.delivery.transform import Transform
-from relay.metrics import Metrics
-from relay.outcomes import OutcomeRecorder
+from relay.outcomes.recorder import OutcomeRecorder
 from relay.policy import DkimPolicy, PgpPolicy
 from relay.queue import Claimed, State
 from relay.queue.local import LocalQueue
-from relay.scheduler import Scheduler
+from relay.runtime.metrics import Metrics
+from relay.scheduler.scheduler import Scheduler
 from tests.support.dns_server import DnsServer
 from tests.support.sink import Sink
 

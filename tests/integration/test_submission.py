@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.listeners import bind_tcp
 from relay.passwords import hash_password
+from relay.smtp.listeners import bind_tcp
 from tests.integration.conftest import StartRelay
 from tests.support.client import message, send
 from tests.support.net import free_port

@@ -1,4 +1,4 @@
-"""Webhooks (relay.webhooks) against a real HTTP receiver on loopback that checks every
+"""Webhooks (relay.notify.webhooks) against a real HTTP receiver on loopback that checks every
 signature with the `standardwebhooks` package: through a receiver that answers 500 for a
 while, every event arrives, at least once, with one body per id; both backends. The API's
 endpoints (/v1/webhooks)."""
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from relay.webhooks import new_secret
+from relay.notify.webhooks import new_secret
 from tests.integration.conftest import RunningRelay, StartRelay, postgres_queue
 from tests.support.dns_server import DnsServer
 from tests.support.sink import Sink

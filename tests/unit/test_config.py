@@ -7,7 +7,7 @@ import pytest
 
 from relay import config as config_module
 from relay.config import parse_duration, parse_size, split_hostport
-from relay.errors import ConfigError
+from relay.core.errors import ConfigError
 
 
 @pytest.mark.parametrize("text, seconds", [

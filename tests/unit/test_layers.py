@@ -1,7 +1,7 @@
 """The floor plan (docs/architecture.md) as import-linter contracts in pyproject.toml: no
 cycles between the relay's packages and modules at any depth (TYPE_CHECKING imports
-count), a core that knows no stage, a queue that knows none of its users, the HTTP side
-layered, delivery not knowing what comes back."""
+count), the stages layered in pipeline order above the queue, the runtime and the core,
+and the HTTP side layered within."""
 
 from __future__ import annotations
 
@@ -15,12 +15,34 @@ import pytest
 REPO = Path(__file__).parents[2]
 
 
-def test_every_contract_is_kept() -> None:
+def lint_imports(where: Path) -> subprocess.CompletedProcess[str]:
     lint = Path(sys.executable).parent / "lint-imports"
     command = str(lint) if lint.exists() else shutil.which("lint-imports")
     if command is None:
         pytest.fail("lint-imports is not installed (scripts/setup.sh --test installs it)")
-    result = subprocess.run([command, "--no-cache"], cwd=REPO, capture_output=True,
-                            text=True, timeout=120, check=False)
+    return subprocess.run([command, "--no-cache"], cwd=where, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_every_contract_is_kept() -> None:
+    result = lint_imports(REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(("module", "upward_import"), [
+    ("relay/core/units.py", "from relay.queue import base"),       # the core knows no stage
+    ("relay/queue/roles.py", "from relay.scheduler import shaping"),  # the queue, no user
+    ("relay/delivery/mx.py", "from relay.feedback import tokens"),  # nor what comes back
+    ("relay/smtp/auth.py", "from relay.web import gate"),  # the stages side by side
+])
+def test_an_import_against_the_floor_plan_breaks_a_contract(
+        tmp_path: Path, module: str, upward_import: str) -> None:
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    shutil.copytree(REPO / "relay", tmp_path / "relay",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    path = tmp_path / module
+    path.write_text(path.read_text() + f"\n{upward_import}  # noqa\n")
+    result = lint_imports(tmp_path)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr
+    assert "BROKEN" in result.stdout

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from relay.errors import ConfigError
+from relay.core.errors import ConfigError
+from relay.core.ratelimit import SlidingWindow
 from relay.passwords import hash_password, verify_password
 from relay.policy import Rate, load_policies, parse_rate
-from relay.ratelimit import SlidingWindow
 
 
 def test_password_hashes_are_salted_and_verify() -> None:

@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 
-from relay.errors import LocalFailure
+from relay.core.errors import LocalFailure
 from relay.queue.base import (
     DELETABLE,
     FLUSHABLE,

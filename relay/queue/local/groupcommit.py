@@ -248,7 +248,7 @@ class GroupCommitter:
             singly = [self._commit_statements([request])[0] for request in batch]
             failed = sum(not ok for ok, _ in singly)
             if failed < len(batch):  # one bad request; a full disk fails them all, and
-                # each caller hears of it (and logs it once, relay.trouble)
+                # each caller hears of it (and logs it once, relay.runtime.trouble)
                 log.warning("group commit of %d requests failed (%s); %d failed alone",
                             len(batch), exc, failed)
             return singly

@@ -36,14 +36,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from relay.errors import LocalFailure
+from relay.core.errors import LocalFailure
+from relay.core.ratelimit import SlidingWindow
+from relay.core.units import Rate
 from relay.queue.base import NewMessage
 from relay.queue.local import LocalQueue
 from relay.queue.local.bodycache import MAX_BODY
 from relay.queue.local.spoolfiles import Envelope, SpoolFiles
-from relay.ratelimit import SlidingWindow
-from relay.trouble import Trouble
-from relay.units import Rate
+from relay.runtime.trouble import Trouble
 
 log = logging.getLogger("relay.queue")
 

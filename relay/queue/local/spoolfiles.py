@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from relay.errors import LocalFailure, RelayError
+from relay.core.errors import LocalFailure, RelayError
+from relay.core.reply import SPOOL_FULL
 from relay.queue.base import NO_TRACKING, MessageMeta, NewMessage, Tracking
-from relay.reply import SPOOL_FULL
 
 log = logging.getLogger("relay.queue")
 

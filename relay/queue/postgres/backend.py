@@ -30,7 +30,7 @@ from typing import Any
 
 import asyncpg
 
-from relay.errors import LocalFailure, RelayError
+from relay.core.errors import LocalFailure, RelayError
 from relay.queue.base import (
     DELETABLE,
     FLUSHABLE,

@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 
-from relay.errors import LocalFailure
+from relay.core.errors import LocalFailure
 from relay.queue.base import IDEMPOTENCY_WINDOW, Idempotency, NewMessage, domain_of
 from relay.queue.events import EventType
 from relay.queue.postgres.events import add_events, open_histories

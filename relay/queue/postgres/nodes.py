@@ -27,12 +27,12 @@ import secrets
 
 import asyncpg
 
-from relay.errors import RelayError
+from relay.core.errors import RelayError
 from relay.queue.overview import NodeInfo
 from relay.queue.postgres.notify import NOTIFY
 from relay.queue.postgres.pool import CONNECT_TIMEOUT, DATABASE_ERRORS, NOW, connected, count_of
 from relay.queue.postgres.schema import MIGRATIONS, version
-from relay.trouble import Trouble
+from relay.runtime.trouble import Trouble
 
 log = logging.getLogger("relay.queue")
 

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from relay.queue.postgres.pool import CONNECT_TIMEOUT, DATABASE_ERRORS
-from relay.trouble import Trouble
+from relay.runtime.trouble import Trouble
 
 log = logging.getLogger("relay.queue")
 

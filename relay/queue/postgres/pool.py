@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from relay.config import QueueSection
-from relay.errors import ConfigError, LocalFailure
+from relay.core.errors import ConfigError, LocalFailure
 from relay.queue.postgres.schema import MIGRATIONS, version
 
 # Every time in the queue is the database's, in seconds since the epoch (never a node's).

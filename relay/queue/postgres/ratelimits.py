@@ -1,5 +1,5 @@
 """queue.postgres.ratelimits: "N per window" limits counted for every node at once
-(relay.ratelimit.RateLimiter: users' rate limits, failed AUTH, anvil), as rows of
+(relay.core.ratelimit.RateLimiter: users' rate limits, failed AUTH, anvil), as rows of
 rate_events with the database's clock."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from relay.core.units import Rate
 from relay.queue.postgres.pool import NOW
-from relay.units import Rate
 
 
 class PostgresRateLimits:

@@ -1,0 +1,3 @@
+"""outcomes: what a delivery attempt becomes: delivered, deferred with backoff (retry), or
+bounced with a DSN (dsn).
+"""
