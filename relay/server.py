@@ -108,7 +108,8 @@ class Relay:
         hooks = configured_endpoints(config)  # their secrets, read before anything starts
         tokens = configured_tokens(config)
         await self.queue.open()  # a local spool's lock first: its error names the relay
-        workers = config.smtp.workers if isinstance(self.queue, LocalQueue) else 0
+        indexer = self.queue.indexer()  # ingest workers only where the backend can have them
+        workers = config.smtp.workers if indexer is not None else 0
         # Every address is bound before anything starts: a port that another process has
         # is the error, before this relay has taken any mail. With workers, the SMTP
         # sockets only reserve the addresses; each worker listens on its own.
@@ -117,25 +118,20 @@ class Relay:
         self._http_sockets = [bind_tcp(config.admin.listen, "admin")]
         if tokens is not None and config.public.listen:
             self._http_sockets.append(bind_tcp(config.public.listen, "public"))
-        # One relay owns a local spool (its lock): whatever it leased before a crash is its.
-        owner = self.queue.owner if isinstance(self.queue, PostgresQueue) else "local"
-        self._webhooks = WebhookDispatcher(self.queue, hooks, owner, self.metrics)
+        self._webhooks = WebhookDispatcher(self.queue, hooks, self.queue.owner, self.metrics)
         await self._webhooks.prepare()
         hostname = config.server.hostname
         cleanup = Cleanup(self.queue, hostname, on_stored=self._stored)
         self._scheduler = self._delivery(cleanup, tokens, credentials)
-        # With several nodes on one database, rate limits are counted there.
-        rates = self.queue if isinstance(self.queue, PostgresQueue) else SlidingWindow()
-        if workers > 0 and isinstance(self.queue, LocalQueue):
-            self._ingest = IngestWorkers(config, self.queue, workers, self._stored,
+        rates = self.queue.shared_rate_limits() or SlidingWindow()
+        if workers > 0 and indexer is not None:
+            self._ingest = IngestWorkers(config, indexer, workers, self._stored,
                                          self.metrics.sessions_ended, self._shutdown_timeout)
             await self._ingest.start()
             check_alone(config.smtp, config.bounces.listen, [os.getpid(), *self._ingest.pids])
         else:
-            free_space = (self.queue.files.free_bytes if isinstance(self.queue, LocalQueue)
-                          else None)
             handler = SubmissionHandler(cleanup, config.smtp, lambda: self.policies.access,
-                                        free_space=free_space, rates=rates,
+                                        free_space=self.queue.free_bytes, rates=rates,
                                         bounce_domain=config.bounces.domain)
             self._listeners = await serve_listeners(handler, config.smtp, hostname,
                                                     self._sessions, self._sockets, self._tls)
@@ -152,12 +148,9 @@ class Relay:
                                        self._http_sockets[1], service="public")
             self._public.start()
         self._scheduler.start()
-        if isinstance(self.queue, LocalQueue):
-            self.queue.hand_new_mail_to(self._scheduler)  # and it wakes the scheduler
+        self.queue.follow_new_mail(self._scheduler)  # the backend wakes the scheduler
         self._pruner.start()
         self._webhooks.start()
-        if isinstance(self.queue, PostgresQueue):
-            self.queue.listen(self.wake_scheduler)  # mail stored or released by any node
         self._started = True
         tuning.started()
         log.info("relay started: smtp=%s admin=%s queue=%s ingest=%s",
@@ -194,8 +187,6 @@ class Relay:
 
     def _stored(self) -> None:
         self.metrics.received.inc()
-        if not isinstance(self.queue, LocalQueue):  # the local queue hands it over itself
-            self.wake_scheduler()
 
     def wake_scheduler(self) -> None:
         """Look for due work now (new or released mail)."""
@@ -205,7 +196,7 @@ class Relay:
     async def scrape(self) -> bytes:
         """GET /metrics: the counters, and the queue as it is now."""
         stats = await self.queue.stats()
-        free = (self.queue.files.free_bytes() if isinstance(self.queue, LocalQueue) else None)
+        free = self.queue.free_bytes()
         leased = self._scheduler.leased if self._scheduler is not None else 0
         self.metrics.queue_state(stats.depth, _age(stats), free, leased)
         self.metrics.sessions_ended(*self._sessions.take_ended())  # in-process SMTP

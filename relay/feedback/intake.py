@@ -25,6 +25,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from relay.cleanup.cleanup import Cleanup, Origin
 from relay.core import reply
@@ -33,9 +34,9 @@ from relay.delivery.agent import Attempt, Job
 from relay.feedback.reports import Failure, Report, read_report
 from relay.feedback.tokens import UNSUBSCRIBE_PREFIX, VERP_PREFIX, Copy, FeedbackTokens
 from relay.outcomes import dsn
-from relay.queue import Queue
 from relay.queue.base import EVERY_STREAM
 from relay.queue.events import EventType, Feedback
+from relay.queue.roles import EventHistory, FeedbackStore, QueueCommands
 
 log = logging.getLogger("relay.feedback")
 
@@ -45,10 +46,15 @@ MAX_TOKENS = 10  # of the relay's tokens looked up in one returned message
 MATCH_TRIES = 5
 
 
+class IntakeQueue(FeedbackStore, EventHistory, QueueCommands, Protocol):
+    """The copy a token names, the report written, the message's history and whether
+    it is still queued."""
+
+
 class FeedbackIntake:
     """The transport of the bounce domain: `deliver` reads, matches and records."""
 
-    def __init__(self, queue: Queue, tokens: FeedbackTokens, cleanup: Cleanup,
+    def __init__(self, queue: IntakeQueue, tokens: FeedbackTokens, cleanup: Cleanup,
                  hostname: str, notify_sender: bool,
                  counted: Callable[[str], None] = lambda kind: None,
                  clock: Callable[[], float] = time.time) -> None:

@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from relay.core.errors import LocalFailure
 from relay.feedback.intake import unsubscribed
 from relay.feedback.tokens import FeedbackTokens
-from relay.queue import Queue
+from relay.queue.roles import FeedbackStore
 
 MAX_BODY = 4096
 MAX_TOKEN = 1024
@@ -44,7 +44,7 @@ _DONE = """<!doctype html>
 """
 
 
-def create_public_app(queue: Queue, tokens: FeedbackTokens,
+def create_public_app(queue: FeedbackStore, tokens: FeedbackTokens,
                       counted: Callable[[str], None] = lambda kind: None) -> FastAPI:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 

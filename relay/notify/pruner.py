@@ -15,8 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from relay.queue import Queue
 from relay.queue.events import PRUNE_BATCH
+from relay.queue.roles import EventHistory
 from relay.runtime.trouble import Trouble
 
 log = logging.getLogger("relay.history")
@@ -25,7 +25,7 @@ PRUNE_INTERVAL = 60.0  # seconds
 
 
 class HistoryPruner:
-    def __init__(self, queue: Queue, retention: float,
+    def __init__(self, queue: EventHistory, retention: float,
                  clock: Callable[[], float] = time.time,
                  interval: float = PRUNE_INTERVAL) -> None:
         self._queue = queue

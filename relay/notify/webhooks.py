@@ -31,14 +31,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from relay.config import Config, WebhookSection
 from relay.core.errors import ConfigError
-from relay.queue import Queue
 from relay.queue.events import Event, EventFilter, event_id
+from relay.queue.roles import EventHistory, WebhookStore
 from relay.queue.webhooks import WebhookEndpoint, WebhookState
 from relay.runtime.metrics import Metrics
 from relay.runtime.trouble import Trouble
@@ -53,6 +53,10 @@ REQUEST_TIMEOUT = 10.0  # seconds a POST may take
 BATCH = 100  # events read at a time (sent max_in_flight at once)
 PENDING_INTERVAL = 10.0  # seconds between counts of an endpoint's pending events
 PENDING_CAP = 100_000  # counted up to this many
+
+
+class Outbox(WebhookStore, EventHistory, Protocol):
+    """The queue as webhooks use it: the endpoints' states and the events to send."""
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ class _Held:
 
 
 class WebhookDispatcher:
-    def __init__(self, queue: Queue, configured: list[tuple[WebhookEndpoint, Schedule]],
+    def __init__(self, queue: Outbox, configured: list[tuple[WebhookEndpoint, Schedule]],
                  owner: str, metrics: Metrics, clock: Callable[[], float] = time.time,
                  poll_interval: float = POLL_INTERVAL) -> None:
         self._queue = queue

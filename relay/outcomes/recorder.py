@@ -29,7 +29,8 @@ from relay.core.errors import Rejected
 from relay.core.reply import Reply
 from relay.delivery import Attempt, Job
 from relay.outcomes import dsn, retry
-from relay.queue import Outcome, Queue, State
+from relay.queue import Outcome, State
+from relay.queue.roles import OutcomeStore
 from relay.runtime.metrics import Metrics
 from relay.runtime.trouble import Trouble
 
@@ -39,7 +40,7 @@ _STATUS_WORD = {State.DELIVERED: "sent", State.DEFERRED: "deferred", State.BOUNC
 
 
 class OutcomeRecorder:
-    def __init__(self, queue: Queue, cleanup: Cleanup, hostname: str, policy: RetrySection,
+    def __init__(self, queue: OutcomeStore, cleanup: Cleanup, hostname: str, policy: RetrySection,
                  metrics: Metrics, clock: Callable[[], float] = time.time,
                  notify_sender: bool = True) -> None:
         self._queue = queue

@@ -268,7 +268,10 @@ class Selection:
 WAITING = "state NOT IN ('delivered', 'bounced')"
 # The recipients of a broadcast still being uploaded wait, held, until it is accepted:
 # operator commands leave them alone.
-NOT_RECEIVING = "message_id NOT IN (SELECT id FROM broadcasts WHERE state = 'receiving')"
+RECEIVING = "(SELECT id FROM broadcasts WHERE state = 'receiving')"
+NOT_RECEIVING = f"message_id NOT IN {RECEIVING}"
+# Nor are they in any listing, count or summary: the API has not answered 202 for them.
+LISTED = f"id NOT IN {RECEIVING}"  # of messages
 # Which recipients each operator command changes (requeue: every one not final, active and
 # held too, like postsuper -r).
 FLUSHABLE = HOLDABLE = "state IN ('queued', 'deferred')"

@@ -1,15 +1,18 @@
-"""queue.roles: what the queue offers, as Protocols: MessageStore (what cleanup needs to
-store a new message) and Queue, everything a backend implements (queue.local,
-queue.postgres), checked by one contract suite for both
-(tests/integration/test_queue_contract.py). The contract is docs/architecture.md's
-"The queue contract"; the records are queue.base's and its siblings'.
-"""
+"""queue.roles: what the queue offers, as Protocols, one per consumer's need: each stage
+is typed by the role it uses (cleanup a MessageStore, the scheduler a DeliveryQueue, the
+notify stage a WebhookStore...), so a fake of just that role can stand in for it.
+`Queue` is their union, what a backend implements (queue.local, queue.postgres), checked
+by the contract suites for both, one per role (tests/integration/queue/). What differs
+between backends at start-up is asked as Capabilities. The contract is
+docs/architecture.md's "The queue contract"; the records are queue.base's and its
+siblings'."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from relay.core.ratelimit import RateLimiter
 from relay.queue.apikeys import ApiKey, ConsoleSession
 from relay.queue.base import (
     EVERY_STREAM,
@@ -20,6 +23,7 @@ from relay.queue.base import (
     Idempotency,
     IdempotentAnswer,
     MessageInfo,
+    MessageMeta,
     NewMessage,
     Outcome,
     QueueStats,
@@ -36,14 +40,58 @@ from relay.queue.webhooks import WebhookEndpoint, WebhookState
 
 
 class MessageStore(Protocol):
-    """The part of the queue that intake (cleanup) needs."""
+    """What cleanup needs to store a new message."""
 
     async def store(self, message: NewMessage) -> None:
         """Durably store a message; raise LocalFailure if it could not be."""
 
 
-class Queue(MessageStore, Protocol):
-    """The durable store. Backends: `local` (files + SQLite), `postgres`."""
+class NewMailTaker(Protocol):
+    """What the backend tells of new mail (the scheduler)."""
+
+    def room(self) -> int:
+        """How many more recipients it would take now."""
+
+    def take_claimed(self, claimed: list[Claimed]) -> None: ...
+
+    def wake(self) -> None:
+        """Look for due work now."""
+
+
+class Indexer(Protocol):
+    """A backend whose new mail other processes may write, to be indexed by this one
+    (the local backend's ingest workers: queue.local.handoff)."""
+
+    async def index(self, meta: MessageMeta, received_at: float, durable: bool = False,
+                    body: bytes | None = None) -> None: ...
+
+
+class Capabilities(Protocol):
+    """What differs between the backends when the relay starts, asked for by the
+    composition root instead of asking which backend it has."""
+
+    owner: str  # who holds this node's leases (a cluster node's name and run)
+
+    def follow_new_mail(self, taker: NewMailTaker) -> None:
+        """From now on tell `taker` of new work: the local backend claims new mail for it
+        in the commit that indexes it; the cluster's wakes it when any node makes work
+        due (LISTEN/NOTIFY) and when this node stores mail."""
+
+    def shared_rate_limits(self) -> RateLimiter | None:
+        """Rate limits counted for every node that shares the queue; None when this
+        node's own count is the whole count."""
+
+    def free_bytes(self) -> int | None:
+        """Free space where new mail is written, when the relay can tell (not for a
+        database on another host)."""
+
+    def indexer(self) -> Indexer | None:
+        """Where ingest worker processes have their new mail indexed; None when the
+        backend takes mail in the main process only."""
+
+
+class QueueLifecycle(Protocol):
+    """The store's life, the composition root's: open (and recover), readiness, close."""
 
     async def open(self) -> None:
         """Create or recover the store; in-flight recipients return to the queue."""
@@ -53,6 +101,17 @@ class Queue(MessageStore, Protocol):
     async def check(self) -> None:
         """Raise LocalFailure when the store cannot be used now (a database that cannot be
         reached): what readiness probes ask."""
+
+
+class BodyReader(Protocol):
+    """A queued message's content, as it was received."""
+
+    async def read_body(self, message_id: str) -> bytes: ...
+
+
+class DeliveryQueue(BodyReader, Protocol):
+    """What the scheduler and delivery need: due work leased, leases and connection
+    slots kept, the body to send."""
 
     async def claim_due(self, limit: int) -> list[Claimed]:
         """Lease up to `limit` due recipients and count the attempt."""
@@ -76,10 +135,17 @@ class Queue(MessageStore, Protocol):
     async def next_due_at(self) -> float | None:
         """When the earliest queued or deferred recipient (or lease) becomes due."""
 
-    async def read_body(self, message_id: str) -> bytes: ...
+
+class OutcomeStore(Protocol):
+    """Where the outcomes of delivery attempts are written (outcomes)."""
 
     async def record(self, outcomes: Sequence[Outcome]) -> None:
         """Apply outcomes; messages with only final recipients leave the queue."""
+
+
+class QueueCommands(Protocol):
+    """The operator's commands and views (relayctl queue, the API's /v1/queue, the
+    console): list, look, act on a selection."""
 
     async def list_messages(
         self, state: State | None = None, domain: str | None = None, sender: str = "",
@@ -93,15 +159,42 @@ class Queue(MessageStore, Protocol):
 
     async def stats(self) -> QueueStats: ...
 
-    async def idempotent_answer(self, key: str) -> IdempotentAnswer | None:
-        """The answer stored with `key` within IDEMPOTENCY_WINDOW, if any."""
-
     async def summary(self, state: State | None = None,
                       by: ShapeKey = "recipient") -> list[DomainShape]:
         """Waiting recipients per destination domain and age bucket, busiest first; with
         `by="sender"`, messages per sender domain (qshape -s)."""
 
-    # -- broadcasts (stored once: a template and a row per recipient) -----------------
+    async def flush(self, selection: Selection) -> int:
+        """Make deferred (and queued) recipients due now; return how many."""
+
+    async def requeue(self, selection: Selection) -> int:
+        """Put every recipient not yet final back to `queued`, due now, whatever its state
+        (Postfix's `postsuper -r`); an outcome still due from a delivery in flight is then
+        ignored. Returns how many."""
+
+    async def hold(self, selection: Selection) -> int:
+        """Hold the waiting (queued, deferred) recipients; return how many."""
+
+    async def release(self, selection: Selection) -> int:
+        """Held recipients back to `queued`, due now; return how many."""
+
+    async def delete(self, selection: Selection) -> int:
+        """Remove messages and all their recipients (not broadcasts: those are cancelled);
+        return how many messages."""
+
+    async def missing(self, message_ids: Sequence[str]) -> list[str]:
+        """Those of `message_ids` that are not in the queue, in their order."""
+
+
+class IdempotencyStore(Protocol):
+    """The answers kept for `Idempotency-Key` (the admin API)."""
+
+    async def idempotent_answer(self, key: str) -> IdempotentAnswer | None:
+        """The answer stored with `key` within IDEMPOTENCY_WINDOW, if any."""
+
+
+class BroadcastStore(Protocol):
+    """Broadcasts, stored once: a template and a row per recipient."""
 
     async def open_broadcast(self, broadcast_id: str, mail_from: str, template: bytes,
                              smtputf8: bool, tracking: Tracking = NO_TRACKING) -> None:
@@ -128,6 +221,10 @@ class Queue(MessageStore, Protocol):
     async def cancel_broadcast(self, broadcast_id: str) -> BroadcastStatus | None:
         """Drop what has not been sent; None if there is no such broadcast."""
 
+
+class SuppressionStore(Protocol):
+    """Addresses not sent to, per stream."""
+
     async def suppressions(self, stream: str | None = None) -> list[Suppression]:
         """The suppression list, or the entries of one stream."""
 
@@ -137,7 +234,10 @@ class Queue(MessageStore, Protocol):
     async def unsuppress(self, address: str, stream: str | None = None) -> int:
         """Take the address off one stream's list, or off every one; how many entries."""
 
-    # -- what comes back later (relay.feedback) ------------------------------------------
+
+class FeedbackStore(Protocol):
+    """What comes back later (relay.feedback): the copy a token names, and the report
+    written with its suppression."""
 
     async def return_path(self, token: str) -> ReturnPath | None:
         """The delivered copy a VERP token was sent with, while its history is kept."""
@@ -147,28 +247,9 @@ class Queue(MessageStore, Protocol):
         message's history is still kept) and its suppression. False when the suppression
         was there already (then an unsubscribe writes no second event)."""
 
-    async def flush(self, selection: Selection) -> int:
-        """Make deferred (and queued) recipients due now; return how many."""
 
-    async def requeue(self, selection: Selection) -> int:
-        """Put every recipient not yet final back to `queued`, due now, whatever its state
-        (Postfix's `postsuper -r`); an outcome still due from a delivery in flight is then
-        ignored. Returns how many."""
-
-    async def hold(self, selection: Selection) -> int:
-        """Hold the waiting (queued, deferred) recipients; return how many."""
-
-    async def release(self, selection: Selection) -> int:
-        """Held recipients back to `queued`, due now; return how many."""
-
-    async def delete(self, selection: Selection) -> int:
-        """Remove messages and all their recipients (not broadcasts: those are cancelled);
-        return how many messages."""
-
-    async def missing(self, message_ids: Sequence[str]) -> list[str]:
-        """Those of `message_ids` that are not in the queue, in their order."""
-
-    # -- what happened (queue.events) ---------------------------------------------------
+class EventHistory(Protocol):
+    """What happened (queue.events): a message's history, the events, and their pruning."""
 
     async def history(self, message_id: str) -> MessageHistory | None:
         """A message's envelope, subject, metadata and every recipient's timeline, while
@@ -184,7 +265,9 @@ class Queue(MessageStore, Protocol):
         """Remove up to PRUNE_BATCH rows of history and events of messages that left the
         queue before `before`; never anything of a message still queued. How many."""
 
-    # -- the operator's overview (queue.overview) ----------------------------------------
+
+class Overview(Protocol):
+    """The operator's overview (queue.overview)."""
 
     async def activity(self, since: float, step: float) -> list[Activity]:
         """Delivery outcomes (delivered, deferred, bounced events) since `since`, counted
@@ -197,7 +280,10 @@ class Queue(MessageStore, Protocol):
     async def nodes(self) -> list[NodeInfo]:
         """The nodes of a cluster by name, with their last heartbeat; none for local."""
 
-    # -- webhooks (queue.webhooks) -------------------------------------------------------
+
+class WebhookStore(Protocol):
+    """Webhook endpoints and each one's delivery state, leased to one node at a time
+    (queue.webhooks)."""
 
     async def webhook_endpoints(self) -> list[WebhookEndpoint]:
         """The endpoints added through the API."""
@@ -222,7 +308,9 @@ class Queue(MessageStore, Protocol):
 
     async def enable_webhook(self, endpoint_id: str) -> bool: ...
 
-    # -- the admin API's keys (queue.apikeys) -------------------------------------------
+
+class ApiKeyStore(Protocol):
+    """The admin API's keys (queue.apikeys)."""
 
     async def api_keys(self) -> list[ApiKey]: ...
 
@@ -233,7 +321,9 @@ class Queue(MessageStore, Protocol):
 
     async def revoke_api_key(self, key_id: str) -> bool: ...
 
-    # -- the console's sessions (queue.apikeys) -----------------------------------------
+
+class ConsoleSessionStore(Protocol):
+    """The console's sessions, kept so that every node knows them (queue.apikeys)."""
 
     async def open_console_session(self, id_digest: str, token_digest: str, csrf: str,
                                    lifetime: float) -> None:
@@ -246,3 +336,9 @@ class Queue(MessageStore, Protocol):
                                      ) -> int:
         """End one session (signing out), or every one signed in with a token (its key
         revoked); how many."""
+
+
+class Queue(MessageStore, Capabilities, QueueLifecycle, DeliveryQueue, OutcomeStore,
+            QueueCommands, IdempotencyStore, BroadcastStore, SuppressionStore, FeedbackStore,
+            EventHistory, Overview, WebhookStore, ApiKeyStore, ConsoleSessionStore, Protocol):
+    """Every role: what a backend implements (queue.local, queue.postgres)."""

@@ -38,7 +38,8 @@ from relay.delivery import RELAYHOST, Attempt, DeliveryAgent, Job, Transport
 from relay.delivery.transform import Transform
 from relay.outcomes.recorder import OutcomeRecorder
 from relay.policy import DomainRule
-from relay.queue import Claimed, Queue
+from relay.queue import Claimed
+from relay.queue.roles import DeliveryQueue
 from relay.runtime.trouble import Trouble
 from relay.scheduler.shaping import DestinationPace
 
@@ -96,7 +97,7 @@ def group_into_jobs(claimed: Iterable[Claimed], destination_of: Callable[[str], 
 
 
 class Scheduler:
-    def __init__(self, queue: Queue, agent: DeliveryAgent, recorder: OutcomeRecorder,
+    def __init__(self, queue: DeliveryQueue, agent: DeliveryAgent, recorder: OutcomeRecorder,
                  transform: Transform, *,
                  max_connections: int, max_connections_per_domain: int,
                  lease_renewal: float = 30.0, max_active: int = 10_000,
@@ -135,7 +136,7 @@ class Scheduler:
 
     def room(self) -> int:
         """How many more recipients it would take now (queue.local claims new mail for
-        the scheduler as it indexes it: LocalQueue.hand_new_mail_to)."""
+        the scheduler as it indexes it: LocalQueue.follow_new_mail)."""
         if self._stopping or self._task is None:
             return 0
         return max(self._max_active - len(self._held), 0)

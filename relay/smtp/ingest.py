@@ -36,9 +36,9 @@ from relay.config import Config
 from relay.core.errors import RelayError
 from relay.core.ratelimit import SlidingWindow
 from relay.policy import Policies, load_policies
-from relay.queue.local import LocalQueue
 from relay.queue.local.handoff import HandoffStore, WorkerEvents, serve_handoff
 from relay.queue.local.spoolfiles import SpoolFiles
+from relay.queue.roles import Indexer
 from relay.runtime import tuning
 from relay.runtime.logsetup import configure_logging, event_loop_runner
 from relay.smtp.listeners import ListenSockets, ServerTls, bind_listeners, serve_listeners
@@ -57,7 +57,7 @@ class IngestWorkers:
     """The main process's side: start, supervise, reload and stop the worker processes,
     and index what they store (queue.local.handoff)."""
 
-    def __init__(self, config: Config, queue: LocalQueue, count: int,
+    def __init__(self, config: Config, queue: Indexer, count: int,
                  on_stored: Callable[[], None], on_sessions: Callable[[int, int], None],
                  shutdown_timeout: float) -> None:
         self._config = config

@@ -54,7 +54,7 @@ class SubmissionHandler:
     cleanup: Cleanup
     settings: SmtpSection
     access: Callable[[], AccessPolicy]  # the policy in force (swapped on reload)
-    free_space: Callable[[], int] | None = None
+    free_space: Callable[[], int | None] = lambda: None  # where mail is written, if known
     rates: RateLimiter = field(default_factory=SlidingWindow)
     bounce_domain: str = ""  # accepted from anyone (relay.feedback); "" for none
 
@@ -65,11 +65,10 @@ class SubmissionHandler:
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
-        if self.free_space is not None:
-            declared = _size_param(mail_options)
-            if self.free_space() < self.settings.min_free_space + declared:
-                log.warning("spool nearly full: refusing mail from [%s]", client_ip(session))
-                return refuse(session, reply.SPOOL_FULL)
+        free = self.free_space()
+        if free is not None and free < self.settings.min_free_space + _size_param(mail_options):
+            log.warning("spool nearly full: refusing mail from [%s]", client_ip(session))
+            return refuse(session, reply.SPOOL_FULL)
         problem = address_problem(address) if address != "<>" else None
         if problem is not None:
             return refuse(session, reply.bad_sender(problem))

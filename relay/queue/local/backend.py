@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -35,7 +35,9 @@ from relay.queue.base import (
     FLUSHABLE,
     HOLDABLE,
     IDEMPOTENCY_WINDOW,
+    LISTED,
     NO_TRACKING,
+    NOT_RECEIVING,
     RELEASABLE,
     REQUEUABLE,
     WAITING,
@@ -76,6 +78,7 @@ from relay.queue.local.sql import (
     finish_messages,
     insert_message,
 )
+from relay.queue.roles import NewMailTaker
 
 log = logging.getLogger("relay.queue")
 
@@ -171,10 +174,23 @@ class LocalQueue(LocalRecords):
         written the message may be acknowledged (LocalFailure if it was not)."""
         await self._in_io_thread(self.files.write, message_id, envelope, data)
 
-    def hand_new_mail_to(self, taker: NewMailTaker) -> None:
+    # -- capabilities (queue.roles.Capabilities) -----------------------------------------
+
+    owner = "local"  # one relay owns a spool (its lock): whatever it leased is its own
+
+    def follow_new_mail(self, taker: NewMailTaker) -> None:
         """From now on new mail is claimed for `taker` (the scheduler) in the commit that
         indexes it, while it has room: no claim of its own, no wake-up (bench/README.md)."""
         self._taker = taker
+
+    def shared_rate_limits(self) -> None:
+        return None  # one node: its own count is the whole count
+
+    def free_bytes(self) -> int:
+        return self.files.free_bytes()
+
+    def indexer(self) -> LocalQueue:
+        return self  # ingest workers write the files, this process indexes them
 
     async def index(self, meta: MessageMeta, received_at: float, durable: bool = False,
                     body: bytes | None = None) -> None:
@@ -269,7 +285,7 @@ class LocalQueue(LocalRecords):
         self, state: State | None = None, domain: str | None = None, sender: str = "",
         received_before: float | None = None, limit: int | None = None
     ) -> list[MessageInfo]:
-        conditions: list[str] = ["done = 0"]
+        conditions: list[str] = ["done = 0", LISTED]
         params: list[Any] = []
         if state is not None:
             conditions.append("id IN (SELECT message_id FROM recipients WHERE state = ?)")
@@ -291,7 +307,8 @@ class LocalQueue(LocalRecords):
 
     async def get_message(self, message_id: str) -> MessageInfo | None:
         rows = await self._read_all(
-            "SELECT id, mail_from, size, received_at FROM messages WHERE id = ? AND done = 0",
+            f"SELECT id, mail_from, size, received_at FROM messages WHERE id = ? AND done = 0 "
+            f"AND {LISTED}",
             [message_id])
         found = await self._with_recipients(rows)
         return found[0] if found else None
@@ -307,8 +324,10 @@ class LocalQueue(LocalRecords):
 
     async def stats(self) -> QueueStats:
         depth = {State(r[0]): r[1] for r in await self._read_all(
-            f"SELECT state, COUNT(*) FROM recipients WHERE {WAITING} GROUP BY state", [])}
-        oldest = await self._read_one("SELECT MIN(received_at) FROM messages WHERE done = 0")
+            f"SELECT state, COUNT(*) FROM recipients WHERE {WAITING} AND {NOT_RECEIVING} "
+            "GROUP BY state", [])}
+        oldest = await self._read_one(
+            f"SELECT MIN(received_at) FROM messages WHERE done = 0 AND {LISTED}")
         return QueueStats(depth, None if oldest is None else oldest[0])
 
     async def idempotent_answer(self, key: str) -> IdempotentAnswer | None:
@@ -324,6 +343,7 @@ class LocalQueue(LocalRecords):
         if state is not None:
             condition = "r.state = ?"
             params.append(state.value)
+        condition += f" AND r.{NOT_RECEIVING}"
         return domain_shapes(await self._read_all(summary_sql(by, "?", condition), params), by)
 
     # -- broadcasts (queue.local.broadcasts) ------------------------------------------
@@ -436,18 +456,6 @@ class LocalQueue(LocalRecords):
     async def _read_one(self, sql: str) -> sqlite3.Row | None:
         rows = await self._read_all(sql, [])
         return rows[0] if rows else None
-
-
-class NewMailTaker(Protocol):
-    """What LocalQueue.hand_new_mail_to hands new mail to (the scheduler)."""
-
-    def room(self) -> int:
-        """How many recipients it would take now (0 while it stops)."""
-
-    def take_claimed(self, claimed: list[Claimed]) -> None: ...
-
-    def wake(self) -> None:
-        """New mail it did not take: due now."""
 
 
 # Write operations: run in the writer thread, inside the group committer's transaction.

@@ -40,9 +40,9 @@ from relay.core.errors import LocalFailure
 from relay.core.ratelimit import SlidingWindow
 from relay.core.units import Rate
 from relay.queue.base import NewMessage
-from relay.queue.local import LocalQueue
 from relay.queue.local.bodycache import MAX_BODY
 from relay.queue.local.spoolfiles import Envelope, SpoolFiles
+from relay.queue.roles import Indexer
 from relay.runtime.trouble import Trouble
 
 log = logging.getLogger("relay.queue")
@@ -150,7 +150,7 @@ class WorkerEvents:
     sessions: Callable[[int, int], None]  # SMTP sessions served: plain, TLS
 
 
-async def serve_handoff(queue: LocalQueue, sock: socket.socket, rates: SlidingWindow,
+async def serve_handoff(queue: Indexer, sock: socket.socket, rates: SlidingWindow,
                         events: WorkerEvents) -> None:
     """The owner's side for one worker connection, until the worker hangs up."""
     reader, writer = await asyncio.open_connection(sock=sock, limit=_LIMIT)

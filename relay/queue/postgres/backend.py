@@ -36,7 +36,9 @@ from relay.queue.base import (
     FLUSHABLE,
     HOLDABLE,
     IDEMPOTENCY_WINDOW,
+    LISTED,
     NO_TRACKING,
+    NOT_RECEIVING,
     RELEASABLE,
     REQUEUABLE,
     WAITING,
@@ -76,6 +78,7 @@ from relay.queue.postgres.prefetched import PrefetchedBodies
 from relay.queue.postgres.ratelimits import PostgresRateLimits
 from relay.queue.postgres.records import PostgresRecords
 from relay.queue.postgres.schema import migrate
+from relay.queue.roles import NewMailTaker
 
 log = logging.getLogger("relay.queue")
 
@@ -94,6 +97,7 @@ class PostgresQueue(PostgresRateLimits, PostgresRecords):
         self._dsn = dsn
         self._notify = notify
         self._listener: Listener | None = None
+        self._taker: NewMailTaker | None = None
         self._lease = lease
         self.node = node or socket.gethostname()
         self.owner = incarnation_of(self.node)  # of this run's leases
@@ -130,12 +134,29 @@ class PostgresQueue(PostgresRateLimits, PostgresRecords):
         self._batches = message_commits(self._pool)
         self._records = GroupCommit(self._record_together)
 
+    # -- capabilities (queue.roles.Capabilities) -----------------------------------------
+
+    def follow_new_mail(self, taker: NewMailTaker) -> None:
+        """Wake `taker` when this node stores mail, and when any node makes work due
+        (queue.postgres.notify; not with `notify = false`, where nodes poll)."""
+        self._taker = taker
+        self.listen(taker.wake)
+
     def listen(self, wake: Callable[[], None]) -> None:
         """Call `wake` when any node makes work due (queue.postgres.notify); nothing with
         `notify = false`, where nodes poll."""
         if self._notify and self._listener is None:
             self._listener = Listener(self._dsn, wake)
             self._listener.start()
+
+    def shared_rate_limits(self) -> PostgresQueue:
+        return self  # counted in the database, for every node
+
+    def free_bytes(self) -> None:
+        return None  # the database's disk is not this node's to measure
+
+    def indexer(self) -> None:
+        return None  # SMTP is served in the main process
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -166,6 +187,8 @@ class PostgresQueue(PostgresRateLimits, PostgresRecords):
         if self._batches is None:
             raise LocalFailure("queue is not open")
         await self._batches.submit(message)
+        if self._taker is not None:
+            self._taker.wake()
 
     # -- delivery --------------------------------------------------------------------
 
@@ -309,7 +332,7 @@ class PostgresQueue(PostgresRateLimits, PostgresRecords):
             params.append(domain.lower())
             conditions.append(f"id IN (SELECT message_id FROM recipients WHERE domain = "
                               f"${len(params)})")
-        conditions.append("id NOT IN (SELECT id FROM broadcasts WHERE state = 'receiving')")
+        conditions.append(LISTED)
         rows = await self._fetch(
             "SELECT id, mail_from, size, received_at FROM messages "
             f"WHERE {' AND '.join(conditions)} ORDER BY received_at, id LIMIT "
@@ -318,7 +341,7 @@ class PostgresQueue(PostgresRateLimits, PostgresRecords):
 
     async def get_message(self, message_id: str) -> MessageInfo | None:
         rows = await self._fetch("SELECT id, mail_from, size, received_at FROM messages "
-                                 "WHERE id = $1", message_id)
+                                 f"WHERE id = $1 AND {LISTED}", message_id)
         found = await self._with_recipients(rows)
         return found[0] if found else None
 
@@ -333,8 +356,9 @@ class PostgresQueue(PostgresRateLimits, PostgresRecords):
 
     async def stats(self) -> QueueStats:
         depth = {State(r[0]): r[1] for r in await self._fetch(
-            f"SELECT state, COUNT(*) FROM recipients WHERE {WAITING} GROUP BY state")}
-        oldest = await self._fetchval("SELECT MIN(received_at) FROM messages")
+            f"SELECT state, COUNT(*) FROM recipients WHERE {WAITING} AND {NOT_RECEIVING} "
+            "GROUP BY state")}
+        oldest = await self._fetchval(f"SELECT MIN(received_at) FROM messages WHERE {LISTED}")
         return QueueStats(depth, None if oldest is None else float(oldest))
 
     async def idempotent_answer(self, key: str) -> IdempotentAnswer | None:
@@ -348,6 +372,7 @@ class PostgresQueue(PostgresRateLimits, PostgresRecords):
         condition, params = f"r.{WAITING}", []
         if state is not None:
             condition, params = "r.state = $1", [state.value]
+        condition += f" AND r.{NOT_RECEIVING}"
         return domain_shapes(await self._fetch(summary_sql(by, NOW, condition), *params), by)
 
     async def flush(self, selection: Selection) -> int:

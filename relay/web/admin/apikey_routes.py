@@ -7,14 +7,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from relay.core.units import parse_rate
-from relay.queue import Queue
 from relay.queue.apikeys import ApiScope
+from relay.queue.roles import ApiKeyStore, ConsoleSessionStore
 from relay.web.admin.errors import ApiError
 from relay.web.admin.keys import KeyRing, new_key
 
@@ -33,7 +33,11 @@ class NewApiKey(BaseModel):
         return value.strip()
 
 
-def apikey_routes(queue: Queue, keys: KeyRing) -> APIRouter:
+class KeyQueue(ApiKeyStore, ConsoleSessionStore, Protocol):
+    """The keys, and the console's sessions that end with a revoked key."""
+
+
+def apikey_routes(queue: KeyQueue, keys: KeyRing) -> APIRouter:
     router = APIRouter(prefix="/v1/apikeys")
 
     @router.get("")

@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
@@ -31,8 +31,9 @@ from starlette.requests import ClientDisconnect
 
 from relay.cleanup.compose import ComposeError, mailbox
 from relay.cleanup.templates import Recipient, Template, check_recipient, envelope_sender
-from relay.queue import BroadcastStatus, Idempotency, Queue, new_queue_id
+from relay.queue import BroadcastStatus, Idempotency, new_queue_id
 from relay.queue.base import BROADCAST, EVERY_STREAM, SUPPRESSION_STREAM_PATTERN
+from relay.queue.roles import BroadcastStore, IdempotencyStore, SuppressionStore
 from relay.web.admin.errors import ApiError, validation_error
 from relay.web.admin.idempotency import IdempotencyKeys, replay
 from relay.web.admin.keys import caller_of
@@ -87,7 +88,11 @@ class SuppressionEntry(BaseModel):
     stream: SuppressionStream = EVERY_STREAM
 
 
-def broadcast_routes(queue: Queue, wake: Callable[[], None], keys: IdempotencyKeys,
+class BroadcastQueue(BroadcastStore, SuppressionStore, IdempotencyStore, Protocol):
+    """Broadcasts, the suppressions they honour, and the answers kept for retries."""
+
+
+def broadcast_routes(queue: BroadcastQueue, wake: Callable[[], None], keys: IdempotencyKeys,
                      max_message_size: int) -> APIRouter:
     router = APIRouter()
 
@@ -220,14 +225,14 @@ def check_address(address: str) -> None:
         raise ApiError(422, "invalid", str(exc), exc.field) from None
 
 
-async def _existing(queue: Queue, broadcast_id: str) -> BroadcastStatus:
+async def _existing(queue: BroadcastStore, broadcast_id: str) -> BroadcastStatus:
     found = await queue.broadcast_status(broadcast_id)
     if found is None:
         raise ApiError(404, "not_found", f"no broadcast {broadcast_id}", "id")
     return found
 
 
-async def status_events(queue: Queue, broadcast_id: str) -> AsyncIterator[str]:
+async def status_events(queue: BroadcastStore, broadcast_id: str) -> AsyncIterator[str]:
     """An event when the counts change (the first one at once), a comment now and then
     so that proxies keep the connection, and the end when nothing is left to send."""
     sent, quiet = "", 0
@@ -347,7 +352,7 @@ def _template(document: dict[str, Any]) -> Template:
         raise validation_error(exc.errors()) from None
 
 
-async def _store(queue: Queue, body: _Body, idempotency_key: str | None, *,
+async def _store(queue: BroadcastQueue, body: _Body, idempotency_key: str | None, *,
                  max_message_size: int, api_key: str) -> dict[str, Any]:
     template, recipients = await body.template_and_recipients()
     stored_template = template.model_dump_json(by_alias=True).encode()

@@ -13,12 +13,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from relay.queue import Queue
 from relay.queue.events import MAX_PAGE, EventFilter, EventType
+from relay.queue.roles import EventHistory
 from relay.web.admin.errors import ApiError
 
 
-def history_routes(queue: Queue) -> APIRouter:
+def history_routes(queue: EventHistory) -> APIRouter:
     router = APIRouter()
 
     @router.get("/v1/messages/{message_id}", responses={404: {"description": "unknown, or "

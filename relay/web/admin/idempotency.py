@@ -14,14 +14,15 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from relay.queue import IdempotentAnswer, Queue
+from relay.queue import IdempotentAnswer
+from relay.queue.roles import IdempotencyStore
 from relay.web.admin.errors import ApiError
 
 HEADER = "Idempotency-Key"
 
 
 class IdempotencyKeys:
-    def __init__(self, queue: Queue) -> None:
+    def __init__(self, queue: IdempotencyStore) -> None:
         self._queue = queue
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # lock, requests using it
 

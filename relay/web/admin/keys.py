@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from relay.core.units import Rate, parse_rate
-from relay.queue import Queue
 from relay.queue.apikeys import ApiKey, ApiScope, digest_of
+from relay.queue.roles import ApiKeyStore
 
 KEY_PREFIX = "rk_"
 KEY_CACHE_SECONDS = 2.0
@@ -80,7 +80,7 @@ def new_key(name: str, scopes: tuple[ApiScope, ...], rate_limit: str = "",
 class KeyRing:
     """Turns a bearer token into a Caller (or None: 401)."""
 
-    def __init__(self, queue: Queue, admin_token: str,
+    def __init__(self, queue: ApiKeyStore, admin_token: str,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._queue = queue
         self._admin_token = admin_token.encode()

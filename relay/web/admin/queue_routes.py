@@ -9,13 +9,14 @@ not in the queue (`missing`), so that a client can say so, as postsuper does.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, model_validator
 
-from relay.queue import SUMMARY_AGE_BUCKETS, MessageInfo, Queue, Selection, ShapeKey, State
+from relay.queue import SUMMARY_AGE_BUCKETS, MessageInfo, Selection, ShapeKey, State
+from relay.queue.roles import BodyReader, BroadcastStore, QueueCommands
 from relay.web.admin.errors import ApiError
 
 _FINISHED = (State.DELIVERED, State.BOUNCED)
@@ -53,7 +54,11 @@ def message_json(message: MessageInfo) -> dict[str, Any]:
     }
 
 
-def queue_routes(queue: Queue, wake: Callable[[], None]) -> APIRouter:
+class OperatedQueue(QueueCommands, BodyReader, BroadcastStore, Protocol):
+    """The operator's commands, a message's content, and broadcasts (an id may be one)."""
+
+
+def queue_routes(queue: OperatedQueue, wake: Callable[[], None]) -> APIRouter:
     """/v1/queue: what `relayctl queue` uses."""
     router = APIRouter(prefix="/v1/queue")
 
@@ -141,7 +146,7 @@ def _waiting(state: State | None) -> None:
                        "the queue holds queued, active, deferred and held ones", "state")
 
 
-async def _existing(queue: Queue, message_id: str) -> MessageInfo:
+async def _existing(queue: QueueCommands, message_id: str) -> MessageInfo:
     message = await queue.get_message(message_id)
     if message is None:
         raise _not_found(message_id)

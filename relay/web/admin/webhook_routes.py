@@ -17,8 +17,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from relay.notify.webhooks import describe, new_secret, url_problem
-from relay.queue import Queue
 from relay.queue.events import EventType
+from relay.queue.roles import WebhookStore
 from relay.queue.webhooks import WebhookEndpoint
 from relay.web.admin.errors import ApiError
 
@@ -40,7 +40,7 @@ class NewWebhook(BaseModel):
         return url
 
 
-def webhook_routes(queue: Queue, configured: list[WebhookEndpoint]) -> APIRouter:
+def webhook_routes(queue: WebhookStore, configured: list[WebhookEndpoint]) -> APIRouter:
     router = APIRouter(prefix="/v1/webhooks")
     from_config = {endpoint.id for endpoint in configured}
 

@@ -1,5 +1,5 @@
 """The console's pure parts: the chart's geometry, the pages' escaping (its sessions:
-tests/integration/test_queue_contract.py)."""
+tests/integration/queue/test_console_sessions.py)."""
 
 from __future__ import annotations
 

@@ -272,7 +272,7 @@ async def test_new_mail_is_claimed_in_the_commit_that_indexes_it(tmp_path: Path)
     try:
         await queue.suppress("gone@example.test", "550 5.1.1 gone")
         taker = _Taker(room=2)
-        queue.hand_new_mail_to(taker)
+        queue.follow_new_mail(taker)
         first = NewMessage(new_queue_id(), "app@sender.test",
                            ["a@example.test", "gone@example.test"], b"Subject: x\r\n\r\nx\r\n")
         await queue.store(first)
@@ -322,7 +322,7 @@ async def test_mail_claimed_as_it_was_indexed_comes_back_after_a_crash(tmp_path:
     queue = LocalQueue(tmp_path / "spool", lease=60.0)
     await queue.open()
     taker = _Taker(room=10)
-    queue.hand_new_mail_to(taker)
+    queue.follow_new_mail(taker)
     stored = NewMessage(new_queue_id(), "app@sender.test", ["a@example.test"],
                         b"Subject: x\r\n\r\nx\r\n")
     await queue.store(stored)

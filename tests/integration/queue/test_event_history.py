@@ -16,7 +16,7 @@ from relay.queue.events import EventFilter, EventType
 from relay.queue.postgres import PostgresQueue
 from relay.queue.webhooks import WebhookEndpoint
 from relay.web.admin.keys import new_key
-from tests.integration.test_queue_contract import outcome
+from tests.integration.queue.contract import outcome
 
 TRACKING = Tracking("=?utf-8?q?Caf=C3=A9?= news", {"user": 42}, ("welcome",))
 

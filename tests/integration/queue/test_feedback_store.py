@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from relay.queue import NewMessage, Queue, State, Tracking, new_queue_id
 from relay.queue.events import EventFilter, EventType, Feedback
-from tests.integration.test_queue_contract import outcome
+from tests.integration.queue.contract import outcome
 
 
 def in_stream(stream: str, *recipients: str) -> NewMessage:
