@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,6 +20,9 @@ from relay.cli.support import (
     one_line_errors,
 )
 from relay.core.errors import RelayError
+
+if TYPE_CHECKING:
+    from relay.config import Config
 
 # Each topic's commands, imported when they run (cli.support.LazyCommands).
 TOPICS = {
@@ -66,7 +70,7 @@ def serve(ctx: click.Context) -> None:
 
 @main.group(name="db")
 def db_group() -> None:
-    """The queue database (postgres backend)."""
+    """The queue's database: the local index or the cluster's PostgreSQL."""
 
 
 @db_group.command(name="status")
@@ -74,19 +78,36 @@ def db_group() -> None:
 @click.pass_context
 @one_line_errors
 def db_status(ctx: click.Context) -> None:
-    """Say which schema version the queue database has, and list the nodes by name with
-    their last heartbeat (gone: none within a lease)."""
+    """Say which schema version the queue's database has; for a cluster, list the nodes
+    by name with their last heartbeat (gone: none within a lease)."""
+    config = load_config(ctx)
+    if config.queue.backend == "postgres":
+        _cluster_status(config)
+        return
+    from relay.queue.local.schema import NEWEST, index_status
+
+    path = config.queue.path / "index.sqlite3"
+    current = index_status(path)
+    if current is None:
+        click.echo(f"{path}: no index yet (the relay makes it when it first starts)")
+        return
+    click.echo(f"{path} (local): schema version {current} of {NEWEST}, "
+               f"{_migration_state(current, NEWEST)}")
+
+
+def _migration_state(current: int, newest: int) -> str:
+    return ("up to date" if current == newest else
+            f"{newest - current} migrations to apply (a starting relay applies them)")
+
+
+def _cluster_status(config: Config) -> None:
     from relay.queue.postgres.nodes import cluster_status
     from relay.queue.postgres.pool import database_dsn, where
 
-    config = load_config(ctx)
-    if config.queue.backend != "postgres":
-        raise RelayError("db status: [queue] backend is local: there is no database")
     dsn = database_dsn(config.queue)
     current, newest, nodes = asyncio.run(cluster_status(dsn, config.queue.lease))
-    state = ("up to date" if current == newest else
-             f"{newest - current} migrations to apply (a starting relay applies them)")
-    click.echo(f"{where(dsn)}: schema version {current} of {newest}, {state}")
+    click.echo(f"{where(dsn)}: schema version {current} of {newest}, "
+               f"{_migration_state(current, newest)}")
     for node in nodes:
         click.echo(f"node {node.name}: {'gone' if node.gone else 'running'}, last heartbeat "
                    f"{date_of(node.heartbeat_at)}, started {date_of(node.started_at)}")

@@ -258,6 +258,19 @@ def test_a_second_relay_on_the_same_spool_refuses_to_start(relay_process: MakeRe
     assert relay.stop() == 0
 
 
+def test_db_status_says_the_local_index_schema_version(relay_process: MakeRelay) -> None:
+    relay = relay_process()
+    before = relayctl(relay.config, "db", "status")
+    assert before.returncode == 0, before.stderr
+    assert "no index yet" in before.stdout
+    relay.start()
+    status = relayctl(relay.config, "db", "status")  # while the relay runs on it
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"index\.sqlite3 \(local\): schema version (\d+) of \1, up to date",
+                     status.stdout), status.stdout
+    assert relay.stop() == 0
+
+
 def test_missing_tls_files_are_a_clear_error(tmp_path: Path, relay_process: MakeRelay) -> None:
     relay = relay_process(smtp={"tls_cert": str(tmp_path / "nope.pem"),
                                 "tls_key": str(tmp_path / "nope.key")})

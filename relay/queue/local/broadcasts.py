@@ -26,22 +26,6 @@ from relay.queue.local.sql import IDS, finish_messages, remember_answer
 
 log = logging.getLogger("relay.queue")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS broadcasts (
-    id TEXT PRIMARY KEY,
-    state TEXT NOT NULL,  -- receiving, sending, cancelled
-    total INTEGER NOT NULL DEFAULT 0,
-    suppressed INTEGER NOT NULL DEFAULT 0,
-    rejected INTEGER NOT NULL DEFAULT 0,
-    delivered INTEGER NOT NULL DEFAULT 0,
-    bounced INTEGER NOT NULL DEFAULT 0,
-    cancelled INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    accepted_at REAL,
-    finished_at REAL,
-    cancelled_at REAL
-);
-"""
 # A permanent refusal by the recipient's server; not our own expiry after max_age.
 _HARD_BOUNCE = "r.last_reply LIKE '5%' AND r.last_reply NOT LIKE '554 5.4.7%'"
 

@@ -21,35 +21,6 @@ from relay.queue.events import (
     tags_json,
 )
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS history (
-    message_id TEXT PRIMARY KEY,
-    mail_from TEXT NOT NULL,
-    subject TEXT NOT NULL DEFAULT '',
-    size INTEGER NOT NULL,
-    received_at REAL NOT NULL,
-    finished_at REAL,  -- when the message left the queue
-    metadata TEXT,  -- JSON object
-    tags TEXT,  -- JSON list
-    api_key TEXT NOT NULL DEFAULT ''  -- the id of the API key that submitted it
-);
-CREATE INDEX IF NOT EXISTS history_by_key ON history(api_key) WHERE api_key != '';
-CREATE INDEX IF NOT EXISTS history_by_finish ON history(finished_at)
-    WHERE finished_at IS NOT NULL;
--- AUTOINCREMENT: an id is never used twice, even after pruning (it is the API's cursor).
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    type TEXT NOT NULL,
-    at REAL NOT NULL,
-    message_id TEXT NOT NULL,
-    recipient TEXT NOT NULL,
-    data TEXT
-);
-CREATE INDEX IF NOT EXISTS events_by_message ON events(message_id, id);
--- No index on `at`: a time range is read in id order from the cursor, and every index
--- is one more write for every state change.
-"""
-
 EventRow = tuple[str, str, str | None]  # message id, recipient, data (JSON)
 
 

@@ -16,40 +16,6 @@ from relay.queue.local.events import add_events
 
 _LOOKUP_CHUNK = 500  # addresses per statement (SQLite binds at most 32766 values)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS suppressions (
-    address TEXT NOT NULL,  -- lower case
-    stream TEXT NOT NULL DEFAULT '*',  -- '*': every stream
-    reason TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (address, stream)
-);
--- One row per delivered copy sent with a VERP return path; pruned with the history.
-CREATE TABLE IF NOT EXISTS return_paths (
-    token TEXT PRIMARY KEY,
-    message_id TEXT NOT NULL,
-    recipient TEXT NOT NULL,
-    stream TEXT NOT NULL,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS return_paths_by_age ON return_paths(at);
-"""
-
-
-def migrate(db: sqlite3.Connection) -> None:
-    """A spool from before streams: its suppressions held in every stream."""
-    columns = {r[1] for r in db.execute("PRAGMA table_info(suppressions)")}
-    if columns and "stream" not in columns:
-        db.execute("ALTER TABLE suppressions RENAME TO suppressions_before_streams")
-        db.executescript(SCHEMA)
-        db.execute("INSERT INTO suppressions (address, stream, reason, created_at) "
-                   "SELECT address, '*', reason, created_at FROM suppressions_before_streams")
-        db.execute("DROP TABLE suppressions_before_streams")
-    columns = {r[1] for r in db.execute("PRAGMA table_info(messages)")}
-    if columns and "stream" not in columns:
-        db.execute("ALTER TABLE messages ADD COLUMN stream TEXT NOT NULL "
-                   "DEFAULT 'transactional'")
-
 
 def suppressed_in(db: sqlite3.Connection, wanted: Iterable[tuple[str, str]]) -> dict[
         tuple[str, str], str]:

@@ -1,5 +1,6 @@
-"""queue.local.index: the local backend's SQLite index: its schema, opening it, and the
-recovery that makes it agree with the message files at start.
+"""queue.local.index: the local backend's SQLite index: opening it (its schema is
+queue.local.schema's), and the recovery that makes it agree with the message files at
+start.
 
 Recovery on open: the index is derived from the queue files, so a complete queue file
 without rows (acknowledged, its rows not yet committed, or the index lost) is indexed
@@ -19,69 +20,20 @@ import sqlite3
 from pathlib import Path
 
 from relay.queue.local import broadcasts
-from relay.queue.local import events as local_events
-from relay.queue.local import feedback as local_feedback
-from relay.queue.local import records as local_records
-from relay.queue.local import webhooks as local_webhooks
 from relay.queue.local.groupcommit import connect
+from relay.queue.local.schema import migrate
 from relay.queue.local.spoolfiles import SpoolFiles
 from relay.queue.local.sql import delete_messages, insert_message
 
 log = logging.getLogger("relay.queue")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id TEXT PRIMARY KEY,
-    mail_from TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    received_at REAL NOT NULL,
-    smtputf8 INTEGER NOT NULL DEFAULT 0,
-    done INTEGER NOT NULL DEFAULT 0,
-    stream TEXT NOT NULL DEFAULT 'transactional'
-);
-CREATE TABLE IF NOT EXISTS recipients (
-    id INTEGER PRIMARY KEY,
-    message_id TEXT NOT NULL,
-    address TEXT NOT NULL,
-    domain TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    last_attempt_at REAL,
-    last_reply TEXT NOT NULL DEFAULT '',
-    fields TEXT  -- a broadcast recipient's fields (JSON)
-);
-DROP INDEX IF EXISTS recipients_by_message;
-CREATE INDEX IF NOT EXISTS recipients_by_message_state ON recipients(message_id, state);
-DROP INDEX IF EXISTS recipients_due;
--- For an active recipient next_attempt_at is when its lease expires.
-CREATE INDEX IF NOT EXISTS recipients_claimable ON recipients(next_attempt_at)
-    WHERE state IN ('queued', 'deferred', 'active');
-CREATE TABLE IF NOT EXISTS idempotency (
-    key TEXT PRIMARY KEY,
-    digest TEXT NOT NULL,
-    answer TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency(created_at);
-CREATE TABLE IF NOT EXISTS quarantine (
-    message_id TEXT NOT NULL,
-    mail_from TEXT NOT NULL,
-    recipients TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    at REAL NOT NULL
-);
-"""
-
 
 def open_index(path: Path) -> sqlite3.Connection:
+    """The index, its schema brought up to date (queue.local.schema)."""
     db = connect(path)
-    columns = {r[1] for r in db.execute("PRAGMA table_info(recipients)")}
-    if columns and "fields" not in columns:  # a spool from before broadcasts
-        db.execute("ALTER TABLE recipients ADD COLUMN fields TEXT")
-    local_feedback.migrate(db)
-    db.executescript(SCHEMA + broadcasts.SCHEMA + local_events.SCHEMA + local_webhooks.SCHEMA
-                     + local_records.SCHEMA + local_feedback.SCHEMA)
+    for migration in migrate(db):
+        log.info("queue index %s: migration %d applied (%s)", path, migration.number,
+                 migration.what)
     return db
 
 

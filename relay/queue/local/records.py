@@ -46,25 +46,6 @@ from relay.queue.webhooks import (
     state_of,
 )
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_keys (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    digest TEXT NOT NULL UNIQUE,
-    scopes TEXT NOT NULL,  -- JSON list
-    rate_limit TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    revoked_at REAL
-);
-CREATE TABLE IF NOT EXISTS console_sessions (
-    id TEXT PRIMARY KEY,  -- SHA-256 of the cookie's value (queue.apikeys)
-    token TEXT NOT NULL,
-    csrf TEXT NOT NULL,
-    expires_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS console_sessions_by_token ON console_sessions(token);
-"""
-
 
 class LocalRecords:
     """The Queue methods of this module; LocalQueue provides the plumbing."""

@@ -15,27 +15,6 @@ from relay.queue.webhooks import (
     state_values,
 )
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS webhook_endpoints (
-    id TEXT PRIMARY KEY,
-    url TEXT NOT NULL,
-    events TEXT NOT NULL,  -- JSON list; empty: every type
-    secret TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS webhook_state (
-    endpoint TEXT PRIMARY KEY,
-    cursor TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    head_failing_since REAL,
-    failing_since REAL,
-    next_attempt_at REAL NOT NULL DEFAULT 0,
-    disabled_at REAL,
-    owner TEXT,
-    lease_until REAL NOT NULL DEFAULT 0
-);
-"""
-
 
 def add_endpoint(endpoint: WebhookEndpoint, db: sqlite3.Connection) -> None:
     db.execute(f"INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
