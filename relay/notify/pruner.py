@@ -10,13 +10,13 @@ still queued. A failing pass (a full disk, a lost database) is logged by state c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 from relay.queue.events import PRUNE_BATCH
 from relay.queue.roles import EventHistory
+from relay.runtime.tasks import BackgroundTask
 from relay.runtime.trouble import Trouble
 
 log = logging.getLogger("relay.history")
@@ -33,17 +33,13 @@ class HistoryPruner:
         self._clock = clock
         self._interval = interval
         self._trouble = Trouble("pruning message history", log)
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("history-pruner")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="history-pruner")
+        self._task.start(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def prune_now(self) -> int:
         """Remove everything past its retention now; how many rows."""

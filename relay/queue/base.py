@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -266,6 +266,11 @@ class Selection:
 
 # Recipients not yet final: the queue's content.
 WAITING = "state NOT IN ('delivered', 'bounced')"
+# Recipients a claim may take when due; an active one once its lease expired.
+CLAIMABLE = "state IN ('queued', 'deferred', 'active')"
+# A permanent refusal by the recipient's server; not our own expiry after max_age.
+HARD_BOUNCE = "r.last_reply LIKE '5%' AND r.last_reply NOT LIKE '554 5.4.7%'"
+DEFAULT_LEASE = 120.0  # seconds a claim is leased for ([queue] lease)
 # The recipients of a broadcast still being uploaded wait, held, until it is accepted:
 # operator commands leave them alone.
 RECEIVING = "(SELECT id FROM broadcasts WHERE state = 'receiving')"
@@ -348,28 +353,19 @@ def broadcast_status_of(row: Sequence[Any]) -> BroadcastStatus:
         next_attempt_at=next_attempt_at)
 
 
-def broadcasts_page_sql(limit: int, state: str | None, after: tuple[float, str] | None,
-                        placeholder: Callable[[int], str]) -> tuple[str, list[Any]]:
-    """The query of `Queue.broadcasts` and its parameters; `placeholder(n)` writes the
-    n-th parameter (1-based) in the backend's style. "done" and "sending" are one stored
-    state told apart by whether the broadcast finished."""
+def broadcasts_page_sql(state: str | None, after: tuple[float, str] | None) -> str:
+    """The query of `Queue.broadcasts` in queue.dialect's SQL (values :state, :created,
+    :after_id, :limit). "done" and "sending" are one stored state told apart by whether
+    the broadcast finished."""
     conditions: list[str] = []
-    params: list[Any] = []
-
-    def param(value: Any) -> str:
-        params.append(value)
-        return placeholder(len(params))
-
     if state == "done":
         conditions.append("b.state = 'sending' AND b.finished_at IS NOT NULL")
     elif state == "sending":
         conditions.append("b.state = 'sending' AND b.finished_at IS NULL")
     elif state is not None:
-        conditions.append(f"b.state = {param(state)}")
+        conditions.append("b.state = :state")
     if after is not None:
-        created, after_id = after
-        conditions.append(f"(b.created_at < {param(created)} OR "
-                          f"(b.created_at = {param(created)} AND b.id > {param(after_id)}))")
+        conditions.append("(b.created_at < :created OR "
+                          "(b.created_at = :created AND b.id > :after_id))")
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    return (f"{BROADCAST_STATUS_SELECT}{where} ORDER BY b.created_at DESC, b.id "
-            f"LIMIT {param(limit)}"), params
+    return f"{BROADCAST_STATUS_SELECT}{where} ORDER BY b.created_at DESC, b.id LIMIT :limit"

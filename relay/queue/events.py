@@ -14,7 +14,7 @@ either placeholder style (`?` for SQLite, `$n` for PostgreSQL).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 from relay.core.mailstates import EventType as EventType  # re-exported: events speak it
 from relay.core.mailstates import State
 from relay.queue.base import Outcome
+from relay.queue.dialect import Params
 
 PRUNE_BATCH = 1000  # rows a pruning transaction removes at most
 MAX_PAGE = 1000  # events one GET /v1/events returns at most
@@ -170,6 +171,8 @@ def metadata_json(metadata: dict[str, Any] | None) -> str | None:
 
 # -- reading ---------------------------------------------------------------------------
 
+EventRow = tuple[str, str, str | None]  # one to write: message id, recipient, data (JSON)
+
 # Columns of an event row as both backends select them (events e joined to history h).
 EVENT_COLUMNS = ("e.id, e.type, e.at, e.message_id, e.recipient, e.data, h.metadata, "
                  "h.tags, h.api_key")
@@ -178,35 +181,23 @@ HISTORY_COLUMNS = ("message_id, mail_from, subject, size, received_at, finished_
                    "metadata, tags, api_key")
 
 
-def filter_sql(wanted: EventFilter, placeholder: Callable[[int], str],
-               conditions: Sequence[str] = (), params: Sequence[Any] = ()
-               ) -> tuple[str, list[Any]]:
-    """The WHERE clause and parameters of an event filter, after the backend's own
-    `conditions` with their `params`; `placeholder(n)` writes the n-th parameter
-    (1-based) in the backend's style."""
-    conditions, params = list(conditions) or ["TRUE"], list(params)
-
-    def add(condition: str, value: Any) -> None:
-        params.append(value)
-        conditions.append(condition.format(placeholder(len(params))))
-
+def filter_sql(wanted: EventFilter, params: Params, conditions: Sequence[str] = ()) -> str:
+    """The WHERE clause of an event filter, after the backend's own `conditions`; its
+    values go to `params` (queue.dialect), after those of the conditions."""
+    conditions = list(conditions) or ["TRUE"]
     if wanted.message_id is not None:
-        add("e.message_id = {}", wanted.message_id)
+        conditions.append(f"e.message_id = {params(wanted.message_id)}")
     if wanted.recipient is not None:
-        add("lower(e.recipient) = {}", wanted.recipient.lower())
+        conditions.append(f"lower(e.recipient) = {params(wanted.recipient.lower())}")
     if wanted.since is not None:
-        add("e.at >= {}", wanted.since)
+        conditions.append(f"e.at >= {params(wanted.since)}")
     if wanted.until is not None:
-        add("e.at < {}", wanted.until)
+        conditions.append(f"e.at < {params(wanted.until)}")
     if wanted.api_key is not None:
-        add("h.api_key = {}", wanted.api_key)
+        conditions.append(f"h.api_key = {params(wanted.api_key)}")
     if wanted.types:
-        marks = []
-        for kind in wanted.types:
-            params.append(kind.value)
-            marks.append(placeholder(len(params)))
-        conditions.append(f"e.type IN ({', '.join(marks)})")
-    return " AND ".join(conditions), params
+        conditions.append(f"e.type IN ({', '.join(params(k.value) for k in wanted.types)})")
+    return " AND ".join(conditions)
 
 
 def event_of(row: Sequence[Any], position: str | None = None) -> Event:

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from relay.queue.dialect import Sql
 from relay.queue.events import EventType
 
 # The outcomes a delivery chart counts, in the order it stacks them.
@@ -53,41 +54,27 @@ class NodeInfo:
     gone: bool
 
 
-Read = Callable[[str, Sequence[Any]], Awaitable[Sequence[Sequence[Any]]]]
-
-
-@dataclass(frozen=True)
-class Dialect:
-    """The statements of this module in a backend's SQL."""
-
-    event_at: str  # (first id at least this) -> id, at
-    activity: str  # (step, first id, since) -> bucket, type, count
-
-
-LOCAL = Dialect(
-    "SELECT id, at FROM events WHERE id >= ? ORDER BY id LIMIT 1",
-    f"SELECT CAST(at / ? AS INTEGER), type, COUNT(*) FROM events WHERE id >= ? AND at >= ? "
-    f"AND type IN ({CHARTED_SQL}) GROUP BY 1, 2")
-POSTGRES = Dialect(
-    "SELECT id, at FROM events WHERE id >= $1 ORDER BY id LIMIT 1",
-    f"SELECT floor(at / $1)::bigint, type, count(*) FROM events WHERE id >= $2 AND at >= $3 "
-    f"AND type IN ({CHARTED_SQL}) GROUP BY 1, 2")
+EVENT_AT = "SELECT id, at FROM events WHERE id >= :id ORDER BY id LIMIT 1"
 BOUNDS = "SELECT MIN(id), MAX(id) FROM events"
 
 
-async def activity(read: Read, dialect: Dialect, since: float, step: float) -> list[Activity]:
-    """Queue.activity for a backend that reads with `read(sql, params)`."""
+async def activity(sql: Sql, since: float, step: float) -> list[Activity]:
+    """Queue.activity, on either backend's Sql."""
 
     async def event_at(event_id: int) -> tuple[int, float] | None:
-        rows = await read(dialect.event_at, [event_id])
+        rows = await sql.read(EVENT_AT, id=event_id)
         return (int(rows[0][0]), float(rows[0][1])) if rows else None
 
-    [(low, high)] = await read(BOUNDS, [])
+    [(low, high)] = await sql.read(BOUNDS)
     first = await first_event_from(since, None if low is None else (int(low), int(high)),
                                    event_at)
     if first is None:
         return []
-    return activity_of(await read(dialect.activity, [step, first, since]), step)
+    bucket = sql.dialect.integer.format("at / :step")
+    return activity_of(await sql.read(
+        f"SELECT {bucket}, type, COUNT(*) FROM events WHERE id >= :first AND at >= :since "
+        f"AND type IN ({CHARTED_SQL}) GROUP BY 1, 2", step=step, first=first, since=since),
+        step)
 
 
 async def first_event_from(since: float, bounds: tuple[int, int] | None,

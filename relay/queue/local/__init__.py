@@ -4,6 +4,6 @@ derived from them (queue.local.index), written by one thread with group commit
 (queue.local.groupcommit). Ingest workers store their messages' files themselves and
 hand the index rows over (queue.local.handoff)."""
 
-from relay.queue.local.backend import DEFAULT_LEASE, LocalQueue
+from relay.queue.local.backend import LocalQueue
 
-__all__ = ["DEFAULT_LEASE", "LocalQueue"]
+__all__ = ["LocalQueue"]

@@ -31,6 +31,8 @@ import aiosqlite
 
 from relay.core.errors import LocalFailure
 from relay.queue.base import (
+    CLAIMABLE,
+    DEFAULT_LEASE,
     DELETABLE,
     FLUSHABLE,
     HOLDABLE,
@@ -55,8 +57,6 @@ from relay.queue.base import (
     ShapeKey,
     State,
     Tracking,
-    broadcast_status_of,
-    broadcasts_page_sql,
     domain_shapes,
     like_pattern,
     messages_with_recipients,
@@ -73,6 +73,7 @@ from relay.queue.local.records import LocalRecords
 from relay.queue.local.spoolfiles import Envelope, SpoolFiles, storage_failure
 from relay.queue.local.sql import (
     IDS,
+    IndexSql,
     delete_messages,
     delete_selected,
     finish_messages,
@@ -86,8 +87,6 @@ log = logging.getLogger("relay.queue")
 _T = TypeVar("_T")
 IO_THREADS = 8
 PREVIOUS_WORKERS_TIMEOUT = 60.0
-_CLAIMABLE = "state IN ('queued', 'deferred', 'active')"  # active: once its lease expired
-DEFAULT_LEASE = 120.0
 
 
 class LocalQueue(LocalRecords):
@@ -111,6 +110,7 @@ class LocalQueue(LocalRecords):
         self._io: ThreadPoolExecutor | None = None
         self._taker: NewMailTaker | None = None  # claims new mail as it is indexed
         self._bodies = BodyCache()  # of mail claimed as it was indexed, for its first read
+        self._sql = IndexSql(self._read_all, self._write, clock)  # queue.tables'
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -234,7 +234,7 @@ class LocalQueue(LocalRecords):
 
     async def next_due_at(self) -> float | None:
         row = await self._read_one(
-            f"SELECT MIN(next_attempt_at) FROM recipients WHERE {_CLAIMABLE}")
+            f"SELECT MIN(next_attempt_at) FROM recipients WHERE {CLAIMABLE}")
         return None if row is None or row[0] is None else float(row[0])
 
     async def read_body(self, message_id: str) -> bytes:
@@ -373,15 +373,6 @@ class LocalQueue(LocalRecords):
         await self._write(partial(broadcasts.abandon, broadcast_id))
         self.files.remove(broadcast_id)
 
-    async def broadcast_status(self, broadcast_id: str) -> BroadcastStatus | None:
-        found = await self._read_all(broadcasts.STATUS, [broadcast_id])
-        return broadcast_status_of(found[0]) if found else None
-
-    async def broadcasts(self, limit: int = 100, state: str | None = None,
-                         after: tuple[float, str] | None = None) -> list[BroadcastStatus]:
-        query, params = broadcasts_page_sql(limit, state, after, lambda n: "?")
-        return [broadcast_status_of(row) for row in await self._read_all(query, params)]
-
     async def cancel_broadcast(self, broadcast_id: str) -> BroadcastStatus | None:
         finished = await self._write(partial(broadcasts.cancel, broadcast_id, self._clock()))
         if finished is None:
@@ -481,7 +472,7 @@ def _claim_due(limit: int, now: float, lease: float,
     rows = db.execute(
         "UPDATE recipients SET state = 'active', attempts = attempts + 1, last_attempt_at = ?, "
         "next_attempt_at = ? "
-        f"WHERE id IN (SELECT id FROM recipients WHERE {_CLAIMABLE} AND next_attempt_at <= ? "
+        f"WHERE id IN (SELECT id FROM recipients WHERE {CLAIMABLE} AND next_attempt_at <= ? "
         "ORDER BY next_attempt_at LIMIT ?) "
         "RETURNING id, message_id, address, domain, attempts, fields",
         (now, now + lease, now, limit)).fetchall()

@@ -19,15 +19,13 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from relay.queue.base import BROADCAST_STATUS_SELECT, Idempotency, Outcome, Tracking, domain_of
+from relay.queue.base import HARD_BOUNCE, Idempotency, Outcome, Tracking, domain_of
 from relay.queue.events import EventType
 from relay.queue.local.events import add_events, open_history
 from relay.queue.local.sql import IDS, finish_messages, remember_answer
 
 log = logging.getLogger("relay.queue")
 
-# A permanent refusal by the recipient's server; not our own expiry after max_age.
-_HARD_BOUNCE = "r.last_reply LIKE '5%' AND r.last_reply NOT LIKE '554 5.4.7%'"
 
 
 def open_broadcast(broadcast_id: str, mail_from: str, size: int, smtputf8: bool,
@@ -114,7 +112,7 @@ def record(outcomes: Sequence[Outcome], now: float, db: sqlite3.Connection) -> N
     db.execute(
         "INSERT OR IGNORE INTO suppressions (address, stream, reason, created_at) "
         f"SELECT lower(r.address), '*', r.last_reply, ? FROM recipients r WHERE r.id IN {IDS} "
-        f"AND r.state = 'bounced' AND {_HARD_BOUNCE}", (now, refused))
+        f"AND r.state = 'bounced' AND {HARD_BOUNCE}", (now, refused))
 
 
 def cancel(broadcast_id: str, now: float, db: sqlite3.Connection) -> list[str] | None:
@@ -136,5 +134,4 @@ def cancel(broadcast_id: str, now: float, db: sqlite3.Connection) -> list[str] |
     return finish_messages([broadcast_id], now, db)
 
 
-STATUS = f"{BROADCAST_STATUS_SELECT} WHERE b.id = ?"
 

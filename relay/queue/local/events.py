@@ -13,15 +13,13 @@ from collections.abc import Iterable
 
 from relay.queue.base import MessageMeta, Outcome, Tracking
 from relay.queue.events import (
-    PRUNE_BATCH,
+    EventRow,
     EventType,
     metadata_json,
     outcome_data,
     outcome_event,
     tags_json,
 )
-
-EventRow = tuple[str, str, str | None]  # message id, recipient, data (JSON)
 
 
 def add_events(db: sqlite3.Connection, kind: EventType, now: float,
@@ -55,19 +53,3 @@ def message_accepted(db: sqlite3.Connection, meta: MessageMeta, received_at: flo
     """A new message's history row and an `accepted` event per recipient."""
     open_history(db, meta.id, meta.mail_from, meta.size, received_at, meta.tracking)
     add_events(db, EventType.ACCEPTED, now, [(meta.id, r, None) for r in meta.recipients])
-
-
-def prune(before: float, db: sqlite3.Connection) -> int:
-    """Up to PRUNE_BATCH events, then history rows, of messages that left the queue before
-    `before` (a message still queued has finished_at NULL: never touched)."""
-    removed = db.execute(
-        "DELETE FROM events WHERE id IN (SELECT e.id FROM events e JOIN history h "
-        "ON h.message_id = e.message_id WHERE h.finished_at < ? LIMIT ?)",
-        (before, PRUNE_BATCH)).rowcount
-    if removed < PRUNE_BATCH:
-        removed += db.execute(
-            "DELETE FROM history WHERE message_id IN (SELECT message_id FROM history h "
-            "WHERE finished_at < ? AND NOT EXISTS (SELECT 1 FROM events e "
-            "WHERE e.message_id = h.message_id) LIMIT ?)",
-            (before, PRUNE_BATCH - removed)).rowcount
-    return removed

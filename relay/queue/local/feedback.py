@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Iterable
 
 from relay.queue.base import EVERY_STREAM, Outcome, State
-from relay.queue.events import FEEDBACK_SEEN, PRUNE_BATCH, EventType, Feedback
+from relay.queue.events import FEEDBACK_SEEN, EventType, Feedback
 from relay.queue.local.events import add_events
 
 _LOOKUP_CHUNK = 500  # addresses per statement (SQLite binds at most 32766 values)
@@ -47,14 +47,6 @@ def suppress(address: str, reason: str, stream: str, now: float,
                       (address.lower(), stream, reason, now)).rowcount > 0
 
 
-def unsuppress(address: str, stream: str | None, db: sqlite3.Connection) -> int:
-    if stream is None:
-        return db.execute("DELETE FROM suppressions WHERE address = ?",
-                          (address.lower(),)).rowcount
-    return db.execute("DELETE FROM suppressions WHERE address = ? AND stream = ?",
-                      (address.lower(), stream)).rowcount
-
-
 def keep_return_paths(db: sqlite3.Connection, now: float,
                       applied: Iterable[tuple[Outcome, str, str]]) -> None:
     """Delivered copies sent with a VERP token: (outcome, message id, address)."""
@@ -79,9 +71,3 @@ def record(feedback: Feedback, now: float, db: sqlite3.Connection) -> bool:
         add_events(db, feedback.kind, now,
                    [(feedback.message_id, feedback.recipient, feedback.data_json)])
     return added
-
-
-def prune_return_paths(before: float, db: sqlite3.Connection) -> int:
-    return db.execute("DELETE FROM return_paths WHERE token IN (SELECT token FROM "
-                      "return_paths WHERE at < ? LIMIT ?)", (before, PRUNE_BATCH)).rowcount
-

@@ -43,6 +43,7 @@ from relay.queue.base import NewMessage
 from relay.queue.local.bodycache import MAX_BODY
 from relay.queue.local.spoolfiles import Envelope, SpoolFiles
 from relay.queue.roles import Indexer
+from relay.runtime.tasks import BackgroundTask
 from relay.runtime.trouble import Trouble
 
 log = logging.getLogger("relay.queue")
@@ -65,7 +66,8 @@ class HandoffStore:
         self._requests = 0
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-io")
         self.owner_gone = asyncio.Event()
-        self._replies = asyncio.create_task(self._read_replies(), name="handoff-replies")
+        self._replies = BackgroundTask("handoff-replies")
+        self._replies.start(self._read_replies())
 
     @classmethod
     async def connect(cls, files: SpoolFiles, sock: socket.socket) -> HandoffStore:
@@ -135,9 +137,7 @@ class HandoffStore:
         self._writer.close()
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()
-        self._replies.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._replies
+        await self._replies.stop()
         self._io.shutdown(wait=True)
 
 

@@ -2,6 +2,6 @@
 claimed with FOR UPDATE SKIP LOCKED into leases, group commit, LISTEN/NOTIFY, nodes by
 name (queue.postgres.nodes), numbered migrations (queue.postgres.schema)."""
 
-from relay.queue.postgres.backend import DEFAULT_LEASE, PostgresQueue
+from relay.queue.postgres.backend import PostgresQueue
 
-__all__ = ["DEFAULT_LEASE", "PostgresQueue"]
+__all__ = ["PostgresQueue"]

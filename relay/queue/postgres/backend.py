@@ -32,6 +32,8 @@ import asyncpg
 
 from relay.core.errors import LocalFailure, RelayError
 from relay.queue.base import (
+    CLAIMABLE,
+    DEFAULT_LEASE,
     DELETABLE,
     FLUSHABLE,
     HOLDABLE,
@@ -70,6 +72,7 @@ from relay.queue.postgres.pool import (
     CONNECT_TIMEOUT,
     DATABASE_ERRORS,
     NOW,
+    DatabaseSql,
     Failing,
     count_of,
     describe,
@@ -82,10 +85,8 @@ from relay.queue.roles import NewMailTaker
 
 log = logging.getLogger("relay.queue")
 
-DEFAULT_LEASE = 120.0
 PREFETCH_SIZE = 256 * 1024  # bodies up to this size come with the claim
 PREFETCH_BYTES = 64 * 1024 * 1024  # and at most this much of them is kept
-_CLAIMABLE = "state IN ('queued', 'deferred', 'active')"
 POOL_CLOSE_TIMEOUT = 10.0  # seconds
 
 
@@ -109,6 +110,7 @@ class PostgresQueue(PostgresRateLimits, PostgresRecords):
         self._slots: set[str] = set()  # tokens of the destination slots this node holds
         # Bodies of small messages come with their claim: no query per message to read it.
         self._bodies = PrefetchedBodies(PREFETCH_BYTES)
+        self._sql = DatabaseSql(self._connection, self._transaction)  # queue.tables'
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -194,7 +196,7 @@ class PostgresQueue(PostgresRateLimits, PostgresRecords):
 
     async def claim_due(self, limit: int) -> list[Claimed]:
         rows = await self._fetch(
-            f"WITH due AS (SELECT id FROM recipients WHERE {_CLAIMABLE} "
+            f"WITH due AS (SELECT id FROM recipients WHERE {CLAIMABLE} "
             f"AND next_attempt_at <= {NOW} ORDER BY next_attempt_at LIMIT $1 "
             "FOR UPDATE SKIP LOCKED), "
             "claimed AS (UPDATE recipients r SET state = 'active', attempts = r.attempts + 1, "
@@ -261,7 +263,7 @@ class PostgresQueue(PostgresRateLimits, PostgresRecords):
 
     async def next_due_at(self) -> float | None:
         found = await self._fetchval(
-            f"SELECT MIN(next_attempt_at) FROM recipients WHERE {_CLAIMABLE}")
+            f"SELECT MIN(next_attempt_at) FROM recipients WHERE {CLAIMABLE}")
         return None if found is None else float(found)
 
     async def read_body(self, message_id: str) -> bytes:
@@ -456,15 +458,6 @@ class PostgresQueue(PostgresRateLimits, PostgresRecords):
     async def abandon_broadcast(self, broadcast_id: str) -> None:
         async with self._transaction() as connection:
             await broadcasts.abandon(connection, broadcast_id)
-
-    async def broadcast_status(self, broadcast_id: str) -> BroadcastStatus | None:
-        async with self._connection() as connection:
-            return await broadcasts.status(connection, broadcast_id)
-
-    async def broadcasts(self, limit: int = 100, state: str | None = None,
-                         after: tuple[float, str] | None = None) -> list[BroadcastStatus]:
-        async with self._connection() as connection:
-            return await broadcasts.page(connection, limit, state, after)
 
     async def cancel_broadcast(self, broadcast_id: str) -> BroadcastStatus | None:
         async with self._transaction() as connection:

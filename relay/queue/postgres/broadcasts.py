@@ -14,11 +14,8 @@ from collections.abc import Sequence
 import asyncpg
 
 from relay.queue.base import (
-    BROADCAST_STATUS_SELECT,
-    BroadcastStatus,
+    HARD_BOUNCE,
     Outcome,
-    broadcast_status_of,
-    broadcasts_page_sql,
     domain_of,
 )
 from relay.queue.events import EventType
@@ -28,8 +25,6 @@ from relay.queue.postgres.pool import NOW
 log = logging.getLogger("relay.queue")
 
 STALE_UPLOAD = 6 * 3600.0  # seconds: an upload still "receiving" after this is dead
-# A permanent refusal by the recipient's server; not our own expiry after max_age.
-_HARD_BOUNCE = "r.last_reply LIKE '5%' AND r.last_reply NOT LIKE '554 5.4.7%'"
 _STREAM_OF_BROADCAST = "(SELECT stream FROM messages WHERE id = $1)"
 
 
@@ -115,7 +110,7 @@ async def record(outcomes: Sequence[Outcome], connection: asyncpg.Connection) ->
     await connection.execute(
         "INSERT INTO suppressions (address, stream, reason, created_at) "
         f"SELECT lower(r.address), '*', r.last_reply, {NOW} FROM recipients r "
-        f"WHERE r.id = ANY($1::bigint[]) AND r.state = 'bounced' AND {_HARD_BOUNCE} "
+        f"WHERE r.id = ANY($1::bigint[]) AND r.state = 'bounced' AND {HARD_BOUNCE} "
         "ON CONFLICT DO NOTHING", [o.recipient_id for o in outcomes if not o.suppressed])
 
 
@@ -136,14 +131,3 @@ async def cancel(connection: asyncpg.Connection, broadcast_id: str) -> bool:
         f"cancelled_at = COALESCE(cancelled_at, {NOW}) WHERE id = $1",
         broadcast_id, int(dropped))
     return True
-
-
-async def status(connection: asyncpg.Connection, broadcast_id: str) -> BroadcastStatus | None:
-    row = await connection.fetchrow(f"{BROADCAST_STATUS_SELECT} WHERE b.id = $1", broadcast_id)
-    return None if row is None else broadcast_status_of(row)
-
-
-async def page(connection: asyncpg.Connection, limit: int, state: str | None,
-               after: tuple[float, str] | None) -> list[BroadcastStatus]:
-    query, params = broadcasts_page_sql(limit, state, after, lambda n: f"${n}")
-    return [broadcast_status_of(row) for row in await connection.fetch(query, *params)]

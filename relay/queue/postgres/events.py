@@ -17,13 +17,14 @@ from typing import Any
 import asyncpg
 
 from relay.queue.base import Outcome, Tracking
+from relay.queue.dialect import POSTGRES, Params
 from relay.queue.events import (
     EVENT_COLUMNS,
     EVENT_FROM,
     MAX_PAGE,
-    PRUNE_BATCH,
     EventFilter,
     EventPage,
+    EventRow,
     EventType,
     event_of,
     filter_sql,
@@ -33,8 +34,6 @@ from relay.queue.events import (
     tags_json,
 )
 from relay.queue.postgres.pool import NOW
-
-EventRow = tuple[str, str, str | None]  # message id, recipient, data (JSON)
 
 
 async def add_events(connection: asyncpg.Connection, kind: EventType,
@@ -100,7 +99,6 @@ async def page(connection: asyncpg.Connection, wanted: EventFilter) -> EventPage
     return EventPage(found, found[-1].position if found else wanted.after)
 
 
-
 async def count(connection: asyncpg.Connection, wanted: EventFilter, cap: int) -> int:
     """How many events `page` would go through, counting at most `cap`."""
     where, params = _where(wanted)
@@ -111,9 +109,11 @@ async def count(connection: asyncpg.Connection, wanted: EventFilter, cap: int) -
 
 def _where(wanted: EventFilter) -> tuple[str, list[Any]]:
     after_tx, after_id = _cursor(wanted.after)
-    return filter_sql(wanted, lambda n: f"${n}",
-                      ["(e.tx, e.id) > ($1::text::xid8, $2::bigint)",
-                       "e.tx < pg_snapshot_xmin(pg_current_snapshot())"], [after_tx, after_id])
+    params = Params(POSTGRES)
+    after = f"({params(after_tx)}::text::xid8, {params(after_id)}::bigint)"
+    where = filter_sql(wanted, params, [f"(e.tx, e.id) > {after}",
+                                        "e.tx < pg_snapshot_xmin(pg_current_snapshot())"])
+    return where, params.values
 
 
 def _cursor(text: str) -> tuple[str, int]:
@@ -123,19 +123,3 @@ def _cursor(text: str) -> tuple[str, int]:
     if not (tx.isdigit() and number.isdigit() and len(tx) < 20 and len(number) < 19):
         raise ValueError("not a cursor of this queue")
     return tx, int(number)
-
-
-async def prune(connection: asyncpg.Connection, before: float) -> int:
-    """Up to PRUNE_BATCH events, then history rows, of messages that left the queue before
-    `before` (a message still queued has finished_at NULL: never touched)."""
-    removed = int(await connection.fetchval(
-        "WITH gone AS (DELETE FROM events WHERE id IN (SELECT e.id FROM events e JOIN "
-        "history h ON h.message_id = e.message_id WHERE h.finished_at < $1 LIMIT $2) "
-        "RETURNING 1) SELECT COUNT(*) FROM gone", before, PRUNE_BATCH))
-    if removed < PRUNE_BATCH:
-        removed += int(await connection.fetchval(
-            "WITH gone AS (DELETE FROM history WHERE message_id IN (SELECT message_id FROM "
-            "history h WHERE finished_at < $1 AND NOT EXISTS (SELECT 1 FROM events e "
-            "WHERE e.message_id = h.message_id) LIMIT $2) RETURNING 1) "
-            "SELECT COUNT(*) FROM gone", before, PRUNE_BATCH - removed))
-    return removed

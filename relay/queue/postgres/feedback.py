@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import asyncpg
 
 from relay.queue.base import Outcome, State
-from relay.queue.events import FEEDBACK_SEEN, PRUNE_BATCH, EventType, Feedback
+from relay.queue.events import FEEDBACK_SEEN, EventType, Feedback
 from relay.queue.postgres.events import add_events
 from relay.queue.postgres.pool import NOW
 
@@ -58,10 +58,3 @@ async def record(connection: asyncpg.Connection, feedback: Feedback) -> bool:
         await add_events(connection, feedback.kind,
                          [(feedback.message_id, feedback.recipient, feedback.data_json)])
     return added
-
-
-async def prune_return_paths(connection: asyncpg.Connection, before: float) -> int:
-    return int(await connection.fetchval(
-        "WITH gone AS (DELETE FROM return_paths WHERE token IN (SELECT token FROM "
-        "return_paths WHERE at < $1 LIMIT $2) RETURNING 1) SELECT COUNT(*) FROM gone",
-        before, PRUNE_BATCH))

@@ -32,6 +32,7 @@ from relay.queue.overview import NodeInfo
 from relay.queue.postgres.notify import NOTIFY
 from relay.queue.postgres.pool import CONNECT_TIMEOUT, DATABASE_ERRORS, NOW, connected, count_of
 from relay.queue.postgres.schema import MIGRATIONS, version
+from relay.runtime.tasks import BackgroundTask
 from relay.runtime.trouble import Trouble
 
 log = logging.getLogger("relay.queue")
@@ -54,7 +55,7 @@ class NodeLock:
         self.owner = owner
         self._interval = interval
         self._connection: asyncpg.Connection | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("node-heartbeat")
 
     async def take(self) -> tuple[int, int, int]:
         """Hold the name (RelayError when a live twin holds it), take back what earlier
@@ -70,7 +71,7 @@ class NodeLock:
         if any(taken):
             log.info("node %s: took back %d recipients, %d connection slots and %d webhook "
                      "endpoints that an earlier run of this node held", self.node, *taken)
-        self._task = asyncio.create_task(self._beat(), name="node-heartbeat")
+        self._task.start(self._beat())
         return taken
 
     async def _locked(self) -> asyncpg.Connection:
@@ -104,11 +105,7 @@ class NodeLock:
             self._connection = None
 
     async def release(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
         await self._drop_connection()  # and the lock with it
 
 

@@ -12,7 +12,6 @@ polling, as they find deferred mail that comes due.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import asyncpg
 
 from relay.queue.postgres.pool import CONNECT_TIMEOUT, DATABASE_ERRORS
+from relay.runtime.tasks import BackgroundTask
 from relay.runtime.trouble import Trouble
 
 log = logging.getLogger("relay.queue")
@@ -32,17 +32,13 @@ class Listener:
     def __init__(self, dsn: str, wake: Callable[[], None]) -> None:
         self._dsn = dsn
         self._wake = wake
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("queue-listen")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._keep_listening(), name="queue-listen")
+        self._task.start(self._keep_listening())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _keep_listening(self) -> None:
         trouble = Trouble("listening for new mail (LISTEN)", log)

@@ -6,7 +6,7 @@ scheduler), never a database exception escaping into SMTP or HTTP."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,10 +15,11 @@ import asyncpg
 
 from relay.config import QueueSection
 from relay.core.errors import ConfigError, LocalFailure
+from relay.queue.dialect import DATABASE_NOW, POSTGRES, Statement, Written
 from relay.queue.postgres.schema import MIGRATIONS, version
 
 # Every time in the queue is the database's, in seconds since the epoch (never a node's).
-NOW = "extract(epoch from clock_timestamp())"
+NOW = DATABASE_NOW
 CONNECT_TIMEOUT = 5.0  # seconds: a database that is down is a quick 451, not a minute's wait
 # PostgreSQL or the connection failed: the caller answers 451 / retries.
 DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -58,6 +59,33 @@ class Failing:
             await self._acquiring.__aexit__(kind, exc, tb)
         if isinstance(exc, DATABASE_ERRORS):
             raise LocalFailure(f"queue database: {describe(exc)}") from exc
+
+
+class DatabaseSql:
+    """queue.dialect.Sql on the database: `:now` its clock, every write one transaction."""
+
+    dialect = POSTGRES
+
+    def __init__(self, connection: Callable[[], Any], transaction: Callable[[], Any]) -> None:
+        self._connection = connection
+        self._transaction = transaction
+
+    async def read(self, sql: str, **values: Any) -> Sequence[Sequence[Any]]:
+        query, params = POSTGRES.statement(sql, values)
+        async with self._connection() as connection:
+            return list(await connection.fetch(query, *params))
+
+    async def write(self, *statements: Statement, durable: bool = True) -> list[Written]:
+        written = []
+        async with self._transaction() as connection:
+            for statement in statements:
+                query, params = POSTGRES.statement(statement.sql, statement.values)
+                if " RETURNING " in query:
+                    rows = await connection.fetch(query, *params)
+                    written.append(Written(len(rows), rows))
+                else:
+                    written.append(Written(count_of(await connection.execute(query, *params))))
+        return written
 
 
 def count_of(status: str) -> int:

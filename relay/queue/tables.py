@@ -1,0 +1,226 @@
+"""queue.tables: the tables both backends keep alike, written once in queue.dialect's SQL
+(the cold paths: the admin API's keys, the console's sessions, webhook endpoints and
+their delivery state, the suppression list, VERP return paths, pruning). A backend mixes
+SharedTables in and gives it its Sql; its migrations make the tables
+(queue.local.schema, queue.postgres.schema).
+"""
+
+from __future__ import annotations
+
+from relay.queue import overview
+from relay.queue.apikeys import COLUMNS as KEY_COLUMNS
+from relay.queue.apikeys import (
+    SESSION_COLUMNS,
+    ApiKey,
+    ConsoleSession,
+    key_of,
+    key_values,
+    session_of,
+)
+from relay.queue.base import (
+    BROADCAST_STATUS_SELECT,
+    BroadcastStatus,
+    ReturnPath,
+    Suppression,
+    broadcast_status_of,
+    broadcasts_page_sql,
+)
+from relay.queue.dialect import Sql, Statement
+from relay.queue.events import PRUNE_BATCH
+from relay.queue.overview import Activity
+from relay.queue.webhooks import (
+    ENDPOINT_COLUMNS,
+    STATE_COLUMNS,
+    WebhookEndpoint,
+    WebhookState,
+    endpoint_of,
+    events_json,
+    state_of,
+    state_values,
+)
+
+# Up to :batch rows of events, then of histories, of messages that left the queue before
+# :before (a message still queued has finished_at NULL: never touched).
+_PRUNE_EVENTS = ("DELETE FROM events WHERE id IN (SELECT e.id FROM events e JOIN history h "
+                 "ON h.message_id = e.message_id WHERE h.finished_at < :before LIMIT :batch)")
+_PRUNE_HISTORY = ("DELETE FROM history WHERE message_id IN (SELECT message_id FROM history h "
+                  "WHERE finished_at < :before AND NOT EXISTS (SELECT 1 FROM events e "
+                  "WHERE e.message_id = h.message_id) LIMIT :batch)")
+_PRUNE_RETURN_PATHS = ("DELETE FROM return_paths WHERE token IN (SELECT token FROM "
+                       "return_paths WHERE at < :before LIMIT :batch)")
+
+
+class SharedTables:
+    """ApiKeyStore, ConsoleSessionStore, WebhookStore, the suppression list's reading and
+    removal, return paths and pruning, on the backend's Sql."""
+
+    _sql: Sql
+
+    # -- the admin API's keys (queue.apikeys) -------------------------------------------
+
+    async def api_keys(self) -> list[ApiKey]:
+        return [key_of(row) for row in await self._sql.read(
+            f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id")]
+
+    async def api_key(self, digest: str) -> ApiKey | None:
+        rows = await self._sql.read(f"SELECT {KEY_COLUMNS} FROM api_keys "
+                                    "WHERE digest = :digest", digest=digest)
+        return key_of(rows[0]) if rows else None
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        names = KEY_COLUMNS.split(", ")
+        await self._sql.write(Statement(
+            f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES "
+            f"({', '.join(':' + name for name in names)})",
+            dict(zip(names, key_values(key), strict=True))))
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        [revoked] = await self._sql.write(Statement(
+            "UPDATE api_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL",
+            {"id": key_id}))
+        return revoked.count > 0
+
+    # -- the console's sessions (queue.apikeys) ----------------------------------------
+
+    async def open_console_session(self, id_digest: str, token_digest: str, csrf: str,
+                                   lifetime: float) -> None:
+        # A sign-in lost in a power cut is only a sign-in: no fsync.
+        await self._sql.write(
+            Statement("DELETE FROM console_sessions WHERE expires_at <= :now"),
+            Statement(f"INSERT INTO console_sessions ({SESSION_COLUMNS}) "
+                      "VALUES (:id, :token, :csrf, :now + :lifetime)",
+                      {"id": id_digest, "token": token_digest, "csrf": csrf,
+                       "lifetime": lifetime}),
+            durable=False)
+
+    async def console_session(self, id_digest: str) -> ConsoleSession | None:
+        rows = await self._sql.read(f"SELECT {SESSION_COLUMNS} FROM console_sessions "
+                                    "WHERE id = :id AND expires_at > :now", id=id_digest)
+        return session_of(rows[0]) if rows else None
+
+    async def close_console_sessions(self, id_digest: str = "", token_digest: str = ""
+                                     ) -> int:
+        [closed] = await self._sql.write(Statement(
+            "DELETE FROM console_sessions WHERE id = :id OR token = :token",
+            {"id": id_digest, "token": token_digest}), durable=False)
+        return closed.count
+
+    # -- webhooks (queue.webhooks) -------------------------------------------------------
+
+    async def webhook_endpoints(self) -> list[WebhookEndpoint]:
+        return [endpoint_of(row) for row in await self._sql.read(
+            f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id")]
+
+    async def add_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        await self._sql.write(
+            Statement(f"INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) "
+                      "VALUES (:id, :url, :events, :secret, :created_at)",
+                      {"id": endpoint.id, "url": endpoint.url,
+                       "events": events_json(endpoint.events), "secret": endpoint.secret,
+                       "created_at": endpoint.created_at}),
+            self._webhook_start(endpoint.id))
+
+    async def remove_webhook_endpoint(self, endpoint_id: str) -> bool:
+        _, removed = await self._sql.write(
+            Statement("DELETE FROM webhook_state WHERE endpoint = :id", {"id": endpoint_id}),
+            Statement("DELETE FROM webhook_endpoints WHERE id = :id", {"id": endpoint_id}))
+        return removed.count > 0
+
+    async def webhook_states(self) -> list[WebhookState]:
+        return [state_of(row) for row in await self._sql.read(
+            f"SELECT {STATE_COLUMNS} FROM webhook_state ORDER BY endpoint")]
+
+    async def start_webhook(self, endpoint_id: str) -> None:
+        await self._sql.write(self._webhook_start(endpoint_id), durable=False)
+
+    def _webhook_start(self, endpoint_id: str) -> Statement:
+        """An endpoint's state, if it has none: its events are those after the ones
+        visible now (the events' cursor is each backend's: queue.dialect)."""
+        return Statement("INSERT INTO webhook_state (endpoint, cursor) VALUES "
+                         f"(:id, {self._sql.dialect.event_cursor}) ON CONFLICT DO NOTHING",
+                         {"id": endpoint_id})
+
+    async def lease_webhook(self, endpoint_id: str, owner: str,
+                            seconds: float) -> WebhookState | None:
+        """None while another owner's lease runs, or when the endpoint has no state
+        (removed: its last round must not bring the row back). Not fsynced: a cursor
+        lost to a power cut only means sending events again."""
+        [leased] = await self._sql.write(Statement(
+            "UPDATE webhook_state SET owner = :owner, lease_until = :now + :seconds "
+            "WHERE endpoint = :id AND (owner = :owner OR lease_until < :now) "
+            f"RETURNING {STATE_COLUMNS}",
+            {"id": endpoint_id, "owner": owner, "seconds": seconds}), durable=False)
+        return state_of(leased.rows[0]) if leased.rows else None
+
+    async def save_webhook(self, state: WebhookState, owner: str) -> bool:
+        names = ("cursor", "attempts", "head_failing_since", "failing_since",
+                 "next_attempt_at", "disabled_at")
+        [saved] = await self._sql.write(Statement(
+            f"UPDATE webhook_state SET {', '.join(f'{n} = :{n}' for n in names)} "
+            "WHERE endpoint = :endpoint AND owner = :owner",
+            {**dict(zip(names, state_values(state), strict=True)),
+             "endpoint": state.endpoint, "owner": owner}), durable=False)
+        return saved.count > 0
+
+    async def enable_webhook(self, endpoint_id: str) -> bool:
+        """Deliver to a disabled endpoint again, from where it stopped."""
+        [enabled] = await self._sql.write(Statement(
+            "UPDATE webhook_state SET disabled_at = NULL, failing_since = NULL, "
+            "attempts = 0, head_failing_since = NULL, next_attempt_at = 0 "
+            "WHERE endpoint = :id", {"id": endpoint_id}))
+        return enabled.count > 0
+
+    # -- the operator's overview (queue.overview) ----------------------------------------
+
+    async def activity(self, since: float, step: float) -> list[Activity]:
+        return await overview.activity(self._sql, since, step)
+
+    # -- broadcasts' listings (queue.base) ------------------------------------------------
+
+    async def broadcast_status(self, broadcast_id: str) -> BroadcastStatus | None:
+        found = await self._sql.read(f"{BROADCAST_STATUS_SELECT} WHERE b.id = :id",
+                                     id=broadcast_id)
+        return broadcast_status_of(found[0]) if found else None
+
+    async def broadcasts(self, limit: int = 100, state: str | None = None,
+                         after: tuple[float, str] | None = None) -> list[BroadcastStatus]:
+        created, after_id = after if after is not None else (None, None)
+        rows = await self._sql.read(broadcasts_page_sql(state, after), state=state,
+                                    created=created, after_id=after_id, limit=limit)
+        return [broadcast_status_of(row) for row in rows]
+
+    # -- the suppression list and return paths (queue.base) ------------------------------
+
+    async def suppressions(self, stream: str | None = None) -> list[Suppression]:
+        where = "" if stream is None else "WHERE stream = :stream"
+        rows = await self._sql.read(f"SELECT address, reason, created_at, stream FROM "
+                                    f"suppressions {where} ORDER BY address, stream",
+                                    stream=stream)
+        return [Suppression(*row) for row in rows]
+
+    async def unsuppress(self, address: str, stream: str | None = None) -> int:
+        where = "" if stream is None else " AND stream = :stream"
+        [removed] = await self._sql.write(Statement(
+            f"DELETE FROM suppressions WHERE address = :address{where}",
+            {"address": address.lower(), "stream": stream}))
+        return removed.count
+
+    async def return_path(self, token: str) -> ReturnPath | None:
+        rows = await self._sql.read("SELECT token, message_id, recipient, stream FROM "
+                                    "return_paths WHERE token = :token", token=token)
+        return ReturnPath(*rows[0]) if rows else None
+
+    # -- pruning (queue.events) ---------------------------------------------------------
+
+    async def prune_history(self, before: float) -> int:
+        removed = await self._prune(_PRUNE_EVENTS, before, PRUNE_BATCH)
+        if removed < PRUNE_BATCH:
+            removed += await self._prune(_PRUNE_HISTORY, before, PRUNE_BATCH - removed)
+        return removed + await self._prune(_PRUNE_RETURN_PATHS, before, PRUNE_BATCH)
+
+    async def _prune(self, sql: str, before: float, batch: int) -> int:
+        # Not fsynced: what a power cut brings back is pruned again.
+        [pruned] = await self._sql.write(Statement(sql, {"before": before, "batch": batch}),
+                                         durable=False)
+        return pruned.count
+
