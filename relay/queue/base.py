@@ -298,18 +298,18 @@ def messages_with_recipients(messages: Sequence[Sequence[Any]],
     return list(found.values())
 
 
-def summary_sql(by: ShapeKey, now: str, condition: str) -> str:
-    """qshape's query for both dialects: rows (key, age bucket, count), the bucket computed
-    in SQL so that a million recipients never become Python rows. `now` is the SQL for the
-    current time; the key is the recipient's domain, or the sender (grouped by its domain
-    in domain_shapes, messages counted once)."""
+def summary_sql(by: ShapeKey, condition: str) -> str:
+    """qshape's query in queue.dialect's SQL: rows (key, age bucket, count), the bucket
+    computed in SQL so that a million recipients never become Python rows. The key is the
+    recipient's domain, or the sender (grouped by its domain in domain_shapes, messages
+    counted once)."""
     bucket = " ".join(f"WHEN age < {limit} THEN {i}"
                       for i, limit in enumerate(SUMMARY_AGE_BUCKETS))
     key, count = (("r.domain", "COUNT(*)") if by == "recipient"
                   else ("m.mail_from", "COUNT(DISTINCT message_id)"))
     return (f"SELECT key, CASE {bucket} ELSE {len(SUMMARY_AGE_BUCKETS)} END AS bucket, "
             f"{count} FROM (SELECT {key} AS key, r.message_id AS message_id, "
-            f"({now} - m.received_at) / 60.0 AS age FROM recipients r "
+            f"(:now - m.received_at) / 60.0 AS age FROM recipients r "
             f"JOIN messages m ON m.id = r.message_id WHERE {condition}) AS aged GROUP BY 1, 2")
 
 

@@ -12,8 +12,9 @@ ones (claim, record, index) are each backend's own, as measured (bench/README.md
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,6 +28,10 @@ class Dialect:
     # The events' cursor as of now (queue.events: a position in each backend's order).
     event_cursor: str
     integer: str  # the whole part of a number that is not negative, around {}
+    ilike: str  # LIKE without regard to case (SQLite's LIKE folds ASCII case)
+    no_limit: Any  # a LIMIT's value for none
+    one_of: str  # `column <one_of>`: in the list of texts named {} (given as `listed`)
+    listed: Callable[[Sequence[Any]], Any]
 
     def placeholder(self, n: int) -> str:
         """The n-th value (1-based)."""
@@ -65,10 +70,12 @@ class Params:
 DATABASE_NOW = "extract(epoch from clock_timestamp())"  # PostgreSQL's clock, in seconds
 SQLITE = Dialect(numbered=False, now=None,
                  event_cursor="(SELECT CAST(COALESCE(MAX(id), 0) AS TEXT) FROM events)",
-                 integer="CAST({} AS INTEGER)")
+                 integer="CAST({} AS INTEGER)", ilike="LIKE", no_limit=-1,
+                 one_of="IN (SELECT value FROM json_each(:{}))", listed=json.dumps)
 POSTGRES = Dialect(numbered=True, now=DATABASE_NOW,
                    event_cursor="pg_snapshot_xmin(pg_current_snapshot())::text || '.0'",
-                   integer="floor({})::bigint")  # a cast would round
+                   integer="floor({})::bigint",  # a cast would round
+                   ilike="ILIKE", no_limit=None, one_of="= ANY(:{}::text[])", listed=list)
 
 
 @dataclass(frozen=True)

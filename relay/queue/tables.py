@@ -7,6 +7,9 @@ SharedTables in and gives it its Sql; its migrations make the tables
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from relay.queue import overview
 from relay.queue.apikeys import COLUMNS as KEY_COLUMNS
 from relay.queue.apikeys import (
@@ -19,11 +22,23 @@ from relay.queue.apikeys import (
 )
 from relay.queue.base import (
     BROADCAST_STATUS_SELECT,
+    LISTED,
+    NOT_RECEIVING,
+    WAITING,
     BroadcastStatus,
+    DomainShape,
+    MessageInfo,
+    QueueStats,
     ReturnPath,
+    ShapeKey,
+    State,
     Suppression,
     broadcast_status_of,
     broadcasts_page_sql,
+    domain_shapes,
+    like_pattern,
+    messages_with_recipients,
+    summary_sql,
 )
 from relay.queue.dialect import Sql, Statement
 from relay.queue.events import PRUNE_BATCH
@@ -51,10 +66,69 @@ _PRUNE_RETURN_PATHS = ("DELETE FROM return_paths WHERE token IN (SELECT token FR
 
 
 class SharedTables:
-    """ApiKeyStore, ConsoleSessionStore, WebhookStore, the suppression list's reading and
-    removal, return paths and pruning, on the backend's Sql."""
+    """ApiKeyStore, ConsoleSessionStore, WebhookStore, the operator's listings, the
+    suppression list's reading and removal, return paths and pruning, on the backend's
+    Sql."""
 
     _sql: Sql
+    _live: str  # which rows of messages are still queued (the local backend marks first)
+
+    # -- the operator's listings (queue.base) -------------------------------------------
+
+    async def list_messages(
+        self, state: State | None = None, domain: str | None = None, sender: str = "",
+        received_before: float | None = None, limit: int | None = None
+    ) -> list[MessageInfo]:
+        dialect = self._sql.dialect
+        conditions = [self._live, LISTED]
+        if state is not None:
+            conditions.append("id IN (SELECT message_id FROM recipients WHERE state = :state)")
+        if domain is not None:
+            conditions.append("id IN (SELECT message_id FROM recipients "
+                              "WHERE domain = :domain)")
+        if sender:
+            conditions.append(f"mail_from {dialect.ilike} :sender ESCAPE '\\'")
+        if received_before is not None:
+            conditions.append("received_at <= :before")
+        rows = await self._sql.read(
+            f"SELECT id, mail_from, size, received_at FROM messages "
+            f"WHERE {' AND '.join(conditions)} ORDER BY received_at, id LIMIT :limit",
+            state=None if state is None else state.value,
+            domain=None if domain is None else domain.lower(), sender=like_pattern(sender),
+            before=received_before, limit=dialect.no_limit if limit is None else limit)
+        return await self._with_recipients(rows)
+
+    async def get_message(self, message_id: str) -> MessageInfo | None:
+        rows = await self._sql.read(f"SELECT id, mail_from, size, received_at FROM messages "
+                                    f"WHERE id = :id AND {self._live} AND {LISTED}",
+                                    id=message_id)
+        found = await self._with_recipients(rows)
+        return found[0] if found else None
+
+    async def _with_recipients(self, rows: Sequence[Sequence[Any]]) -> list[MessageInfo]:
+        if not rows:
+            return []
+        dialect = self._sql.dialect
+        recipients = await self._sql.read(
+            "SELECT message_id, address, state, attempts, next_attempt_at, last_reply "
+            f"FROM recipients WHERE message_id {dialect.one_of.format('ids')} ORDER BY id",
+            ids=dialect.listed([row[0] for row in rows]))
+        return messages_with_recipients(rows, recipients)
+
+    async def stats(self) -> QueueStats:
+        depth = {State(row[0]): int(row[1]) for row in await self._sql.read(
+            f"SELECT state, COUNT(*) FROM recipients WHERE {WAITING} AND {NOT_RECEIVING} "
+            "GROUP BY state")}
+        [(oldest,)] = await self._sql.read(
+            f"SELECT MIN(received_at) FROM messages WHERE {self._live} AND {LISTED}")
+        return QueueStats(depth, None if oldest is None else float(oldest))
+
+    async def summary(self, state: State | None = None,
+                      by: ShapeKey = "recipient") -> list[DomainShape]:
+        condition = f"r.{WAITING}" if state is None else "r.state = :state"
+        rows = await self._sql.read(summary_sql(by, f"{condition} AND r.{NOT_RECEIVING}"),
+                                    state=None if state is None else state.value)
+        return domain_shapes(rows, by)
 
     # -- the admin API's keys (queue.apikeys) -------------------------------------------
 

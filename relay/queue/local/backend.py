@@ -37,30 +37,18 @@ from relay.queue.base import (
     FLUSHABLE,
     HOLDABLE,
     IDEMPOTENCY_WINDOW,
-    LISTED,
     NO_TRACKING,
-    NOT_RECEIVING,
     RELEASABLE,
     REQUEUABLE,
-    WAITING,
     BroadcastStatus,
     Claimed,
-    DomainShape,
     Idempotency,
     IdempotentAnswer,
-    MessageInfo,
     MessageMeta,
     NewMessage,
     Outcome,
-    QueueStats,
     Selection,
-    ShapeKey,
-    State,
     Tracking,
-    domain_shapes,
-    like_pattern,
-    messages_with_recipients,
-    summary_sql,
 )
 from relay.queue.events import EventType
 from relay.queue.local import broadcasts
@@ -281,70 +269,11 @@ class LocalQueue(LocalRecords):
 
     # -- operator commands -----------------------------------------------------------
 
-    async def list_messages(
-        self, state: State | None = None, domain: str | None = None, sender: str = "",
-        received_before: float | None = None, limit: int | None = None
-    ) -> list[MessageInfo]:
-        conditions: list[str] = ["done = 0", LISTED]
-        params: list[Any] = []
-        if state is not None:
-            conditions.append("id IN (SELECT message_id FROM recipients WHERE state = ?)")
-            params.append(state.value)
-        if domain is not None:
-            conditions.append("id IN (SELECT message_id FROM recipients WHERE domain = ?)")
-            params.append(domain.lower())
-        if sender:
-            conditions.append("mail_from LIKE ? ESCAPE '\\'")  # ASCII case folded
-            params.append(like_pattern(sender))
-        if received_before is not None:
-            conditions.append("received_at <= ?")
-            params.append(received_before)
-        params.append(-1 if limit is None else limit)  # SQLite: a negative LIMIT is none
-        rows = await self._read_all(
-            "SELECT id, mail_from, size, received_at FROM messages "
-            f"WHERE {' AND '.join(conditions)} ORDER BY received_at LIMIT ?", params)
-        return await self._with_recipients(rows)
-
-    async def get_message(self, message_id: str) -> MessageInfo | None:
-        rows = await self._read_all(
-            f"SELECT id, mail_from, size, received_at FROM messages WHERE id = ? AND done = 0 "
-            f"AND {LISTED}",
-            [message_id])
-        found = await self._with_recipients(rows)
-        return found[0] if found else None
-
-    async def _with_recipients(self, rows: list[sqlite3.Row]) -> list[MessageInfo]:
-        if not rows:
-            return []
-        recipients = await self._read_all(
-            "SELECT message_id, address, state, attempts, next_attempt_at, last_reply "
-            f"FROM recipients WHERE message_id IN {IDS} ORDER BY id",
-            [json.dumps([r[0] for r in rows])])
-        return messages_with_recipients(rows, recipients)
-
-    async def stats(self) -> QueueStats:
-        depth = {State(r[0]): r[1] for r in await self._read_all(
-            f"SELECT state, COUNT(*) FROM recipients WHERE {WAITING} AND {NOT_RECEIVING} "
-            "GROUP BY state", [])}
-        oldest = await self._read_one(
-            f"SELECT MIN(received_at) FROM messages WHERE done = 0 AND {LISTED}")
-        return QueueStats(depth, None if oldest is None else oldest[0])
-
     async def idempotent_answer(self, key: str) -> IdempotentAnswer | None:
         rows = await self._read_all(
             "SELECT digest, answer FROM idempotency WHERE key = ? AND created_at > ?",
             [key, self._clock() - IDEMPOTENCY_WINDOW])
         return IdempotentAnswer(rows[0][0], rows[0][1]) if rows else None
-
-    async def summary(self, state: State | None = None,
-                      by: ShapeKey = "recipient") -> list[DomainShape]:
-        params: list[Any] = [self._clock()]
-        condition = f"r.{WAITING}"
-        if state is not None:
-            condition = "r.state = ?"
-            params.append(state.value)
-        condition += f" AND r.{NOT_RECEIVING}"
-        return domain_shapes(await self._read_all(summary_sql(by, "?", condition), params), by)
 
     # -- broadcasts (queue.local.broadcasts) ------------------------------------------
 

@@ -35,6 +35,7 @@ class LocalRecords(SharedTables):
     backends keep alike is queue.tables'. LocalQueue provides the plumbing."""
 
     _clock: Any
+    _live = "done = 0"  # finished messages are marked, their rows go after their files
 
     async def _write(self, op: Any, durable: bool = True, quick: bool = False) -> Any:
         raise NotImplementedError

@@ -38,29 +38,18 @@ from relay.queue.base import (
     FLUSHABLE,
     HOLDABLE,
     IDEMPOTENCY_WINDOW,
-    LISTED,
     NO_TRACKING,
-    NOT_RECEIVING,
     RELEASABLE,
     REQUEUABLE,
     WAITING,
     BroadcastStatus,
     Claimed,
-    DomainShape,
     Idempotency,
     IdempotentAnswer,
-    MessageInfo,
     NewMessage,
     Outcome,
-    QueueStats,
     Selection,
-    ShapeKey,
-    State,
     Tracking,
-    domain_shapes,
-    like_pattern,
-    messages_with_recipients,
-    summary_sql,
 )
 from relay.queue.events import EventType
 from relay.queue.postgres import broadcasts, events, feedback
@@ -315,67 +304,11 @@ class PostgresQueue(PostgresRateLimits, PostgresRecords):
 
     # -- operator commands -----------------------------------------------------------
 
-    async def list_messages(self, state: State | None = None, domain: str | None = None,
-                            sender: str = "", received_before: float | None = None,
-                            limit: int | None = None) -> list[MessageInfo]:
-        conditions: list[str] = ["TRUE"]
-        params: list[Any] = []
-        if sender:
-            params.append(like_pattern(sender))
-            conditions.append(f"mail_from ILIKE ${len(params)} ESCAPE '\\'")
-        if received_before is not None:
-            params.append(received_before)
-            conditions.append(f"received_at <= ${len(params)}")
-        if state is not None:
-            params.append(state.value)
-            conditions.append(f"id IN (SELECT message_id FROM recipients WHERE state = "
-                              f"${len(params)})")
-        if domain is not None:
-            params.append(domain.lower())
-            conditions.append(f"id IN (SELECT message_id FROM recipients WHERE domain = "
-                              f"${len(params)})")
-        conditions.append(LISTED)
-        rows = await self._fetch(
-            "SELECT id, mail_from, size, received_at FROM messages "
-            f"WHERE {' AND '.join(conditions)} ORDER BY received_at, id LIMIT "
-            f"{'ALL' if limit is None else int(limit)}", *params)
-        return await self._with_recipients(rows)
-
-    async def get_message(self, message_id: str) -> MessageInfo | None:
-        rows = await self._fetch("SELECT id, mail_from, size, received_at FROM messages "
-                                 f"WHERE id = $1 AND {LISTED}", message_id)
-        found = await self._with_recipients(rows)
-        return found[0] if found else None
-
-    async def _with_recipients(self, rows: list[asyncpg.Record]) -> list[MessageInfo]:
-        if not rows:
-            return []
-        recipients = await self._fetch(
-            "SELECT message_id, address, state, attempts, next_attempt_at, last_reply "
-            "FROM recipients WHERE message_id = ANY($1::text[]) ORDER BY id",
-            [r[0] for r in rows])
-        return messages_with_recipients(rows, recipients)
-
-    async def stats(self) -> QueueStats:
-        depth = {State(r[0]): r[1] for r in await self._fetch(
-            f"SELECT state, COUNT(*) FROM recipients WHERE {WAITING} AND {NOT_RECEIVING} "
-            "GROUP BY state")}
-        oldest = await self._fetchval(f"SELECT MIN(received_at) FROM messages WHERE {LISTED}")
-        return QueueStats(depth, None if oldest is None else float(oldest))
-
     async def idempotent_answer(self, key: str) -> IdempotentAnswer | None:
         row = await self._fetchrow(
             f"SELECT digest, answer FROM idempotency WHERE key = $1 AND created_at > {NOW} - $2",
             key, IDEMPOTENCY_WINDOW)
         return None if row is None else IdempotentAnswer(row[0], row[1])
-
-    async def summary(self, state: State | None = None,
-                      by: ShapeKey = "recipient") -> list[DomainShape]:
-        condition, params = f"r.{WAITING}", []
-        if state is not None:
-            condition, params = "r.state = $1", [state.value]
-        condition += f" AND r.{NOT_RECEIVING}"
-        return domain_shapes(await self._fetch(summary_sql(by, NOW, condition), *params), by)
 
     async def flush(self, selection: Selection) -> int:
         return await self._queue_now(selection, FLUSHABLE, EventType.REQUEUED)

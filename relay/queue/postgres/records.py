@@ -33,6 +33,7 @@ class PostgresRecords(SharedTables):
     keep alike is queue.tables'. PostgresQueue provides the plumbing."""
 
     _lease: float  # seconds a claim is leased for
+    _live = "TRUE"  # a finished message's rows go in the transaction that finishes it
 
     def _connection(self) -> Any:
         raise NotImplementedError
