@@ -105,8 +105,9 @@ class Relay:
         clustered = config.queue.backend == "postgres" and bool(config.admin.token_file)
         token = load_or_create_token(config.admin_token_path, create=not clustered,
                                      missing=shared_secret_missing(config.admin_token_path))
-        hooks = configured_endpoints(config)  # their secrets, read before anything starts
-        tokens = configured_tokens(config)
+        hooks = configured_endpoints(config.webhooks)  # their secrets, read before anything starts
+        tokens = configured_tokens(config.bounces, config.public.url, config.feedback_key_path,
+                                   shared=config.queue.backend == "postgres")
         await self.queue.open()  # a local spool's lock first: its error names the relay
         indexer = self.queue.indexer()  # ingest workers only where the backend can have them
         workers = config.smtp.workers if indexer is not None else 0
@@ -213,7 +214,7 @@ class Relay:
     def reload(self) -> None:
         if self._tls is None:
             return  # not started yet
-        self.policies = reload(self.config, self._tls, self.policies)
+        self.policies = reload(self.config.policies.path, self._tls, self.policies)
         if self._ingest is not None:
             self._ingest.reload()
 

@@ -59,7 +59,7 @@ def serve(ctx: click.Context) -> None:
 
     tuning.tune_allocator()
     config = load_config(ctx)
-    flush_log = configure_logging(config)
+    flush_log = configure_logging(config.log)
     try:
         event_loop_runner()(run(config))
     except OSError as exc:

@@ -8,19 +8,20 @@ carry one-click unsubscribe links served on `[public] listen` (feedback.unsubscr
 
 from __future__ import annotations
 
-from relay.config import Config
+from pathlib import Path
+
+from relay.config import BouncesSection
 from relay.feedback.tokens import FeedbackTokens
 from relay.secretfiles import load_or_create_token, shared_secret_missing
 
 
-def configured_tokens(config: Config) -> FeedbackTokens | None:
-    """The tokens of `[bounces] domain` with the relay's feedback key (made at first start,
-    except on nodes that share a queue: they need the same, the file `secret_file` names);
-    None without."""
-    if not config.bounces.domain:
+def configured_tokens(bounces: BouncesSection, public_url: str, key_path: Path,
+                      shared: bool) -> FeedbackTokens | None:
+    """The tokens of `[bounces] domain` with the relay's feedback key at `key_path` (made
+    at first start, except on nodes that share a queue: they need the same, the file
+    `secret_file` names, which config checks); None without."""
+    if not bounces.domain:
         return None
-    clustered = config.queue.backend == "postgres"  # which names a file (config checks)
-    key = load_or_create_token(config.feedback_key_path, create=not clustered,
-                               what="[bounces] secret",
-                               missing=shared_secret_missing(config.feedback_key_path))
-    return FeedbackTokens(key.encode("utf-8"), config.bounces.domain, config.public.url)
+    key = load_or_create_token(key_path, create=not shared, what="[bounces] secret",
+                               missing=shared_secret_missing(key_path))
+    return FeedbackTokens(key.encode("utf-8"), bounces.domain, public_url)

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from relay.config import Config, WebhookSection
+from relay.config import WebhookSection
 from relay.core.errors import ConfigError
 from relay.queue.events import Event, EventFilter, event_id
 from relay.queue.roles import EventHistory, WebhookStore
@@ -118,11 +118,11 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-def configured_endpoints(config: Config) -> list[tuple[WebhookEndpoint, Schedule]]:
+def configured_endpoints(hooks: list[WebhookSection]) -> list[tuple[WebhookEndpoint, Schedule]]:
     """[[webhooks]] of relay.toml; each is known by a digest of its URL, so its place in
     the events survives restarts and edits of its other keys."""
     found = []
-    for hook in config.webhooks:
+    for hook in hooks:
         problem = url_problem(hook.url)
         if problem is not None:
             raise ConfigError(f"webhooks: url {hook.url!r}: {problem}")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
-from relay.config import Config
+from relay.config import LogSection
 from relay.core.addresses import printable
 
 Runner = Callable[[Coroutine[Any, Any, None]], None]
@@ -123,7 +123,7 @@ def log_value(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def configure_logging(config: Config) -> Callable[[], None]:
+def configure_logging(settings: LogSection) -> Callable[[], None]:
     """Lines on stderr (journald keeps them when run by systemd): text by default, with the
     pid as in Postfix's `smtpd[1234]` so lines from ingest workers can be told apart, or
     JSON with `[log] format = "json"`.
@@ -143,7 +143,7 @@ def configure_logging(config: Config) -> Callable[[], None]:
     logging.logMultiprocessing = False
     logging.logProcesses = False
     stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(JsonFormatter() if config.log.format == "json" else logging.Formatter(
+    stream.setFormatter(JsonFormatter() if settings.format == "json" else logging.Formatter(
         "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"))
     stream.addFilter(_ControlCharactersEscaped())  # in the writer thread, off the loop
     stream.addFilter(_ThisProcess())
@@ -160,7 +160,7 @@ def configure_logging(config: Config) -> Callable[[], None]:
     atexit.register(flush)
     root = logging.getLogger()
     root.addHandler(_Buffered(records))
-    root.setLevel(config.log.level.upper())
+    root.setLevel(settings.level.upper())
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command lines
     return flush
 

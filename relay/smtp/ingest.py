@@ -173,7 +173,7 @@ class _Worker:
         self.tls = ServerTls(config.smtp)
 
     def reload(self) -> None:
-        self.policies = reload(self.config, self.tls, self.policies)
+        self.policies = reload(self.config.policies.path, self.tls, self.policies)
 
     async def run(self, handoff_socket: socket.socket) -> None:
         config = self.config
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     except RelayError as exc:
         print(f"relay.smtp.ingest: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config)
+    configure_logging(config.log)
     try:
         sockets = bind_listeners(config.smtp, shared=True, more=config.bounces.listen)
     except OSError as exc:

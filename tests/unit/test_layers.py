@@ -5,6 +5,7 @@ and the HTTP side layered within."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -46,3 +47,26 @@ def test_an_import_against_the_floor_plan_breaks_a_contract(
     result = lint_imports(tmp_path)
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr
     assert "BROKEN" in result.stdout
+
+
+# The processes' composition roots: the main process (server), relayctl (cli) and an
+# ingest worker process (smtp.ingest's main). Everything else takes a section of the
+# configuration, or values.
+READS_THE_WHOLE_CONFIGURATION = ("relay.server", "relay.cli.", "relay.smtp.ingest")
+
+
+def test_only_the_composition_roots_take_the_whole_configuration() -> None:
+    readers = []
+    for path in sorted((REPO / "relay").rglob("*.py")):
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        if module == "relay.config":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            whole = (isinstance(node, ast.ImportFrom) and (
+                (node.module == "relay.config" and any(a.name == "Config" for a in node.names))
+                or (node.module == "relay" and any(a.name == "config" for a in node.names))))
+            if whole:
+                readers.append(module)
+    assert readers, "the check found no composition root: it reads nothing"
+    strays = [m for m in readers if not m.startswith(READS_THE_WHOLE_CONFIGURATION)]
+    assert strays == [], f"take a section or values instead of Config: {strays}"
