@@ -46,7 +46,8 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _SIMPLE_ADDRESS = re.compile(rf"({_ATOM}(?:\.{_ATOM})*)@({_LABEL}(?:\.{_LABEL})+)")
 
 ONE_LINE = r"^[^\r\n]*$"
-MIME_TYPE = r"^[!#-'*+.0-9A-Z^-~]+/[!#-'*+.0-9A-Z^-~]+$"
+# type/subtype, each an RFC 2045 token: "-" included (application/octet-stream).
+MIME_TYPE = r"^[!#-'*+\-.0-9A-Z^-~]+/[!#-'*+\-.0-9A-Z^-~]+$"
 # What a value that does not match one of the patterns above is told.
 PATTERN_MEANINGS = {ONE_LINE: "cannot contain line breaks",
                     MIME_TYPE: "is not a MIME type such as text/plain"}
