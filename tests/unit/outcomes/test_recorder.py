@@ -9,8 +9,8 @@ from relay.cleanup.cleanup import Cleanup
 from relay.config import RetrySection
 from relay.core.reply import Reply
 from relay.delivery import Attempt, Job
-from relay.queue import Claimed, NewMessage, Outcome, State
 from relay.outcomes.recorder import OutcomeRecorder
+from relay.queue import Claimed, NewMessage, Outcome, State
 from relay.runtime.metrics import Metrics
 
 NOW = 1_800_000_000.0
