@@ -16,11 +16,15 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from relay import config as config_module
@@ -146,9 +150,24 @@ def click(browser: WebDriver, selector: str) -> None:
     loaded: reading the old one, or the new one half built, would be a race."""
     before = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.CSS_SELECTOR, selector).click()
-    WebDriverWait(browser, WAIT).until(staleness_of(before))
+    WebDriverWait(browser, WAIT).until(lambda _: replaced(before))
     WebDriverWait(browser, WAIT).until(
         lambda b: b.execute_script("return document.readyState;") == "complete")
+
+
+def replaced(element: WebElement) -> bool:
+    """Whether the page that held `element` is gone. While it is being replaced, Chromium's
+    driver may say that the node "does not belong to the document" instead of calling it
+    stale: both mean the same."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" not in str(exc):
+            raise
+        return True
+    return False
 
 
 def text_of(browser: WebDriver) -> str:
