@@ -41,7 +41,15 @@ from relay.queue.base import (
     summary_sql,
 )
 from relay.queue.dialect import Sql, Statement
-from relay.queue.events import PRUNE_BATCH
+from relay.queue.events import (
+    EVENT_COLUMNS,
+    EVENT_FROM,
+    HISTORY_COLUMNS,
+    PRUNE_BATCH,
+    MessageHistory,
+    event_of,
+    history_of,
+)
 from relay.queue.overview import Activity
 from relay.queue.webhooks import (
     ENDPOINT_COLUMNS,
@@ -243,6 +251,17 @@ class SharedTables:
             "attempts = 0, head_failing_since = NULL, next_attempt_at = 0 "
             "WHERE endpoint = :id", {"id": endpoint_id}))
         return enabled.count > 0
+
+    # -- a message's history (queue.events) ---------------------------------------------
+
+    async def history(self, message_id: str) -> MessageHistory | None:
+        rows = await self._sql.read(
+            f"SELECT {HISTORY_COLUMNS} FROM history WHERE message_id = :id", id=message_id)
+        if not rows:
+            return None
+        events = await self._sql.read(f"SELECT {EVENT_COLUMNS} FROM {EVENT_FROM} "
+                                      "WHERE e.message_id = :id ORDER BY e.id", id=message_id)
+        return history_of(rows[0], [event_of(row) for row in events])
 
     # -- the operator's overview (queue.overview) ----------------------------------------
 

@@ -1,4 +1,5 @@
-"""queue.local: the embedded backend, message files under the spool plus a SQLite index.
+"""queue.local.backend: the embedded backend, message files under the spool plus a
+SQLite index.
 
 A new message is durable once its queue file (envelope, message, completion mark) is
 fsynced under its final name (queue.local.spoolfiles, Postfix's rule); its index rows follow in
@@ -6,11 +7,11 @@ the next group commit, and recovery indexes again a complete file the index lack
 Every index write goes through one group-committing writer thread; ingest worker
 processes write their files themselves and hand the rows to it (queue.local.handoff). Operator
 queries read through a separate aiosqlite connection. Every change of a recipient's state
-writes its event in the transaction that makes it (queue.local.events); histories,
-webhooks and API keys are in queue.local.records.
+writes its event in the transaction that makes it (queue.local.events). What both
+backends keep alike (keys, sessions, webhooks, listings) is queue.tables', on IndexSql.
 
-The index's schema and the recovery that reconciles it with the files at start are in
-queue.local.index. Active recipients are leased (queue.base): for them next_attempt_at is
+The index's schema is queue.local.schema's; the recovery that reconciles it with the
+files at start is in queue.local.index. Active recipients are leased (queue.base): for them next_attempt_at is
 the lease's expiry.
 """
 
@@ -52,22 +53,23 @@ from relay.queue.base import (
 )
 from relay.queue.events import EventType
 from relay.queue.local import broadcasts
+from relay.queue.local.access import IndexSql
 from relay.queue.local.bodycache import BodyCache
-from relay.queue.local.events import add_events, add_outcome_events
-from relay.queue.local.feedback import keep_return_paths, suppressed_in
+from relay.queue.local.events import EventPages, add_events, add_outcome_events
+from relay.queue.local.feedback import FeedbackWrites, keep_return_paths, suppressed_in
 from relay.queue.local.groupcommit import GroupCommitter
 from relay.queue.local.index import open_index, recover
-from relay.queue.local.records import LocalRecords
 from relay.queue.local.spoolfiles import Envelope, SpoolFiles, storage_failure
 from relay.queue.local.sql import (
     IDS,
-    IndexSql,
     delete_messages,
     delete_selected,
     finish_messages,
     insert_message,
 )
+from relay.queue.overview import LeaseHolder, NodeInfo
 from relay.queue.roles import NewMailTaker
+from relay.queue.tables import SharedTables
 
 log = logging.getLogger("relay.queue")
 
@@ -77,8 +79,10 @@ IO_THREADS = 8
 PREVIOUS_WORKERS_TIMEOUT = 60.0
 
 
-class LocalQueue(LocalRecords):
+class LocalQueue(EventPages, FeedbackWrites, SharedTables):
     """Queue backend for one node: `spool/messages/<id>` files and `spool/index.sqlite3`."""
+
+    _live = "done = 0"  # finished messages are marked, their rows go after their files
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time,
                  lease: float = DEFAULT_LEASE) -> None:
@@ -161,6 +165,12 @@ class LocalQueue(LocalRecords):
         """Step one of storing: the queue file, fsynced under its final name; once it is
         written the message may be acknowledged (LocalFailure if it was not)."""
         await self._in_io_thread(self.files.write, message_id, envelope, data)
+
+    async def lease_holders(self) -> list[LeaseHolder]:
+        return []  # one node: nobody else to tell apart
+
+    async def nodes(self) -> list[NodeInfo]:
+        return []
 
     # -- capabilities (queue.roles.Capabilities) -----------------------------------------
 

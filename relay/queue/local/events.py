@@ -1,6 +1,8 @@
 """queue.local.events: events and message history in the local backend's index
-(queue.events says what they are). Every function here runs in the index writer thread,
-inside the transaction of the state change it records.
+(queue.events says what they are). The functions run in the index writer thread, inside
+the transaction of the state change they record; EventPages reads them back for the API,
+in id order (one writer commits in id order: an id read is never followed by a smaller
+one, so the cursor is the last id).
 
 New mail's rows are committed after its 250 (queue.local), and so are its history row
 and `accepted` events: a message indexed again by recovery gets them then.
@@ -10,16 +12,26 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from typing import Any
 
 from relay.queue.base import MessageMeta, Outcome, Tracking
+from relay.queue.dialect import SQLITE, Params
 from relay.queue.events import (
+    EVENT_COLUMNS,
+    EVENT_FROM,
+    MAX_PAGE,
+    EventFilter,
+    EventPage,
     EventRow,
     EventType,
+    event_of,
+    filter_sql,
     metadata_json,
     outcome_data,
     outcome_event,
     tags_json,
 )
+from relay.queue.local.access import IndexAccess
 
 
 def add_events(db: sqlite3.Connection, kind: EventType, now: float,
@@ -53,3 +65,29 @@ def message_accepted(db: sqlite3.Connection, meta: MessageMeta, received_at: flo
     """A new message's history row and an `accepted` event per recipient."""
     open_history(db, meta.id, meta.mail_from, meta.size, received_at, meta.tracking)
     add_events(db, EventType.ACCEPTED, now, [(meta.id, r, None) for r in meta.recipients])
+
+
+class EventPages(IndexAccess):
+    """EventHistory's pages of events, on the index."""
+
+    async def events(self, wanted: EventFilter) -> EventPage:
+        where, params = _event_where(wanted)
+        rows = await self._read_all(
+            f"SELECT {EVENT_COLUMNS} FROM {EVENT_FROM} WHERE {where} ORDER BY e.id LIMIT ?",
+            [*params, min(wanted.limit, MAX_PAGE)])
+        found = [event_of(row) for row in rows]
+        return EventPage(found, found[-1].position if found else str(params[0]))
+
+    async def count_events(self, wanted: EventFilter, cap: int) -> int:
+        where, params = _event_where(wanted)
+        rows = await self._read_all(f"SELECT COUNT(*) FROM (SELECT 1 FROM {EVENT_FROM} "
+                                    f"WHERE {where} LIMIT ?)", [*params, cap])
+        return int(rows[0][0])
+
+
+def _event_where(wanted: EventFilter) -> tuple[str, list[Any]]:
+    if wanted.after and not (wanted.after.isdigit() and len(wanted.after) < 19):
+        raise ValueError("not a cursor of this queue")
+    params = Params(SQLITE)
+    where = filter_sql(wanted, params, [f"e.id > {params(int(wanted.after or 0))}"])
+    return where, params.values

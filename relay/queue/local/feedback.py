@@ -2,16 +2,19 @@
 later needs (relay.feedback) in the local backend's index: the return paths of delivered
 copies and the late bounces, complaints and unsubscribes themselves.
 
-Every function here runs in the index writer thread, inside the transaction of the change.
+The functions run in the index writer thread, inside the transaction of the change;
+FeedbackWrites hands them to it.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from functools import partial
 
 from relay.queue.base import EVERY_STREAM, Outcome, State
 from relay.queue.events import FEEDBACK_SEEN, EventType, Feedback
+from relay.queue.local.access import IndexAccess
 from relay.queue.local.events import add_events
 
 _LOOKUP_CHUNK = 500  # addresses per statement (SQLite binds at most 32766 values)
@@ -71,3 +74,15 @@ def record(feedback: Feedback, now: float, db: sqlite3.Connection) -> bool:
         add_events(db, feedback.kind, now,
                    [(feedback.message_id, feedback.recipient, feedback.data_json)])
     return added
+
+
+class FeedbackWrites(IndexAccess):
+    """SuppressionStore's additions and FeedbackStore's reports, on the index."""
+
+    async def suppress(self, address: str, reason: str,
+                       stream: str = EVERY_STREAM) -> bool:
+        return bool(await self._write(partial(suppress, address, reason, stream,
+                                              self._clock())))
+
+    async def record_feedback(self, report: Feedback) -> bool:
+        return bool(await self._write(partial(record, report, self._clock())))

@@ -1,56 +1,18 @@
 """queue.local.sql: statements the local backend's modules share, run in the index writer
-thread inside the group committer's transaction; and IndexSql, which runs the statements
-both backends share (queue.dialect, queue.tables) on the index."""
+thread inside the group committer's transaction."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from relay.queue.base import IDEMPOTENCY_WINDOW, WAITING, Idempotency, MessageMeta, domain_of
-from relay.queue.dialect import SQLITE, Statement, Written
 from relay.queue.events import EventType
 from relay.queue.local.events import add_events, message_accepted
 
 IDS = "(SELECT value FROM json_each(?))"  # a JSON list bound as one parameter
-
-Read = Callable[[str, Sequence[Any]], Awaitable[Sequence[Sequence[Any]]]]
-Write = Callable[..., Awaitable[Any]]  # (op(db), durable=...) in the writer's transaction
-
-
-class IndexSql:
-    """queue.dialect.Sql on the index: reads on the reader connection, writes in the next
-    group commit, `:now` the node's clock."""
-
-    dialect = SQLITE
-
-    def __init__(self, read: Read, write: Write, clock: Callable[[], float]) -> None:
-        self._read = read
-        self._write = write
-        self._clock = clock
-
-    async def read(self, sql: str, **values: Any) -> Sequence[Sequence[Any]]:
-        return await self._read(*SQLITE.statement(sql, values, self._clock()))
-
-    async def write(self, *statements: Statement, durable: bool = True) -> list[Written]:
-        now = self._clock()
-
-        def run(db: sqlite3.Connection) -> list[Written]:
-            return [_written(db.execute(*SQLITE.statement(s.sql, s.values, now)))
-                    for s in statements]
-
-        written: list[Written] = await self._write(run, durable=durable)
-        return written
-
-
-def _written(cursor: sqlite3.Cursor) -> Written:
-    if cursor.description is None:
-        return Written(cursor.rowcount)
-    rows = cursor.fetchall()  # RETURNING
-    return Written(len(rows), rows)
-
 
 def remember_answer(db: sqlite3.Connection, idempotency: Idempotency,
                     answer: dict[str, Any], now: float) -> None:

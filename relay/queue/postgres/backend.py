@@ -1,4 +1,5 @@
-"""queue.postgres: the cluster backend. Several relay nodes share one queue in PostgreSQL.
+"""queue.postgres.backend: the cluster backend. Several relay nodes share one queue in
+PostgreSQL.
 
 Contract (queue.base) across nodes:
 - Durable before 250: `store` returns once the transaction holding the message (body
@@ -15,7 +16,8 @@ Contract (queue.base) across nodes:
 - The hot tables hold only what is queued: a message leaves with its recipients in the
   transaction that makes its last one final (the message row is locked first, so two
   nodes finishing its last two recipients at once cannot both leave it behind).
-Broadcasts and suppressions: queue.postgres.broadcasts.
+Broadcasts and suppressions: queue.postgres.broadcasts. What both backends keep alike
+(keys, sessions, webhooks, listings) is queue.tables', on DatabaseSql.
 """
 
 from __future__ import annotations
@@ -53,9 +55,11 @@ from relay.queue.base import (
 )
 from relay.queue.events import EventType
 from relay.queue.postgres import broadcasts, events, feedback
+from relay.queue.postgres.events import EventPages
+from relay.queue.postgres.feedback import FeedbackWrites
 from relay.queue.postgres.finish import finish_messages
 from relay.queue.postgres.groupcommit import GroupCommit, message_commits, remember_answer
-from relay.queue.postgres.nodes import NodeLock, incarnation_of
+from relay.queue.postgres.nodes import NodeLock, NodeViews, incarnation_of
 from relay.queue.postgres.notify import NOTIFY, Listener
 from relay.queue.postgres.pool import (
     CONNECT_TIMEOUT,
@@ -68,9 +72,9 @@ from relay.queue.postgres.pool import (
 )
 from relay.queue.postgres.prefetched import PrefetchedBodies
 from relay.queue.postgres.ratelimits import PostgresRateLimits
-from relay.queue.postgres.records import PostgresRecords
 from relay.queue.postgres.schema import migrate
 from relay.queue.roles import NewMailTaker
+from relay.queue.tables import SharedTables
 
 log = logging.getLogger("relay.queue")
 
@@ -79,8 +83,10 @@ PREFETCH_BYTES = 64 * 1024 * 1024  # and at most this much of them is kept
 POOL_CLOSE_TIMEOUT = 10.0  # seconds
 
 
-class PostgresQueue(PostgresRateLimits, PostgresRecords):
+class PostgresQueue(PostgresRateLimits, EventPages, FeedbackWrites, NodeViews, SharedTables):
     """Queue backend for a cluster: every table in one PostgreSQL database."""
+
+    _live = "TRUE"  # a finished message's rows go in the transaction that finishes it
 
     def __init__(self, dsn: str, lease: float = DEFAULT_LEASE, node: str | None = None,
                  pool_size: int = 10, notify: bool = True) -> None:

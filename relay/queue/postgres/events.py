@@ -33,7 +33,7 @@ from relay.queue.events import (
     outcome_event,
     tags_json,
 )
-from relay.queue.postgres.pool import NOW
+from relay.queue.postgres.pool import NOW, DatabaseAccess
 
 
 async def add_events(connection: asyncpg.Connection, kind: EventType,
@@ -123,3 +123,15 @@ def _cursor(text: str) -> tuple[str, int]:
     if not (tx.isdigit() and number.isdigit() and len(tx) < 20 and len(number) < 19):
         raise ValueError("not a cursor of this queue")
     return tx, int(number)
+
+
+class EventPages(DatabaseAccess):
+    """EventHistory's pages of events, in commit order."""
+
+    async def events(self, wanted: EventFilter) -> EventPage:
+        async with self._connection() as connection:
+            return await page(connection, wanted)
+
+    async def count_events(self, wanted: EventFilter, cap: int) -> int:
+        async with self._connection() as connection:
+            return await count(connection, wanted, cap)

@@ -9,10 +9,10 @@ from collections.abc import Iterable
 
 import asyncpg
 
-from relay.queue.base import Outcome, State
+from relay.queue.base import EVERY_STREAM, Outcome, State
 from relay.queue.events import FEEDBACK_SEEN, EventType, Feedback
 from relay.queue.postgres.events import add_events
-from relay.queue.postgres.pool import NOW
+from relay.queue.postgres.pool import NOW, DatabaseAccess
 
 # The reason a claimed recipient's address is suppressed for its message's stream, if it
 # is (in the claim's SELECT: `c` the claimed recipient, `m` its message).
@@ -58,3 +58,16 @@ async def record(connection: asyncpg.Connection, feedback: Feedback) -> bool:
         await add_events(connection, feedback.kind,
                          [(feedback.message_id, feedback.recipient, feedback.data_json)])
     return added
+
+
+class FeedbackWrites(DatabaseAccess):
+    """SuppressionStore's additions and FeedbackStore's reports, in the database."""
+
+    async def suppress(self, address: str, reason: str,
+                       stream: str = EVERY_STREAM) -> bool:
+        async with self._connection() as connection:
+            return await suppress(connection, address, reason, stream)
+
+    async def record_feedback(self, report: Feedback) -> bool:
+        async with self._transaction() as connection:
+            return await record(connection, report)

@@ -28,9 +28,16 @@ import secrets
 import asyncpg
 
 from relay.core.errors import RelayError
-from relay.queue.overview import NodeInfo
+from relay.queue.overview import LeaseHolder, NodeInfo, lease_holders_of
 from relay.queue.postgres.notify import NOTIFY
-from relay.queue.postgres.pool import CONNECT_TIMEOUT, DATABASE_ERRORS, NOW, connected, count_of
+from relay.queue.postgres.pool import (
+    CONNECT_TIMEOUT,
+    DATABASE_ERRORS,
+    NOW,
+    DatabaseAccess,
+    connected,
+    count_of,
+)
 from relay.queue.postgres.schema import MIGRATIONS, version
 from relay.runtime.tasks import BackgroundTask
 from relay.runtime.trouble import Trouble
@@ -142,3 +149,32 @@ async def cluster_status(dsn: str, lease: float) -> tuple[int, int, list[NodeInf
         has_nodes = await connection.fetchval("SELECT to_regclass('nodes') IS NOT NULL")
         return (current, len(MIGRATIONS),
                 await node_list(connection, lease) if has_nodes else [])
+
+
+class NodeViews(DatabaseAccess):
+    """The Overview's nodes of the cluster and what each holds now."""
+
+    async def lease_holders(self) -> list[LeaseHolder]:
+        async with self._connection() as connection:
+            return lease_holders_of(await connection.fetch(_LEASE_HOLDERS))
+
+    async def nodes(self) -> list[NodeInfo]:
+        async with self._connection() as connection:
+            return await node_list(connection, self._lease)
+
+
+# Leases still running, by node: a lease past its expiry is anybody's again.
+# By node name: an owner is "name/incarnation".
+_LEASE_HOLDERS = f"""
+    SELECT split_part(owner, '/', 1) AS node, SUM(recipients), SUM(connections),
+        SUM(webhooks) FROM (
+        SELECT lease_owner AS owner, COUNT(*) AS recipients, 0 AS connections, 0 AS webhooks
+            FROM recipients WHERE state = 'active' AND lease_owner IS NOT NULL
+            AND next_attempt_at > {NOW} GROUP BY lease_owner
+        UNION ALL
+        SELECT owner, 0, COUNT(*), 0 FROM destination_slots WHERE expires_at > {NOW}
+            GROUP BY owner
+        UNION ALL
+        SELECT owner, 0, 0, COUNT(*) FROM webhook_state WHERE owner IS NOT NULL
+            AND lease_until > {NOW} GROUP BY owner
+    ) AS held GROUP BY 1 ORDER BY 1"""

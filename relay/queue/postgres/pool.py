@@ -61,6 +61,19 @@ class Failing:
             raise LocalFailure(f"queue database: {describe(exc)}") from exc
 
 
+class DatabaseAccess:
+    """What the cluster backend's mixins (queue.postgres.events, .feedback, .nodes) use of
+    PostgresQueue: a connection, or one in a transaction, and the lease it gives."""
+
+    _lease: float  # seconds a claim is leased for
+
+    def _connection(self) -> Any:
+        raise NotImplementedError
+
+    def _transaction(self) -> Any:
+        raise NotImplementedError
+
+
 class DatabaseSql:
     """queue.dialect.Sql on the database: `:now` its clock, every write one transaction."""
 

@@ -4,22 +4,14 @@ rate_events with the database's clock."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 
 from relay.core.units import Rate
-from relay.queue.postgres.pool import NOW
+from relay.queue.postgres.pool import NOW, DatabaseAccess
 
 
-class PostgresRateLimits:
-    """RateLimiter's methods; PostgresQueue provides the plumbing."""
-
-    def _connection(self) -> Any:
-        raise NotImplementedError
-
-    def _transaction(self) -> Any:
-        raise NotImplementedError
+class PostgresRateLimits(DatabaseAccess):
+    """RateLimiter's methods, counted in the database for every node."""
 
     async def take(self, key: str, rate: Rate) -> bool:
         """Count one event for `key` if `rate` allows it, for every node at once (the key
