@@ -22,14 +22,20 @@ from relay.queue.apikeys import (
 )
 from relay.queue.base import (
     BROADCAST_STATUS_SELECT,
+    FLUSHABLE,
+    IDEMPOTENCY_WINDOW,
     LISTED,
     NOT_RECEIVING,
+    RELEASABLE,
+    REQUEUABLE,
     WAITING,
     BroadcastStatus,
     DomainShape,
+    IdempotentAnswer,
     MessageInfo,
     QueueStats,
     ReturnPath,
+    Selection,
     ShapeKey,
     State,
     Suppression,
@@ -46,6 +52,7 @@ from relay.queue.events import (
     EVENT_FROM,
     HISTORY_COLUMNS,
     PRUNE_BATCH,
+    EventType,
     MessageHistory,
     event_of,
     history_of,
@@ -251,6 +258,26 @@ class SharedTables:
             "attempts = 0, head_failing_since = NULL, next_attempt_at = 0 "
             "WHERE endpoint = :id", {"id": endpoint_id}))
         return enabled.count > 0
+
+    async def flush(self, selection: Selection) -> int:
+        return await self._queue_now(selection, FLUSHABLE, EventType.REQUEUED)
+
+    async def requeue(self, selection: Selection) -> int:
+        return await self._queue_now(selection, REQUEUABLE, EventType.REQUEUED)
+
+    async def release(self, selection: Selection) -> int:
+        return await self._queue_now(selection, RELEASABLE, EventType.RELEASED)
+
+    async def _queue_now(self, selection: Selection, which: str, event: EventType) -> int:
+        """Recipients of `selection` that match `which` to `queued`, due now, with `event`
+        each; how many (each backend's own: the hot tables)."""
+        raise NotImplementedError
+
+    async def idempotent_answer(self, key: str) -> IdempotentAnswer | None:
+        rows = await self._sql.read("SELECT digest, answer FROM idempotency WHERE key = :key "
+                                    "AND created_at > :now - :window", key=key,
+                                    window=IDEMPOTENCY_WINDOW)
+        return IdempotentAnswer(rows[0][0], rows[0][1]) if rows else None
 
     # -- a message's history (queue.events) ---------------------------------------------
 

@@ -11,8 +11,8 @@ writes its event in the transaction that makes it (queue.local.events). What bot
 backends keep alike (keys, sessions, webhooks, listings) is queue.tables', on IndexSql.
 
 The index's schema is queue.local.schema's; the recovery that reconciles it with the
-files at start is in queue.local.index. Active recipients are leased (queue.base): for them next_attempt_at is
-the lease's expiry.
+files at start is in queue.local.index. Active recipients are leased (queue.base): for
+them next_attempt_at is the lease's expiry.
 """
 
 from __future__ import annotations
@@ -35,16 +35,11 @@ from relay.queue.base import (
     CLAIMABLE,
     DEFAULT_LEASE,
     DELETABLE,
-    FLUSHABLE,
     HOLDABLE,
-    IDEMPOTENCY_WINDOW,
     NO_TRACKING,
-    RELEASABLE,
-    REQUEUABLE,
     BroadcastStatus,
     Claimed,
     Idempotency,
-    IdempotentAnswer,
     MessageMeta,
     NewMessage,
     Outcome,
@@ -279,12 +274,6 @@ class LocalQueue(EventPages, FeedbackWrites, SharedTables):
 
     # -- operator commands -----------------------------------------------------------
 
-    async def idempotent_answer(self, key: str) -> IdempotentAnswer | None:
-        rows = await self._read_all(
-            "SELECT digest, answer FROM idempotency WHERE key = ? AND created_at > ?",
-            [key, self._clock() - IDEMPOTENCY_WINDOW])
-        return IdempotentAnswer(rows[0][0], rows[0][1]) if rows else None
-
     # -- broadcasts (queue.local.broadcasts) ------------------------------------------
 
     async def open_broadcast(self, broadcast_id: str, mail_from: str, template: bytes,
@@ -318,15 +307,6 @@ class LocalQueue(EventPages, FeedbackWrites, SharedTables):
             return None
         self._remove_when_durable(finished)
         return await self.broadcast_status(broadcast_id)
-
-    async def flush(self, selection: Selection) -> int:
-        return await self._queue_now(selection, FLUSHABLE, EventType.REQUEUED)
-
-    async def requeue(self, selection: Selection) -> int:
-        return await self._queue_now(selection, REQUEUABLE, EventType.REQUEUED)
-
-    async def release(self, selection: Selection) -> int:
-        return await self._queue_now(selection, RELEASABLE, EventType.RELEASED)
 
     async def _queue_now(self, selection: Selection, which: str, event: EventType) -> int:
         """Recipients of `selection` that match `which` to `queued`, due now; how many."""

@@ -37,17 +37,12 @@ from relay.queue.base import (
     CLAIMABLE,
     DEFAULT_LEASE,
     DELETABLE,
-    FLUSHABLE,
     HOLDABLE,
-    IDEMPOTENCY_WINDOW,
     NO_TRACKING,
-    RELEASABLE,
-    REQUEUABLE,
     WAITING,
     BroadcastStatus,
     Claimed,
     Idempotency,
-    IdempotentAnswer,
     NewMessage,
     Outcome,
     Selection,
@@ -309,21 +304,6 @@ class PostgresQueue(PostgresRateLimits, EventPages, FeedbackWrites, NodeViews, S
         self._bodies.forget(finished)
 
     # -- operator commands -----------------------------------------------------------
-
-    async def idempotent_answer(self, key: str) -> IdempotentAnswer | None:
-        row = await self._fetchrow(
-            f"SELECT digest, answer FROM idempotency WHERE key = $1 AND created_at > {NOW} - $2",
-            key, IDEMPOTENCY_WINDOW)
-        return None if row is None else IdempotentAnswer(row[0], row[1])
-
-    async def flush(self, selection: Selection) -> int:
-        return await self._queue_now(selection, FLUSHABLE, EventType.REQUEUED)
-
-    async def requeue(self, selection: Selection) -> int:
-        return await self._queue_now(selection, REQUEUABLE, EventType.REQUEUED)
-
-    async def release(self, selection: Selection) -> int:
-        return await self._queue_now(selection, RELEASABLE, EventType.RELEASED)
 
     async def _queue_now(self, selection: Selection, which: str, event: EventType) -> int:
         """Recipients of `selection` that match `which` to `queued`, due now, and every
