@@ -34,8 +34,8 @@ TOPICS = {
     "send": "relay.cli.send:send",
     "broadcast": "relay.cli.broadcast:broadcast",
     "suppression": "relay.cli.broadcast:suppression",
-    "dkim": "relay.cli.keys:dkim",
-    "pgp": "relay.cli.keys:pgp",
+    "dkim": "relay.cli.message_keys:dkim",
+    "pgp": "relay.cli.message_keys:pgp",
     "mta-sts": "relay.cli.mta_sts:mta_sts",
 }
 

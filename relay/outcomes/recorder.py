@@ -40,9 +40,9 @@ _STATUS_WORD = {State.DELIVERED: "sent", State.DEFERRED: "deferred", State.BOUNC
 
 
 class OutcomeRecorder:
-    def __init__(self, queue: OutcomeStore, cleanup: Cleanup, hostname: str, policy: RetrySection,
-                 metrics: Metrics, clock: Callable[[], float] = time.time,
-                 notify_sender: bool = True) -> None:
+    def __init__(self, queue: OutcomeStore, cleanup: Cleanup, hostname: str,
+                 policy: RetrySection, metrics: Metrics,
+                 clock: Callable[[], float] = time.time, notify_sender: bool = True) -> None:
         self._queue = queue
         # False with a bounce domain whose notify_sender is off: the application learns
         # of bounces from events, not DSNs.
@@ -121,7 +121,7 @@ class OutcomeRecorder:
             for v in bounced
         ]
         return dsn.build_dsn(self._hostname, job.message_id, job.mail_from,
-                                job.received_at, failed, body, now)
+                             job.received_at, failed, body, now)
 
     async def _submit_dsn(self, job: Job, dsn: bytes) -> None:
         try:

@@ -35,10 +35,10 @@ from relay.queue.webhooks import WebhookEndpoint
 from relay.runtime import metrics
 from relay.web.admin.apikey_routes import apikey_routes
 from relay.web.admin.broadcast_routes import broadcast_routes, openapi_schemas
+from relay.web.admin.callers import KeyRing
 from relay.web.admin.errors import ApiError, error_body, validation_error
 from relay.web.admin.history_routes import history_routes
 from relay.web.admin.idempotency import IdempotencyKeys
-from relay.web.admin.keys import KeyRing
 from relay.web.admin.outage import RETRY_AFTER, QueueOutage
 from relay.web.admin.queue_routes import queue_routes
 from relay.web.admin.send_routes import send_routes

@@ -1,6 +1,6 @@
 """webgate: what every request passes before any route sees it (an ASGI middleware).
 
-1. The bearer token (the admin token or an API key, admin.keys), checked before a byte
+1. The bearer token (the admin token or an API key, admin.callers), checked before a byte
    of the body is read: a client without one gets 401 whatever it sends, and cannot make
    the relay read or parse 50 MB first; a key without the route's scope gets 403, one
    over its rate limit 429. The caller goes to the route in `request.state.caller`.
@@ -21,8 +21,8 @@ from relay.core.errors import LocalFailure
 from relay.core.ratelimit import RateLimiter
 from relay.web import console
 from relay.web.admin.asgi import App, Message, Receive, Scope, Send
+from relay.web.admin.callers import KeyRing, required_scope
 from relay.web.admin.errors import ApiError, error_body
-from relay.web.admin.keys import KeyRing, required_scope
 from relay.web.admin.outage import RETRY_AFTER, QueueOutage
 
 SMALL_BODY = 1024 * 1024  # ids to flush, a suppression, ...

@@ -1,4 +1,4 @@
-"""Scoped API keys (admin.keys) against the running relay: every scope against a route of
+"""Scoped API keys (admin.callers) against the running relay: every scope against a route of
 each kind (allowed or 403), revocation, a key's rate limit, and which key sent a message
 in its history and events."""
 

@@ -1,4 +1,4 @@
-"""admin.apikey_routes: the admin API's keys (admin.keys), for `relayctl apikey`.
+"""admin.apikey_routes: the admin API's keys (admin.callers), for `relayctl apikey`.
 
 `POST /v1/apikeys {"name", "scopes", "rate_limit"}` makes a key and answers it once
 (only its digest is kept); `GET /v1/apikeys` lists them without secrets; `DELETE
@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from relay.core.units import parse_rate
 from relay.queue.apikeys import ApiScope
 from relay.queue.roles import ApiKeyStore, ConsoleSessionStore
+from relay.web.admin.callers import KeyRing, new_key
 from relay.web.admin.errors import ApiError
-from relay.web.admin.keys import KeyRing, new_key
 
 
 class NewApiKey(BaseModel):

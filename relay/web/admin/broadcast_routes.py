@@ -34,9 +34,9 @@ from relay.cleanup.templates import Recipient, Template, check_recipient, envelo
 from relay.queue import BroadcastStatus, Idempotency, new_queue_id
 from relay.queue.base import BROADCAST, EVERY_STREAM, SUPPRESSION_STREAM_PATTERN
 from relay.queue.roles import BroadcastStore, IdempotencyStore, SuppressionStore
+from relay.web.admin.callers import caller_of
 from relay.web.admin.errors import ApiError, validation_error
 from relay.web.admin.idempotency import IdempotencyKeys, replay
-from relay.web.admin.keys import caller_of
 
 CHUNK = 5000  # recipients per index write while a broadcast is uploaded
 MAX_LINE = 1024 * 1024  # bytes per NDJSON line

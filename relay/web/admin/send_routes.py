@@ -20,9 +20,9 @@ from relay.cleanup.compose import ComposeError, RawMessage, StructuredMessage, c
 from relay.core.errors import LocalFailure, Rejected
 from relay.core.reply import SPOOL_FULL
 from relay.queue import Idempotency
+from relay.web.admin.callers import caller_of
 from relay.web.admin.errors import ApiError
 from relay.web.admin.idempotency import IdempotencyKeys
-from relay.web.admin.keys import caller_of
 
 
 def _shape(body: Any) -> str:

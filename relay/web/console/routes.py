@@ -1,6 +1,6 @@
 """console.routes: the console's pages and the forms they post, under /ui/.
 
-Reading needs the `read` scope, every action `admin` (admin.keys.required_scope); the gate
+Reading needs the `read` scope, every action `admin` (admin.callers.required_scope); the gate
 (relay.web.gate) admits a request by its session cookie or, for scripts, its bearer token.
 Actions are POSTed forms that carry the session's CSRF token and answer with a redirect
 back to the page (post/redirect/get), so they work without JavaScript too.
@@ -26,8 +26,8 @@ from relay.queue.apikeys import ApiScope
 from relay.queue.base import EVERY_STREAM, SUPPRESSION_STREAM_PATTERN
 from relay.queue.webhooks import WebhookEndpoint, WebhookState
 from relay.web.admin.broadcast_routes import check_address, status_events
+from relay.web.admin.callers import KeyRing, caller_of
 from relay.web.admin.errors import ApiError
-from relay.web.admin.keys import KeyRing, caller_of
 from relay.web.console.chart import delivery_chart
 from relay.web.console.queue_view import WAITING, QueueFilter, rows_of, states_of
 from relay.web.console.render import SECURITY_HEADERS, page, redirect, static

@@ -2,7 +2,7 @@
 
 Signing in with the admin token or an API key opens a session: a random id in an
 HttpOnly, SameSite=Strict cookie, and in the queue its digest with the digest of the
-token that signed in, which is checked again on every request (admin.keys), so a revoked
+token that signed in, which is checked again on every request (admin.callers), so a revoked
 key ends its sessions within seconds. Each session has its own CSRF token, which every
 form that changes something carries. Sessions are kept in the queue (queue.apikeys), so
 every node of a cluster knows them and a restart keeps them; signing out ends one on

@@ -15,7 +15,7 @@ from relay.queue.apikeys import ApiScope, digest_of
 from relay.queue.events import EventFilter, EventType
 from relay.queue.postgres import PostgresQueue
 from relay.queue.webhooks import WebhookEndpoint
-from relay.web.admin.keys import new_key
+from relay.web.admin.callers import new_key
 from tests.integration.queue.contract import outcome
 
 TRACKING = Tracking("=?utf-8?q?Caf=C3=A9?= news", {"user": 42}, ("welcome",))

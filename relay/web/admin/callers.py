@@ -1,4 +1,4 @@
-"""admin.keys: who is calling the admin API, and what they may do.
+"""admin.callers: who is calling the admin API, and what they may do.
 
 A caller is the admin token (every scope) or an API key (`rk_<id>_<secret>`, made by
 `relayctl apikey create` or `POST /v1/apikeys`, stored as a digest by the queue) with its

@@ -1,4 +1,4 @@
-"""cli.keys: `relayctl dkim keygen|check` and `relayctl pgp import|list`: the keys that
+"""cli.message_keys: `relayctl dkim keygen|check` and `relayctl pgp import|list`: the keys that
 policies/dkim.toml and policies/pgp.toml use."""
 
 from __future__ import annotations
