@@ -2,7 +2,7 @@
 """One SMTP session at a time into one ingest worker, alone: its latency and CPU per session.
 
 With one client connection the relay is as fast as one ingest worker's session is short
-(bench/README.md). This runs a real worker (`python -m relay.smtp.ingest`, its queue files
+(bench/README.md). This runs a real worker (`python -m relay.smtp.worker`, its queue files
 written and fsynced into a temporary spool) with no main process: a thread stands in for
 it and reads what the worker hands off, so nothing is indexed or delivered beside the
 session. A client in this process then runs `--count` sessions one after the other, one
@@ -94,7 +94,7 @@ class Server:
 
 
 class WorkerAlone(Server):
-    """`python -m relay.smtp.ingest` on a temporary spool; a thread drains its handoff socket."""
+    """`python -m relay.smtp.worker` on a temporary spool; a thread drains its handoff socket."""
 
     name = "ingest worker"
 
@@ -114,7 +114,7 @@ class WorkerAlone(Server):
         self._ready = threading.Event()
         threading.Thread(target=self._drain, daemon=True).start()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "relay.smtp.ingest", "--handoff-fd", str(theirs.fileno()),
+            [sys.executable, "-m", "relay.smtp.worker", "--handoff-fd", str(theirs.fileno()),
              "--config", str(config)], pass_fds=[theirs.fileno()], cwd=REPO,
             stderr=subprocess.DEVNULL)
         theirs.close()

@@ -126,7 +126,7 @@ class Relay:
         self._scheduler = self._delivery(cleanup, tokens, credentials)
         rates = self.queue.shared_rate_limits() or SlidingWindow()
         if workers > 0 and indexer is not None:
-            self._ingest = IngestWorkers(config, indexer, workers, self._stored,
+            self._ingest = IngestWorkers(config.source, indexer, workers, self._stored,
                                          self.metrics.sessions_ended, self._shutdown_timeout)
             await self._ingest.start()
             check_alone(config.smtp, config.bounces.listen, [os.getpid(), *self._ingest.pids])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's `st` column
 COMMAND_LINE_MAX = 120
-INGEST_WORKER = "-m relay.smtp.ingest"  # how relay.smtp.ingest starts its workers
+INGEST_WORKER = "-m relay.smtp.worker"  # how relay.smtp.ingest starts its workers
 
 
 def listening_inodes(host: str, port: int, proc: Path = Path("/proc")) -> set[int]:

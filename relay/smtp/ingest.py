@@ -2,7 +2,7 @@
 
 One Python process cannot both accept and deliver at the rate of Postfix (bench/README.md),
 so, like Postfix's master and its smtpd processes, the main process starts `[smtp] workers`
-processes (`python -m relay.smtp.ingest`). Each listens on sockets of its own bound with
+processes (`python -m relay.smtp.worker`). Each listens on sockets of its own bound with
 SO_REUSEPORT, so the kernel spreads connections over them (one shared socket would wake
 every worker for every connection); the main process binds the same addresses first,
 without listening, so that a busy port is its error at start. Each worker runs smtpd and
@@ -20,7 +20,6 @@ they are gone. A worker killed outright loses only messages it had not acknowled
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -30,37 +29,26 @@ import socket
 import sys
 from collections.abc import Callable
 
-from relay import config as config_module
-from relay.cleanup.cleanup import Cleanup
-from relay.config import Config
+from relay.config import NO_FILE
 from relay.core.errors import RelayError
 from relay.core.ratelimit import SlidingWindow
-from relay.policy import Policies, load_policies
-from relay.queue.local.handoff import HandoffStore, WorkerEvents, serve_handoff
-from relay.queue.local.spoolfiles import SpoolFiles
+from relay.queue.local.handoff import WorkerEvents, serve_handoff
 from relay.queue.roles import Indexer
-from relay.runtime import tuning
-from relay.runtime.logsetup import configure_logging, event_loop_runner
-from relay.smtp.listeners import ListenSockets, ServerTls, bind_listeners, serve_listeners
-from relay.smtp.reload import reload
-from relay.smtp.sessions import SessionRegistry
-from relay.smtp.submission import SubmissionHandler
 
 log = logging.getLogger("relay.ingest")
 
 RESTART_DELAY = 1.0
 INDEX_GRACE = 5.0  # seconds a stop waits for the index to take what workers stored
-SESSION_REPORT_INTERVAL = 2.0
 
 
 class IngestWorkers:
     """The main process's side: start, supervise, reload and stop the worker processes,
     and index what they store (queue.local.handoff)."""
 
-    def __init__(self, config: Config, queue: Indexer, count: int,
+    def __init__(self, config_source: str, queue: Indexer, count: int,
                  on_stored: Callable[[], None], on_sessions: Callable[[int, int], None],
                  shutdown_timeout: float) -> None:
-        self._config = config
+        self._config_source = config_source  # the file the workers read, or NO_FILE
         self._queue = queue
         self._count = count
         self._on_stored = on_stored
@@ -127,11 +115,11 @@ class IngestWorkers:
 
     async def _spawn(self, handoff: socket.socket) -> asyncio.subprocess.Process:
         fds = [handoff.fileno()]
-        command = [sys.executable, "-m", "relay.smtp.ingest",
+        command = [sys.executable, "-m", "relay.smtp.worker",
                    "--handoff-fd", str(handoff.fileno()),
                    "--shutdown-timeout", str(self._shutdown_timeout)]
-        if self._config.source != config_module.NO_FILE:
-            command += ["--config", self._config.source]
+        if self._config_source != NO_FILE:
+            command += ["--config", self._config_source]
         return await asyncio.create_subprocess_exec(*command, pass_fds=fds)
 
     def reload(self) -> None:
@@ -159,93 +147,3 @@ class IngestWorkers:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-
-
-# -- the worker process ---------------------------------------------------------------
-
-class _Worker:
-    def __init__(self, config: Config, sockets: ListenSockets, shutdown_timeout: float
-                 ) -> None:
-        self.config = config
-        self.sockets = sockets
-        self.shutdown_timeout = shutdown_timeout
-        self.policies: Policies = load_policies(config.policies.path)
-        self.tls = ServerTls(config.smtp)
-
-    def reload(self) -> None:
-        self.policies = reload(self.config.policies.path, self.tls, self.policies)
-
-    async def run(self, handoff_socket: socket.socket) -> None:
-        config = self.config
-        files = SpoolFiles(config.queue.path)
-        files.share_ingest_lock()
-        store = await HandoffStore.connect(files, handoff_socket)
-        registry = SessionRegistry()
-        store.alone = registry.alone
-        handler = SubmissionHandler(Cleanup(store, config.server.hostname), config.smtp,
-                                    lambda: self.policies.access, free_space=files.free_bytes,
-                                    rates=store, bounce_domain=config.bounces.domain)
-        servers = await serve_listeners(handler, config.smtp, config.server.hostname,
-                                        registry, self.sockets, self.tls)
-        store.announce_ready()
-        tuning.started()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
-        reports = asyncio.create_task(_report_sessions(registry, store))
-        owner_gone = asyncio.create_task(store.owner_gone.wait())
-        await asyncio.wait([owner_gone, asyncio.create_task(stop.wait())],
-                           return_when=asyncio.FIRST_COMPLETED)
-        reports.cancel()
-        for server in servers:
-            server.close()
-        if store.owner_gone.is_set():
-            # Nothing can be stored any more: end the sessions now, so the port is free
-            # for the relay that replaces the main process.
-            log.error("the main relay process is gone; this ingest worker stops")
-            await registry.drain(0)
-        else:
-            await registry.drain(self.shutdown_timeout)
-            store.report_sessions(*registry.take_ended())
-        await store.close()
-
-
-async def _report_sessions(registry: SessionRegistry, store: HandoffStore) -> None:
-    """Session counts to the main process's metrics, batched: a line per session would
-    cost more than the count is worth."""
-    while True:
-        await asyncio.sleep(SESSION_REPORT_INTERVAL)
-        plain, tls = registry.take_ended()
-        if plain or tls:
-            store.report_sessions(plain, tls)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="relay.smtp.ingest",
-                                     description="SMTP ingest worker (started by relayctl serve)")
-    parser.add_argument("--config")
-    parser.add_argument("--handoff-fd", type=int, required=True)
-    parser.add_argument("--shutdown-timeout", type=float, default=10.0)
-    args = parser.parse_args(argv)
-    tuning.tune_allocator()
-    try:
-        config = config_module.load(args.config)
-    except RelayError as exc:
-        print(f"relay.smtp.ingest: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(config.log)
-    try:
-        sockets = bind_listeners(config.smtp, shared=True, more=config.bounces.listen)
-    except OSError as exc:
-        print(f"relay.smtp.ingest: cannot listen: {exc}", file=sys.stderr)
-        return 2
-    worker = _Worker(config, sockets, args.shutdown_timeout)
-    event_loop_runner()(worker.run(socket.socket(fileno=args.handoff_fd)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-

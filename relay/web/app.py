@@ -42,6 +42,7 @@ from relay.web.admin.idempotency import IdempotencyKeys
 from relay.web.admin.outage import RETRY_AFTER, QueueOutage
 from relay.web.admin.queue_routes import queue_routes
 from relay.web.admin.send_routes import send_routes
+from relay.web.admin.suppression_routes import suppression_routes
 from relay.web.admin.webhook_routes import webhook_routes
 from relay.web.console import Console, Sessions, console_routes, is_console, not_found_page
 from relay.web.gate import Gate
@@ -104,6 +105,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(send_routes(services.cleanup, idempotency, services.max_message_size))
     app.include_router(broadcast_routes(services.queue, services.wake, idempotency,
                                         services.max_message_size))
+    app.include_router(suppression_routes(services.queue))
     app.include_router(apikey_routes(services.queue, keys))
     app.include_router(console_routes(Console(services.queue, keys, sessions, services.wake,
                                               services.webhooks, services.cluster)))

@@ -140,7 +140,7 @@ def _children(pid: int) -> list[int]:
 
 def _is_ingest_worker(pid: int) -> bool:
     try:
-        return b"relay.smtp.ingest" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"relay.smtp.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 

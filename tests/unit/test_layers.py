@@ -50,9 +50,9 @@ def test_an_import_against_the_floor_plan_breaks_a_contract(
 
 
 # The processes' composition roots: the main process (server), relayctl (cli) and an
-# ingest worker process (smtp.ingest's main). Everything else takes a section of the
+# ingest worker process (smtp.worker). Everything else takes a section of the
 # configuration, or values.
-READS_THE_WHOLE_CONFIGURATION = ("relay.server", "relay.cli.", "relay.smtp.ingest")
+READS_THE_WHOLE_CONFIGURATION = ("relay.server", "relay.cli.", "relay.smtp.worker")
 
 
 def test_only_the_composition_roots_take_the_whole_configuration() -> None:

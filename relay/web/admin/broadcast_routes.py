@@ -1,11 +1,10 @@
-"""admin.broadcast_routes: broadcasts as jobs, and the suppression list.
+"""admin.broadcast_routes: broadcasts as jobs, over HTTP (what is done with an upload is
+cleanup.uploads').
 
 `POST /v1/broadcasts` takes the template and its recipients as one JSON document, or, for
 large lists, as NDJSON (`Content-Type: application/x-ndjson`): the first line is the
 template, each further line one recipient, read as they arrive so that a million
-recipients never sit in memory. Recipients are written in chunks as they come; invalid ones
-are answered with their index and the reason, addresses on the suppression list are
-skipped and counted. The 202 `{"id", "accepted", "suppressed", "rejected": [...]}` comes
+recipients never sit in memory. The 202 `{"id", "accepted", "suppressed", "rejected": [...]}` comes
 once the broadcast is durable and due. Then `GET /v1/broadcasts/{id}` gives its counts,
 `.../events` streams them as Server-Sent Events until it is over, `.../cancel` drops what
 has not been sent. `GET /v1/broadcasts` lists them, newest first, a page at a time.
@@ -26,21 +25,19 @@ from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
-from relay.cleanup.compose import ComposeError, mailbox
-from relay.cleanup.templates import Recipient, Template, check_recipient, envelope_sender
-from relay.queue import BroadcastStatus, Idempotency, new_queue_id
-from relay.queue.base import BROADCAST, EVERY_STREAM, SUPPRESSION_STREAM_PATTERN
-from relay.queue.roles import BroadcastStore, IdempotencyStore, SuppressionStore
+from relay.cleanup.compose import ComposeError
+from relay.cleanup.templates import Recipient, Template
+from relay.cleanup.uploads import NOT_JSON, Rejection, TooLarge, store_broadcast
+from relay.queue import BroadcastStatus
+from relay.queue.roles import BroadcastStore, IdempotencyStore
 from relay.web.admin.callers import caller_of
 from relay.web.admin.errors import ApiError, validation_error
 from relay.web.admin.idempotency import IdempotencyKeys, replay
 
-CHUNK = 5000  # recipients per index write while a broadcast is uploaded
 MAX_LINE = 1024 * 1024  # bytes per NDJSON line
-MAX_LISTED_REJECTIONS = 10_000  # in the answer; rejected_total counts them all
 EVENT_INTERVAL = 1.0  # seconds between looks at a broadcast's counts
 KEEPALIVE_EVERY = 15  # looks without a change between two keepalive comments
 NDJSON = "application/x-ndjson"
@@ -53,12 +50,6 @@ class BroadcastRequest(Template):
     recipient is checked on its own: a bad one is rejected, the others are sent."""
 
     recipients: list[Recipient] = Field(default_factory=list)
-
-
-class Rejection(BaseModel):
-    index: int
-    email: str | None
-    reason: str
 
 
 class BroadcastAccepted(BaseModel):
@@ -78,18 +69,8 @@ class BroadcastPage(BaseModel):
     next_cursor: str | None
 
 
-# A stream's name, or "*": every stream.
-SuppressionStream = Annotated[str, StringConstraints(pattern=SUPPRESSION_STREAM_PATTERN)]
-
-
-class SuppressionEntry(BaseModel):
-    address: str
-    reason: str = "added by an operator"
-    stream: SuppressionStream = EVERY_STREAM
-
-
-class BroadcastQueue(BroadcastStore, SuppressionStore, IdempotencyStore, Protocol):
-    """Broadcasts, the suppressions they honour, and the answers kept for retries."""
+class BroadcastQueue(BroadcastStore, IdempotencyStore, Protocol):
+    """Broadcasts, and the answers kept for retries."""
 
 
 def broadcast_routes(queue: BroadcastQueue, wake: Callable[[], None], keys: IdempotencyKeys,
@@ -170,29 +151,6 @@ def broadcast_routes(queue: BroadcastQueue, wake: Callable[[], None], keys: Idem
             raise ApiError(404, "not_found", f"no broadcast {broadcast_id}", "id")
         return cancelled
 
-    @router.get("/v1/suppressions")
-    async def suppressions(stream: SuppressionStream | None = None) -> dict[str, Any]:
-        """Addresses not sent to, by stream ("*": every stream): hard bounces everywhere,
-        complaints and unsubscribes in the stream they came from, and those added here.
-        `?stream=` shows one stream's entries."""
-        return {"suppressions": [
-            {"address": s.address, "stream": s.stream, "reason": s.reason,
-             "created_at": s.created_at}
-            for s in await queue.suppressions(stream)]}
-
-    @router.post("/v1/suppressions", status_code=201)
-    async def add_suppression(entry: SuppressionEntry) -> dict[str, bool]:
-        check_address(entry.address)
-        return {"added": await queue.suppress(entry.address, entry.reason, entry.stream)}
-
-    @router.delete("/v1/suppressions/{address}")
-    async def remove_suppression(address: str,
-                                 stream: SuppressionStream | None = None) -> dict[str, bool]:
-        """Off every stream's list, or with `?stream=` off that one's only."""
-        if not await queue.unsuppress(address, stream):
-            raise ApiError(404, "not_found", f"{address} is not suppressed", "address")
-        return {"removed": True}
-
     return router
 
 
@@ -216,13 +174,6 @@ def openapi_schemas() -> dict[str, Any]:
     hand, to stream it)."""
     schema = BroadcastRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     return {**schema.pop("$defs", {}), "BroadcastRequest": schema}
-
-
-def check_address(address: str) -> None:
-    try:
-        mailbox(address, "address")
-    except ComposeError as exc:
-        raise ApiError(422, "invalid", str(exc), exc.field) from None
 
 
 async def _existing(queue: BroadcastStore, broadcast_id: str) -> BroadcastStatus:
@@ -319,11 +270,9 @@ async def _parsed(lines: AsyncIterator[bytes]) -> AsyncIterator[Any]:
         try:
             yield _loads(line, f"recipients[{index}]")
         except ValueError:
-            yield _NOT_JSON
+            yield NOT_JSON
         index += 1
 
-
-_NOT_JSON = object()
 
 
 def _loads(data: bytes, what: str) -> Any:
@@ -352,71 +301,14 @@ def _template(document: dict[str, Any]) -> Template:
         raise validation_error(exc.errors()) from None
 
 
-async def _store(queue: BroadcastQueue, body: _Body, idempotency_key: str | None, *,
+async def _store(queue: BroadcastStore, body: _Body, idempotency_key: str | None, *,
                  max_message_size: int, api_key: str) -> dict[str, Any]:
     template, recipients = await body.template_and_recipients()
-    stored_template = template.model_dump_json(by_alias=True).encode()
-    if len(stored_template) > max_message_size:
-        raise ApiError(413, "too_large", f"the template is {len(stored_template)} bytes; "
-                       f"max_message_size is {max_message_size}", "template")
     try:
-        sender, smtputf8 = envelope_sender(template)
+        return await store_broadcast(queue, template, recipients,
+                                     idempotency_key=idempotency_key, digest=body.digest,
+                                     max_message_size=max_message_size, api_key=api_key)
+    except TooLarge as exc:
+        raise ApiError(413, "too_large", str(exc), exc.field) from None
     except ComposeError as exc:
         raise ApiError(422, "invalid", str(exc), exc.field) from None
-    broadcast_id = new_queue_id()
-    needed = template.fields()
-    rejected: list[Rejection] = []
-    rejected_total = accepted = suppressed = 0
-    chunk: list[tuple[str, str]] = []
-    accepting = False
-    try:
-        await queue.open_broadcast(broadcast_id, sender, stored_template, smtputf8,
-                                   template.tracking(template.subject, api_key, BROADCAST))
-        async for index, item in _enumerate(recipients):
-            checked = ("not a JSON object" if item is _NOT_JSON
-                       else check_recipient(needed, item))
-            if isinstance(checked, str):
-                rejected_total += 1
-                if len(rejected) < MAX_LISTED_REJECTIONS:
-                    email = item.get("email") if isinstance(item, dict) else None
-                    rejected.append(Rejection(index=index, email=_str_or_none(email),
-                                              reason=checked))
-                continue
-            chunk.append(checked)
-            if len(chunk) >= CHUNK:
-                suppressed += await queue.add_broadcast_recipients(broadcast_id, chunk)
-                accepted += len(chunk)
-                chunk = []
-        if chunk:
-            suppressed += await queue.add_broadcast_recipients(broadcast_id, chunk)
-            accepted += len(chunk)
-        if not accepted + rejected_total:
-            raise ApiError(422, "invalid", "a broadcast needs at least one recipient",
-                           "recipients")
-        answer = {"id": broadcast_id, "accepted": accepted - suppressed,
-                  "suppressed": suppressed,
-                  "rejected": [r.model_dump() for r in rejected],
-                  "rejected_total": rejected_total}
-        idempotency = (Idempotency(idempotency_key, body.digest())
-                       if idempotency_key is not None else None)
-        accepting = True
-        await queue.accept_broadcast(broadcast_id, rejected_total, idempotency, answer)
-    except BaseException:
-        # Never acknowledged: nothing of it stays. Once accepting, the commit may have
-        # landed (a retry with the Idempotency-Key then finds it); if it did not, the
-        # next start removes the broadcast that is still "receiving".
-        if not accepting:
-            await asyncio.shield(queue.abandon_broadcast(broadcast_id))
-        raise  # a LocalFailure is queue_unavailable (admin.outage)
-    return answer
-
-
-async def _enumerate(items: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
-    index = 0
-    async for item in items:
-        yield index, item
-        index += 1
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None

@@ -25,9 +25,10 @@ from relay.queue import Queue, Selection, State
 from relay.queue.apikeys import ApiScope
 from relay.queue.base import EVERY_STREAM, SUPPRESSION_STREAM_PATTERN
 from relay.queue.webhooks import WebhookEndpoint, WebhookState
-from relay.web.admin.broadcast_routes import check_address, status_events
+from relay.web.admin.broadcast_routes import status_events
 from relay.web.admin.callers import KeyRing, caller_of
 from relay.web.admin.errors import ApiError
+from relay.web.admin.suppression_routes import check_address
 from relay.web.console.chart import delivery_chart
 from relay.web.console.queue_view import WAITING, QueueFilter, rows_of, states_of
 from relay.web.console.render import SECURITY_HEADERS, page, redirect, static
