@@ -183,6 +183,9 @@ class DeliverySection(_Section):
     max_connections_per_domain: int = Field(10, ge=1)
     connect_timeout: Duration = parse_duration("30s")
     command_timeout: Duration = parse_duration("5m")
+    # How long one DNS lookup (MX, A/AAAA, MTA-STS's TXT) may take, retries included;
+    # the answer is then cached for its TTL (relay.delivery.mx).
+    dns_timeout: Duration = parse_duration("10s")
     # RFC 8461: honour the policies recipient domains publish (enforce: validated TLS only).
     mta_sts: bool = True
     mta_sts_port: int = Field(443, ge=1, le=65535)  # where policies are fetched; for tests

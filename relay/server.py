@@ -166,7 +166,7 @@ class Relay:
         domain, the intake of what comes back there), outcomes and transforms."""
         config, hostname = self.config, self.config.server.hostname
         hops = NextHops(config.delivery.nameservers, config.delivery.port,
-                        timeout=config.delivery.connect_timeout)
+                        timeout=config.delivery.dns_timeout)
         intake = (FeedbackIntake(self.queue, tokens, cleanup, hostname,
                                  config.bounces.notify_sender, self.metrics.feedback_taken)
                   if tokens else None)

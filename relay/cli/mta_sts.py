@@ -42,7 +42,7 @@ def mta_sts(ctx: click.Context, domain: str) -> None:
 
 async def _look_up(settings: DeliverySection, domain: str) -> tuple[Policy, list[str]]:
     """The policy and the MX host names, best first; RelayError saying what is missing."""
-    hops = NextHops(settings.nameservers, settings.port, timeout=settings.connect_timeout)
+    hops = NextHops(settings.nameservers, settings.port, timeout=settings.dns_timeout)
     fetcher = HttpsFetcher(hops.addresses, trust_store(settings.ca_file),
                            settings.mta_sts_port, settings.connect_timeout)
     try:

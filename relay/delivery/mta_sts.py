@@ -282,6 +282,7 @@ class MtaSts:
             store.load(clock()) if store is not None else {})
         self._failed: dict[tuple[str, str], float] = {}  # (domain, id) -> retry after
         self._fetching: dict[str, asyncio.Future[Policy | None]] = {}
+        self._lookups_failing: set[str] = set()  # logged when they fail and again when not
 
     async def policy_for(self, domain: str) -> Policy | None:
         """The policy to apply to `domain` now, or None when it has none."""
@@ -296,8 +297,12 @@ class MtaSts:
         current = cached.policy if cached is not None else None
         try:
             policy_id = await published_id(self._resolver, domain)
-        except dns.exception.DNSException:
+        except dns.exception.DNSException as exc:
+            self._lookup_failed(domain, exc, current)
             return current  # DNS trouble: what we know still holds (section 5.1)
+        if domain in self._lookups_failing:
+            self._lookups_failing.discard(domain)
+            log.info("mta-sts: %s: the policy's TXT record can be looked up again", domain)
         if policy_id is None:
             return current
         if cached is not None and cached.policy.id == policy_id and not cached.stale(now):
@@ -305,6 +310,17 @@ class MtaSts:
         if self._failed.get((domain, policy_id), 0.0) > now:
             return current
         return await self._fetch_once(domain, policy_id, current)
+
+    def _lookup_failed(self, domain: str, exc: dns.exception.DNSException,
+                       current: Policy | None) -> None:
+        """One line when a domain's TXT lookup starts failing, not one per message."""
+        if domain in self._lookups_failing:
+            return
+        self._lookups_failing.add(domain)
+        log.warning("mta-sts: %s: cannot look up _mta-sts.%s TXT (%s): %s", domain, domain,
+                    exc.__class__.__name__,
+                    f"policy id {current.id} (cached) still holds" if current is not None
+                    else "no policy known, delivering without one")
 
     async def _fetch_once(self, domain: str, policy_id: str,
                           current: Policy | None) -> Policy | None:

@@ -5,11 +5,17 @@ own A/AAAA (implicit MX); a null MX (RFC 7505: one record, preference 0, exchang
 bounces at once with 5.1.10; a domain that does not exist, or cannot (an empty label, a
 label over 63 octets: relay.core.addresses), bounces with 5.1.2; DNS trouble defers with 4.4.3.
 In relayhost mode the one upstream is the only hop.
+
+Answers are cached for their TTL, capped at MAX_CACHED_TTL, negative ones (NXDOMAIN, no
+record of the type) for the time their zone's SOA gives (RFC 2308): dnspython's cache,
+shared by every delivery worker of the process (MX, A, AAAA and MTA-STS's TXT). A node of
+a cluster caches for itself. DNS has its own timeout (`[delivery] dns_timeout`).
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,8 +43,23 @@ class Hop:
         return f"{name}[{self.address}]:{self.port}"
 
 
-def resolver(nameservers: Sequence[str], timeout: float = 10.0) -> dns.asyncresolver.Resolver:
-    """dnspython's resolver on `nameservers` ("ip:port"), or on the system's."""
+MAX_CACHED_TTL = 3600.0  # seconds an answer is kept at most, whatever its TTL says
+CACHED_ANSWERS = 10_000
+
+
+class CappedCache(dns.resolver.LRUCache):
+    """dnspython's LRU cache, keeping no answer longer than MAX_CACHED_TTL: a TTL of days
+    would otherwise pin a changed MX until the process restarts."""
+
+    def put(self, key: dns.resolver.CacheKey, value: dns.resolver.Answer) -> None:
+        value.expiration = min(value.expiration, time.time() + MAX_CACHED_TTL)
+        super().put(key, value)
+
+
+def resolver(nameservers: Sequence[str], timeout: float = 10.0,
+             cached: bool = False) -> dns.asyncresolver.Resolver:
+    """dnspython's resolver on `nameservers` ("ip:port"), or on the system's; with
+    `cached`, answers are kept for their TTL (CappedCache)."""
     if nameservers:
         made = dns.asyncresolver.Resolver(configure=False)
         made.nameservers = [
@@ -46,6 +67,8 @@ def resolver(nameservers: Sequence[str], timeout: float = 10.0) -> dns.asyncreso
     else:
         made = dns.asyncresolver.Resolver()
     made.lifetime = timeout
+    if cached:
+        made.cache = CappedCache(CACHED_ANSWERS)
     return made
 
 
@@ -60,11 +83,12 @@ async def txt_records(resolver: dns.asyncresolver.Resolver, name: str) -> list[s
 
 
 class NextHops:
-    """Resolves destinations with dnspython; `nameservers` ("ip:port") or the system's."""
+    """Resolves destinations with dnspython; `nameservers` ("ip:port") or the system's,
+    its answers cached (a process that delivers asks again only when a TTL ran out)."""
 
     def __init__(self, nameservers: Sequence[str], port: int, timeout: float = 10.0,
-                 rng: random.Random | None = None) -> None:
-        self.resolver = resolver(nameservers, timeout)
+                 rng: random.Random | None = None, cached: bool = True) -> None:
+        self.resolver = resolver(nameservers, timeout, cached)
         self._port = port
         self._rng = rng or random.Random()
 

@@ -33,6 +33,28 @@ async def test_mx_preference_order(start_relay: StartRelay, dns_server: DnsServe
     assert backup.messages == []
 
 
+async def test_dns_is_asked_once_per_ttl_not_once_per_message(
+        start_relay: StartRelay, dns_server: DnsServer,
+        make_sink: Callable[..., Sink]) -> None:
+    """Ten domains hosted on one MX host, a message each: every delivery resolves its
+    domain (a new destination, a new connection), and the host is asked for once."""
+    dns_server.ttl = 300
+    domains = [f"d{n}.test" for n in range(10)]
+    for domain in domains:
+        dns_server.add(domain, "MX", "10 mx1.example.test.")
+    dns_server.add("mx1.example.test", "A", "127.0.0.2")
+    sink = make_sink("127.0.0.2")
+    relay = await start_relay()
+    for n, domain in enumerate(domains):
+        await send(relay.smtp_port, "app@sender.test", [f"ann@{domain}"], message())
+        await wait(sink, n + 1)
+    host = [dns_server.asked("mx1.example.test", kind) for kind in ("A", "AAAA")]
+    assert host == [1, 1]  # without the cache: ten each (one per destination)
+    assert {dns_server.asked(domain, "MX") for domain in domains} == {1}
+    # Per message: its domain's MX and MTA-STS TXT, and the host's share of two.
+    assert len(dns_server.queries) <= 2 * len(domains) + 2, dns_server.queries
+
+
 async def test_falls_back_to_next_mx_when_first_refuses_connections(
         start_relay: StartRelay, dns_server: DnsServer,
         make_sink: Callable[..., Sink]) -> None:

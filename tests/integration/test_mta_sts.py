@@ -222,6 +222,21 @@ async def test_cached_policy_outlives_dns_and_https_trouble_until_max_age(
     assert await policies.policy_for("example.test") is None
 
 
+async def test_a_failing_txt_lookup_is_logged_when_it_starts_and_when_it_ends(
+        policies: MtaSts, dns_server: DnsServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="relay.mta_sts")
+    dns_server.servfail.add("_mta-sts.example.test")
+    for _ in range(3):
+        assert await policies.policy_for("example.test") is None
+    dns_server.servfail.clear()
+    assert await policies.policy_for("example.test") is None  # none published
+    lines = [r.getMessage() for r in caplog.records if r.name == "relay.mta_sts"]
+    assert lines == [
+        ("mta-sts: example.test: cannot look up _mta-sts.example.test TXT (NoNameservers): "
+         "no policy known, delivering without one"),
+        "mta-sts: example.test: the policy's TXT record can be looked up again"]
+
+
 async def test_a_restart_keeps_cached_policies(
         make_policies: Callable[[], MtaSts], dns_server: DnsServer,
         policy_server: PolicyServer, clock: Clock, tmp_path: Path) -> None:

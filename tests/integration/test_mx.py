@@ -1,13 +1,16 @@
-"""Next-hop resolution against a real DNS server on loopback."""
+"""Next-hop resolution against a real DNS server on loopback, and its cache."""
 
 from __future__ import annotations
 
 import random
+import time
 
+import dns.rdatatype as dns_rdatatype
 import pytest
 
 from relay.core.errors import DeliveryError
 from relay.delivery import NextHops
+from relay.delivery.mx import MAX_CACHED_TTL, CappedCache
 from tests.support.dns_server import DnsServer
 
 
@@ -54,3 +57,40 @@ async def test_address_literals_and_relayhost(dns_server: DnsServer) -> None:
         "127.0.0.9[127.0.0.9]:25"]  # as Postfix says it: the literal once
     assert [str(h) for h in await hops.for_relayhost("[smtp.provider.test]:587")] == [
         "smtp.provider.test[127.0.0.5]:587"]
+
+
+async def test_answers_are_cached_for_their_ttl_and_negative_ones_per_rfc_2308() -> None:
+    dns = DnsServer(ttl=300)
+    dns.add("example.test", "MX", "10 mx1.example.test.")
+    dns.add("mx1.example.test", "A", "127.0.0.2")
+    dns.start()
+    try:
+        hops = NextHops([dns.address], 25)
+        for _ in range(20):
+            assert [h.address for h in await hops.for_domain("example.test")] == ["127.0.0.2"]
+            with pytest.raises(DeliveryError):
+                await hops.for_domain("nowhere.test")  # NXDOMAIN, cached by its SOA
+        assert [dns.asked("example.test", "MX"), dns.asked("mx1.example.test", "A"),
+                dns.asked("mx1.example.test", "AAAA"), dns.asked("nowhere.test", "MX")] == [
+            1, 1, 1, 1]  # AAAA: a name without one, cached as negative too
+        uncached = NextHops([dns.address], 25, cached=False)
+        await uncached.for_domain("example.test")
+        assert dns.asked("example.test", "MX") == 2
+    finally:
+        dns.stop()
+
+
+async def test_no_answer_is_kept_longer_than_the_cap() -> None:
+    dns = DnsServer(ttl=7 * 86400)
+    dns.add("mx1.example.test", "A", "127.0.0.2")
+    dns.start()
+    try:
+        hops = NextHops([dns.address], 25)
+        await hops.addresses("mx1.example.test")
+        cache = hops.resolver.cache
+        assert isinstance(cache, CappedCache)
+        [answer] = [node.value for node in cache.data.values()
+                    if node.value.rdtype == dns_rdatatype.A]
+        assert answer.expiration <= time.time() + MAX_CACHED_TTL
+    finally:
+        dns.stop()

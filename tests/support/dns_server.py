@@ -3,6 +3,10 @@
 Records: {"example.test": {"MX": ["10 mx1.example.test."]}, "mx1.example.test":
 {"A": ["127.0.0.2"]}}. Unknown names get NXDOMAIN; a known name without the asked type
 gets an empty NOERROR answer; names in `servfail` get SERVFAIL.
+
+Answers carry `ttl` (0 by default: a resolver that caches asks again each time, so a test
+may change records as it goes), and negative ones an SOA of the name's parent zone whose
+TTL and MINIMUM are `ttl`, so that they are cached as RFC 2308 says.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import threading
 from typing import Any
 
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
@@ -28,8 +33,10 @@ class _TcpServer(socketserver.ThreadingTCPServer):
 
 
 class DnsServer:
-    def __init__(self, records: Records | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, records: Records | None = None, host: str = "127.0.0.1",
+                 ttl: int = 0) -> None:
         self.records: Records = {k.lower().rstrip("."): v for k, v in (records or {}).items()}
+        self.ttl = ttl
         self.servfail: set[str] = set()
         self.host = host
         self.port = 0
@@ -54,10 +61,22 @@ class DnsServer:
             response.set_rcode(dns.rcode.SERVFAIL)
         elif name not in self.records:
             response.set_rcode(dns.rcode.NXDOMAIN)
+            response.authority.append(self._soa(question.name))
         elif rdtype in self.records[name]:
             response.answer.append(dns.rrset.from_text_list(
-                question.name, 60, dns.rdataclass.IN, rdtype, self.records[name][rdtype]))
+                question.name, self.ttl, dns.rdataclass.IN, rdtype, self.records[name][rdtype]))
+        else:
+            response.authority.append(self._soa(question.name))
         return response.to_wire()
+
+    def _soa(self, name: dns.name.Name) -> dns.rrset.RRset:
+        zone = name.parent() if len(name) > 2 else name
+        return dns.rrset.from_text(zone, self.ttl, dns.rdataclass.IN, "SOA",
+                                   f"ns.{zone} hostmaster.{zone} 1 3600 600 86400 {self.ttl}")
+
+    def asked(self, name: str, rdtype: str) -> int:
+        """How many queries for `name` and `rdtype` came in."""
+        return self.queries.count((name.lower().rstrip("."), rdtype))
 
     def start(self, port: int = 0) -> None:
         """Listen on `port` (53 for resolvers that cannot be told another), else a free one."""
