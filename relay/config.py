@@ -181,6 +181,9 @@ class DeliverySection(_Section):
     tls: TlsMode = "opportunistic"
     max_connections: int = Field(100, ge=1)
     max_connections_per_domain: int = Field(10, ge=1)
+    # Recipients claimed from the queue at once (the active set, Postfix's
+    # qmgr_message_recipient_limit): what this node works on and holds leases for.
+    max_active: int = Field(10_000, ge=1)
     connect_timeout: Duration = parse_duration("30s")
     command_timeout: Duration = parse_duration("5m")
     # How long one DNS lookup (MX, A/AAAA, MTA-STS's TXT) may take, retries included;

@@ -184,6 +184,7 @@ class Relay:
                       lambda: self.policies.pgp, tokens),
             max_connections=config.delivery.max_connections,
             max_connections_per_domain=config.delivery.max_connections_per_domain,
+            max_active=config.delivery.max_active,
             lease_renewal=config.queue.lease / 4)
 
     def _stored(self) -> None:

@@ -5,7 +5,10 @@ claimed at once), so a large queue never sits in memory. Claimed recipients are 
 into jobs (one message, one destination), queued on their destination, and served by up
 to `max_connections_per_domain` workers per destination and `max_connections` in all.
 Each worker holds one connection and reuses it for the destination's next jobs; it quits
-after `idle_timeout` with nothing to do.
+after `idle_timeout` with nothing to do, and at once when another destination waits for a
+connection: an idle worker never holds one of the `max_connections` from mail that could
+go. Waiting workers get connections in the order they asked (first come, first served),
+so a burst to one destination cannot starve the others.
 
 Every claimed recipient is leased (queue.base): the scheduler renews the leases of what it
 holds every `lease_renewal` seconds, before it claims anything more, so its own work never
@@ -27,7 +30,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -124,6 +127,11 @@ class Scheduler:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._look_again: asyncio.TimerHandle | None = None  # see take_claimed
+        # Workers with a job waiting for a connection, per destination.
+        self._waiting: Counter[str] = Counter()
+        # Every idle worker's wake-up, the one idle longest first: the one to give its
+        # connection back when another destination waits.
+        self._idle: dict[asyncio.Future[None], None] = {}
 
     @property
     def leased(self) -> int:
@@ -325,8 +333,30 @@ class Scheduler:
             delay = min(delay * 2, MAX_SLOT_RETRY)
         return None
 
+    async def _connection(self, destination: str) -> None:
+        """One of the `max_connections`; the worker idle longest gives its own up for it."""
+        if not self._connections.locked():
+            await self._connections.acquire()
+            return
+        self._waiting[destination] += 1
+        try:
+            for woken in self._idle:
+                if not woken.done():
+                    woken.set_result(None)
+                    break
+            await self._connections.acquire()
+        finally:
+            self._waiting[destination] -= 1
+            if not self._waiting[destination]:
+                del self._waiting[destination]
+
+    def _others_wait(self, destination: _Destination) -> bool:
+        """Whether a worker of another destination waits for a connection."""
+        return any(name != destination.name for name in self._waiting)
+
     async def _work_with_slot(self, destination: _Destination) -> None:
-        async with self._connections:
+        await self._connection(destination.name)
+        try:
             session = self._agent.session(destination.name)
             try:
                 while (job := await self._next_job(destination)) is not None:
@@ -347,19 +377,24 @@ class Scheduler:
                     destination.pace.observe(attempts)
                     if len(destination.workers) > destination.pace.connections:
                         return  # slowed down: this connection goes
+                    if len(destination.workers) > 1 and self._others_wait(destination):
+                        return  # a busy destination lends one connection to a waiting one
             finally:
                 await session.close()
+        finally:
+            self._connections.release()
 
     async def _next_job(self, destination: _Destination) -> Job | None:
         deadline = time.monotonic() + self._idle_timeout
         while not destination.jobs:
-            if self._stopping:
-                return None
+            if self._stopping or self._others_wait(destination):
+                return None  # (another destination's mail waits for this connection)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             woken = asyncio.get_running_loop().create_future()
             destination.idle.append(woken)
+            self._idle[woken] = None
             try:
                 # (a timeout scope, not wait_for: no task of its own for every wait)
                 async with asyncio.timeout(remaining):
@@ -367,6 +402,7 @@ class Scheduler:
             except TimeoutError:
                 pass  # (woken just before: the loop takes the job, however late)
             finally:
+                self._idle.pop(woken, None)
                 with contextlib.suppress(ValueError):  # (gone if wake_one took it)
                     destination.idle.remove(woken)
         return destination.jobs.popleft()

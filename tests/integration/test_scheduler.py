@@ -110,3 +110,71 @@ async def test_failing_claims_back_off_and_are_logged_by_state_change(
          "retrying with backoff"),
         "claiming due recipients works again after 4 failures (3 not logged)"]
     assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_an_idle_connection_is_given_up_for_mail_that_waits_for_one(
+        tmp_path: Path, make_sink: Callable[..., Sink], dns_server: DnsServer,
+        mx_port: int) -> None:
+    """One connection in all, kept a minute when idle: the worker that delivered to
+    a.test and has nothing more to send gives it up at once for b.test's mail, instead of
+    holding it for its idle time."""
+    dns_server.add("a.test", "A", "127.0.0.2")
+    dns_server.add("b.test", "A", "127.0.0.3")
+    first, second = make_sink("127.0.0.2"), make_sink("127.0.0.3")
+    queue = LocalQueue(tmp_path / "spool")
+    await queue.open()
+    cleanup = Cleanup(queue, "relay.test")
+    agent = DeliveryAgent(DeliverySection(port=mx_port), "relay.test",
+                          NextHops([dns_server.address], mx_port))
+    scheduler = Scheduler(
+        queue, agent, OutcomeRecorder(queue, cleanup, "relay.test", RetrySection(), Metrics()),
+        Transform("relay.test", time.time, DkimPolicy, PgpPolicy),
+        max_connections=1, max_connections_per_domain=1, idle_timeout=3600)
+    queue.follow_new_mail(scheduler)
+    scheduler.start()
+    try:
+        origin = Origin("ESMTP", "127.0.0.1")
+        await cleanup.submit("a@sender.test", ["x@a.test"], b"Subject: 1\r\n\r\nbody\r\n", origin)
+        await asyncio.to_thread(first.wait_for, 1)
+        await cleanup.submit("a@sender.test", ["y@b.test"], b"Subject: 2\r\n\r\nbody\r\n", origin)
+        await asyncio.to_thread(second.wait_for, 1)  # not after the hour the idle one had
+    finally:
+        await scheduler.stop(timeout=5)
+        await queue.close()
+
+
+async def test_a_burst_to_one_destination_lends_a_connection_to_another(
+        tmp_path: Path, make_sink: Callable[..., Sink], dns_server: DnsServer,
+        mx_port: int) -> None:
+    """Two connections in all, both busy with a burst to a.test (a tenth of a second a
+    message): b.test's message waits only until one of them finishes a message, not
+    until the burst is over."""
+    dns_server.add("a.test", "A", "127.0.0.2")
+    dns_server.add("b.test", "A", "127.0.0.3")
+    busy, other = make_sink("127.0.0.2"), make_sink("127.0.0.3")
+    busy.data_delay = 0.1
+    queue = LocalQueue(tmp_path / "spool")
+    await queue.open()
+    cleanup = Cleanup(queue, "relay.test")
+    agent = DeliveryAgent(DeliverySection(port=mx_port), "relay.test",
+                          NextHops([dns_server.address], mx_port))
+    scheduler = Scheduler(
+        queue, agent, OutcomeRecorder(queue, cleanup, "relay.test", RetrySection(), Metrics()),
+        Transform("relay.test", time.time, DkimPolicy, PgpPolicy),
+        max_connections=2, max_connections_per_domain=2)
+    origin = Origin("ESMTP", "127.0.0.1")
+    burst = 40
+    for n in range(burst):
+        await cleanup.submit("a@sender.test", [f"r{n}@a.test"], b"Subject: a\r\n\r\nx\r\n",
+                             origin)
+    scheduler.start()
+    try:
+        await asyncio.to_thread(busy.wait_for, 2)  # the burst holds both connections
+        await cleanup.submit("a@sender.test", ["y@b.test"], b"Subject: b\r\n\r\nx\r\n", origin)
+        scheduler.wake()
+        await asyncio.to_thread(other.wait_for, 1)
+        assert len(busy.messages) < burst  # b.test did not wait for the whole burst
+        await asyncio.to_thread(busy.wait_for, burst)
+    finally:
+        await scheduler.stop(timeout=5)
+        await queue.close()
