@@ -186,6 +186,9 @@ class DeliverySection(_Section):
     max_active: int = Field(10_000, ge=1)
     connect_timeout: Duration = parse_duration("30s")
     command_timeout: Duration = parse_duration("5m")
+    # A destination none of whose hosts takes a connection or greets is left alone this
+    # long (its mail deferred at once, with the reason), then probed with one connection.
+    dead_destination_backoff: Duration = Field(parse_duration("1m"), ge=0.1)
     # How long one DNS lookup (MX, A/AAAA, MTA-STS's TXT) may take, retries included;
     # the answer is then cached for its TTL (relay.delivery.mx).
     dns_timeout: Duration = parse_duration("10s")

@@ -185,6 +185,7 @@ class Relay:
             max_connections=config.delivery.max_connections,
             max_connections_per_domain=config.delivery.max_connections_per_domain,
             max_active=config.delivery.max_active,
+            dead_backoff=config.delivery.dead_destination_backoff,
             lease_renewal=config.queue.lease / 4)
 
     def _stored(self) -> None:

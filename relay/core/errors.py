@@ -44,8 +44,12 @@ class Scope(Enum):
 class DeliveryError(RelayError):
     """A delivery failure with its scope; the reply is the remote one or a local verdict."""
 
-    def __init__(self, reply: Reply, scope: Scope, remote_host: str = "") -> None:
+    def __init__(self, reply: Reply, scope: Scope, remote_host: str = "",
+                 unreachable: bool = False) -> None:
         super().__init__(str(reply))
         self.reply = reply
         self.scope = scope
         self.remote_host = remote_host
+        # No connection could be made, or the host never greeted: the destination may be
+        # dead (the scheduler then defers its mail without a connection each).
+        self.unreachable = unreachable

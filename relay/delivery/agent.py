@@ -57,6 +57,7 @@ class Attempt:
     relay: str  # "host[address]:port", or "none" when no connection was made
     tls: str = ""  # the connection's TLS version; "" in the clear
     suppressed: bool = False  # not sent: the address is on its stream's suppression list
+    unreachable: bool = False  # no host of the destination took a connection or greeted
 
 
 class Transport(Protocol):
@@ -114,7 +115,8 @@ class DestinationSession:
         try:
             connection, replies = await self._transact(job, addresses, body)
         except DeliveryError as exc:
-            return [Attempt(r, exc.reply, exc.remote_host or "none") for r in job.recipients]
+            return [Attempt(r, exc.reply, exc.remote_host or "none",
+                            unreachable=exc.unreachable) for r in job.recipients]
         relay, tls = str(connection.hop), connection.tls_version
         return [Attempt(r, replies[r.address], relay, tls) for r in job.recipients]
 
@@ -138,13 +140,16 @@ class DestinationSession:
                 # A cached connection that went stale: start over with fresh ones.
             await self.close()
         last_error: DeliveryError | None = None
+        unreachable = True  # so far, every host failed to connect or greet
         for hop in await self._next_hops():
             try:
                 connection = await self._open(hop)
             except DeliveryError as exc:
                 log.info("%s: %s", job.message_id, exc.reply.text)
                 last_error = exc
+                unreachable = unreachable and exc.unreachable
                 continue
+            unreachable = False
             try:
                 replies = await connection.send(job.envelope_sender, addresses, body,
                                                 job.smtputf8)
@@ -156,7 +161,10 @@ class DestinationSession:
                 continue
             self._keep(connection)
             return connection, replies
-        raise last_error or DeliveryError(reply.NO_ROUTE, Scope.SITE)
+        if last_error is None:
+            raise DeliveryError(reply.NO_ROUTE, Scope.SITE)
+        raise DeliveryError(last_error.reply, last_error.scope, last_error.remote_host,
+                            unreachable=unreachable)
 
     def _keep(self, connection: SmtpConnection) -> None:
         if connection.transactions >= MAX_TRANSACTIONS_PER_CONNECTION:

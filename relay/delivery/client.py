@@ -100,6 +100,14 @@ class SmtpConnection:
                                  start_tls=False, validate_certs=False)
         try:
             await client.connect(timeout=connect_timeout)
+        except aiosmtplib.SMTPResponseException as exc:  # it greeted, with a refusal
+            client.close()
+            raise _site_error(Reply.parse(exc.code, exc.message), hop) from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            failure = Reply(451, "4.4.1", f"connect to {hop}: {connect_failure(exc)}")
+            raise DeliveryError(failure, Scope.SITE, str(hop), unreachable=True) from exc
+        try:
             await client.ehlo()
             wants_tls = verify is not None or tls_mode != "none"
             if wants_tls and client.supports_extension("starttls"):

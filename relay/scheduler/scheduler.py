@@ -104,7 +104,8 @@ class Scheduler:
                  transform: Transform, *,
                  max_connections: int, max_connections_per_domain: int,
                  lease_renewal: float = 30.0, max_active: int = 10_000,
-                 idle_timeout: float = 2.0, clock: Callable[[], float] = time.time) -> None:
+                 idle_timeout: float = 2.0, dead_backoff: float = 60.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self._queue = queue
         self._agent = agent
         self._transform = transform
@@ -113,6 +114,8 @@ class Scheduler:
         self._connections = asyncio.Semaphore(max_connections)
         self._max_active = max_active
         self._idle_timeout = idle_timeout
+        self._dead_backoff = dead_backoff
+        self._settling: set[asyncio.Task[None]] = set()  # a dead destination's deferrals
         self._clock = clock
         self._lease_renewal = lease_renewal
         self._renew_at = 0.0  # monotonic
@@ -188,6 +191,7 @@ class Scheduler:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
         workers = [t for d in self._destinations.values() for t in d.workers]
+        workers += self._settling
         if workers:
             # The leases of what is in hand are renewed until it is done.
             renewing = asyncio.create_task(self._renew_while_draining())
@@ -282,10 +286,16 @@ class Scheduler:
         if destination is None:
             destination = _Destination(job.destination, self._pace_of(job.destination))
             self._destinations[job.destination] = destination
+        if destination.pace.dead:
+            self._defer_unreachable(job, destination.pace)
+            if not destination.workers and not destination.jobs:
+                self._destinations.pop(destination.name, None)
+                self._remember_pace(destination.pace)
+            return
         destination.jobs.append(job)
         if destination.wake_one():
             return
-        if len(destination.workers) < destination.pace.connections:
+        if len(destination.workers) < destination.pace.allowed:
             task = asyncio.create_task(self._work(destination),
                                        name=f"delivery {destination.name}")
             destination.workers.add(task)
@@ -360,6 +370,9 @@ class Scheduler:
             session = self._agent.session(destination.name)
             try:
                 while (job := await self._next_job(destination)) is not None:
+                    if destination.pace.dead:  # found dead by another worker meanwhile
+                        self._defer_unreachable(job, destination.pace)
+                        continue
                     try:
                         await destination.pace.wait_turn()
                         attempts = await self._deliver(session, job)
@@ -375,7 +388,12 @@ class Scheduler:
                             # a claim per finished job would cost a transaction each.
                             self._wakeup.set()
                     destination.pace.observe(attempts)
-                    if len(destination.workers) > destination.pace.connections:
+                    if destination.pace.dead:
+                        while destination.jobs:  # what waits for it goes back at once
+                            self._defer_unreachable(destination.jobs.popleft(),
+                                                    destination.pace)
+                        return
+                    if len(destination.workers) > destination.pace.allowed:
                         return  # slowed down: this connection goes
                     if len(destination.workers) > 1 and self._others_wait(destination):
                         return  # a busy destination lends one connection to a waiting one
@@ -413,14 +431,32 @@ class Scheduler:
             return kept
         rule = (DomainRule() if destination == RELAYHOST
                 else self._agent.domains().rule_for(destination))
-        return DestinationPace(destination, rule, self._per_destination)
+        return DestinationPace(destination, rule, self._per_destination, self._dead_backoff)
 
     def _remember_pace(self, pace: DestinationPace) -> None:
-        """A slowed-down or rate-limited destination keeps its pace between bursts."""
-        if pace.connections < pace.ceiling or pace.rated:
+        """A slowed-down, rate-limited or dead destination keeps its pace between bursts."""
+        if pace.connections < pace.ceiling or pace.rated or pace.dead_reason is not None:
             self._paces[pace.name] = pace
             if len(self._paces) > KEPT_PACES:
                 self._paces.pop(next(iter(self._paces)))
+
+    def _defer_unreachable(self, job: Job, pace: DestinationPace) -> None:
+        """Defer a dead destination's job with the reason it is dead, without trying."""
+        reason = pace.dead_reason or reply.NO_ROUTE
+        task = asyncio.create_task(self._settle_unreachable(job, reason),
+                                   name=f"deferring {job.destination}")
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle_unreachable(self, job: Job, reason: Reply) -> None:
+        try:
+            await self._settle_all(job, reason, b"")
+        except Exception:
+            log.exception("%s: left active until its lease expires", job.message_id)
+        finally:
+            self._held.difference_update((r.recipient_id, r.attempts) for r in job.recipients)
+            if self._full:
+                self._wakeup.set()
 
     async def _defer_after_failure(self, job: Job) -> list[Attempt]:
         """A failure of our own (a bug, not the remote side): the recipients are deferred

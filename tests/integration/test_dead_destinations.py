@@ -1,0 +1,88 @@
+"""Dead destinations (scheduler.shaping): when no host of a destination takes a
+connection or greets, its mail is deferred at once with the reason, not one connection
+timeout after another, and one probe goes out when the backoff ends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from relay.queue import State
+from tests.integration.conftest import RunningRelay, StartRelay
+from tests.support.client import message, send
+from tests.support.dns_server import DnsServer
+
+TARPIT = "127.0.0.5"
+GREETING_TIMEOUT = "timed out while receiving the initial server greeting"
+
+
+class Tarpit:
+    """Takes TCP connections and never says a word, counting them."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self._held: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self, port: int) -> None:
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            self._held.append(writer)
+
+        self._server = await asyncio.start_server(hold, TARPIT, port)
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._held:
+            writer.close()
+        await self._server.wait_closed()
+
+
+@pytest.fixture
+async def tarpit(mx_port: int) -> AsyncIterator[Tarpit]:
+    made = Tarpit()
+    await made.start(mx_port)
+    yield made
+    await made.stop()
+
+
+async def submit(relay: RunningRelay, count: int) -> list[str]:
+    ids = []
+    for n in range(count):
+        answer = await send(relay.smtp_port, "app@sender.test", [f"r{n}@tarpit.test"],
+                            message())
+        ids.append(answer.split()[-1])
+    return ids
+
+
+async def test_a_tarpit_costs_one_connection_timeout_not_one_per_message(
+        start_relay: StartRelay, dns_server: DnsServer, tarpit: Tarpit) -> None:
+    dns_server.add("tarpit.test", "MX", "10 mx.tarpit.test.")
+    dns_server.add("mx.tarpit.test", "A", TARPIT)
+    relay = await start_relay(delivery={"connect_timeout": "1s",
+                                        "max_connections_per_domain": 1,
+                                        "dead_destination_backoff": "2s"})
+    ids = await submit(relay, 6)
+    for queue_id in ids:  # within a connect timeout and a little, not six of them
+        info = await relay.until_state(queue_id, State.DEFERRED, timeout=10)
+        assert GREETING_TIMEOUT in info.recipients[0].last_reply
+    assert tarpit.connections == 1
+    await asyncio.sleep(2.2)  # the backoff (2s from the failure) ends: next comes one probe
+    ids = await submit(relay, 3)
+    for queue_id in ids:
+        info = await relay.until_state(queue_id, State.DEFERRED, timeout=10)
+        assert GREETING_TIMEOUT in info.recipients[0].last_reply
+    assert tarpit.connections == 2
+
+
+async def test_a_refused_destination_is_deferred_at_once_with_the_reason(
+        start_relay: StartRelay, dns_server: DnsServer) -> None:
+    dns_server.add("tarpit.test", "MX", "10 mx.tarpit.test.")
+    dns_server.add("mx.tarpit.test", "A", "127.0.0.4")  # nothing listens there
+    relay = await start_relay(delivery={"max_connections_per_domain": 1})
+    for queue_id in await submit(relay, 20):
+        info = await relay.until_state(queue_id, State.DEFERRED, timeout=10)
+        assert info.recipients[0].last_reply.endswith(": Connection refused")
