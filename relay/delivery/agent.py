@@ -20,6 +20,7 @@ from relay.core import reply
 from relay.core.errors import DeliveryError, Scope
 from relay.core.reply import Reply
 from relay.delivery.client import Credentials, SmtpConnection
+from relay.delivery.hosts import HostLimits
 from relay.delivery.mta_sts import Policy, StrictTransport
 from relay.delivery.mx import Hop, NextHops
 from relay.policy import DomainsPolicy
@@ -91,6 +92,8 @@ class DeliveryAgent:
         self.domains = domains  # the shaping policy in force (policies/domains.toml)
         self.mta_sts = mta_sts
         self._local = local
+        # Connections per MX host across every destination (delivery.hosts).
+        self.hosts = HostLimits(wait=settings.connect_timeout)
 
     def destination_of(self, domain: str) -> str:
         if self._local is not None and domain == self._local.domain:
@@ -118,6 +121,8 @@ class DestinationSession:
             return [Attempt(r, exc.reply, exc.remote_host or "none",
                             unreachable=exc.unreachable) for r in job.recipients]
         relay, tls = str(connection.hop), connection.tls_version
+        if any(answer.is_success for answer in replies.values()):
+            self._agent.hosts.accepted(connection.hop.address)
         return [Attempt(r, replies[r.address], relay, tls) for r in job.recipients]
 
     async def close(self) -> None:
@@ -129,6 +134,7 @@ class DestinationSession:
                         body: bytes) -> tuple[SmtpConnection, dict[str, Reply]]:
         reused = self._connection
         if reused is not None and reused.is_open:
+            self._agent.hosts.used(reused.hop.address, id(reused))
             try:
                 replies = await reused.send(job.envelope_sender, addresses, body,
                                             job.smtputf8)
@@ -172,6 +178,7 @@ class DestinationSession:
             self._connection = None
         else:
             self._connection = connection
+            self._agent.hosts.kept(connection.hop.address, id(connection), connection.close)
 
     async def _next_hops(self) -> list[Hop]:
         settings = self._agent.settings
@@ -199,6 +206,27 @@ class DestinationSession:
                     ",".join(policy.mx), ": used anyway" if policy.mode == "testing" else "")
 
     async def _open(self, hop: Hop) -> SmtpConnection:
+        """A connection to `hop` within its host's limit (delivery.hosts)."""
+        hosts = self._agent.hosts
+        if not await hosts.enter(hop.address):
+            raise DeliveryError(Reply(451, "4.4.5", f"connect to {hop}: too many connections "
+                                      "to the host already"), Scope.SITE, str(hop))
+        try:
+            connection = await self._open_entered(hop)
+        except DeliveryError as exc:
+            hosts.leave(hop.address)
+            if exc.reply.code == 421:  # at the greeting or EHLO: "too many connections"
+                hosts.refused(hop.address, str(exc.reply))
+            raise
+        except BaseException:
+            hosts.leave(hop.address)
+            raise
+        hosts.established(hop.address)
+        connection.on_close = lambda: hosts.leave(hop.address, established=True,
+                                                  connection=id(connection))
+        return connection
+
+    async def _open_entered(self, hop: Hop) -> SmtpConnection:
         policy, strict = self._policy, self._agent.mta_sts
         if policy is None or strict is None or policy.mode == "none":
             return await self._connect(hop, verify=None)

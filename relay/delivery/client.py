@@ -13,7 +13,7 @@ import contextlib
 import os
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +69,7 @@ class SmtpConnection:
         self._timeout = command_timeout
         self._extensions = frozenset(client.esmtp_extensions)
         self.transactions = 0
+        self.on_close: Callable[[], None] = lambda: None  # called once, when it closes
         # With PIPELINING the connection is ours from here on; aiosmtplib set it up.
         self._pipe = (ReplyReader(client.transport)
                       if "pipelining" in self._extensions and client.transport is not None
@@ -300,6 +301,8 @@ class SmtpConnection:
 
     def close(self) -> None:
         self._client.close()
+        on_close, self.on_close = self.on_close, lambda: None
+        on_close()
 
 
 def _unsendable(address: str, encoding: str) -> Reply | None:
