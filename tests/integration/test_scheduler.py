@@ -9,6 +9,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,10 +113,20 @@ async def test_failing_claims_back_off_and_are_logged_by_state_change(
     assert not any(r.exc_info for r in caplog.records)
 
 
+def delivering(queue: LocalQueue, cleanup: Cleanup, dns_server: DnsServer, mx_port: int,
+               **limits: Any) -> Scheduler:
+    """A scheduler delivering `queue`'s mail to the tests' MX hosts, with `limits`."""
+    agent = DeliveryAgent(DeliverySection(port=mx_port), "relay.test",
+                          NextHops([dns_server.address], mx_port))
+    return Scheduler(
+        queue, agent, OutcomeRecorder(queue, cleanup, "relay.test", RetrySection(), Metrics()),
+        Transform("relay.test", time.time, DkimPolicy, PgpPolicy), **limits)
+
+
 async def test_an_idle_connection_is_given_up_for_mail_that_waits_for_one(
         tmp_path: Path, make_sink: Callable[..., Sink], dns_server: DnsServer,
         mx_port: int) -> None:
-    """One connection in all, kept a minute when idle: the worker that delivered to
+    """One connection in all, kept an hour when idle: the worker that delivered to
     a.test and has nothing more to send gives it up at once for b.test's mail, instead of
     holding it for its idle time."""
     dns_server.add("a.test", "A", "127.0.0.2")
@@ -124,12 +135,8 @@ async def test_an_idle_connection_is_given_up_for_mail_that_waits_for_one(
     queue = LocalQueue(tmp_path / "spool")
     await queue.open()
     cleanup = Cleanup(queue, "relay.test")
-    agent = DeliveryAgent(DeliverySection(port=mx_port), "relay.test",
-                          NextHops([dns_server.address], mx_port))
-    scheduler = Scheduler(
-        queue, agent, OutcomeRecorder(queue, cleanup, "relay.test", RetrySection(), Metrics()),
-        Transform("relay.test", time.time, DkimPolicy, PgpPolicy),
-        max_connections=1, max_connections_per_domain=1, idle_timeout=3600)
+    scheduler = delivering(queue, cleanup, dns_server, mx_port, max_connections=1,
+                           max_connections_per_domain=1, idle_timeout=3600)
     queue.follow_new_mail(scheduler)
     scheduler.start()
     try:
@@ -156,12 +163,8 @@ async def test_a_burst_to_one_destination_lends_a_connection_to_another(
     queue = LocalQueue(tmp_path / "spool")
     await queue.open()
     cleanup = Cleanup(queue, "relay.test")
-    agent = DeliveryAgent(DeliverySection(port=mx_port), "relay.test",
-                          NextHops([dns_server.address], mx_port))
-    scheduler = Scheduler(
-        queue, agent, OutcomeRecorder(queue, cleanup, "relay.test", RetrySection(), Metrics()),
-        Transform("relay.test", time.time, DkimPolicy, PgpPolicy),
-        max_connections=2, max_connections_per_domain=2)
+    scheduler = delivering(queue, cleanup, dns_server, mx_port, max_connections=2,
+                           max_connections_per_domain=2)
     origin = Origin("ESMTP", "127.0.0.1")
     burst = 40
     for n in range(burst):
