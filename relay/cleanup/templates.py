@@ -1,4 +1,4 @@
-"""broadcast: one template, many recipients, each message rendered when it is sent.
+"""templates: one template, many recipients, each message rendered when it is sent.
 
 A template is a structured message (relay.cleanup.compose) whose from, subject, text, html, header
 values and `unsubscribe_url` may hold `{{field}}` placeholders. A recipient is an address

@@ -1,4 +1,4 @@
-"""history: removes what the relay keeps of finished mail once `[history] retention` has
+"""pruner: removes what the relay keeps of finished mail once `[history] retention` has
 passed (queue.events: message histories and their events).
 
 A pass every PRUNE_INTERVAL removes what is due in small transactions (queue.events

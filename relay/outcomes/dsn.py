@@ -1,4 +1,4 @@
-"""bounce: delivery status notifications (RFC 3464) for recipients that failed for good.
+"""dsn: delivery status notifications (RFC 3464) for recipients that failed for good.
 
 The DSN is a `multipart/report; report-type=delivery-status` (RFC 6522) with a human
 readable part, a `message/delivery-status` part (per-message fields, then per-recipient

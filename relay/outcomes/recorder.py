@@ -1,4 +1,4 @@
-"""outcomes: turn delivery attempts into recipient states, DSNs and log lines.
+"""outcomes.recorder: turn delivery attempts into recipient states, DSNs and log lines.
 
 2xx: delivered. 4xx and connection trouble: deferred with backoff (retry), or bounced once
 the message is older than `max_age`. 5xx: bounced at once. Bounced recipients of a

@@ -1,4 +1,4 @@
-"""smtpd_auth: SMTP AUTH (RFC 4954, PLAIN and LOGIN) for smtpd, made costly to guess.
+"""smtp.auth: SMTP AUTH (RFC 4954, PLAIN and LOGIN) for smtpd, made costly to guess.
 
 - Passwords are checked off the event loop, a few at a time (scrypt takes tens of
   milliseconds of CPU: on the loop, a dozen guessers stall every other session), and an

@@ -1,4 +1,4 @@
-"""smtp_data: the message after DATA (RFC 5321 section 4.5.2), read from the connection
+"""smtp.data: the message after DATA (RFC 5321 section 4.5.2), read from the connection
 in large pieces instead of line by line (about 4x less CPU for a 100 KB message than
 aiosmtpd's own reader, bench/README.md), with memory bounded by the size limit.
 """

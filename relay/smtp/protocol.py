@@ -1,4 +1,4 @@
-"""smtpd: the SMTP protocol of the relay's listeners: aiosmtpd's SMTP (RFC 5321, ESMTP),
+"""smtp.protocol: the SMTP protocol of the relay's listeners: aiosmtpd's SMTP (RFC 5321, ESMTP),
 and the one module of the relay that touches aiosmtpd's private names.
 
 aiosmtpd stays the SMTP server: its command parser, state machine and upstream fixes

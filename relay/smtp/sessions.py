@@ -1,4 +1,4 @@
-"""smtp_sessions: one SMTP session as the relay records it (RelaySession: what its log
+"""smtp.sessions: one SMTP session as the relay records it (RelaySession: what its log
 line reports), and the open sessions (SessionRegistry), so that a graceful stop can wait
 for them and the metrics can count the ones that ended.
 

@@ -1,4 +1,4 @@
-"""webapp: the admin listener's app, the admin API (relay.web.admin) and the operator's
+"""web.app: the admin listener's app, the admin API (relay.web.admin) and the operator's
 console (relay.web.console) in one FastAPI on uvicorn, in the relay's event loop; above both,
 so that neither imports the other's routes.
 

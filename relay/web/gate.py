@@ -1,4 +1,4 @@
-"""webgate: what every request passes before any route sees it (an ASGI middleware).
+"""web.gate: what every request passes before any route sees it (an ASGI middleware).
 
 1. The bearer token (the admin token or an API key, admin.callers), checked before a byte
    of the body is read: a client without one gets 401 whatever it sends, and cannot make
