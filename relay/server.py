@@ -140,7 +140,8 @@ class Relay:
             create_app(Services(self.queue, cleanup, token, self.wake_scheduler, self.scrape,
                                 config.smtp.max_message_size,
                                 [endpoint for endpoint, _ in hooks], rates,
-                                cluster=config.queue.backend == "postgres")),
+                                cluster=config.queue.backend == "postgres",
+                                waiting=self._scheduler.waiting)),
             self._http_sockets[0])
         self._admin.start()
         if tokens is not None and config.public.listen:

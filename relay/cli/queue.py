@@ -218,8 +218,9 @@ def format_mailq(messages: list[dict[str, Any]]) -> str:
         lines.append(f"{message['id']}{mark} {message['size']:>8} {arrival}  "
                      f"{message['from'] or 'MAILER-DAEMON'}")
         for rcpt in message["recipients"]:
-            if rcpt["last_reply"]:
-                lines.append(f"{'':51}({rcpt['last_reply']})")
+            reason = rcpt.get("activity") or rcpt["last_reply"]  # an active one: what now
+            if reason:
+                lines.append(f"{'':51}({reason})")
             lines.append(f"{'':51}{rcpt['address']}")
         lines.append("")
         total += message["size"]
@@ -233,7 +234,7 @@ def format_message(message: dict[str, Any]) -> str:
     """`queue show`: the envelope, then a table of recipients with their next attempt."""
     rows = [("RECIPIENT", "STATE", "ATTEMPTS", "NEXT ATTEMPT", "LAST REPLY")]
     rows += [(r["address"], r["state"], str(r["attempts"]), date_of(r["next_attempt_at"]),
-              r["last_reply"] or "-") for r in message["recipients"]]
+              r.get("activity") or r["last_reply"] or "-") for r in message["recipients"]]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     table = ["  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)),
                         row[4]]).rstrip() for row in rows]

@@ -145,6 +145,13 @@ class Scheduler:
         """New or released mail: look for due work now."""
         self._wakeup.set()
 
+    def waiting(self) -> dict[tuple[str, str], str]:
+        """The recipients claimed here and not being delivered yet, as (message id,
+        address), each with the destination whose connection it waits for."""
+        return {(job.message_id, recipient.address): name
+                for name, destination in self._destinations.items()
+                for job in destination.jobs for recipient in job.recipients}
+
     def room(self) -> int:
         """How many more recipients it would take now (queue.local claims new mail for
         the scheduler as it indexes it: LocalQueue.follow_new_mail)."""

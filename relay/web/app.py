@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,8 @@ class Services:
     webhooks: list[WebhookEndpoint] = field(default_factory=list)  # [[webhooks]] endpoints
     rates: RateLimiter = field(default_factory=SlidingWindow)  # API keys' rate limits
     cluster: bool = False  # the PostgreSQL backend (the console shows its nodes)
+    # The recipients this node's scheduler holds that wait for a connection, and where to.
+    waiting: Callable[[], Mapping[tuple[str, str], str]] = dict
 
 
 def create_app(services: Services) -> FastAPI:
@@ -98,7 +100,7 @@ def create_app(services: Services) -> FastAPI:
     async def prometheus() -> Response:
         return Response(await services.scrape(), media_type=metrics.CONTENT_TYPE)
 
-    app.include_router(queue_routes(services.queue, services.wake))
+    app.include_router(queue_routes(services.queue, services.wake, services.waiting))
     app.include_router(history_routes(services.queue))
     app.include_router(webhook_routes(services.queue, services.webhooks))
     idempotency = IdempotencyKeys(services.queue)

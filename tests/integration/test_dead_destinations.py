@@ -1,11 +1,13 @@
 """Dead destinations (scheduler.shaping): when no host of a destination takes a
 connection or greets, its mail is deferred at once with the reason, not one connection
-timeout after another, and one probe goes out when the backoff ends."""
+timeout after another, and one probe goes out when the backoff ends. And what an active
+recipient is doing: waiting for a connection, or being delivered."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -13,6 +15,7 @@ from relay.queue import State
 from tests.integration.conftest import RunningRelay, StartRelay
 from tests.support.client import message, send
 from tests.support.dns_server import DnsServer
+from tests.support.sink import Sink
 
 TARPIT = "127.0.0.5"
 GREETING_TIMEOUT = "timed out while receiving the initial server greeting"
@@ -86,3 +89,31 @@ async def test_a_refused_destination_is_deferred_at_once_with_the_reason(
     for queue_id in await submit(relay, 20):
         info = await relay.until_state(queue_id, State.DEFERRED, timeout=10)
         assert info.recipients[0].last_reply.endswith(": Connection refused")
+
+
+async def test_an_active_recipient_says_what_it_waits_for(
+        start_relay: StartRelay, dns_server: DnsServer,
+        make_sink: Callable[..., Sink]) -> None:
+    """One connection in all, busy with a.test's message held at DATA: b.test's recipient
+    is active, waiting for a connection, and says so; a.test's is being delivered."""
+    dns_server.add("a.test", "A", "127.0.0.2")
+    dns_server.add("b.test", "A", "127.0.0.3")
+    held = make_sink("127.0.0.2")
+    held.data_gate = threading.Event()
+    make_sink("127.0.0.3")
+    relay = await start_relay(delivery={"max_connections": 1})
+    try:
+        first = (await send(relay.smtp_port, "app@sender.test", ["x@a.test"],
+                            message())).split()[-1]
+        await asyncio.to_thread(held.wait_at_gate, 1)
+        second = (await send(relay.smtp_port, "app@sender.test", ["y@b.test"],
+                             message())).split()[-1]
+        await relay.until_state(second, State.ACTIVE)
+        shown = await relay.api("GET", f"/v1/queue/{second}")
+        assert shown["recipients"][0]["activity"] == "waiting for a connection to b.test"
+        shown = await relay.api("GET", f"/v1/queue/{first}")
+        assert shown["recipients"][0]["activity"] == "being delivered"
+        listed = await relay.api("GET", "/v1/queue")
+        assert all(r["activity"] for m in listed["messages"] for r in m["recipients"])
+    finally:
+        held.data_gate.set()

@@ -8,14 +8,21 @@ not in the queue (`missing`), so that a client can say so, as postsuper does.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, model_validator
 
-from relay.queue import SUMMARY_AGE_BUCKETS, MessageInfo, Selection, ShapeKey, State
+from relay.queue import (
+    SUMMARY_AGE_BUCKETS,
+    MessageInfo,
+    RecipientInfo,
+    Selection,
+    ShapeKey,
+    State,
+)
 from relay.queue.roles import BodyReader, BroadcastStore, QueueCommands
 from relay.web.admin.errors import ApiError
 
@@ -40,7 +47,10 @@ class SelectionRequest(BaseModel):
         return Selection(self.ids, self.domain, self.all)
 
 
-def message_json(message: MessageInfo) -> dict[str, Any]:
+def message_json(message: MessageInfo,
+                 waiting: Mapping[tuple[str, str], str] | None = None) -> dict[str, Any]:
+    """`waiting`: the recipients that wait for a connection (scheduler.waiting); every
+    other active one is being delivered."""
     return {
         "id": message.id,
         "from": message.mail_from,
@@ -48,17 +58,29 @@ def message_json(message: MessageInfo) -> dict[str, Any]:
         "received_at": message.received_at,
         "recipients": [
             {"address": r.address, "state": r.state.value, "attempts": r.attempts,
-             "next_attempt_at": r.next_attempt_at, "last_reply": r.last_reply}
+             "next_attempt_at": r.next_attempt_at, "last_reply": r.last_reply,
+             "activity": _activity(message.id, r, waiting or {})}
             for r in message.recipients
         ],
     }
+
+
+def _activity(message_id: str, recipient: RecipientInfo,
+              waiting: Mapping[tuple[str, str], str]) -> str | None:
+    """What an active recipient is doing now; None for the other states."""
+    if recipient.state is not State.ACTIVE:
+        return None
+    destination = waiting.get((message_id, recipient.address))
+    return ("being delivered" if destination is None
+            else f"waiting for a connection to {destination}")
 
 
 class OperatedQueue(QueueCommands, BodyReader, BroadcastStore, Protocol):
     """The operator's commands, a message's content, and broadcasts (an id may be one)."""
 
 
-def queue_routes(queue: OperatedQueue, wake: Callable[[], None]) -> APIRouter:
+def queue_routes(queue: OperatedQueue, wake: Callable[[], None],
+                 waiting: Callable[[], Mapping[tuple[str, str], str]] = dict) -> APIRouter:
     """/v1/queue: what `relayctl queue` uses."""
     router = APIRouter(prefix="/v1/queue")
 
@@ -78,11 +100,12 @@ def queue_routes(queue: OperatedQueue, wake: Callable[[], None]) -> APIRouter:
                          ) -> dict[str, Any]:
         _waiting(state)
         messages = await queue.list_messages(state=state, domain=domain)
-        return {"messages": [message_json(m) for m in messages]}
+        now_waiting = waiting()
+        return {"messages": [message_json(m, now_waiting) for m in messages]}
 
     @router.get("/{message_id}")
     async def show(message_id: str) -> dict[str, Any]:
-        return message_json(await _existing(queue, message_id))
+        return message_json(await _existing(queue, message_id), waiting())
 
     @router.get("/{message_id}/message", response_class=Response,
                 responses={200: {"content": {"message/rfc822": {}}}})
