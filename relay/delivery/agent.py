@@ -93,7 +93,8 @@ class DeliveryAgent:
         self.mta_sts = mta_sts
         self._local = local
         # Connections per MX host across every destination (delivery.hosts).
-        self.hosts = HostLimits(wait=settings.connect_timeout)
+        self.hosts = HostLimits(wait=settings.connect_timeout,
+                                dead_backoff=settings.dead_destination_backoff)
 
     def destination_of(self, domain: str) -> str:
         if self._local is not None and domain == self._local.domain:
@@ -208,6 +209,10 @@ class DestinationSession:
     async def _open(self, hop: Hop) -> SmtpConnection:
         """A connection to `hop` within its host's limit (delivery.hosts)."""
         hosts = self._agent.hosts
+        if hosts.dead(hop.address):
+            raise DeliveryError(Reply(451, "4.4.1", f"connect to {hop}: not tried, it failed "
+                                      "to answer several times in a row"), Scope.SITE,
+                                str(hop), unreachable=True)
         if not await hosts.enter(hop.address):
             raise DeliveryError(Reply(451, "4.4.5", f"connect to {hop}: too many connections "
                                       "to the host already"), Scope.SITE, str(hop))
@@ -215,6 +220,10 @@ class DestinationSession:
             connection = await self._open_entered(hop)
         except DeliveryError as exc:
             hosts.leave(hop.address)
+            if exc.unreachable:
+                hosts.unreachable(hop.address)
+                raise
+            hosts.reached(hop.address)  # it answered, if only to refuse
             if exc.reply.code == 421:  # at the greeting or EHLO: "too many connections"
                 hosts.refused(hop.address, str(exc.reply))
             raise
@@ -222,6 +231,7 @@ class DestinationSession:
             hosts.leave(hop.address)
             raise
         hosts.established(hop.address)
+        hosts.reached(hop.address)
         connection.on_close = lambda: hosts.leave(hop.address, established=True,
                                                   connection=id(connection))
         return connection

@@ -9,18 +9,23 @@ after every RECOVER_AFTER messages the host accepts. A connection that would go 
 limit waits its turn, up to `wait` seconds, then counts as a 4xx for that host (its next
 MX, if any, is tried); meanwhile an idle connection to the host, kept for its next message
 by another destination, is closed for it.
+
+A host that fails to take a connection or greet DEAD_AFTER times in a row is not tried for
+`dead_backoff` seconds (its destinations' other MX hosts are), then tried again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 
 log = logging.getLogger("relay.delivery")
 
 RECOVER_AFTER = 20  # messages a limited host accepts before one more connection is tried
+DEAD_AFTER = 3  # connections in a row a host failed to take or greet: then it is skipped
 KEPT_HOSTS = 10_000  # hosts whose limits are remembered while no connection is open
 
 
@@ -30,6 +35,8 @@ class _Host:
         self.established = 0  # of those, the ones the host greeted
         self.limit: int | None = None  # None: none learned
         self.accepted = 0
+        self.failures = 0  # connections in a row it did not take or greet
+        self.dead_until = 0.0  # monotonic
         self.waiting: deque[asyncio.Future[None]] = deque()  # first come, first served
         self.idle: dict[int, Callable[[], None]] = {}  # kept connections: how to close each
 
@@ -46,9 +53,34 @@ class _Host:
 
 
 class HostLimits:
-    def __init__(self, wait: float) -> None:
+    def __init__(self, wait: float, dead_backoff: float = 60.0) -> None:
         self._wait = wait
+        self._dead_backoff = dead_backoff
         self._hosts: dict[str, _Host] = {}
+
+    def dead(self, host: str) -> bool:
+        """Whether `host` failed DEAD_AFTER connections in a row a moment ago."""
+        state = self._hosts.get(host)
+        return state is not None and time.monotonic() < state.dead_until
+
+    def unreachable(self, host: str) -> None:
+        """`host` did not take a connection, or never greeted."""
+        state = self._hosts.setdefault(host, _Host())
+        if len(self._hosts) > KEPT_HOSTS:
+            self._forget_one()
+        state.failures += 1
+        if state.failures >= DEAD_AFTER:
+            if not state.dead_until:
+                log.warning("host %s unreachable %d times in a row: not tried for %.0fs",
+                            host, state.failures, self._dead_backoff)
+            state.dead_until = time.monotonic() + self._dead_backoff
+
+    def reached(self, host: str) -> None:
+        state = self._hosts.get(host)
+        if state is not None and state.failures:
+            if state.dead_until:
+                log.info("host %s reachable again", host)
+            state.failures, state.dead_until = 0, 0.0
 
     async def enter(self, host: str) -> bool:
         """Count one more connection to `host`; False when its limit held for `wait`."""
@@ -105,7 +137,8 @@ class HostLimits:
         if established:
             state.established = max(state.established - 1, 0)
         state.next_turn()
-        if not state.open and state.limit is None and not state.waiting:
+        if (not state.open and state.limit is None and not state.waiting
+                and not state.failures):
             del self._hosts[host]
 
     def refused(self, host: str, said: str) -> None:

@@ -117,3 +117,33 @@ async def test_an_active_recipient_says_what_it_waits_for(
         assert all(r["activity"] for m in listed["messages"] for r in m["recipients"])
     finally:
         held.data_gate.set()
+
+
+async def test_a_host_that_fails_again_and_again_is_skipped_for_the_next_mx(
+        start_relay: StartRelay, dns_server: DnsServer, mx_port: int,
+        make_sink: Callable[..., Sink]) -> None:
+    """Six domains whose first MX hangs up before its greeting: after three failures in
+    a row that host is not tried any more for the backoff; the second MX takes the mail."""
+    hangups = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal hangups
+        hangups += 1
+        writer.close()
+
+    closer = await asyncio.start_server(hang_up, TARPIT, mx_port)
+    try:
+        domains = [f"d{n}.test" for n in range(6)]
+        for domain in domains:
+            dns_server.add(domain, "MX", "10 closer.test.", "20 good.test.")
+        dns_server.add("closer.test", "A", TARPIT)
+        dns_server.add("good.test", "A", "127.0.0.2")
+        sink = make_sink("127.0.0.2")
+        relay = await start_relay()
+        for n, domain in enumerate(domains):  # one at a time: a new destination each
+            await send(relay.smtp_port, "app@sender.test", [f"ann@{domain}"], message())
+            await asyncio.to_thread(sink.wait_for, n + 1)
+        assert hangups == 3
+    finally:
+        closer.close()
+        await closer.wait_closed()
