@@ -7,8 +7,7 @@ to `max_connections_per_domain` workers per destination and `max_connections` in
 Each worker holds one connection and reuses it for the destination's next jobs; it quits
 after `idle_timeout` with nothing to do, and at once when another destination waits for a
 connection: an idle worker never holds one of the `max_connections` from mail that could
-go. Waiting workers get connections in the order they asked (first come, first served),
-so a burst to one destination cannot starve the others.
+go (scheduler.connections).
 
 Every claimed recipient is leased (queue.base): the scheduler renews the leases of what it
 holds every `lease_renewal` seconds, before it claims anything more, so its own work never
@@ -30,7 +29,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -44,6 +43,7 @@ from relay.policy import DomainRule
 from relay.queue import Claimed
 from relay.queue.roles import DeliveryQueue
 from relay.runtime.trouble import Trouble
+from relay.scheduler.connections import Connections
 from relay.scheduler.shaping import DestinationPace
 
 log = logging.getLogger("relay.scheduler")
@@ -111,7 +111,7 @@ class Scheduler:
         self._transform = transform
         self._recorder = recorder
         self._per_destination = max_connections_per_domain
-        self._connections = asyncio.Semaphore(max_connections)
+        self._connections = Connections(max_connections)
         self._max_active = max_active
         self._idle_timeout = idle_timeout
         self._dead_backoff = dead_backoff
@@ -130,11 +130,6 @@ class Scheduler:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._look_again: asyncio.TimerHandle | None = None  # see take_claimed
-        # Workers with a job waiting for a connection, per destination.
-        self._waiting: Counter[str] = Counter()
-        # Every idle worker's wake-up, the one idle longest first: the one to give its
-        # connection back when another destination waits.
-        self._idle: dict[asyncio.Future[None], None] = {}
 
     @property
     def leased(self) -> int:
@@ -350,29 +345,8 @@ class Scheduler:
             delay = min(delay * 2, MAX_SLOT_RETRY)
         return None
 
-    async def _connection(self, destination: str) -> None:
-        """One of the `max_connections`; the worker idle longest gives its own up for it."""
-        if not self._connections.locked():
-            await self._connections.acquire()
-            return
-        self._waiting[destination] += 1
-        try:
-            for woken in self._idle:
-                if not woken.done():
-                    woken.set_result(None)
-                    break
-            await self._connections.acquire()
-        finally:
-            self._waiting[destination] -= 1
-            if not self._waiting[destination]:
-                del self._waiting[destination]
-
-    def _others_wait(self, destination: _Destination) -> bool:
-        """Whether a worker of another destination waits for a connection."""
-        return any(name != destination.name for name in self._waiting)
-
     async def _work_with_slot(self, destination: _Destination) -> None:
-        await self._connection(destination.name)
+        await self._connections.take(destination.name)
         try:
             session = self._agent.session(destination.name)
             try:
@@ -387,13 +361,7 @@ class Scheduler:
                         log.exception("%s: delivery failed locally", job.message_id)
                         attempts = await self._defer_after_failure(job)
                     finally:
-                        # Settled, or left to its lease's expiry: no longer ours.
-                        self._held.difference_update((r.recipient_id, r.attempts)
-                                                     for r in job.recipients)
-                        if self._full:
-                            # Only then: otherwise new mail wakes the scheduler anyway, and
-                            # a claim per finished job would cost a transaction each.
-                            self._wakeup.set()
+                        self._release(job)
                     destination.pace.observe(attempts)
                     if destination.pace.dead:
                         while destination.jobs:  # what waits for it goes back at once
@@ -402,24 +370,33 @@ class Scheduler:
                         return
                     if len(destination.workers) > destination.pace.allowed:
                         return  # slowed down: this connection goes
-                    if len(destination.workers) > 1 and self._others_wait(destination):
+                    if (len(destination.workers) > 1
+                            and self._connections.others_wait(destination.name)):
                         return  # a busy destination lends one connection to a waiting one
             finally:
                 await session.close()
         finally:
-            self._connections.release()
+            self._connections.give_back()
+
+    def _release(self, job: Job) -> None:
+        """`job` is settled, or left to its lease's expiry: no longer ours."""
+        self._held.difference_update((r.recipient_id, r.attempts) for r in job.recipients)
+        if self._full:
+            # Only then: otherwise new mail wakes the scheduler anyway, and a claim per
+            # finished job would cost a transaction each.
+            self._wakeup.set()
 
     async def _next_job(self, destination: _Destination) -> Job | None:
         deadline = time.monotonic() + self._idle_timeout
         while not destination.jobs:
-            if self._stopping or self._others_wait(destination):
+            if self._stopping or self._connections.others_wait(destination.name):
                 return None  # (another destination's mail waits for this connection)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             woken = asyncio.get_running_loop().create_future()
             destination.idle.append(woken)
-            self._idle[woken] = None
+            self._connections.resting(woken)
             try:
                 # (a timeout scope, not wait_for: no task of its own for every wait)
                 async with asyncio.timeout(remaining):
@@ -427,7 +404,7 @@ class Scheduler:
             except TimeoutError:
                 pass  # (woken just before: the loop takes the job, however late)
             finally:
-                self._idle.pop(woken, None)
+                self._connections.awake(woken)
                 with contextlib.suppress(ValueError):  # (gone if wake_one took it)
                     destination.idle.remove(woken)
         return destination.jobs.popleft()
@@ -461,9 +438,7 @@ class Scheduler:
         except Exception:
             log.exception("%s: left active until its lease expires", job.message_id)
         finally:
-            self._held.difference_update((r.recipient_id, r.attempts) for r in job.recipients)
-            if self._full:
-                self._wakeup.set()
+            self._release(job)
 
     async def _defer_after_failure(self, job: Job) -> list[Attempt]:
         """A failure of our own (a bug, not the remote side): the recipients are deferred
