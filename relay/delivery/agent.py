@@ -231,7 +231,6 @@ class DestinationSession:
             hosts.leave(hop.address)
             raise
         hosts.established(hop.address)
-        hosts.reached(hop.address)
         connection.on_close = lambda: hosts.leave(hop.address, established=True,
                                                   connection=id(connection))
         return connection

@@ -105,10 +105,11 @@ class HostLimits:
         return True
 
     def established(self, host: str) -> None:
-        """A connection counted by `enter` was greeted and is open."""
+        """A connection counted by `enter` was greeted and is open (so it is reached)."""
         state = self._hosts.get(host)
         if state is not None:
             state.established += 1
+        self.reached(host)
 
     def kept(self, host: str, connection: int, close: Callable[[], None]) -> None:
         """An open connection to `host` waits for its next message; closed at once when
