@@ -242,8 +242,7 @@ class SharedTables:
         return state_of(leased.rows[0]) if leased.rows else None
 
     async def save_webhook(self, state: WebhookState, owner: str) -> bool:
-        names = ("cursor", "attempts", "head_failing_since", "failing_since",
-                 "next_attempt_at", "disabled_at")
+        names = STATE_COLUMNS.split(", ")[1:]  # state_values' order, after the endpoint
         [saved] = await self._sql.write(Statement(
             f"UPDATE webhook_state SET {', '.join(f'{n} = :{n}' for n in names)} "
             "WHERE endpoint = :endpoint AND owner = :owner",

@@ -16,7 +16,6 @@ import asyncpg
 from relay.config import QueueSection
 from relay.core.errors import ConfigError, LocalFailure
 from relay.queue.dialect import DATABASE_NOW, POSTGRES, Statement, Written
-from relay.queue.postgres.schema import MIGRATIONS, version
 
 # Every time in the queue is the database's, in seconds since the epoch (never a node's).
 NOW = DATABASE_NOW
@@ -139,10 +138,3 @@ async def connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
-
-
-async def schema_status(dsn: str) -> tuple[int, int]:
-    """(the version the database has, the newest this relay knows)."""
-    async with connected(dsn) as connection:
-        return await version(connection), len(MIGRATIONS)
-

@@ -13,7 +13,7 @@ from relay.queue import (
     Selection,
 )
 from relay.queue.postgres import PostgresQueue
-from relay.queue.postgres.pool import schema_status
+from relay.queue.postgres.nodes import cluster_status
 from relay.queue.postgres.schema import MIGRATIONS
 from tests.integration.conftest import QUEUE_LEASE as LEASE
 from tests.integration.queue.contract import (
@@ -104,7 +104,8 @@ async def test_nodes_that_start_together_migrate_once(postgres_dsn: str) -> None
     nodes = [PostgresQueue(postgres_dsn, node=f"node{n}") for n in range(5)]
     await asyncio.gather(*(node.open() for node in nodes))
     try:
-        assert await schema_status(postgres_dsn) == (len(MIGRATIONS), len(MIGRATIONS))
+        current, newest, _ = await cluster_status(postgres_dsn, LEASE)
+        assert (current, newest) == (len(MIGRATIONS), len(MIGRATIONS))
         await nodes[0].store(message())
         assert len(await nodes[4].list_messages()) == 1
     finally:
