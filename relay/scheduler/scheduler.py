@@ -290,9 +290,7 @@ class Scheduler:
             self._destinations[job.destination] = destination
         if destination.pace.dead:
             self._defer_unreachable(job, destination.pace)
-            if not destination.workers and not destination.jobs:
-                self._destinations.pop(destination.name, None)
-                self._remember_pace(destination.pace)
+            self._rest_if_idle(destination)
             return
         destination.jobs.append(job)
         if destination.wake_one():
@@ -308,10 +306,9 @@ class Scheduler:
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery worker for %s failed", destination.name,
                       exc_info=task.exception())
-        if not destination.workers and not destination.jobs:
-            self._destinations.pop(destination.name, None)
-            self._remember_pace(destination.pace)
-        elif destination.jobs and not self._stopping and not destination.workers:
+        if self._rest_if_idle(destination):
+            return
+        if destination.jobs and not self._stopping and not destination.workers:
             # Jobs left behind by a failed worker: put a new worker on them.
             self._dispatch(destination.jobs.popleft())
 
@@ -408,6 +405,15 @@ class Scheduler:
                 with contextlib.suppress(ValueError):  # (gone if wake_one took it)
                     destination.idle.remove(woken)
         return destination.jobs.popleft()
+
+    def _rest_if_idle(self, destination: _Destination) -> bool:
+        """A destination with no worker and no job is forgotten, keeping its pace if it
+        has one worth keeping; whether it was."""
+        if destination.workers or destination.jobs:
+            return False
+        self._destinations.pop(destination.name, None)
+        self._remember_pace(destination.pace)
+        return True
 
     def _pace_of(self, destination: str) -> DestinationPace:
         kept = self._paces.pop(destination, None)
